@@ -1,0 +1,327 @@
+//! Configuration: built-in defaults, then one TOML file, then environment
+//! variables. With no file and no variables the gateway serves on
+//! 127.0.0.1 and accepts any user name (no registrar), which is what a
+//! newcomer trying it on a laptop needs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use dialtone_sip::SipTarget;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub websocket: WebSocketConfig,
+    pub sip: SipConfig,
+    pub sessions: SessionsConfig,
+    pub registrar: Option<RegistrarConfig>,
+    pub users: Vec<StaticUser>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// WebSocket (`/ws`), status, metrics and the web page share this address.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    pub max_message_bytes: usize,
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    pub max_sessions_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP and TCP both listen here.
+    pub listen: SocketAddr,
+    /// The address to advertise in Via / Contact when behind NAT.
+    pub public_ip: Option<IpAddr>,
+    pub user_agent: String,
+}
+
+/// How START_SESSION checks a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Register the user's SIP account at `[registrar]`; its answer decides.
+    Registrar,
+    /// Check against `[[users]]`; nothing is registered (a trunk that
+    /// authenticates by IP or per call).
+    Static,
+    /// Accept any user name. The default only when neither a registrar nor
+    /// users are configured; logged loudly at start-up.
+    Open,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Unset: `registrar` if `[registrar]` is configured, else `static` if
+    /// `[[users]]` are, else `open`.
+    pub auth: Option<AuthMode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarConfig {
+    /// `sip:host:port;transport=udp|tcp`.
+    pub address: String,
+    /// Domain of the users' addresses of record; the registrar's host:port
+    /// when empty.
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default = "default_expires")]
+    pub expires_secs: u32,
+    /// A REGISTER exchange (challenge included) that takes longer fails the
+    /// session with TIMEOUT.
+    #[serde(default = "default_register_timeout")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticUser {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `dialtone=debug,info`); RUST_LOG wins.
+    pub level: String,
+}
+
+fn default_expires() -> u32 {
+    300
+}
+
+fn default_register_timeout() -> u64 {
+    5_000
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            websocket: WebSocketConfig::default(),
+            sip: SipConfig::default(),
+            sessions: SessionsConfig::default(),
+            registrar: None,
+            users: Vec::new(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_message_bytes: 64 * 1024,
+            ping_interval_ms: 20_000,
+            ping_timeout_ms: 45_000,
+            max_sessions_per_connection: 8,
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            public_ip: None,
+            user_agent: format!("Dialtone/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// The environment variables that override the file, with what they set.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("DIALTONE_HTTP_LISTEN", "http.listen"),
+    ("DIALTONE_SIP_LISTEN", "sip.listen"),
+    ("DIALTONE_SIP_PUBLIC_IP", "sip.public_ip"),
+    ("DIALTONE_REGISTRAR", "registrar.address"),
+    ("DIALTONE_SIP_DOMAIN", "registrar.domain"),
+    ("DIALTONE_AUTH", "sessions.auth"),
+    ("DIALTONE_LOG", "log.level"),
+];
+
+impl Config {
+    /// Defaults, then `path` if given, then the environment.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        for (name, _) in ENV_OVERRIDES {
+            let Some(value) = env(name) else { continue };
+            let bad = || format!("environment variable {name}={value:?} is invalid");
+            match *name {
+                "DIALTONE_HTTP_LISTEN" => self.http.listen = value.parse().with_context(bad)?,
+                "DIALTONE_SIP_LISTEN" => self.sip.listen = value.parse().with_context(bad)?,
+                "DIALTONE_SIP_PUBLIC_IP" => {
+                    self.sip.public_ip = Some(value.parse().with_context(bad)?)
+                }
+                "DIALTONE_REGISTRAR" => {
+                    let registrar = self.registrar.get_or_insert_with(|| RegistrarConfig {
+                        address: String::new(),
+                        domain: String::new(),
+                        expires_secs: default_expires(),
+                        timeout_ms: default_register_timeout(),
+                    });
+                    registrar.address = value.clone();
+                }
+                "DIALTONE_SIP_DOMAIN" => match self.registrar.as_mut() {
+                    Some(registrar) => registrar.domain = value.clone(),
+                    None => bail!("{name} needs a registrar (DIALTONE_REGISTRAR)"),
+                },
+                "DIALTONE_AUTH" => {
+                    self.sessions.auth = Some(
+                        toml::Value::String(value.clone())
+                            .try_into()
+                            .with_context(bad)?,
+                    )
+                }
+                "DIALTONE_LOG" => self.log.level = value.clone(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(registrar) = &self.registrar {
+            registrar.target()?;
+            if registrar.expires_secs == 0 {
+                bail!("registrar.expires_secs must be at least 1");
+            }
+        }
+        if self.auth_mode() == AuthMode::Registrar && self.registrar.is_none() {
+            bail!("sessions.auth = \"registrar\" needs a [registrar] section");
+        }
+        if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
+            bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");
+        }
+        Ok(())
+    }
+
+    pub fn auth_mode(&self) -> AuthMode {
+        self.sessions.auth.unwrap_or(if self.registrar.is_some() {
+            AuthMode::Registrar
+        } else if !self.users.is_empty() {
+            AuthMode::Static
+        } else {
+            AuthMode::Open
+        })
+    }
+}
+
+impl RegistrarConfig {
+    pub fn target(&self) -> anyhow::Result<SipTarget> {
+        self.address
+            .parse()
+            .with_context(|| format!("registrar.address {:?}", self.address))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl WebSocketConfig {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_serve_locally_in_open_mode() {
+        let config = Config::load(None, no_env).unwrap();
+        assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.auth_mode(), AuthMode::Open);
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dialtone.example.toml");
+        let config = Config::load(Some(&path), no_env).unwrap();
+        assert_eq!(config.auth_mode(), AuthMode::Registrar);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_defaults() {
+        let env = |name: &str| match name {
+            "DIALTONE_REGISTRAR" => Some("sip:127.0.0.1:5070;transport=tcp".to_string()),
+            "DIALTONE_HTTP_LISTEN" => Some("0.0.0.0:9000".to_string()),
+            _ => None,
+        };
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.auth_mode(), AuthMode::Registrar);
+        assert_eq!(config.http.listen.port(), 9000);
+        let target = config.registrar.unwrap().target().unwrap();
+        assert_eq!(target.port, 5070);
+    }
+
+    #[test]
+    fn mistakes_are_reported_not_ignored() {
+        let bad_env = |name: &str| (name == "DIALTONE_AUTH").then(|| "maybe".to_string());
+        assert!(Config::load(None, bad_env).is_err());
+        let typo: Result<Config, _> = toml::from_str("[http]\nlisten_on = \"1.2.3.4:1\"\n");
+        assert!(typo.is_err());
+        let registrar_mode_alone: Config =
+            toml::from_str("[sessions]\nauth = \"registrar\"\n").unwrap();
+        assert!(registrar_mode_alone.validate().is_err());
+    }
+}

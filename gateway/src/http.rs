@@ -1,0 +1,84 @@
+//! The one HTTP server: the client WebSocket at `/ws`, `/health`,
+//! `/status`, `/metrics`, and the landing page at `/`.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Json};
+use axum::routing::get;
+use axum::Router;
+use dialtone_ws::{run_connection, ConnectionConfig};
+use tracing::{info_span, Instrument};
+
+use crate::metrics::Held;
+use crate::session::{new_id, ClientConnection};
+use crate::state::Gateway;
+
+/// Beyond this a frame is not even read: the connection closes (1009).
+/// Frames between the protocol limit and this get an ERROR reply instead.
+const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/", get(landing_page))
+        .route("/ws", get(upgrade))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(gateway)
+}
+
+async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    upgrade: WebSocketUpgrade,
+) -> impl IntoResponse {
+    let limit = HARD_FRAME_LIMIT.max(gateway.config.websocket.max_message_bytes);
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let client_id = new_id();
+            let span = info_span!("client", client_id = %client_id);
+            let config = ConnectionConfig {
+                max_message_bytes: gateway.config.websocket.max_message_bytes,
+                ping_interval: gateway.config.websocket.ping_interval(),
+                ping_timeout: gateway.config.websocket.ping_timeout(),
+            };
+            let shutdown = gateway.shutdown.clone();
+            let tasks = gateway.tasks.clone();
+            let connection = async move {
+                let _open = Held::new(&gateway.metrics.ws_connections);
+                let handler_gateway = gateway.clone();
+                run_connection(
+                    socket,
+                    config,
+                    client_id.clone(),
+                    move |outbox| ClientConnection::new(handler_gateway, client_id, outbox),
+                    shutdown,
+                )
+                .await;
+            };
+            tasks.track_future(connection.instrument(span))
+        })
+}
+
+async fn status(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    Json(gateway.status())
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    gateway.status();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gateway.metrics.encode(),
+    )
+}
+
+async fn landing_page() -> Html<&'static str> {
+    Html(include_str!("landing.html"))
+}

@@ -1,0 +1,72 @@
+//! The Dialtone gateway: configuration, client sessions, the HTTP server
+//! (WebSocket, status, metrics) and the wiring between the protocol crates.
+//!
+//! Protocol details live in the `dialtone-ws` (client protocol) and
+//! `dialtone-sip` (SIP) crates; this crate decides what a session is and
+//! what happens when a client comes and goes.
+
+pub mod config;
+mod http;
+mod metrics;
+mod session;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dialtone_sip::{UserAgent, UserAgentConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{AuthMode, Config};
+use crate::metrics::Metrics;
+use crate::state::Gateway;
+
+/// How long shutdown waits for sessions to unregister.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the gateway until `stop` is cancelled, then closes every session
+/// (unregistering it) before returning.
+pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let sip = UserAgent::start(UserAgentConfig {
+        listen: config.sip.listen,
+        public_ip: config.sip.public_ip,
+        user_agent: config.sip.user_agent.clone(),
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    if config.auth_mode() == AuthMode::Open {
+        warn!("no registrar and no users configured: any user name may start a session (auth = \"open\")");
+    }
+    let gateway = Arc::new(Gateway {
+        config,
+        sip: sip.clone(),
+        metrics: Metrics::new(),
+        tasks: TaskTracker::new(),
+        shutdown: stop.clone(),
+    });
+    info!(http = %http_addr, sip = %sip.local_addr(), auth = ?gateway.config.auth_mode(), "dialtone ready");
+
+    let server = axum::serve(listener, http::router(gateway.clone()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    server.await.context("HTTP server failed")?;
+
+    gateway.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, gateway.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = gateway.tasks.len(),
+            "shutdown grace elapsed with sessions still closing"
+        );
+    }
+    sip.shutdown().await;
+    info!("dialtone stopped");
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! What the gateway holds right now and what it has done: Prometheus text
+//! at `/metrics`, the same live counts as JSON at `/status` (which tests
+//! and operators read to prove nothing leaked).
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Live counts plus totals. Gauges move through [`Held`] guards so a task
+/// that ends any way at all gives back what it counted.
+pub struct Metrics {
+    registry: Registry,
+    pub ws_connections: Gauge,
+    pub sessions: Gauge,
+    pub registrations: Gauge,
+    pub tasks: Gauge,
+    pub sip_transactions: Gauge,
+    pub sip_connections: Gauge,
+    pub sessions_started: Counter,
+    pub sessions_failed: Family<ReasonLabel, Counter>,
+    pub protocol_errors: Family<ReasonLabel, Counter>,
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: &'static str,
+    pub ws_connections: i64,
+    pub sessions: i64,
+    pub registrations: i64,
+    pub tasks: i64,
+    pub sip_transactions: i64,
+    pub sip_connections: i64,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("dialtone");
+        let metrics = Metrics {
+            ws_connections: Gauge::default(),
+            sessions: Gauge::default(),
+            registrations: Gauge::default(),
+            tasks: Gauge::default(),
+            sip_transactions: Gauge::default(),
+            sip_connections: Gauge::default(),
+            sessions_started: Counter::default(),
+            sessions_failed: Family::default(),
+            protocol_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        let gauges: [(&str, &str, &Gauge); 6] = [
+            (
+                "ws_connections",
+                "Open client WebSockets",
+                &metrics.ws_connections,
+            ),
+            ("sessions", "Started client sessions", &metrics.sessions),
+            (
+                "registrations",
+                "SIP registrations held for sessions",
+                &metrics.registrations,
+            ),
+            (
+                "tasks",
+                "Session and connection tasks alive",
+                &metrics.tasks,
+            ),
+            (
+                "sip_transactions",
+                "SIP transactions in progress",
+                &metrics.sip_transactions,
+            ),
+            (
+                "sip_connections",
+                "SIP stream connections open",
+                &metrics.sip_connections,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "sessions_started",
+            "Sessions that reached SESSION_STARTED",
+            metrics.sessions_started.clone(),
+        );
+        registry.register(
+            "sessions_failed",
+            "Sessions that ended in SESSION_FAILED, by reason",
+            metrics.sessions_failed.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "ERROR replies sent to clients, by code",
+            metrics.protocol_errors.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            ..metrics
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            ws_connections: self.ws_connections.get(),
+            sessions: self.sessions.get(),
+            registrations: self.registrations.get(),
+            tasks: self.tasks.get(),
+            sip_transactions: self.sip_transactions.get(),
+            sip_connections: self.sip_connections.get(),
+        }
+    }
+}
+
+/// One unit of a gauge, given back when dropped.
+pub struct Held(Gauge<i64, AtomicI64>);
+
+impl Held {
+    pub fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

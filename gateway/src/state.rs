@@ -1,0 +1,32 @@
+//! What every connection and session shares.
+
+use std::sync::Arc;
+
+use dialtone_sip::UserAgent;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, Status};
+
+pub struct Gateway {
+    pub config: Config,
+    pub sip: UserAgent,
+    pub metrics: Arc<Metrics>,
+    /// Every connection and session task, so shutdown can wait for them and
+    /// /status can count them.
+    pub tasks: TaskTracker,
+    /// Cancelled on shutdown: connections say DISCONNECTED and end.
+    pub shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Live counts, read fresh from the SIP stack and the task tracker.
+    pub fn status(&self) -> Status {
+        let sip = self.sip.stats();
+        self.metrics.tasks.set(self.tasks.len() as i64);
+        self.metrics.sip_transactions.set(sip.transactions as i64);
+        self.metrics.sip_connections.set(sip.connections as i64);
+        self.metrics.status()
+    }
+}

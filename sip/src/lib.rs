@@ -1,0 +1,15 @@
+//! The gateway's SIP user agent.
+//!
+//! Owns SIP transports (UDP and TCP on one port), transactions and digest
+//! authentication (through rsipstack), and the registration of web users
+//! with a registrar. It knows nothing of WebSockets, JSON, sessions or media:
+//! callers hand it plain strings and socket addresses and get plain results.
+//! rsipstack's types stay inside this crate.
+
+mod registration;
+mod target;
+mod user_agent;
+
+pub use registration::{Account, RegisterError, Registration};
+pub use target::{SipTarget, TargetError, TransportKind};
+pub use user_agent::{SipStats, UserAgent, UserAgentConfig, UserAgentError};

@@ -1,0 +1,163 @@
+//! Registering a web user's SIP account (RFC 3261 section 10): the first
+//! REGISTER with digest authentication, refreshes before expiry, and the
+//! unregistration (Expires: 0) when the user leaves.
+
+use std::time::Duration;
+
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::registration::{refresh_interval, Registration as StackRegistration};
+use rsipstack::sip::typed::Contact;
+use rsipstack::sip::{Auth, HostWithPort, Param, Scheme, StatusCodeKind, Transport, Uri};
+use tracing::debug;
+
+use crate::target::{SipTarget, TargetError, TransportKind};
+use crate::user_agent::UserAgent;
+
+/// The SIP account of one web user.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The user part of the address of record (From / To).
+    pub username: String,
+    pub password: String,
+    /// Digest user name, when the PBX gives one different from `username`.
+    pub auth_username: Option<String>,
+    /// The domain of the address of record; the registrar's `host:port` when
+    /// empty.
+    pub domain: String,
+    /// The user part of our Contact. Unique per registration, so that two
+    /// sessions of one user hold two bindings and one leaving does not
+    /// remove the other, and so that a request to this Contact names its
+    /// session.
+    pub contact_user: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The registrar answered with a final non-2xx response (after digest
+    /// authentication when it challenged).
+    #[error("registrar answered {status} {reason}")]
+    Rejected { status: u16, reason: String },
+    #[error("registrar did not answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("registrar unreachable: {0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    BadTarget(#[from] TargetError),
+}
+
+/// A live registration. Call [`Registration::refresh`] before
+/// [`Registration::refresh_after`] elapses and [`Registration::unregister`]
+/// when the user leaves.
+pub struct Registration {
+    stack: StackRegistration,
+    request_uri: Uri,
+    requested_expires: u32,
+    timeout: Duration,
+}
+
+impl UserAgent {
+    /// Registers `account` at `registrar`, asking for `expires` seconds. The
+    /// whole exchange, challenge included, must finish within `timeout`.
+    pub async fn register(
+        &self,
+        registrar: &SipTarget,
+        account: Account,
+        expires: u32,
+        timeout: Duration,
+    ) -> Result<Registration, RegisterError> {
+        let proxy = registrar.resolve().await?;
+        let domain = if account.domain.is_empty() {
+            format!("{}:{}", registrar.host, registrar.port)
+        } else {
+            account.domain.clone()
+        };
+        let request_uri = parse_uri(&format!(
+            "sip:{domain};transport={}",
+            registrar.transport.as_str()
+        ))?;
+        let contact = Contact {
+            display_name: None,
+            uri: Uri {
+                scheme: Some(Scheme::Sip),
+                auth: Some(Auth {
+                    user: account.contact_user.clone(),
+                    password: None,
+                }),
+                host_with_port: HostWithPort::from(self.advertised_addr()),
+                params: match registrar.transport {
+                    TransportKind::Udp => vec![],
+                    TransportKind::Tcp => vec![Param::Transport(Transport::Tcp)],
+                },
+                headers: vec![],
+            },
+            params: vec![],
+        };
+        let credential = Credential {
+            username: account.username,
+            password: account.password,
+            realm: None,
+            auth_username: account.auth_username,
+        };
+        let mut stack = StackRegistration::new(self.endpoint.clone(), Some(credential));
+        stack.contact = Some(contact);
+        stack.outbound_proxy = Some(proxy);
+        let mut registration = Registration {
+            stack,
+            request_uri,
+            requested_expires: expires,
+            timeout,
+        };
+        registration.send(expires).await?;
+        Ok(registration)
+    }
+}
+
+impl Registration {
+    /// How long the registrar granted, in seconds.
+    pub fn granted_expires(&self) -> u32 {
+        self.stack.granted_expires.unwrap_or(self.requested_expires)
+    }
+
+    /// When to refresh: three quarters of the granted time, at least a second.
+    pub fn refresh_after(&self) -> Duration {
+        refresh_interval(self.granted_expires())
+    }
+
+    /// The Contact URI the registrar holds for us.
+    pub fn contact(&self) -> String {
+        self.stack
+            .contact
+            .as_ref()
+            .map(|contact| contact.uri.to_string())
+            .unwrap_or_default()
+    }
+
+    pub async fn refresh(&mut self) -> Result<(), RegisterError> {
+        self.send(self.requested_expires).await
+    }
+
+    /// Removes our binding (REGISTER with Expires: 0).
+    pub async fn unregister(mut self) -> Result<(), RegisterError> {
+        self.send(0).await
+    }
+
+    async fn send(&mut self, expires: u32) -> Result<(), RegisterError> {
+        let exchange = self.stack.register(self.request_uri.clone(), Some(expires));
+        let response = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| RegisterError::NoAnswer(self.timeout))?
+            .map_err(|e| RegisterError::Unreachable(e.to_string()))?;
+        debug!(status = %response.status_code, expires, "REGISTER answered");
+        if response.status_code.kind() == StatusCodeKind::Successful {
+            return Ok(());
+        }
+        Err(RegisterError::Rejected {
+            status: response.status_code.code(),
+            reason: response.status_code.text().to_string(),
+        })
+    }
+}
+
+fn parse_uri(text: &str) -> Result<Uri, TargetError> {
+    Uri::try_from(text).map_err(|_| TargetError::BadAddress(text.to_string()))
+}

@@ -1,0 +1,194 @@
+//! The SIP endpoint: one UDP socket and one TCP listener on the same port,
+//! rsipstack's transaction layer behind them, and the handling of requests
+//! that arrive outside any dialog.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+
+use rsipstack::sip::{Method, StatusCode};
+use rsipstack::transaction::endpoint::EndpointInnerRef;
+use rsipstack::transaction::TransactionReceiver;
+use rsipstack::transport::tcp_listener::TcpListenerConnection;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::TransportLayer;
+use rsipstack::EndpointBuilder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// How the SIP endpoint listens and presents itself.
+#[derive(Debug, Clone)]
+pub struct UserAgentConfig {
+    /// UDP and TCP both bind this address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address written into Via and Contact when the listen address is not
+    /// the one peers reach us at (NAT, or a wildcard listen address).
+    pub public_ip: Option<IpAddr>,
+    /// The User-Agent header.
+    pub user_agent: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserAgentError {
+    #[error("cannot bind SIP UDP+TCP on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+/// Counters of what the SIP layer holds right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SipStats {
+    pub transactions: usize,
+    pub connections: usize,
+}
+
+/// The gateway's SIP user agent. Cheap to clone; the last clone dropped does
+/// not stop it, [`UserAgent::shutdown`] does.
+#[derive(Clone)]
+pub struct UserAgent {
+    pub(crate) endpoint: EndpointInnerRef,
+    local_addr: SocketAddr,
+    advertised_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Binding a port for UDP and then TCP can race with other programs; a few
+/// tries with fresh ports make port 0 reliable.
+const BIND_ATTEMPTS: usize = 16;
+
+impl UserAgent {
+    pub async fn start(config: UserAgentConfig) -> Result<UserAgent, UserAgentError> {
+        let cancel = CancellationToken::new();
+        let (udp, local_addr) = bind_udp_and_tcp_port(config.listen, &cancel).await?;
+        let advertised_addr = SocketAddr::new(
+            config.public_ip.unwrap_or(local_addr.ip()),
+            local_addr.port(),
+        );
+        let external = config.public_ip.map(|_| advertised_addr);
+
+        let transport_layer = TransportLayer::new(cancel.child_token());
+        transport_layer.add_transport(udp.into());
+        let tcp = TcpListenerConnection::new(local_addr, external)
+            .await
+            .map_err(|e| UserAgentError::Bind {
+                addr: local_addr,
+                reason: e.to_string(),
+            })?;
+        transport_layer.add_transport(tcp.into());
+
+        let endpoint = EndpointBuilder::new()
+            .with_user_agent(&config.user_agent)
+            .with_transport_layer(transport_layer)
+            .with_cancel_token(cancel.child_token())
+            .build();
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| UserAgentError::Bind {
+                addr: local_addr,
+                reason: e.to_string(),
+            })?;
+        let inner = endpoint.inner.clone();
+        let tasks = TaskTracker::new();
+        tasks.spawn(async move { endpoint.serve().await });
+        tasks.spawn(answer_out_of_dialog_requests(incoming, cancel.clone()));
+        info!(%local_addr, %advertised_addr, "SIP user agent listening on UDP and TCP");
+        Ok(UserAgent {
+            endpoint: inner,
+            local_addr,
+            advertised_addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// The address UDP and TCP are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address peers are told to send to (Contact, Via).
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.advertised_addr
+    }
+
+    pub fn stats(&self) -> SipStats {
+        let endpoint_stats = self.endpoint.get_stats();
+        SipStats {
+            transactions: endpoint_stats.running_transactions,
+            connections: self.endpoint.transport_layer.connections_count(),
+        }
+    }
+
+    /// Stops listening and waits for the endpoint's tasks to end.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+async fn bind_udp_and_tcp_port(
+    listen: SocketAddr,
+    cancel: &CancellationToken,
+) -> Result<(UdpConnection, SocketAddr), UserAgentError> {
+    let mut last_error = String::new();
+    let attempts = if listen.port() == 0 { BIND_ATTEMPTS } else { 1 };
+    for _ in 0..attempts {
+        let udp = match UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+            .await
+        {
+            Ok(udp) => udp,
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        let bound = match udp.get_addr().get_socketaddr() {
+            Ok(addr) => SocketAddr::new(listen.ip(), addr.port()),
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        // rsipstack binds the TCP listener later, when the endpoint serves;
+        // probing now turns a port clash into a start-up error.
+        match TcpListener::bind(bound) {
+            Ok(probe) => {
+                drop(probe);
+                return Ok((udp, bound));
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(UserAgentError::Bind {
+        addr: listen,
+        reason: last_error,
+    })
+}
+
+/// Requests that open no dialog the gateway knows: OPTIONS pings are
+/// answered, anything else is refused so the sender does not retransmit.
+async fn answer_out_of_dialog_requests(
+    mut incoming: TransactionReceiver,
+    cancel: CancellationToken,
+) {
+    loop {
+        let mut transaction = tokio::select! {
+            _ = cancel.cancelled() => return,
+            next = incoming.recv() => match next {
+                Some(transaction) => transaction,
+                None => return,
+            },
+        };
+        let method = transaction.original.method;
+        let status = match method {
+            Method::Ack => continue,
+            Method::Options => StatusCode::OK,
+            Method::Invite => StatusCode::TemporarilyUnavailable,
+            _ => StatusCode::MethodNotAllowed,
+        };
+        debug!(%method, %status, "answering request outside any dialog");
+        if let Err(error) = transaction.reply(status).await {
+            warn!(%method, %error, "could not answer SIP request");
+        }
+    }
+}

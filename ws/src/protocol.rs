@@ -1,0 +1,339 @@
+//! The messages of the native protocol, typed.
+//!
+//! Client messages are deserialized one struct per `type` (see
+//! `decode.rs`, which picks the struct), so that an error can name the
+//! offending field. Server messages serialize with their `type` tag.
+//! Field names are the seed's camelCase; fields the seed lacks are marked
+//! as extensions in docs/protocol.md.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `cc`: what the client's media side can do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// e.g. `PCMU/8000`, `Speex/16000`, `opus/48000/2`.
+    #[serde(default)]
+    pub audio_codecs: Vec<String>,
+    #[serde(default)]
+    pub video_codecs: Vec<String>,
+    /// `RTP`, `SRTP`, `RTMP`, `RTMPT`, ...
+    #[serde(default)]
+    pub media_transport: Vec<String>,
+    /// The seed allows more parameters (bandwidth, ...): kept, not lost.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartSession {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseSession {
+    pub session_id: String,
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartCall {
+    pub session_id: String,
+    pub b_uri: String,
+    #[serde(default)]
+    pub cc: Option<Capabilities>,
+    /// Voice, video.
+    #[serde(default)]
+    pub vv: Option<[bool; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptCall {
+    pub session_id: String,
+    pub call_id: String,
+    #[serde(default)]
+    pub cc: Option<Capabilities>,
+}
+
+/// Why a client rejects an incoming call. `UNAVAILABE` is the seed's spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    #[serde(rename = "UNAVAILABE")]
+    Unavailable,
+    #[serde(rename = "DECLINE")]
+    Decline,
+    #[serde(rename = "BUSY")]
+    Busy,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectCall {
+    pub session_id: String,
+    pub call_id: String,
+    pub reason: RejectReason,
+}
+
+/// Messages that name one call of one session and carry nothing else
+/// (HANGUP_CALL).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRef {
+    pub session_id: String,
+    pub call_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendDtmfSignal {
+    pub session_id: String,
+    pub call_id: String,
+    /// `[0-9A-D*#]+`, checked by the decoder.
+    pub dtmf_string: String,
+}
+
+/// SDP_OFFER and SDP_ANSWER, both directions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SdpExchange {
+    pub session_id: String,
+    pub call_id: String,
+    pub sdp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateMediaPoint {
+    /// Extension: the seed has no sessionId here; a point belongs to a
+    /// session, so the gateway requires it.
+    pub session_id: String,
+    pub point_id: String,
+    #[serde(default)]
+    pub cc: Option<Capabilities>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveMediaPoint {
+    /// Extension, as in [`CreateMediaPoint`].
+    pub session_id: String,
+    pub point_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRoom {
+    pub session_id: String,
+    /// The callId of the call whose room is joined.
+    pub room_id: String,
+}
+
+/// A client saying goodbye before it closes the socket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientLeaving {
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// Every message a client may send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    StartSession(StartSession),
+    CloseSession(CloseSession),
+    StartCall(StartCall),
+    AcceptCall(AcceptCall),
+    RejectCall(RejectCall),
+    HangupCall(CallRef),
+    SendDtmfSignal(SendDtmfSignal),
+    SdpOffer(SdpExchange),
+    SdpAnswer(SdpExchange),
+    CreateMediaPoint(CreateMediaPoint),
+    RemoveMediaPoint(RemoveMediaPoint),
+    JoinRoom(JoinRoom),
+    Disconnected(ClientLeaving),
+}
+
+impl ClientMessage {
+    /// The wire `type` of this message.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::StartSession(_) => "START_SESSION",
+            ClientMessage::CloseSession(_) => "CLOSE_SESSION",
+            ClientMessage::StartCall(_) => "START_CALL",
+            ClientMessage::AcceptCall(_) => "ACCEPT_CALL",
+            ClientMessage::RejectCall(_) => "REJECT_CALL",
+            ClientMessage::HangupCall(_) => "HANGUP_CALL",
+            ClientMessage::SendDtmfSignal(_) => "SEND_DTMF_SIGNAL",
+            ClientMessage::SdpOffer(_) => "SDP_OFFER",
+            ClientMessage::SdpAnswer(_) => "SDP_ANSWER",
+            ClientMessage::CreateMediaPoint(_) => "CREATE_MEDIA_POINT",
+            ClientMessage::RemoveMediaPoint(_) => "REMOVE_MEDIA_POINT",
+            ClientMessage::JoinRoom(_) => "JOIN_ROOM",
+            ClientMessage::Disconnected(_) => "DISCONNECTED",
+        }
+    }
+
+    /// The session the message acts on, for all but START_SESSION and
+    /// DISCONNECTED.
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            ClientMessage::StartSession(_) | ClientMessage::Disconnected(_) => None,
+            ClientMessage::CloseSession(m) => Some(&m.session_id),
+            ClientMessage::StartCall(m) => Some(&m.session_id),
+            ClientMessage::AcceptCall(m) => Some(&m.session_id),
+            ClientMessage::RejectCall(m) => Some(&m.session_id),
+            ClientMessage::HangupCall(m) => Some(&m.session_id),
+            ClientMessage::SendDtmfSignal(m) => Some(&m.session_id),
+            ClientMessage::SdpOffer(m) | ClientMessage::SdpAnswer(m) => Some(&m.session_id),
+            ClientMessage::CreateMediaPoint(m) => Some(&m.session_id),
+            ClientMessage::RemoveMediaPoint(m) => Some(&m.session_id),
+            ClientMessage::JoinRoom(m) => Some(&m.session_id),
+        }
+    }
+}
+
+/// Why a session could not start (or ended on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SessionFailReason {
+    /// The registrar (or the configured user list) refused the credentials.
+    Forbidden,
+    /// The registrar did not answer in time or could not be reached.
+    Timeout,
+    /// Part of the seed; this gateway has no captcha and never sends it.
+    CaptchaFailed,
+}
+
+/// Progress of an outgoing call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallStage {
+    Trying,
+    Ringing,
+    SessionProgress,
+}
+
+/// The error reply's codes. See docs/protocol.md for when each is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    BadJson,
+    NotAnObject,
+    MissingField,
+    WrongType,
+    InvalidValue,
+    UnknownType,
+    BinaryFrame,
+    TooLarge,
+    UnknownSession,
+    SessionLimit,
+    NotSupported,
+}
+
+/// Every message the gateway sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerMessage {
+    #[serde(rename_all = "camelCase")]
+    Connected {
+        client_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Disconnected {
+        client_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    SessionStarted {
+        session_id: String,
+        client_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    SessionFailed {
+        session_id: String,
+        client_id: String,
+        reason: Option<SessionFailReason>,
+        /// Extension: the registrar's status code, when it answered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sip_status: Option<u16>,
+        /// Extension: a sentence for people.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    SessionClosed {
+        session_id: String,
+        client_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    IncomingCall {
+        session_id: String,
+        /// Extension: the seed's INCOMING_CALL lacks it, yet ACCEPT_CALL needs it.
+        call_id: String,
+        a_uri: String,
+        sdp: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    CallStarting {
+        session_id: String,
+        call_id: String,
+        stage: CallStage,
+    },
+    #[serde(rename_all = "camelCase")]
+    CallStarted {
+        session_id: String,
+        call_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    CallFailed {
+        session_id: String,
+        call_id: String,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sip_status: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sip_reason: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    CallFinished {
+        session_id: String,
+        call_id: String,
+    },
+    SdpOffer(SdpExchange),
+    SdpAnswer(SdpExchange),
+    /// Extension: the reply to a message the gateway cannot act on.
+    #[serde(rename_all = "camelCase")]
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// The `type` of the offending message, when it had a readable one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_type: Option<String>,
+        /// The offending field, as a path (`cc.audioCodecs[0]`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+    },
+}
+
+impl ServerMessage {
+    /// The JSON text sent on the wire.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"ERROR\"}"))
+    }
+}
