@@ -156,7 +156,7 @@ impl Default for SipConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".to_string(),
+            level: "info,rsipstack=warn".to_string(),
         }
     }
 }
