@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use dialtone_sip::SipTarget;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
@@ -108,20 +108,6 @@ fn default_expires() -> u32 {
 
 fn default_register_timeout() -> u64 {
     5_000
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: HttpConfig::default(),
-            websocket: WebSocketConfig::default(),
-            sip: SipConfig::default(),
-            sessions: SessionsConfig::default(),
-            registrar: None,
-            users: Vec::new(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for HttpConfig {
