@@ -6,6 +6,7 @@
 //! callers hand it plain strings and socket addresses and get plain results.
 //! rsipstack's types stay inside this crate.
 
+mod digest_names;
 mod registration;
 mod target;
 mod user_agent;

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::digest_names::DigestAlgorithmNames;
+
 /// How the SIP endpoint listens and presents itself.
 #[derive(Debug, Clone)]
 pub struct UserAgentConfig {
@@ -77,6 +79,7 @@ impl UserAgent {
 
         let endpoint = EndpointBuilder::new()
             .with_user_agent(&config.user_agent)
+            .with_inspector(Box::new(DigestAlgorithmNames))
             .with_transport_layer(transport_layer)
             .with_cancel_token(cancel.child_token())
             .build();
