@@ -1,0 +1,310 @@
+//! The gateway under test, run as its real binary: `dialtone --config FILE`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::process::{ChildGuard, LogMark, STOP_GRACE};
+
+/// Deadline for the gateway to log `dialtone ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connect/read/write timeout of one HTTP request to the gateway.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `RUST_LOG` given to the gateway unless the test environment sets one.
+pub const DEFAULT_RUST_LOG: &str = "info,dialtone=debug";
+
+/// The gateway binary: `$DIALTONE_BIN` if set, else `<workspace>/target/debug/dialtone`
+/// (`$CARGO_TARGET_DIR/debug/dialtone` if that is set to an absolute path). Errors if missing:
+/// `cargo test` does not build other packages' binaries.
+pub fn binary_path() -> anyhow::Result<PathBuf> {
+    let path = if let Some(bin) = std::env::var_os("DIALTONE_BIN") {
+        PathBuf::from(bin)
+    } else {
+        let target = match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+            Some(dir) if dir.is_absolute() => dir,
+            _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .context("manifest dir has no parent")?
+                .join("target"),
+        };
+        target.join("debug").join("dialtone")
+    };
+    if !path.is_file() {
+        bail!(
+            "gateway binary {} not found: build it first: cargo build -p dialtone-gateway \
+             (or point DIALTONE_BIN at it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running gateway process, stopped by PID on drop.
+///
+/// Readiness is the log line containing `dialtone ready` with fields `http=IP:PORT` and
+/// `sip=IP:PORT` (any order; quoted or JSON-style `"http":"IP:PORT"` also accepted).
+pub struct Gateway {
+    guard: ChildGuard,
+    dir: Option<tempfile::TempDir>,
+    config_path: PathBuf,
+    http: SocketAddr,
+    sip: SocketAddr,
+    keep_dir: bool,
+}
+
+impl Gateway {
+    /// Writes `config_toml` to a temp file, runs the binary on it and waits (up to
+    /// [`READY_TIMEOUT`]) for the ready line. Fails early if the process exits; errors carry
+    /// the log tail.
+    pub fn start(config_toml: &str) -> anyhow::Result<Gateway> {
+        Self::start_with_env(Some(config_toml), &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables for the process; with
+    /// `config_toml: None` the binary runs without `--config` (defaults + environment only).
+    pub fn start_with_env(
+        config_toml: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Gateway> {
+        let (guard, dir, config_path) = spawn(config_toml, env)?;
+        let ready = guard.wait_for_log("dialtone ready", READY_TIMEOUT);
+        let addrs = ready.and_then(|line| {
+            parse_ready(&line).with_context(|| {
+                format!(
+                    "ready line lacks http=IP:PORT / sip=IP:PORT: {line:?}\n{}",
+                    guard.tail_report()
+                )
+            })
+        });
+        match addrs {
+            Ok((http, sip)) => Ok(Gateway {
+                guard,
+                dir: Some(dir),
+                config_path,
+                http,
+                sip,
+                keep_dir: false,
+            }),
+            Err(e) => {
+                drop(guard);
+                // The error names the log file: keep it for the post-mortem.
+                crate::retain_dir(dir, "gateway");
+                Err(e.context("gateway did not become ready"))
+            }
+        }
+    }
+
+    /// Runs the binary on `config_toml` and waits for it to exit by itself (e.g. on a bad
+    /// config); returns its exit status and log. Errors if it still runs after `timeout`.
+    pub fn run_to_exit(
+        config_toml: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(ExitStatus, String)> {
+        let (guard, _dir, _config) = spawn(Some(config_toml), &[])?;
+        let status = guard.wait_exit(timeout)?;
+        Ok((status, guard.log_text()))
+    }
+
+    /// The HTTP/WebSocket listener from the ready line.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The SIP socket from the ready line.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip
+    }
+
+    /// `ws://<http_addr>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    /// GET `path` (e.g. `/status`); returns (status code, body) whatever the code.
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        crate::http::get(self.http, path, HTTP_TIMEOUT)
+    }
+
+    /// GET /status, which must answer 200 with JSON.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.http_get("/status")?;
+        if code != 200 {
+            bail!("GET /status answered {code}: {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("GET /status: not JSON: {body}"))
+    }
+
+    /// GET /metrics, which must answer 200; returns the Prometheus text.
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        let (code, body) = self.http_get("/metrics")?;
+        if code != 200 {
+            bail!("GET /metrics answered {code}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// PID of the gateway process.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// The config file the gateway was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Number of open file descriptors (entries of /proc/PID/fd), for leak checks.
+    pub fn open_fds(&self) -> anyhow::Result<usize> {
+        let dir = format!("/proc/{}/fd", self.guard.pid());
+        Ok(std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {dir}"))?
+            .count())
+    }
+
+    /// The gateway's whole log (stdout and stderr).
+    pub fn log_text(&self) -> String {
+        self.guard.log_text()
+    }
+
+    /// See [`ChildGuard::wait_for_log`].
+    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.guard.wait_for_log(pattern, timeout)
+    }
+
+    /// See [`ChildGuard::wait_for_log_since`].
+    pub fn wait_for_log_since(
+        &self,
+        mark: LogMark,
+        pattern: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.guard.wait_for_log_since(mark, pattern, timeout)
+    }
+
+    /// Marks the end of the log so far.
+    pub fn log_mark(&self) -> LogMark {
+        self.guard.log_mark()
+    }
+
+    /// Lines containing `pattern`.
+    pub fn count_log(&self, pattern: &str) -> usize {
+        self.guard.count_log(pattern)
+    }
+
+    /// The exit status if the gateway has exited (e.g. crashed), `None` while it runs.
+    pub fn try_wait(&self) -> anyhow::Result<Option<ExitStatus>> {
+        self.guard.try_wait()
+    }
+
+    /// Graceful stop: SIGTERM, up to [`STOP_GRACE`], then SIGKILL. Returns the exit status.
+    pub fn stop(&self) -> anyhow::Result<ExitStatus> {
+        self.guard.stop(STOP_GRACE)
+    }
+
+    /// SIGKILL by PID (no chance to clean up), then reap. Returns the exit status.
+    pub fn kill_hard(&self) -> anyhow::Result<ExitStatus> {
+        self.guard.kill_hard()
+    }
+
+    /// Keeps the temp dir (config + log) after drop even if the test passes.
+    pub fn keep_files(&mut self) {
+        self.keep_dir = true;
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Err(e) = self.guard.stop(STOP_GRACE) {
+            eprintln!("[dialtone-tests] stopping gateway: {e:#}");
+        }
+        if self.keep_dir || crate::keep_artifacts() {
+            if let Some(dir) = self.dir.take() {
+                crate::retain_dir(dir, "gateway");
+            }
+        }
+    }
+}
+
+/// Spawns the binary in a fresh temp dir (its working directory). Returns the config path,
+/// which does not exist when `config_toml` is `None`.
+fn spawn(
+    config_toml: Option<&str>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(ChildGuard, tempfile::TempDir, PathBuf)> {
+    let bin = binary_path()?;
+    let dir = crate::instance_dir("gw-")?;
+    let config_path = dir.path().join("dialtone.toml");
+    let mut cmd = Command::new(&bin);
+    if let Some(config_toml) = config_toml {
+        std::fs::write(&config_path, config_toml).context("writing gateway config")?;
+        cmd.arg("--config").arg(&config_path);
+    }
+    cmd.current_dir(dir.path()).env("NO_COLOR", "1");
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", DEFAULT_RUST_LOG);
+    }
+    cmd.envs(env.iter().copied());
+    let guard = ChildGuard::spawn("gateway", cmd, &dir.path().join("gateway.log"))?;
+    Ok((guard, dir, config_path))
+}
+
+/// Extracts (http, sip) from the ready line.
+fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    Some((field_addr(line, "http")?, field_addr(line, "sip")?))
+}
+
+/// Finds `key=ADDR`, `key="ADDR"` or `"key":"ADDR"` as a whole word and parses ADDR.
+fn field_addr(line: &str, key: &str) -> Option<SocketAddr> {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    let mut from = 0;
+    while let Some(pos) = line[from..].find(key) {
+        let start = from + pos;
+        from = start + key.len();
+        if line[..start].chars().next_back().is_some_and(is_word) {
+            continue;
+        }
+        let rest = line[from..].strip_prefix('"').unwrap_or(&line[from..]);
+        let Some(rest) = rest.strip_prefix('=').or_else(|| rest.strip_prefix(':')) else {
+            continue;
+        };
+        let rest = rest.trim_start_matches([' ', '"']);
+        let end = rest
+            .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+            .unwrap_or(rest.len());
+        if let Ok(addr) = rest[..end].parse() {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ready_lines() -> anyhow::Result<()> {
+        let http: SocketAddr = "127.0.0.1:43211".parse()?;
+        let sip: SocketAddr = "127.0.0.1:40123".parse()?;
+        for line in [
+            "2026-01-01T00:00:00Z  INFO dialtone_gateway: dialtone ready http=127.0.0.1:43211 sip=127.0.0.1:40123",
+            "INFO dialtone ready sip=127.0.0.1:40123 http=127.0.0.1:43211 version=0.1.0",
+            r#"INFO dialtone ready http="127.0.0.1:43211", sip="127.0.0.1:40123""#,
+            r#"{"level":"INFO","fields":{"message":"dialtone ready","http":"127.0.0.1:43211","sip":"127.0.0.1:40123"}}"#,
+            "INFO dialtone ready http_max=9 http=127.0.0.1:43211 wssip=1.2.3.4:5 sip=127.0.0.1:40123",
+        ] {
+            assert_eq!(parse_ready(line), Some((http, sip)), "{line}");
+        }
+        assert_eq!(
+            field_addr("ready http=[::1]:80", "http"),
+            Some("[::1]:80".parse()?)
+        );
+        assert_eq!(parse_ready("dialtone ready http=127.0.0.1:1"), None);
+        Ok(())
+    }
+}
