@@ -11,14 +11,17 @@ use anyhow::{bail, Context as _};
 
 /// Sends `GET path` with `Connection: close` and returns (status code, body).
 /// Handles `Content-Length`, `Transfer-Encoding: chunked` and read-to-EOF bodies.
-pub(crate) fn get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+pub(crate) fn get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to http://{addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .with_context(|| format!("sending GET {path} to {addr}"))?;
@@ -111,8 +114,7 @@ mod tests {
 
     #[test]
     fn parses_plain_and_chunked() -> anyhow::Result<()> {
-        let (code, body) =
-            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")?;
+        let (code, body) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")?;
         assert_eq!((code, body.as_str()), (200, "{}"));
         let (code, body) = parse_response(
             b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",

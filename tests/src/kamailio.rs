@@ -80,6 +80,9 @@ pub struct KamailioOptions {
     pub algorithm: DigestAlgorithm,
     /// Where requests for R-URI user `3000` go; default [`DEFAULT_FIXED_CALLEE`].
     pub fixed_callee: Option<SocketAddr>,
+    /// Challenge REGISTER with 407 Proxy-Authenticate instead of 401, as
+    /// some proxies in front of registrars do.
+    pub register_with_407: bool,
 }
 
 /// One registered contact, as Kamailio's location table holds it.
@@ -300,7 +303,10 @@ impl Kamailio {
             .filter_map(|p| u32::try_from(p).ok())
             .collect();
         if !pids.contains(&self.guard.pid()) {
-            bail!("core.psx does not list our main PID {}: {psx}", self.guard.pid());
+            bail!(
+                "core.psx does not list our main PID {}: {psx}",
+                self.guard.pid()
+            );
         }
         Ok(pids)
     }
@@ -458,11 +464,24 @@ fn render_config(opts: &KamailioOptions, port: u16, dir: &Path) -> anyhow::Resul
         bail!("temp dir path {dir:?} contains a quote");
     }
     let callee = opts.fixed_callee.unwrap_or(DEFAULT_FIXED_CALLEE);
+    let (register_auth, register_challenge) = if opts.register_with_407 {
+        (
+            r#"pv_proxy_authenticate("$fd", "$var(pw)", "0")"#,
+            "proxy_challenge",
+        )
+    } else {
+        (
+            r#"pv_auth_check("$fd", "$var(pw)", "0", "1")"#,
+            "www_challenge",
+        )
+    };
     let cfg = TEMPLATE
         .replace("@PORT@", &port.to_string())
         .replace("@DIR@", dir)
         .replace("@ALGORITHM@", opts.algorithm.as_str())
-        .replace("@CALLEE@", &callee.to_string());
+        .replace("@CALLEE@", &callee.to_string())
+        .replace("@REGISTER_AUTH@", register_auth)
+        .replace("@REGISTER_CHALLENGE@", register_challenge);
     if let Some(left) = find_placeholder(&cfg) {
         bail!("kamailio.cfg template has an unknown placeholder {left}");
     }
@@ -700,12 +719,14 @@ mod tests {
         let opts = KamailioOptions {
             algorithm: DigestAlgorithm::Sha256,
             fixed_callee: Some("127.0.0.1:6000".parse()?),
+            register_with_407: true,
         };
         let cfg = render_config(&opts, 15060, Path::new("/tmp/x"))?;
         assert!(cfg.contains("listen=udp:127.0.0.1:15060"));
         assert!(cfg.contains(r#"modparam("auth", "algorithm", "SHA-256")"#));
         assert!(cfg.contains(r#"#!define FIXED_CALLEE "sip:127.0.0.1:6000""#));
         assert!(cfg.contains("unix:/tmp/x/kamailio_ctl"));
+        assert!(cfg.contains(r#"proxy_challenge("$fd", "1");"#));
         assert_eq!(find_placeholder("a@b.c @X@"), Some("@X@"));
         Ok(())
     }

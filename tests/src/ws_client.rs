@@ -41,7 +41,9 @@ impl WsClient {
         let (ws, _response) =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
                 .await
-                .with_context(|| format!("connecting to {url}: timed out after {CONNECT_TIMEOUT:?}"))?
+                .with_context(|| {
+                    format!("connecting to {url}: timed out after {CONNECT_TIMEOUT:?}")
+                })?
                 .with_context(|| format!("connecting to {url}"))?;
         Ok(WsClient {
             ws,
@@ -100,11 +102,7 @@ impl WsClient {
             };
             let msg = match next {
                 Some(Ok(msg)) => msg,
-                Some(Err(e)) => bail!(
-                    "connection error on {}: {e}; {}",
-                    self.url,
-                    self.received()
-                ),
+                Some(Err(e)) => bail!("connection error on {}: {e}; {}", self.url, self.received()),
                 None => bail!(
                     "connection ended (no close frame) on {}; {}",
                     self.url,
@@ -289,7 +287,10 @@ fn summary(msg: &Message) -> String {
         Message::Text(text) => {
             let text = text.as_str();
             if text.len() > 300 {
-                let cut = (0..=300).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (0..=300)
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
                 format!("text {}…", &text[..cut])
             } else {
                 format!("text {text}")
@@ -297,7 +298,11 @@ fn summary(msg: &Message) -> String {
         }
         Message::Binary(data) => format!("binary ({} bytes)", data.len()),
         Message::Close(Some(frame)) => {
-            format!("close ({} {:?})", u16::from(frame.code), frame.reason.as_str())
+            format!(
+                "close ({} {:?})",
+                u16::from(frame.code),
+                frame.reason.as_str()
+            )
         }
         Message::Close(None) => "close (no frame)".to_owned(),
         Message::Ping(_) => "ping".to_owned(),
@@ -387,7 +392,8 @@ mod tests {
         let url = echo_server().await?;
         let mut ws = WsClient::connect(&url).await?;
         let t = Duration::from_secs(5);
-        ws.send_json(&serde_json::json!({"type": "hello", "n": 1})).await?;
+        ws.send_json(&serde_json::json!({"type": "hello", "n": 1}))
+            .await?;
         assert_eq!(ws.recv_type("hello", t).await?["n"], 1);
         ws.send_json(&serde_json::json!({"type": "other"})).await?;
         let err = ws.recv_type("hello", t).await.err().map(|e| e.to_string());
@@ -396,7 +402,11 @@ mod tests {
         let err = ws.recv_json(t).await.err().map(|e| format!("{e:#}"));
         assert!(err.is_some_and(|e| e.contains("binary (3 bytes)")));
         ws.expect_no_message(Duration::from_millis(100)).await?;
-        let err = ws.recv_json(Duration::from_millis(100)).await.err().map(|e| e.to_string());
+        let err = ws
+            .recv_json(Duration::from_millis(100))
+            .await
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("last received")));
         ws.send_text("bye").await?;
         assert_eq!(ws.recv_close(t).await?, Some((1008, "bye".to_owned())));

@@ -47,20 +47,29 @@ timeout_ms = 20000
                     "password": format!("pw-load{index}"),
                 }))
                 .await?;
-            client.recv_type("SESSION_STARTED", ALL_STARTED_WITHIN).await?;
+            client
+                .recv_type("SESSION_STARTED", ALL_STARTED_WITHIN)
+                .await?;
             anyhow::Ok(client)
         }));
     }
     let mut clients = Vec::with_capacity(CLIENTS);
     for (index, attempt) in attempts.into_iter().enumerate() {
-        clients.push(attempt.await?.with_context(|| format!("client load{index}"))?);
+        clients.push(
+            attempt
+                .await?
+                .with_context(|| format!("client load{index}"))?,
+        );
     }
     let took = began.elapsed();
     println!("{CLIENTS} sessions started and registered in {took:?}");
     ensure!(took < ALL_STARTED_WITHIN);
     ensure!(kamailio.total_contacts()? == CLIENTS, "registrar bindings");
     let status = gateway.status()?;
-    ensure!(status["sessions"] == CLIENTS && status["registrations"] == CLIENTS, "{status}");
+    ensure!(
+        status["sessions"] == CLIENTS && status["registrations"] == CLIENTS,
+        "{status}"
+    );
 
     // Half leave politely, half vanish.
     for (index, client) in clients.into_iter().enumerate() {
@@ -73,13 +82,21 @@ timeout_ms = 20000
     let mut last = serde_json::Value::Null;
     wait_until(Duration::from_secs(60), || {
         last = gateway.status()?;
-        Ok(["wsConnections", "sessions", "registrations", "tasks", "sipTransactions"]
-            .iter()
-            .all(|key| last[*key] == 0))
+        Ok([
+            "wsConnections",
+            "sessions",
+            "registrations",
+            "tasks",
+            "sipTransactions",
+        ]
+        .iter()
+        .all(|key| last[*key] == 0))
     })
     .with_context(|| format!("gateway still holds resources: {last}"))?;
-    wait_until(Duration::from_secs(30), || Ok(kamailio.total_contacts()? == 0))
-        .context("bindings left at the registrar")?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(kamailio.total_contacts()? == 0)
+    })
+    .context("bindings left at the registrar")?;
     let mut fds_after = 0;
     wait_until(Duration::from_secs(10), || {
         fds_after = gateway.open_fds()?;

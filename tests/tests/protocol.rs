@@ -17,7 +17,12 @@ const LOCAL_PORTS: &str = "[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"1
 async fn connect(gateway: &Gateway) -> anyhow::Result<WsClient> {
     let mut client = WsClient::connect(&gateway.ws_url()).await?;
     let connected = client.recv_type("CONNECTED", REPLY).await?;
-    ensure!(connected["clientId"].as_str().is_some_and(|id| id.len() == 32), "{connected}");
+    ensure!(
+        connected["clientId"]
+            .as_str()
+            .is_some_and(|id| id.len() == 32),
+        "{connected}"
+    );
     Ok(client)
 }
 
@@ -28,18 +33,29 @@ async fn start(client: &mut WsClient, username: &str, password: &str) -> anyhow:
     client.recv_json(REPLY).await
 }
 
-async fn expect_error(client: &mut WsClient, code: &str, field: Option<&str>) -> anyhow::Result<Value> {
+async fn expect_error(
+    client: &mut WsClient,
+    code: &str,
+    field: Option<&str>,
+) -> anyhow::Result<Value> {
     let error = client.recv_type("ERROR", REPLY).await?;
     ensure!(error["code"] == code, "expected {code}, got {error}");
     if let Some(field) = field {
-        ensure!(error["field"] == field, "expected field {field}, got {error}");
+        ensure!(
+            error["field"] == field,
+            "expected field {field}, got {error}"
+        );
     }
-    ensure!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    ensure!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{error}"
+    );
     Ok(error)
 }
 
 #[tokio::test]
-async fn every_bad_input_class_gets_its_error_and_the_connection_stays_usable() -> anyhow::Result<()> {
+async fn every_bad_input_class_gets_its_error_and_the_connection_stays_usable() -> anyhow::Result<()>
+{
     let gateway = Gateway::start(LOCAL_PORTS)?;
     let mut client = connect(&gateway).await?;
 
@@ -69,7 +85,8 @@ async fn every_bad_input_class_gets_its_error_and_the_connection_stays_usable() 
     }
     client.send_binary(vec![0, 1, 2, 3]).await?;
     expect_error(&mut client, "BINARY_FRAME", None).await?;
-    let oversized = json!({"type": "START_SESSION", "username": "u", "password": "x".repeat(70_000)});
+    let oversized =
+        json!({"type": "START_SESSION", "username": "u", "password": "x".repeat(70_000)});
     client.send_json(&oversized).await?;
     expect_error(&mut client, "TOO_LARGE", None).await?;
     client
@@ -81,7 +98,10 @@ async fn every_bad_input_class_gets_its_error_and_the_connection_stays_usable() 
     let started = start(&mut client, "alice", "anything").await?;
     ensure!(started["type"] == "SESSION_STARTED", "{started}");
     let status = gateway.status()?;
-    ensure!(status["sessions"] == 1 && status["wsConnections"] == 1, "{status}");
+    ensure!(
+        status["sessions"] == 1 && status["wsConnections"] == 1,
+        "{status}"
+    );
     client.close().await?;
     wait_until(Duration::from_secs(10), || {
         let status = gateway.status()?;
@@ -90,12 +110,16 @@ async fn every_bad_input_class_gets_its_error_and_the_connection_stays_usable() 
 }
 
 #[tokio::test]
-async fn another_clients_session_id_is_refused_and_that_session_is_untouched() -> anyhow::Result<()> {
+async fn another_clients_session_id_is_refused_and_that_session_is_untouched() -> anyhow::Result<()>
+{
     let gateway = Gateway::start(LOCAL_PORTS)?;
     let mut owner = connect(&gateway).await?;
     let mut intruder = connect(&gateway).await?;
     let owned = start(&mut owner, "alice", "x").await?;
-    let session_id = owned["sessionId"].as_str().context("no sessionId")?.to_string();
+    let session_id = owned["sessionId"]
+        .as_str()
+        .context("no sessionId")?
+        .to_string();
 
     for message in [
         json!({"type": "CLOSE_SESSION", "sessionId": session_id}),
@@ -140,13 +164,14 @@ async fn session_limit_per_connection() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn static_users_mode_checks_the_configured_users() -> anyhow::Result<()> {
-    let config = format!(
-        "{LOCAL_PORTS}[[users]]\nusername = \"agent\"\npassword = \"right\"\n"
-    );
+    let config = format!("{LOCAL_PORTS}[[users]]\nusername = \"agent\"\npassword = \"right\"\n");
     let gateway = Gateway::start(&config)?;
     let mut client = connect(&gateway).await?;
     let failed = start(&mut client, "agent", "wrong").await?;
-    ensure!(failed["type"] == "SESSION_FAILED" && failed["reason"] == "FORBIDDEN", "{failed}");
+    ensure!(
+        failed["type"] == "SESSION_FAILED" && failed["reason"] == "FORBIDDEN",
+        "{failed}"
+    );
     let failed = start(&mut client, "nobody", "right").await?;
     ensure!(failed["reason"] == "FORBIDDEN", "{failed}");
     let started = start(&mut client, "agent", "right").await?;
@@ -179,7 +204,10 @@ async fn starts_with_no_configuration_file_and_serves_health() -> anyhow::Result
     // so the test does not need 8080 and 5060 free.
     let gateway = Gateway::start_with_env(
         None,
-        &[("DIALTONE_HTTP_LISTEN", "127.0.0.1:0"), ("DIALTONE_SIP_LISTEN", "127.0.0.1:0")],
+        &[
+            ("DIALTONE_HTTP_LISTEN", "127.0.0.1:0"),
+            ("DIALTONE_SIP_LISTEN", "127.0.0.1:0"),
+        ],
     )?;
     let (status, body) = gateway.http_get("/health")?;
     ensure!(status == 200 && body.trim() == "ok", "{status} {body}");

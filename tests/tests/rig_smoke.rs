@@ -59,7 +59,12 @@ impl Uac {
     }
 
     /// Sends a REGISTER (with `authorization` if given) and returns the response.
-    fn register(&mut self, user: &str, expires: u32, authorization: Option<&str>) -> anyhow::Result<String> {
+    fn register(
+        &mut self,
+        user: &str,
+        expires: u32,
+        authorization: Option<&str>,
+    ) -> anyhow::Result<String> {
         self.cseq += 1;
         let (proto, local, reg) = (self.proto(), self.local, self.registrar);
         let mut msg = format!(
@@ -107,11 +112,25 @@ impl Uac {
 
     /// Full registration: unauthenticated REGISTER, 401 challenge, answered REGISTER.
     /// Returns (challenge header, final response).
-    fn register_with_auth(&mut self, user: &str, password: &str, expires: u32) -> anyhow::Result<(String, String)> {
+    fn register_with_auth(
+        &mut self,
+        user: &str,
+        password: &str,
+        expires: u32,
+    ) -> anyhow::Result<(String, String)> {
         let challenge_response = self.register(user, expires, None)?;
-        ensure!(status(&challenge_response) == 401, "expected 401, got {challenge_response}");
-        let challenge = header(&challenge_response, "WWW-Authenticate").context("no WWW-Authenticate")?;
-        let auth = digest_answer(&challenge, user, password, &format!("sip:{}", self.registrar))?;
+        ensure!(
+            status(&challenge_response) == 401,
+            "expected 401, got {challenge_response}"
+        );
+        let challenge =
+            header(&challenge_response, "WWW-Authenticate").context("no WWW-Authenticate")?;
+        let auth = digest_answer(
+            &challenge,
+            user,
+            password,
+            &format!("sip:{}", self.registrar),
+        )?;
         let response = self.register(user, expires, Some(&auth))?;
         Ok((challenge, response))
     }
@@ -128,7 +147,9 @@ fn status(response: &str) -> u16 {
 fn header(response: &str, name: &str) -> Option<String> {
     response.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
     })
 }
 
@@ -171,7 +192,10 @@ fn hex(bytes: &[u8]) -> String {
 /// Whether `pid` still runs Kamailio with config `cfg` (zombies don't count).
 fn runs_config(pid: u32, cfg: &str) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next());
     if matches!(state, None | Some("Z") | Some("X")) {
         return false;
     }
@@ -187,7 +211,11 @@ fn kamailio_sha256_registers_reports_bindings_and_stops_cleanly() -> anyhow::Res
     })?;
     let status_line = kam.options_ping(T)?;
     ensure!(status_line == "SIP/2.0 200 Keepalive", "{status_line}");
-    ensure!(kam.pids().len() > 5, "core.psx should list the workers: {:?}", kam.pids());
+    ensure!(
+        kam.pids().len() > 5,
+        "core.psx should list the workers: {:?}",
+        kam.pids()
+    );
     ensure!(kam.total_contacts()? == 0);
 
     // Challenge: qop="auth" and algorithm=SHA-256; a wrong password is challenged again.
@@ -195,18 +223,27 @@ fn kamailio_sha256_registers_reports_bindings_and_stops_cleanly() -> anyhow::Res
     let (challenge, response) = uac.register_with_auth("1001", "wrong", 60)?;
     ensure!(challenge.contains("qop=\"auth\""), "{challenge}");
     ensure!(challenge.contains("algorithm=SHA-256"), "{challenge}");
-    ensure!(status(&response) == 401, "wrong password accepted: {response}");
+    ensure!(
+        status(&response) == 401,
+        "wrong password accepted: {response}"
+    );
 
     // A load user over UDP, with a computed password.
     let pw = password_for("load7").context("load7 has a password")?;
     let (_, response) = uac.register_with_auth("load7", &pw, 30)?;
     ensure!(status(&response) == 200, "{response}");
     let contacts = kam.wait_for_contacts("load7", |c| c.len() == 1, T)?;
-    ensure!(contacts[0].starts_with("sip:load7@127.0.0.1:"), "{contacts:?}");
+    ensure!(
+        contacts[0].starts_with("sip:load7@127.0.0.1:"),
+        "{contacts:?}"
+    );
     let details = kam.contact_details("load7")?;
     ensure!(details.len() == 1, "{details:?}");
     let first = &details[0];
-    ensure!(first.aor == "load7" && first.transport == "udp", "{first:?}");
+    ensure!(
+        first.aor == "load7" && first.transport == "udp",
+        "{first:?}"
+    );
     ensure!(first.expires <= 30 && first.expires >= 25, "{first:?}");
     ensure!(first.user_agent == "rig-smoke", "{first:?}");
 
@@ -229,7 +266,10 @@ fn kamailio_sha256_registers_reports_bindings_and_stops_cleanly() -> anyhow::Res
     ensure!(kam.contacts("100")?.is_empty(), "AOR match must be exact");
 
     // The log shows every REGISTER (2 for the wrong password, 2 per registration).
-    kam.wait_for_log(&format!("REQ REGISTER sip:{} from sip:1001@", kam.sip_addr()), T)?;
+    kam.wait_for_log(
+        &format!("REQ REGISTER sip:{} from sip:1001@", kam.sip_addr()),
+        T,
+    )?;
     ensure!(kam.count_log("REQ REGISTER ") == 8, "{}", kam.log_text());
 
     // Unregister (Expires: 0) empties the binding.
@@ -243,7 +283,10 @@ fn kamailio_sha256_registers_reports_bindings_and_stops_cleanly() -> anyhow::Res
     kam.stop()?;
     ensure!(kam.running_pids().is_empty(), "{:?}", kam.running_pids());
     ensure!(!pids.iter().any(|p| runs_config(*p, &cfg)));
-    ensure!(kam.options_ping(Duration::from_millis(300)).is_err(), "still answering");
+    ensure!(
+        kam.options_ping(Duration::from_millis(300)).is_err(),
+        "still answering"
+    );
     Ok(())
 }
 
@@ -253,9 +296,13 @@ fn kamailio_md5_one_second_expiry_and_drop_leaves_nothing() -> anyhow::Result<()
     let kam = Kamailio::start(KamailioOptions {
         algorithm: DigestAlgorithm::Md5,
         fixed_callee: Some(callee),
+        ..Default::default()
     })?;
     let cfg_text = std::fs::read_to_string(kam.config_path())?;
-    ensure!(cfg_text.contains("\"sip:127.0.0.1:5999\""), "callee not substituted");
+    ensure!(
+        cfg_text.contains("\"sip:127.0.0.1:5999\""),
+        "callee not substituted"
+    );
 
     let mut uac = Uac::new(kam.sip_addr(), false)?;
     let (challenge, response) = uac.register_with_auth("2000", "secret2000", 1)?;
@@ -265,14 +312,19 @@ fn kamailio_md5_one_second_expiry_and_drop_leaves_nothing() -> anyhow::Result<()
     // min_expires = 1: the registrar grants 1 s and the binding disappears by itself.
     let contact = header(&response, "Contact").unwrap_or_default();
     ensure!(contact.ends_with("expires=1"), "{response}");
-    wait_until(Duration::from_secs(5), || Ok(kam.contacts("2000")?.is_empty()))
-        .context("1 s binding did not expire")?;
+    wait_until(Duration::from_secs(5), || {
+        Ok(kam.contacts("2000")?.is_empty())
+    })
+    .context("1 s binding did not expire")?;
 
     let pids = kam.pids().to_vec();
     let cfg = kam.config_path().to_string_lossy().into_owned();
     let dir = kam.dir().to_owned();
     drop(kam);
-    ensure!(!pids.iter().any(|p| runs_config(*p, &cfg)), "processes left: {pids:?}");
+    ensure!(
+        !pids.iter().any(|p| runs_config(*p, &cfg)),
+        "processes left: {pids:?}"
+    );
     ensure!(!Path::new(&dir).exists(), "temp dir left behind");
     Ok(())
 }

@@ -40,7 +40,10 @@ timeout_ms = 3000
 }
 
 fn gateway_for(kamailio: &Kamailio, transport: &str) -> anyhow::Result<Gateway> {
-    let address = format!("sip:127.0.0.1:{};transport={transport}", kamailio.sip_port());
+    let address = format!(
+        "sip:127.0.0.1:{};transport={transport}",
+        kamailio.sip_port()
+    );
     Gateway::start(&registrar_config(&address, ""))
 }
 
@@ -64,7 +67,11 @@ async fn started(client: &mut WsClient, username: &str, password: &str) -> anyho
         .context("SESSION_STARTED without sessionId")
 }
 
-fn contacts_for_session(kamailio: &Kamailio, user: &str, session_id: &str) -> anyhow::Result<usize> {
+fn contacts_for_session(
+    kamailio: &Kamailio,
+    user: &str,
+    session_id: &str,
+) -> anyhow::Result<usize> {
     let marker = format!("dt-{session_id}");
     Ok(kamailio
         .contacts(user)?
@@ -107,12 +114,17 @@ async fn registers_then_close_session_unregisters(
     );
     if transport == "tcp" {
         ensure!(
-            contacts.iter().any(|c| c.to_ascii_lowercase().contains("transport=tcp")),
+            contacts
+                .iter()
+                .any(|c| c.to_ascii_lowercase().contains("transport=tcp")),
             "contact should say transport=tcp: {contacts:?}"
         );
     }
     let status = gateway.status()?;
-    ensure!(status["sessions"] == 1 && status["registrations"] == 1, "{status}");
+    ensure!(
+        status["sessions"] == 1 && status["registrations"] == 1,
+        "{status}"
+    );
 
     client
         .send_json(&json!({"type": "CLOSE_SESSION", "sessionId": session_id}))
@@ -165,7 +177,9 @@ async fn wrong_password_is_forbidden() -> anyhow::Result<()> {
     let kamailio = kamailio(DigestAlgorithm::Md5)?;
     let gateway = gateway_for(&kamailio, "udp")?;
     let mut client = connect(&gateway).await?;
-    client.send_json(&start_session("1001", "not-the-password")).await?;
+    client
+        .send_json(&start_session("1001", "not-the-password"))
+        .await?;
     let failed = client.recv_type("SESSION_FAILED", REPLY).await?;
     ensure!(failed["reason"] == "FORBIDDEN", "{failed}");
     ensure!(failed["sipStatus"] == 401, "{failed}");
@@ -191,7 +205,9 @@ async fn silent_registrar_times_out_within_the_configured_time() -> anyhow::Resu
     let gateway = Gateway::start(&registrar_config(&address, "").replace("3000", "1500"))?;
     let mut client = connect(&gateway).await?;
     let asked = Instant::now();
-    client.send_json(&start_session("1001", "secret1001")).await?;
+    client
+        .send_json(&start_session("1001", "secret1001"))
+        .await?;
     let failed = client.recv_type("SESSION_FAILED", REPLY).await?;
     let took = asked.elapsed();
     ensure!(failed["reason"] == "TIMEOUT", "{failed}");
@@ -202,7 +218,9 @@ async fn silent_registrar_times_out_within_the_configured_time() -> anyhow::Resu
     );
     let mut buffer = [0u8; 2048];
     silent.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let (length, _) = silent.recv_from(&mut buffer).context("no REGISTER reached the registrar")?;
+    let (length, _) = silent
+        .recv_from(&mut buffer)
+        .context("no REGISTER reached the registrar")?;
     ensure!(buffer[..length].starts_with(b"REGISTER "), "not a REGISTER");
     client.close().await?;
     assert_nothing_held(&gateway)
@@ -214,7 +232,9 @@ async fn refused_tcp_registrar_is_a_timeout_failure() -> anyhow::Result<()> {
     let address = format!("sip:127.0.0.1:{port};transport=tcp");
     let gateway = Gateway::start(&registrar_config(&address, ""))?;
     let mut client = connect(&gateway).await?;
-    client.send_json(&start_session("1001", "secret1001")).await?;
+    client
+        .send_json(&start_session("1001", "secret1001"))
+        .await?;
     let failed = client.recv_type("SESSION_FAILED", REPLY).await?;
     ensure!(failed["reason"] == "TIMEOUT", "{failed}");
     client.close().await?;
@@ -314,4 +334,30 @@ async fn two_sessions_of_one_user_are_two_bindings() -> anyhow::Result<()> {
     second.close().await?;
     wait_until(CLEANUP, || Ok(kamailio.contacts("2000")?.is_empty()))?;
     assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn register_challenged_with_407_is_answered_with_proxy_authorization() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions {
+        algorithm: DigestAlgorithm::Sha256,
+        register_with_407: true,
+        ..Default::default()
+    })?;
+    let gateway = gateway_for(&kamailio, "udp")?;
+    let mut client = connect(&gateway).await?;
+    let session_id = started(&mut client, "1001", "secret1001").await?;
+    ensure!(contacts_for_session(&kamailio, "1001", &session_id)? == 1);
+    client
+        .send_json(&json!({"type": "CLOSE_SESSION", "sessionId": session_id}))
+        .await?;
+    client.recv_type("SESSION_CLOSED", REPLY).await?;
+    ensure!(kamailio.contacts("1001")?.is_empty());
+
+    client.send_json(&start_session("1001", "wrong")).await?;
+    let failed = client.recv_type("SESSION_FAILED", REPLY).await?;
+    ensure!(
+        failed["reason"] == "FORBIDDEN" && failed["sipStatus"] == 407,
+        "{failed}"
+    );
+    Ok(())
 }
