@@ -6,11 +6,16 @@
 //! callers hand it plain strings and socket addresses and get plain results.
 //! rsipstack's types stay inside this crate.
 
+mod call;
 mod digest_names;
 mod registration;
+pub mod sdp;
 mod target;
 mod user_agent;
 
+pub use call::{
+    Call, CallControl, CallEvent, DialError, EndReason, IncomingCall, IncomingCalls, OutgoingCall,
+};
 pub use registration::{Account, RegisterError, Registration};
 pub use target::{SipTarget, TargetError, TransportKind};
 pub use user_agent::{SipStats, UserAgent, UserAgentConfig, UserAgentError};

@@ -4,7 +4,11 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
-use rsipstack::sip::{Method, StatusCode};
+use std::sync::Arc;
+
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Method, Request, StatusCode};
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::tcp_listener::TcpListenerConnection;
@@ -15,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::call::{needs_dialog, IncomingRoutes};
 use crate::digest_names::DigestAlgorithmNames;
 
 /// How the SIP endpoint listens and presents itself.
@@ -40,6 +45,7 @@ pub enum UserAgentError {
 pub struct SipStats {
     pub transactions: usize,
     pub connections: usize,
+    pub dialogs: usize,
 }
 
 /// The gateway's SIP user agent. Cheap to clone; the last clone dropped does
@@ -47,10 +53,12 @@ pub struct SipStats {
 #[derive(Clone)]
 pub struct UserAgent {
     pub(crate) endpoint: EndpointInnerRef,
+    pub(crate) dialogs: Arc<DialogLayer>,
+    pub(crate) routes: IncomingRoutes,
     local_addr: SocketAddr,
     advertised_addr: SocketAddr,
     cancel: CancellationToken,
-    tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
 }
 
 /// Binding a port for UDP and then TCP can race with other programs; a few
@@ -92,15 +100,20 @@ impl UserAgent {
         let inner = endpoint.inner.clone();
         let tasks = TaskTracker::new();
         tasks.spawn(async move { endpoint.serve().await });
-        tasks.spawn(answer_out_of_dialog_requests(incoming, cancel.clone()));
-        info!(%local_addr, %advertised_addr, "SIP user agent listening on UDP and TCP");
-        Ok(UserAgent {
+        let user_agent = UserAgent {
+            dialogs: Arc::new(DialogLayer::new(inner.clone())),
+            routes: IncomingRoutes::default(),
             endpoint: inner,
             local_addr,
             advertised_addr,
             cancel,
             tasks,
-        })
+        };
+        user_agent
+            .tasks
+            .spawn(user_agent.clone().route_requests(incoming));
+        info!(%local_addr, %advertised_addr, "SIP user agent listening on UDP and TCP");
+        Ok(user_agent)
     }
 
     /// The address UDP and TCP are bound to.
@@ -118,6 +131,7 @@ impl UserAgent {
         SipStats {
             transactions: endpoint_stats.running_transactions,
             connections: self.endpoint.transport_layer.connections_count(),
+            dialogs: self.dialogs.len(),
         }
     }
 
@@ -168,30 +182,69 @@ async fn bind_udp_and_tcp_port(
     })
 }
 
-/// Requests that open no dialog the gateway knows: OPTIONS pings are
-/// answered, anything else is refused so the sender does not retransmit.
-async fn answer_out_of_dialog_requests(
-    mut incoming: TransactionReceiver,
-    cancel: CancellationToken,
-) {
-    loop {
-        let mut transaction = tokio::select! {
-            _ = cancel.cancelled() => return,
-            next = incoming.recv() => match next {
-                Some(transaction) => transaction,
-                None => return,
-            },
-        };
-        let method = transaction.original.method;
-        let status = match method {
-            Method::Ack => continue,
-            Method::Options => StatusCode::OK,
-            Method::Invite => StatusCode::TemporarilyUnavailable,
-            _ => StatusCode::MethodNotAllowed,
-        };
-        debug!(%method, %status, "answering request outside any dialog");
-        if let Err(error) = transaction.reply(status).await {
-            warn!(%method, %error, "could not answer SIP request");
+impl UserAgent {
+    /// Every request that is not a response to ours: in-dialog requests go
+    /// to their dialog, initial INVITEs to the session whose Contact they
+    /// name, OPTIONS pings are answered, the rest refused so the sender does
+    /// not retransmit.
+    async fn route_requests(self, mut incoming: TransactionReceiver) {
+        loop {
+            let mut transaction = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                next = incoming.recv() => match next {
+                    Some(transaction) => transaction,
+                    None => return,
+                },
+            };
+            if let Some(mut dialog) = self.dialogs.match_dialog(&transaction) {
+                tokio::spawn(async move {
+                    if let Err(error) = dialog.handle(&mut transaction).await {
+                        debug!(%error, "in-dialog request ended with an error");
+                    }
+                });
+                continue;
+            }
+            let method = transaction.original.method;
+            let status = match method {
+                Method::Ack => continue,
+                Method::Options => StatusCode::OK,
+                Method::Invite if has_to_tag(&transaction.original) => {
+                    StatusCode::CallTransactionDoesNotExist
+                }
+                Method::Invite => {
+                    let user = request_user(&transaction.original);
+                    match self.routes.sender_for(&user) {
+                        Some(route) => {
+                            self.take_incoming(transaction, user, route);
+                            continue;
+                        }
+                        None => StatusCode::NotFound,
+                    }
+                }
+                method if needs_dialog(method) => StatusCode::CallTransactionDoesNotExist,
+                _ => StatusCode::MethodNotAllowed,
+            };
+            debug!(%method, %status, "answering request outside any dialog");
+            if let Err(error) = transaction.reply(status).await {
+                warn!(%method, %error, "could not answer SIP request");
+            }
         }
     }
+}
+
+fn request_user(request: &Request) -> String {
+    request
+        .uri
+        .auth
+        .as_ref()
+        .map(|auth| auth.user.clone())
+        .unwrap_or_default()
+}
+
+fn has_to_tag(request: &Request) -> bool {
+    request
+        .to_header()
+        .ok()
+        .and_then(|to| to.tag().ok().flatten())
+        .is_some()
 }

@@ -1,0 +1,640 @@
+//! Calls: one INVITE dialog each, outgoing (we send the INVITE) or incoming
+//! (an INVITE arrives for a registered Contact). A driver task per call turns
+//! rsipstack's dialog states into [`CallEvent`]s and carries out
+//! [`CallControl`] commands, and answers what the far end asks inside the
+//! dialog (re-INVITE, UPDATE, OPTIONS, INFO) without involving the caller.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::dialog::{
+    DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
+};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::headers::untyped::ContentType;
+use rsipstack::sip::{Header, Method, Request, StatusCode, StatusCodeKind, Uri};
+use rsipstack::transaction::key::TransactionRole;
+use rsipstack::transport::SipAddr;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::sdp::{self, LocalAudio};
+use crate::target::{SipTarget, TargetError, TransportKind};
+use crate::user_agent::UserAgent;
+
+/// What the gateway asks for when it places a call.
+#[derive(Debug, Clone)]
+pub struct OutgoingCall {
+    /// From: `sip:from_user@from_domain`.
+    pub from_user: String,
+    pub from_domain: String,
+    /// The Request-URI, e.g. `sip:3000@pbx.example.com`.
+    pub target: String,
+    /// Where the INVITE is sent (registrar / proxy / trunk); the target's
+    /// own host when `None`.
+    pub proxy: Option<SipTarget>,
+    /// Digest credentials for a 401 / 407: user name and password.
+    pub credential: Option<(String, String)>,
+    /// The user part of our Contact (routes in-dialog requests back).
+    pub contact_user: String,
+    pub offer: LocalAudio,
+}
+
+/// What happens to a call, in order; the last event is `Failed` or `Ended`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// A provisional response to our INVITE: 100, 180, 183 (with early SDP).
+    Progress { status: u16, sdp: Option<String> },
+    /// Outgoing: 2xx received and ACKed. Incoming: our 2xx was ACKed.
+    Established { sdp: Option<String> },
+    /// The far end changed the media (re-INVITE / UPDATE with SDP), already
+    /// answered.
+    MediaChanged { sdp: String },
+    /// An in-dialog INFO (DTMF relay arrives this way), already answered.
+    Info { content_type: String, body: String },
+    /// The call never started.
+    Failed { status: u16, reason: String },
+    /// The call ended.
+    Ended { reason: EndReason },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// We hung up (BYE, or CANCEL before an answer, or our rejection).
+    Local,
+    /// The far end sent BYE.
+    Remote,
+    /// The caller cancelled an incoming call before it was answered.
+    CallerCancelled,
+    /// A transaction in the dialog timed out: the far end is gone.
+    Timeout,
+}
+
+#[derive(Debug)]
+enum CallCommand {
+    Ring,
+    Accept(LocalAudio),
+    Reject(u16),
+    Hangup,
+}
+
+/// Steers one call. Dropping every clone hangs the call up.
+#[derive(Debug, Clone)]
+pub struct CallControl(mpsc::UnboundedSender<CallCommand>);
+
+impl CallControl {
+    /// Ends the call however far it got: CANCEL, BYE, or (incoming, not yet
+    /// answered) 480.
+    pub fn hangup(&self) {
+        let _ = self.0.send(CallCommand::Hangup);
+    }
+
+    /// Incoming: 180 Ringing.
+    pub fn ring(&self) {
+        let _ = self.0.send(CallCommand::Ring);
+    }
+
+    /// Incoming: 200 OK with this answer.
+    pub fn accept(&self, answer: LocalAudio) {
+        let _ = self.0.send(CallCommand::Accept(answer));
+    }
+
+    /// Incoming: a final error response (486, 603, 480, ...).
+    pub fn reject(&self, status: u16) {
+        let _ = self.0.send(CallCommand::Reject(status));
+    }
+}
+
+/// A call's control and its events.
+pub struct Call {
+    pub control: CallControl,
+    pub events: mpsc::UnboundedReceiver<CallEvent>,
+}
+
+/// An INVITE that arrived for one of our Contacts.
+pub struct IncomingCall {
+    /// The caller's From URI.
+    pub caller: String,
+    /// The user part of the Request-URI: the Contact it was sent to.
+    pub contact_user: String,
+    /// The caller's SDP offer (an INVITE without one gets our offer in the
+    /// 200 and the answer in the ACK).
+    pub offer: Option<String>,
+    pub call: Call,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("invalid target {0:?}")]
+    BadTarget(String),
+    #[error(transparent)]
+    Unresolved(#[from] TargetError),
+    #[error("cannot start the INVITE: {0}")]
+    Stack(String),
+}
+
+/// Where incoming INVITEs go, by the user part of the Contact they name.
+#[derive(Default, Clone)]
+pub(crate) struct IncomingRoutes(Arc<Mutex<HashMap<String, mpsc::UnboundedSender<IncomingCall>>>>);
+
+impl IncomingRoutes {
+    pub(crate) fn sender_for(
+        &self,
+        contact_user: &str,
+    ) -> Option<mpsc::UnboundedSender<IncomingCall>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(contact_user)
+            .cloned()
+    }
+
+    fn insert(&self, contact_user: String, sender: mpsc::UnboundedSender<IncomingCall>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(contact_user, sender);
+    }
+
+    fn remove(&self, contact_user: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(contact_user);
+    }
+}
+
+/// Incoming calls for one Contact; the route goes when this is dropped.
+pub struct IncomingCalls {
+    routes: IncomingRoutes,
+    contact_user: String,
+    receiver: mpsc::UnboundedReceiver<IncomingCall>,
+}
+
+impl IncomingCalls {
+    pub async fn next(&mut self) -> Option<IncomingCall> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for IncomingCalls {
+    fn drop(&mut self) {
+        self.routes.remove(&self.contact_user);
+    }
+}
+
+impl UserAgent {
+    /// Sends an INVITE; the events say how it goes.
+    pub async fn dial(&self, request: OutgoingCall) -> Result<Call, DialError> {
+        let callee = Uri::try_from(request.target.as_str())
+            .map_err(|_| DialError::BadTarget(request.target.clone()))?;
+        let caller_text = format!("sip:{}@{}", request.from_user, request.from_domain);
+        let caller =
+            Uri::try_from(caller_text.as_str()).map_err(|_| DialError::BadTarget(caller_text))?;
+        let (destination, transport) = match &request.proxy {
+            Some(proxy) => (
+                Some(SipAddr {
+                    r#type: Some(proxy.transport.into()),
+                    addr: proxy.resolve().await?.into(),
+                }),
+                proxy.transport,
+            ),
+            None => (None, TransportKind::Udp),
+        };
+        let option = InviteOption {
+            caller,
+            callee,
+            destination,
+            content_type: Some("application/sdp".to_string()),
+            offer: Some(request.offer.render().into_bytes()),
+            contact: self.contact_uri(&request.contact_user, transport)?,
+            credential: request.credential.map(|(username, password)| Credential {
+                username,
+                password,
+                realm: None,
+                auth_username: None,
+            }),
+            ..Default::default()
+        };
+        let (state_sender, states) = self.dialogs.new_dialog_state_channel();
+        let (dialog, invite) = self
+            .dialogs
+            .do_invite_async(option, state_sender)
+            .map_err(|e| DialError::Stack(e.to_string()))?;
+        Ok(self.drive(dialog, states, Some(invite), request.offer))
+    }
+
+    /// Routes INVITEs whose Request-URI user is `contact_user` to the
+    /// returned stream, until it is dropped.
+    pub fn incoming_calls(&self, contact_user: &str) -> IncomingCalls {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.routes.insert(contact_user.to_string(), sender);
+        IncomingCalls {
+            routes: self.routes.clone(),
+            contact_user: contact_user.to_string(),
+            receiver,
+        }
+    }
+
+    /// Accepts an initial INVITE whose route is known: the call's driver
+    /// starts, and the caller's side gets the [`IncomingCall`].
+    pub(crate) fn take_incoming(
+        &self,
+        mut transaction: rsipstack::transaction::transaction::Transaction,
+        contact_user: String,
+        route: mpsc::UnboundedSender<IncomingCall>,
+    ) {
+        let request = transaction.original.clone();
+        let transport = match transaction.connection.as_ref().map(|c| c.transport()) {
+            Some(rsipstack::sip::Transport::Tcp) => TransportKind::Tcp,
+            _ => TransportKind::Udp,
+        };
+        let contact = match self.contact_uri(&contact_user, transport) {
+            Ok(contact) => contact,
+            Err(error) => {
+                warn!(%error, "cannot build a Contact for an incoming call");
+                return;
+            }
+        };
+        let (state_sender, states) = self.dialogs.new_dialog_state_channel();
+        let dialog = match self.dialogs.get_or_create_server_invite(
+            &transaction,
+            state_sender,
+            None,
+            Some(contact),
+        ) {
+            Ok(dialog) => dialog,
+            Err(error) => {
+                warn!(%error, "cannot create a dialog for an incoming INVITE");
+                tokio::spawn(async move {
+                    let _ = transaction.reply(StatusCode::ServerInternalError).await;
+                });
+                return;
+            }
+        };
+        let mut handler = dialog.clone();
+        tokio::spawn(async move {
+            if let Err(error) = handler.handle(&mut transaction).await {
+                debug!(%error, "incoming INVITE transaction ended with an error");
+            }
+        });
+        // The answer is built later from the gateway's media point.
+        let placeholder = LocalAudio {
+            address: self.advertised_addr().ip(),
+            port: 0,
+            codecs: Vec::new(),
+            direction: sdp::Direction::SendRecv,
+            session_id: 0,
+            version: 0,
+        };
+        let call = self.drive(dialog, states, None, placeholder);
+        let offer =
+            (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
+        let caller = from_uri(&request);
+        info!(%caller, %contact_user, "incoming call");
+        if route
+            .send(IncomingCall {
+                caller,
+                contact_user,
+                offer,
+                call,
+            })
+            .is_err()
+        {
+            debug!("the session went away as the call arrived");
+        }
+    }
+
+    fn contact_uri(&self, user: &str, transport: TransportKind) -> Result<Uri, DialError> {
+        let transport = match transport {
+            TransportKind::Udp => "",
+            TransportKind::Tcp => ";transport=tcp",
+        };
+        let text = format!("sip:{user}@{}{transport}", self.advertised_addr());
+        Uri::try_from(text.as_str()).map_err(|_| DialError::BadTarget(text))
+    }
+
+    fn drive(
+        &self,
+        dialog: InviteDialog,
+        states: DialogStateReceiver,
+        invite: Option<JoinHandle<InviteAsyncResult>>,
+        local: LocalAudio,
+    ) -> Call {
+        let (command_sender, commands) = mpsc::unbounded_channel();
+        let (event_sender, events) = mpsc::unbounded_channel();
+        let driver = Driver {
+            dialogs: self.dialogs.clone(),
+            role: dialog.role(),
+            dialog,
+            events: event_sender,
+            local,
+            established: false,
+        };
+        self.tasks.spawn(driver.run(states, commands, invite));
+        Call {
+            control: CallControl(command_sender),
+            events,
+        }
+    }
+}
+
+fn from_uri(request: &Request) -> String {
+    use rsipstack::sip::prelude::HeadersExt;
+    request
+        .from_header()
+        .ok()
+        .and_then(|from| from.uri().ok())
+        .map(|uri| uri.to_string())
+        .unwrap_or_default()
+}
+
+struct Driver {
+    dialogs: Arc<DialogLayer>,
+    dialog: InviteDialog,
+    role: TransactionRole,
+    events: mpsc::UnboundedSender<CallEvent>,
+    /// Our current SDP: the offer (outgoing) or the answer (incoming).
+    local: LocalAudio,
+    established: bool,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut states: DialogStateReceiver,
+        mut commands: mpsc::UnboundedReceiver<CallCommand>,
+        mut invite: Option<JoinHandle<InviteAsyncResult>>,
+    ) {
+        let mut confirmed_id = None;
+        let last = loop {
+            tokio::select! {
+                state = states.recv() => {
+                    let Some(state) = state else {
+                        break self.ended(EndReason::Timeout);
+                    };
+                    if let DialogState::Confirmed(id, _) = &state {
+                        confirmed_id = Some(id.clone());
+                    }
+                    if let Some(last) = self.on_state(state).await {
+                        break last;
+                    }
+                }
+                outcome = invite_outcome(&mut invite), if invite.is_some() => {
+                    invite = None;
+                    if let Some(last) = self.on_invite_outcome(outcome) {
+                        break last;
+                    }
+                }
+                command = commands.recv() => {
+                    let command = command.unwrap_or(CallCommand::Hangup);
+                    self.on_command(command).await;
+                }
+            }
+        };
+        let _ = self.events.send(last);
+        self.dialogs.remove_dialog(&self.dialog.id());
+        if let Some(id) = confirmed_id {
+            self.dialogs.remove_dialog(&id);
+        }
+    }
+
+    async fn on_state(&mut self, state: DialogState) -> Option<CallEvent> {
+        match state {
+            DialogState::Trying(_) => self.emit(CallEvent::Progress {
+                status: 100,
+                sdp: None,
+            }),
+            DialogState::Early(_, response) if self.role == TransactionRole::Client => {
+                self.emit(CallEvent::Progress {
+                    status: response.status_code.code(),
+                    sdp: body_text(&response.body),
+                })
+            }
+            DialogState::Confirmed(_, response) if !self.established => {
+                self.established = true;
+                let sdp = match self.role {
+                    TransactionRole::Client => body_text(&response.body),
+                    TransactionRole::Server => None,
+                };
+                self.emit(CallEvent::Established { sdp });
+            }
+            DialogState::Updated(_, request, handle) => self.answer_offer(request, handle).await,
+            DialogState::Info(_, request, handle) => {
+                let content_type = content_type(&request);
+                let _ = handle.reply(StatusCode::OK).await;
+                self.emit(CallEvent::Info {
+                    content_type,
+                    body: String::from_utf8_lossy(&request.body).into_owned(),
+                });
+            }
+            DialogState::Options(_, _, handle)
+            | DialogState::Message(_, _, handle)
+            | DialogState::Notify(_, _, handle) => {
+                let _ = handle.reply(StatusCode::OK).await;
+            }
+            DialogState::Refer(_, _, handle) | DialogState::Publish(_, _, handle) => {
+                let _ = handle.reply(StatusCode::MethodNotAllowed).await;
+            }
+            DialogState::Terminated(_, reason) => return Some(self.terminated(reason)),
+            _ => {}
+        }
+        None
+    }
+
+    /// A re-INVITE or UPDATE: answer its offer from our media (hold, unhold,
+    /// new address), or offer our media when it carries none.
+    async fn answer_offer(&mut self, request: Request, handle: TransactionHandle) {
+        let offer = body_text(&request.body);
+        let reply = match offer.as_deref().map(sdp::parse_remote) {
+            None => Ok(self.local.clone()),
+            Some(Ok(remote)) => {
+                let mut local = sdp::answer(&remote, &self.local);
+                if let Ok(local) = local.as_mut() {
+                    local.version += 1;
+                }
+                local
+            }
+            Some(Err(error)) => Err(error),
+        };
+        match reply {
+            Ok(local) => {
+                let body = local.render();
+                self.local = local;
+                let _ = handle
+                    .respond(
+                        StatusCode::OK,
+                        Some(vec![sdp_content_type()]),
+                        Some(body.into_bytes()),
+                    )
+                    .await;
+                if let Some(sdp) = offer {
+                    self.emit(CallEvent::MediaChanged { sdp });
+                }
+            }
+            Err(error) => {
+                info!(%error, method = %request.method, "refusing an in-dialog offer");
+                let _ = handle.reply(StatusCode::NotAcceptableHere).await;
+            }
+        }
+    }
+
+    fn on_invite_outcome(
+        &mut self,
+        outcome: Result<InviteAsyncResult, tokio::task::JoinError>,
+    ) -> Option<CallEvent> {
+        match outcome {
+            Ok(Ok((_, Some(response))))
+                if response.status_code.kind() == StatusCodeKind::Successful =>
+            {
+                None
+            }
+            // A final error response also ends the dialog with a Terminated
+            // state, which carries the same status.
+            Ok(Ok((_, Some(_)))) => None,
+            Ok(Ok((_, None))) => Some(CallEvent::Failed {
+                status: 408,
+                reason: "no answer to the INVITE".to_string(),
+            }),
+            Ok(Err(error)) => Some(CallEvent::Failed {
+                status: 503,
+                reason: error.to_string(),
+            }),
+            Err(error) => Some(CallEvent::Failed {
+                status: 500,
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    async fn on_command(&mut self, command: CallCommand) {
+        let result = match command {
+            CallCommand::Ring => self.dialog.ringing(None, None),
+            CallCommand::Accept(answer) => {
+                let body = answer.render();
+                self.local = answer;
+                self.dialog
+                    .accept(Some(vec![sdp_content_type()]), Some(body.into_bytes()))
+            }
+            CallCommand::Reject(status) => self.dialog.reject(Some(StatusCode::from(status)), None),
+            CallCommand::Hangup if self.role == TransactionRole::Server && !self.established => {
+                self.dialog
+                    .reject(Some(StatusCode::TemporarilyUnavailable), None)
+            }
+            CallCommand::Hangup => self.dialog.hangup().await,
+        };
+        if let Err(error) = result {
+            warn!(%error, "SIP call command failed");
+        }
+    }
+
+    fn terminated(&self, reason: TerminatedReason) -> CallEvent {
+        let we_are_caller = self.role == TransactionRole::Client;
+        match reason {
+            TerminatedReason::UacBye => self.ended(if we_are_caller {
+                EndReason::Local
+            } else {
+                EndReason::Remote
+            }),
+            TerminatedReason::UasBye => self.ended(if we_are_caller {
+                EndReason::Remote
+            } else {
+                EndReason::Local
+            }),
+            TerminatedReason::UacCancel if we_are_caller => self.ended(EndReason::Local),
+            TerminatedReason::UacCancel => self.ended(EndReason::CallerCancelled),
+            TerminatedReason::Timeout => self.ended(EndReason::Timeout),
+            // Our own rejection of an incoming call.
+            TerminatedReason::UasDecline | TerminatedReason::UasBusy if !we_are_caller => {
+                self.ended(EndReason::Local)
+            }
+            TerminatedReason::UasBusy => failed(StatusCode::BusyHere),
+            TerminatedReason::UasDecline => failed(StatusCode::Decline),
+            TerminatedReason::UacBusy => failed(StatusCode::BusyHere),
+            TerminatedReason::ProxyAuthRequired => failed(StatusCode::ProxyAuthenticationRequired),
+            TerminatedReason::ProxyError(status)
+            | TerminatedReason::UacOther(status)
+            | TerminatedReason::UasOther(status) => {
+                if self.established {
+                    self.ended(EndReason::Remote)
+                } else if !we_are_caller {
+                    self.ended(EndReason::Local)
+                } else {
+                    failed(status)
+                }
+            }
+        }
+    }
+
+    fn ended(&self, reason: EndReason) -> CallEvent {
+        if !self.established && self.role == TransactionRole::Client && reason == EndReason::Timeout
+        {
+            return CallEvent::Failed {
+                status: 408,
+                reason: "Request Timeout".to_string(),
+            };
+        }
+        CallEvent::Ended { reason }
+    }
+
+    fn emit(&self, event: CallEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+fn failed(status: StatusCode) -> CallEvent {
+    CallEvent::Failed {
+        status: status.code(),
+        reason: status.text().to_string(),
+    }
+}
+
+fn body_text(body: &[u8]) -> Option<String> {
+    (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned())
+}
+
+fn content_type(request: &Request) -> String {
+    request
+        .headers
+        .iter()
+        .find_map(|h| match h {
+            Header::ContentType(c) => Some(c.value().to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn sdp_content_type() -> Header {
+    Header::ContentType(ContentType::new("application/sdp"))
+}
+
+/// The outcome of our INVITE transaction; never resolves once it was taken.
+async fn invite_outcome(
+    invite: &mut Option<JoinHandle<InviteAsyncResult>>,
+) -> Result<InviteAsyncResult, tokio::task::JoinError> {
+    match invite {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl From<TransportKind> for rsipstack::sip::Transport {
+    fn from(kind: TransportKind) -> Self {
+        match kind {
+            TransportKind::Udp => rsipstack::sip::Transport::Udp,
+            TransportKind::Tcp => rsipstack::sip::Transport::Tcp,
+        }
+    }
+}
+
+/// Requests that only make sense inside a dialog.
+pub(crate) fn needs_dialog(method: Method) -> bool {
+    matches!(
+        method,
+        Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::PRack
+    )
+}
