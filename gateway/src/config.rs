@@ -20,7 +20,34 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub registrar: Option<RegistrarConfig>,
     pub users: Vec<StaticUser>,
+    pub calls: CallsConfig,
+    pub media: MediaConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// Where INVITEs go (`sip:host:port;transport=udp|tcp`); the registrar
+    /// when empty. With neither, a bUri must name its host.
+    pub proxy: String,
+    /// Domain for bare numbers in bUri; the registrar's domain when empty.
+    pub domain: String,
+    /// An outgoing call not answered by then is cancelled: CALL_FAILED
+    /// UNAVAILABE.
+    pub no_answer_timeout_ms: u64,
+    /// An incoming call the client neither accepts nor rejects by then gets
+    /// 480 and CALL_FAILED UNAVAILABE.
+    pub incoming_answer_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// RTP ports are taken from this range (inclusive), RTCP on the next
+    /// odd port.
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +166,26 @@ impl Default for SipConfig {
     }
 }
 
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            proxy: String::new(),
+            domain: String::new(),
+            no_answer_timeout_ms: 60_000,
+            incoming_answer_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            rtp_port_min: 30_000,
+            rtp_port_max: 39_999,
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -225,6 +272,10 @@ impl Config {
         if self.auth_mode() == AuthMode::Registrar && self.registrar.is_none() {
             bail!("sessions.auth = \"registrar\" needs a [registrar] section");
         }
+        self.call_proxy()?;
+        if self.media.rtp_port_min < 1024 || self.media.rtp_port_min >= self.media.rtp_port_max {
+            bail!("media.rtp_port_min must be at least 1024 and below media.rtp_port_max");
+        }
         if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
             bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");
         }
@@ -239,6 +290,40 @@ impl Config {
         } else {
             AuthMode::Open
         })
+    }
+}
+
+impl Config {
+    /// Where INVITEs go: `[calls] proxy`, else the registrar, else nowhere
+    /// fixed (the bUri's host).
+    pub fn call_proxy(&self) -> anyhow::Result<Option<SipTarget>> {
+        if !self.calls.proxy.is_empty() {
+            return Ok(Some(
+                self.calls
+                    .proxy
+                    .parse()
+                    .with_context(|| format!("calls.proxy {:?}", self.calls.proxy))?,
+            ));
+        }
+        self.registrar
+            .as_ref()
+            .map(RegistrarConfig::target)
+            .transpose()
+    }
+
+    /// The domain of our users' addresses and of bare numbers.
+    pub fn sip_domain(&self) -> String {
+        if !self.calls.domain.is_empty() {
+            return self.calls.domain.clone();
+        }
+        match &self.registrar {
+            Some(registrar) if !registrar.domain.is_empty() => registrar.domain.clone(),
+            Some(registrar) => registrar
+                .target()
+                .map(|t| format!("{}:{}", t.host, t.port))
+                .unwrap_or_default(),
+            None => self.sip.listen.ip().to_string(),
+        }
     }
 }
 

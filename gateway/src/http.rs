@@ -12,8 +12,9 @@ use axum::Router;
 use dialtone_ws::{run_connection, ConnectionConfig};
 use tracing::{info_span, Instrument};
 
+use crate::connection::ClientConnection;
 use crate::metrics::Held;
-use crate::session::{new_id, ClientConnection};
+use crate::session::new_id;
 use crate::state::Gateway;
 
 /// Beyond this a frame is not even read: the connection closes (1009).

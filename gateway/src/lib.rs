@@ -5,8 +5,11 @@
 //! `dialtone-sip` (SIP) crates; this crate decides what a session is and
 //! what happens when a client comes and goes.
 
+mod call;
 pub mod config;
+mod connection;
 mod http;
+mod media_ports;
 mod metrics;
 mod session;
 mod state;
@@ -21,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{AuthMode, Config};
+use crate::media_ports::PortPool;
 use crate::metrics::Metrics;
 use crate::state::Gateway;
 
@@ -43,10 +47,18 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     if config.auth_mode() == AuthMode::Open {
         warn!("no registrar and no users configured: any user name may start a session (auth = \"open\")");
     }
+    let metrics = Metrics::new();
+    let ports = PortPool::new(
+        sip.local_addr().ip(),
+        config.media.rtp_port_min,
+        config.media.rtp_port_max,
+        metrics.media_ports.clone(),
+    );
     let gateway = Arc::new(Gateway {
         config,
         sip: sip.clone(),
-        metrics: Metrics::new(),
+        metrics,
+        ports,
         tasks: TaskTracker::new(),
         shutdown: stop.clone(),
     });

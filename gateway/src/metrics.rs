@@ -28,6 +28,9 @@ pub struct Metrics {
     pub tasks: Gauge,
     pub sip_transactions: Gauge,
     pub sip_connections: Gauge,
+    pub sip_dialogs: Gauge,
+    pub calls: Gauge,
+    pub media_ports: Gauge,
     pub sessions_started: Counter,
     pub sessions_failed: Family<ReasonLabel, Counter>,
     pub protocol_errors: Family<ReasonLabel, Counter>,
@@ -44,6 +47,9 @@ pub struct Status {
     pub tasks: i64,
     pub sip_transactions: i64,
     pub sip_connections: i64,
+    pub sip_dialogs: i64,
+    pub calls: i64,
+    pub media_ports: i64,
 }
 
 impl Metrics {
@@ -56,12 +62,15 @@ impl Metrics {
             tasks: Gauge::default(),
             sip_transactions: Gauge::default(),
             sip_connections: Gauge::default(),
+            sip_dialogs: Gauge::default(),
+            calls: Gauge::default(),
+            media_ports: Gauge::default(),
             sessions_started: Counter::default(),
             sessions_failed: Family::default(),
             protocol_errors: Family::default(),
             registry: Registry::default(),
         };
-        let gauges: [(&str, &str, &Gauge); 6] = [
+        let gauges: [(&str, &str, &Gauge); 9] = [
             (
                 "ws_connections",
                 "Open client WebSockets",
@@ -87,6 +96,13 @@ impl Metrics {
                 "sip_connections",
                 "SIP stream connections open",
                 &metrics.sip_connections,
+            ),
+            ("sip_dialogs", "SIP dialogs held", &metrics.sip_dialogs),
+            ("calls", "Calls in progress", &metrics.calls),
+            (
+                "media_ports",
+                "RTP/RTCP port pairs leased",
+                &metrics.media_ports,
             ),
         ];
         for (name, help, gauge) in gauges {
@@ -129,6 +145,9 @@ impl Metrics {
             tasks: self.tasks.get(),
             sip_transactions: self.sip_transactions.get(),
             sip_connections: self.sip_connections.get(),
+            sip_dialogs: self.sip_dialogs.get(),
+            calls: self.calls.get(),
+            media_ports: self.media_ports.get(),
         }
     }
 }

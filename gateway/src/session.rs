@@ -1,20 +1,26 @@
 //! Sessions: one authenticated client each, usually bound to a SIP
-//! registration. A session task registers, refreshes and unregisters; the
-//! connection that started it owns it and is the only one that may name it.
+//! registration. A session task registers, refreshes and unregisters, places
+//! and receives the session's calls, and when told to stop ends every call
+//! before it unregisters.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dialtone_sip::{Account, RegisterError, Registration};
-use dialtone_ws::{
-    ClientMessage, ConnectionEnd, ConnectionHandler, ErrorCode, Outbox, ProtocolError,
-    ServerMessage, SessionFailReason, StartSession,
+use dialtone_sip::{
+    Account, IncomingCall, IncomingCalls, OutgoingCall, RegisterError, Registration,
 };
+use dialtone_ws::{
+    ErrorCode, Outbox, ProtocolError, ServerMessage, SessionFailReason, StartCall, StartSession,
+};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::call::{CallIds, CallRequest, CallTask};
 use crate::config::AuthMode;
 use crate::metrics::{Held, ReasonLabel};
 use crate::state::Gateway;
@@ -24,151 +30,62 @@ use crate::state::Gateway;
 const REFRESH_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
 
-/// The gateway's handler for one WebSocket.
-pub struct ClientConnection {
-    gateway: Arc<Gateway>,
-    client_id: String,
-    outbox: Outbox,
-    sessions: HashMap<String, SessionHandle>,
-    /// Sessions told to close, kept so the connection's end can wait for
-    /// their unregistration.
-    closing: Vec<JoinHandle<()>>,
+/// What the connection asks of one of its sessions.
+pub enum SessionCommand {
+    StartCall(StartCall),
+    Call {
+        call_id: String,
+        request: CallRequest,
+        request_type: &'static str,
+    },
 }
 
-struct SessionHandle {
-    stop: CancellationToken,
+/// A call of the session, seen from the session.
+struct ActiveCall {
+    requests: mpsc::UnboundedSender<CallRequest>,
     task: JoinHandle<()>,
 }
 
-impl ClientConnection {
-    pub fn new(gateway: Arc<Gateway>, client_id: String, outbox: Outbox) -> ClientConnection {
-        ClientConnection {
-            gateway,
-            client_id,
-            outbox,
-            sessions: HashMap::new(),
-            closing: Vec::new(),
-        }
-    }
-
-    fn refuse(&self, error: ProtocolError) {
-        self.gateway
-            .metrics
-            .protocol_errors
-            .get_or_create(&ReasonLabel {
-                reason: format!("{:?}", error.code),
-            })
-            .inc();
-        self.outbox.send_error(error);
-    }
-
-    /// Sessions that failed or closed on their own are forgotten here, so
-    /// their ids become unknown.
-    fn forget_ended_sessions(&mut self) {
-        self.sessions.retain(|_, handle| !handle.task.is_finished());
-        self.closing.retain(|task| !task.is_finished());
-    }
-
-    fn start_session(&mut self, request: StartSession) {
-        let limit = self.gateway.config.websocket.max_sessions_per_connection;
-        if self.sessions.len() >= limit {
-            self.refuse(
-                ProtocolError::new(
-                    ErrorCode::SessionLimit,
-                    format!("this connection already holds {limit} sessions"),
-                )
-                .for_request("START_SESSION"),
-            );
-            return;
-        }
-        let session_id = new_id();
-        let client_id = request
-            .client_id
-            .clone()
-            .unwrap_or_else(|| self.client_id.clone());
-        let stop = CancellationToken::new();
-        let session = Session {
-            gateway: self.gateway.clone(),
-            session_id: session_id.clone(),
-            client_id,
-            outbox: self.outbox.clone(),
-        };
-        let span = info_span!("session", session_id = %session_id, user = %request.username);
-        let task = self
-            .gateway
-            .tasks
-            .spawn(session.run(request, stop.clone()).instrument(span));
-        self.sessions
-            .insert(session_id, SessionHandle { stop, task });
-    }
-}
-
-impl ConnectionHandler for ClientConnection {
-    async fn on_message(&mut self, message: ClientMessage) {
-        self.forget_ended_sessions();
-        if let ClientMessage::StartSession(request) = message {
-            self.start_session(request);
-            return;
-        }
-        let Some(session_id) = message.session_id().map(str::to_string) else {
-            return;
-        };
-        if !self.sessions.contains_key(&session_id) {
-            // Whether the id exists on another connection is not revealed.
-            self.refuse(
-                ProtocolError::new(
-                    ErrorCode::UnknownSession,
-                    format!("no session {session_id:?} on this connection"),
-                )
-                .for_request(message.type_name())
-                .with_field("sessionId")
-                .with_session(&session_id),
-            );
-            return;
-        }
-        match message {
-            ClientMessage::CloseSession(_) => {
-                if let Some(handle) = self.sessions.remove(&session_id) {
-                    handle.stop.cancel();
-                    self.closing.push(handle.task);
-                }
-            }
-            other => self.refuse(
-                ProtocolError::new(
-                    ErrorCode::NotSupported,
-                    format!("{} is not supported by this gateway yet", other.type_name()),
-                )
-                .for_request(other.type_name())
-                .with_session(&session_id),
-            ),
-        }
-    }
-
-    async fn on_end(self, end: ConnectionEnd) {
-        info!(client_id = %self.client_id, end = end.as_str(), sessions = self.sessions.len(), "client gone; closing its sessions");
-        let mut tasks = self.closing;
-        for (_, handle) in self.sessions {
-            handle.stop.cancel();
-            tasks.push(handle.task);
-        }
-        for task in tasks {
-            if let Err(error) = task.await {
-                warn!(%error, "session task failed");
-            }
-        }
-    }
-}
-
-/// What a session task needs; it outlives nothing but its connection.
-struct Session {
+pub struct Session {
     gateway: Arc<Gateway>,
     session_id: String,
     client_id: String,
     outbox: Outbox,
+    calls: HashMap<String, ActiveCall>,
+    /// Call tasks report their id here as they end.
+    ended_calls: (
+        mpsc::UnboundedSender<String>,
+        mpsc::UnboundedReceiver<String>,
+    ),
 }
 
 impl Session {
-    async fn run(self, request: StartSession, stop: CancellationToken) {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        session_id: String,
+        client_id: String,
+        outbox: Outbox,
+    ) -> Session {
+        Session {
+            gateway,
+            session_id,
+            client_id,
+            outbox,
+            calls: HashMap::new(),
+            ended_calls: mpsc::unbounded_channel(),
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        request: StartSession,
+        stop: CancellationToken,
+        mut commands: mpsc::UnboundedReceiver<SessionCommand>,
+    ) {
+        let registers = self.gateway.config.auth_mode() == AuthMode::Registrar;
+        // Listen before registering, so an INVITE right after the 200 finds us.
+        let mut incoming = registers.then(|| self.gateway.sip.incoming_calls(&self.contact_user()));
+        let credentials = (request.username.clone(), request.password.clone());
         let registration = match self.authenticate(request).await {
             Ok(registration) => registration,
             Err(failure) => {
@@ -176,7 +93,7 @@ impl Session {
                 return;
             }
         };
-        let registration =
+        let mut registration =
             registration.map(|r| (r, Held::new(&self.gateway.metrics.registrations)));
         let _session = Held::new(&self.gateway.metrics.sessions);
         self.gateway.metrics.sessions_started.inc();
@@ -186,19 +103,155 @@ impl Session {
             client_id: self.client_id.clone(),
         });
 
-        if let Some((mut registration, _held)) = registration {
-            keep_registered(&mut registration, &stop).await;
+        let mut refresh = Refresh::new(registration.as_ref().map(|(r, _)| r.refresh_after()));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = refresh.due(), if registration.is_some() => {
+                    if let Some((registration, _)) = registration.as_mut() {
+                        refresh.after(registration.refresh().await, registration.refresh_after());
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command, &credentials),
+                    None => break,
+                },
+                Some(call) = next_incoming(&mut incoming) => self.take_incoming(call),
+                Some(call_id) = self.ended_calls.1.recv() => {
+                    self.calls.remove(&call_id);
+                }
+            }
+        }
+
+        drop(incoming);
+        self.end_calls().await;
+        if let Some((registration, _held)) = registration {
             if let Err(error) = registration.unregister().await {
                 warn!(%error, "unregistration failed; the binding will expire on its own");
             }
-        } else {
-            stop.cancelled().await;
         }
         info!("session closed");
         self.outbox.send(ServerMessage::SessionClosed {
             session_id: self.session_id.clone(),
             client_id: self.client_id.clone(),
         });
+    }
+
+    /// Our Contact's user part: it names this session to the registrar and
+    /// to callers.
+    fn contact_user(&self) -> String {
+        format!("dt-{}", self.session_id)
+    }
+
+    fn on_command(&mut self, command: SessionCommand, credentials: &(String, String)) {
+        match command {
+            SessionCommand::StartCall(request) => self.start_call(request, credentials),
+            SessionCommand::Call {
+                call_id,
+                request,
+                request_type,
+            } => match self.calls.get(&call_id) {
+                Some(call) if call.requests.send(request).is_ok() => {}
+                _ => self.outbox.send_error(
+                    ProtocolError::new(
+                        ErrorCode::UnknownCall,
+                        format!("no call {call_id:?} in this session"),
+                    )
+                    .for_request(request_type)
+                    .with_field("callId")
+                    .with_session(&self.session_id),
+                ),
+            },
+        }
+    }
+
+    fn start_call(&mut self, request: StartCall, credentials: &(String, String)) {
+        let config = &self.gateway.config;
+        let domain = config.sip_domain();
+        let Some(target) = expand_target(&request.b_uri, &domain) else {
+            self.outbox.send_error(
+                ProtocolError::new(
+                    ErrorCode::InvalidValue,
+                    format!(
+                        "bUri {:?} is neither a SIP URI nor a user or number",
+                        request.b_uri
+                    ),
+                )
+                .for_request("START_CALL")
+                .with_field("bUri")
+                .with_session(&self.session_id),
+            );
+            return;
+        };
+        let from_user = credentials.0.clone();
+        // Validated at start-up.
+        let proxy = config.call_proxy().ok().flatten();
+        let credential = (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone());
+        let contact_user = self.contact_user();
+        let with_offer = move |offer| OutgoingCall {
+            from_user,
+            from_domain: domain,
+            target,
+            proxy,
+            credential,
+            contact_user,
+            offer,
+        };
+        let cc = request.cc;
+        self.launch_call(request.client_call_id, move |task| {
+            task.run_outgoing(with_offer, cc)
+        });
+    }
+
+    fn take_incoming(&mut self, call: IncomingCall) {
+        self.launch_call(None, move |task| task.run_incoming(call));
+    }
+
+    /// Starts a call task; the session keeps its request channel until the
+    /// task reports that it ended.
+    fn launch_call<F, Run>(&mut self, client_call_id: Option<String>, run: F)
+    where
+        F: FnOnce(CallTask) -> Run,
+        Run: Future<Output = ()> + Send + 'static,
+    {
+        let ids = CallIds {
+            session_id: self.session_id.clone(),
+            call_id: new_id(),
+            client_call_id,
+        };
+        let (requests, request_receiver) = mpsc::unbounded_channel();
+        let call_task = CallTask::new(
+            self.gateway.clone(),
+            ids.clone(),
+            self.outbox.clone(),
+            request_receiver,
+        );
+        let ended = self.ended_calls.0.clone();
+        let call_id = ids.call_id.clone();
+        let span = info_span!("call", call_id = %ids.call_id);
+        let run = run(call_task);
+        let task = self.gateway.tasks.spawn(
+            async move {
+                run.await;
+                let _ = ended.send(call_id);
+            }
+            .instrument(span),
+        );
+        self.calls
+            .insert(ids.call_id, ActiveCall { requests, task });
+    }
+
+    /// Hangs up every call and waits until each has ended.
+    async fn end_calls(&mut self) {
+        let calls: Vec<ActiveCall> = self.calls.drain().map(|(_, call)| call).collect();
+        for call in &calls {
+            let _ = call.requests.send(CallRequest::Hangup);
+        }
+        for call in calls {
+            if let Err(error) = call.task.await {
+                warn!(%error, "call task failed");
+            }
+        }
     }
 
     /// Checks the user the configured way; a registration comes back when
@@ -230,7 +283,7 @@ impl Session {
                     password: request.password,
                     auth_username: None,
                     domain: registrar.domain.clone(),
-                    contact_user: format!("dt-{}", self.session_id),
+                    contact_user: self.contact_user(),
                 };
                 // Not raced with the stop signal: a REGISTER abandoned in
                 // flight could leave a binding behind. The timeout bounds it.
@@ -272,27 +325,65 @@ impl Session {
     }
 }
 
-/// Refreshes before each expiry until told to stop; a failed refresh is
-/// retried with back-off while the session lives.
-async fn keep_registered(registration: &mut Registration, stop: &CancellationToken) {
-    let mut wait = registration.refresh_after();
-    let mut retry = REFRESH_RETRY_FIRST;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+/// When the registration is refreshed next: at three quarters of the
+/// granted time, or after a back-off when the last refresh failed.
+struct Refresh {
+    at: Instant,
+    retry: Duration,
+}
+
+impl Refresh {
+    fn new(first: Option<Duration>) -> Refresh {
+        Refresh {
+            at: Instant::now() + first.unwrap_or(Duration::MAX / 4),
+            retry: REFRESH_RETRY_FIRST,
         }
-        match registration.refresh().await {
+    }
+
+    async fn due(&self) {
+        tokio::time::sleep_until(self.at).await
+    }
+
+    fn after(&mut self, outcome: Result<(), RegisterError>, granted: Duration) {
+        match outcome {
             Ok(()) => {
-                wait = registration.refresh_after();
-                retry = REFRESH_RETRY_FIRST;
+                self.at = Instant::now() + granted;
+                self.retry = REFRESH_RETRY_FIRST;
             }
             Err(error) => {
-                warn!(%error, retry_in = ?retry, "registration refresh failed");
-                wait = retry;
-                retry = (retry * 2).min(REFRESH_RETRY_CAP);
+                warn!(%error, retry_in = ?self.retry, "registration refresh failed");
+                self.at = Instant::now() + self.retry;
+                self.retry = (self.retry * 2).min(REFRESH_RETRY_CAP);
             }
         }
+    }
+}
+
+async fn next_incoming(incoming: &mut Option<IncomingCalls>) -> Option<IncomingCall> {
+    match incoming {
+        Some(incoming) => incoming.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `sip:…` as is; `user@host` gets the scheme; a bare user or number gets
+/// the domain.
+fn expand_target(b_uri: &str, domain: &str) -> Option<String> {
+    let b_uri = b_uri.trim();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#@:;=%!~'()[]".contains(c))
+    };
+    if !valid(b_uri) {
+        return None;
+    }
+    if b_uri.starts_with("sip:") || b_uri.starts_with("sips:") {
+        Some(b_uri.to_string())
+    } else if b_uri.contains('@') {
+        Some(format!("sip:{b_uri}"))
+    } else {
+        Some(format!("sip:{b_uri}@{domain}"))
     }
 }
 
@@ -345,4 +436,31 @@ impl From<RegisterError> for Failure {
 pub fn new_id() -> String {
     let bits: u128 = rand::random();
     format!("{bits:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_target;
+
+    #[test]
+    fn bare_numbers_get_the_domain_and_uris_stay() {
+        assert_eq!(
+            expand_target("3000", "pbx:5060").as_deref(),
+            Some("sip:3000@pbx:5060")
+        );
+        assert_eq!(
+            expand_target("+4930123", "pbx").as_deref(),
+            Some("sip:+4930123@pbx")
+        );
+        assert_eq!(
+            expand_target("bob@example.com", "pbx").as_deref(),
+            Some("sip:bob@example.com")
+        );
+        assert_eq!(
+            expand_target("sip:echo@127.0.0.1:5070", "pbx").as_deref(),
+            Some("sip:echo@127.0.0.1:5070")
+        );
+        assert_eq!(expand_target("two words", "pbx"), None);
+        assert_eq!(expand_target("<sip:x>", "pbx"), None);
+    }
 }

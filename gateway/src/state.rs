@@ -7,12 +7,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::media_ports::PortPool;
 use crate::metrics::{Metrics, Status};
 
 pub struct Gateway {
     pub config: Config,
     pub sip: UserAgent,
     pub metrics: Arc<Metrics>,
+    pub ports: Arc<PortPool>,
     /// Every connection and session task, so shutdown can wait for them and
     /// /status can count them.
     pub tasks: TaskTracker,
@@ -27,6 +29,7 @@ impl Gateway {
         self.metrics.tasks.set(self.tasks.len() as i64);
         self.metrics.sip_transactions.set(sip.transactions as i64);
         self.metrics.sip_connections.set(sip.connections as i64);
+        self.metrics.sip_dialogs.set(sip.dialogs as i64);
         self.metrics.status()
     }
 }

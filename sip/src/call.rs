@@ -225,7 +225,7 @@ impl UserAgent {
             .dialogs
             .do_invite_async(option, state_sender)
             .map_err(|e| DialError::Stack(e.to_string()))?;
-        Ok(self.drive(dialog, states, Some(invite), request.offer))
+        Ok(self.drive(dialog, states, Some(invite), Some(request.offer)))
     }
 
     /// Routes INVITEs whose Request-URI user is `contact_user` to the
@@ -282,16 +282,8 @@ impl UserAgent {
                 debug!(%error, "incoming INVITE transaction ended with an error");
             }
         });
-        // The answer is built later from the gateway's media point.
-        let placeholder = LocalAudio {
-            address: self.advertised_addr().ip(),
-            port: 0,
-            codecs: Vec::new(),
-            direction: sdp::Direction::SendRecv,
-            session_id: 0,
-            version: 0,
-        };
-        let call = self.drive(dialog, states, None, placeholder);
+        // Our SDP comes with the answer, when the gateway accepts.
+        let call = self.drive(dialog, states, None, None);
         let offer =
             (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
         let caller = from_uri(&request);
@@ -323,7 +315,7 @@ impl UserAgent {
         dialog: InviteDialog,
         states: DialogStateReceiver,
         invite: Option<JoinHandle<InviteAsyncResult>>,
-        local: LocalAudio,
+        local: Option<LocalAudio>,
     ) -> Call {
         let (command_sender, commands) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
@@ -358,8 +350,9 @@ struct Driver {
     dialog: InviteDialog,
     role: TransactionRole,
     events: mpsc::UnboundedSender<CallEvent>,
-    /// Our current SDP: the offer (outgoing) or the answer (incoming).
-    local: LocalAudio,
+    /// Our current SDP: the offer (outgoing) or the answer (incoming, once
+    /// accepted).
+    local: Option<LocalAudio>,
     established: bool,
 }
 
@@ -449,22 +442,23 @@ impl Driver {
     /// A re-INVITE or UPDATE: answer its offer from our media (hold, unhold,
     /// new address), or offer our media when it carries none.
     async fn answer_offer(&mut self, request: Request, handle: TransactionHandle) {
+        let Some(current) = self.local.clone() else {
+            let _ = handle.reply(StatusCode::NotAcceptableHere).await;
+            return;
+        };
         let offer = body_text(&request.body);
         let reply = match offer.as_deref().map(sdp::parse_remote) {
-            None => Ok(self.local.clone()),
-            Some(Ok(remote)) => {
-                let mut local = sdp::answer(&remote, &self.local);
-                if let Ok(local) = local.as_mut() {
-                    local.version += 1;
-                }
-                local
-            }
+            None => Ok(current),
+            Some(Ok(remote)) => sdp::answer(&remote, &current).map(|answer| LocalAudio {
+                version: current.version + 1,
+                ..answer
+            }),
             Some(Err(error)) => Err(error),
         };
         match reply {
             Ok(local) => {
                 let body = local.render();
-                self.local = local;
+                self.local = Some(local);
                 let _ = handle
                     .respond(
                         StatusCode::OK,
@@ -516,7 +510,7 @@ impl Driver {
             CallCommand::Ring => self.dialog.ringing(None, None),
             CallCommand::Accept(answer) => {
                 let body = answer.render();
-                self.local = answer;
+                self.local = Some(answer);
                 self.dialog
                     .accept(Some(vec![sdp_content_type()]), Some(body.into_bytes()))
             }

@@ -132,12 +132,16 @@ async fn another_clients_session_id_is_refused_and_that_session_is_untouched() -
     }
     ensure!(gateway.status()?["sessions"] == 1);
 
-    // Calls are not handled yet: a valid START_CALL on one's own session
+    // Media messages are not handled yet: a valid one on one's own session
     // says so rather than failing silently.
     owner
-        .send_json(&json!({"type": "START_CALL", "sessionId": session_id, "bUri": "1002"}))
+        .send_json(&json!({"type": "JOIN_ROOM", "sessionId": session_id, "roomId": "r"}))
         .await?;
     expect_error(&mut owner, "NOT_SUPPORTED", None).await?;
+    owner
+        .send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": "nope"}))
+        .await?;
+    expect_error(&mut owner, "UNKNOWN_CALL", Some("callId")).await?;
 
     owner
         .send_json(&json!({"type": "CLOSE_SESSION", "sessionId": session_id}))

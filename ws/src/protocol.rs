@@ -57,6 +57,10 @@ pub struct StartCall {
     /// Voice, video.
     #[serde(default)]
     pub vv: Option<[bool; 2]>,
+    /// Extension: the client's own id for the call, echoed in every call
+    /// event, so a client can match replies before it knows the callId.
+    #[serde(default)]
+    pub client_call_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -218,6 +222,31 @@ pub enum SessionFailReason {
     CaptchaFailed,
 }
 
+/// Why a call did not start. `UNAVAILABE` is the seed's spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallFailReason {
+    #[serde(rename = "BUSY")]
+    Busy,
+    #[serde(rename = "DECLINE")]
+    Decline,
+    #[serde(rename = "UNAVAILABE")]
+    Unavailable,
+    /// The seed's `MEDIA_FAILED.+`: the media could not be set up.
+    #[serde(rename = "MEDIA_FAILED")]
+    MediaFailed,
+}
+
+impl CallFailReason {
+    /// The reason a SIP final status stands for.
+    pub fn from_sip_status(status: u16) -> CallFailReason {
+        match status {
+            486 | 600 => CallFailReason::Busy,
+            603 => CallFailReason::Decline,
+            _ => CallFailReason::Unavailable,
+        }
+    }
+}
+
 /// Progress of an outgoing call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -240,6 +269,10 @@ pub enum ErrorCode {
     BinaryFrame,
     TooLarge,
     UnknownSession,
+    UnknownCall,
+    /// The call is not in a state where the message applies (ACCEPT_CALL of
+    /// an outgoing call, a second HANGUP_CALL, ...).
+    InvalidState,
     SessionLimit,
     NotSupported,
 }
@@ -291,26 +324,36 @@ pub enum ServerMessage {
         session_id: String,
         call_id: String,
         stage: CallStage,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     CallStarted {
         session_id: String,
         call_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     CallFailed {
         session_id: String,
         call_id: String,
-        reason: String,
+        reason: CallFailReason,
+        /// Extension: the SIP final status, when there was one.
         #[serde(skip_serializing_if = "Option::is_none")]
         sip_status: Option<u16>,
+        /// Extension: its reason phrase, or what went wrong.
         #[serde(skip_serializing_if = "Option::is_none")]
         sip_reason: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     CallFinished {
         session_id: String,
         call_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
     },
     SdpOffer(SdpExchange),
     SdpAnswer(SdpExchange),

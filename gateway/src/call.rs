@@ -1,0 +1,312 @@
+//! Calls of a session: one task each, turning the SIP call's events into
+//! CALL_* messages for the client and the client's HANGUP / ACCEPT / REJECT
+//! into SIP. The task owns the call's media ports, so they come back when
+//! it ends, however it ends.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dialtone_sip::sdp::{self, Direction, LocalAudio};
+use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, OutgoingCall};
+use dialtone_ws::{
+    CallFailReason, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError, RejectReason,
+    ServerMessage,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::media_ports::PortLease;
+use crate::metrics::Held;
+use crate::state::Gateway;
+
+/// What the client asks of one of its calls.
+#[derive(Debug)]
+pub enum CallRequest {
+    Hangup,
+    Accept(Option<Capabilities>),
+    Reject(RejectReason),
+}
+
+/// The names a call's messages carry.
+#[derive(Clone)]
+pub struct CallIds {
+    pub session_id: String,
+    pub call_id: String,
+    pub client_call_id: Option<String>,
+}
+
+/// One call of a session, seen from the session's task.
+pub struct CallTask {
+    gateway: Arc<Gateway>,
+    ids: CallIds,
+    outbox: Outbox,
+    requests: mpsc::UnboundedReceiver<CallRequest>,
+    _counted: Held,
+}
+
+impl CallTask {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        ids: CallIds,
+        outbox: Outbox,
+        requests: mpsc::UnboundedReceiver<CallRequest>,
+    ) -> CallTask {
+        let counted = Held::new(&gateway.metrics.calls);
+        CallTask {
+            gateway,
+            ids,
+            outbox,
+            requests,
+            _counted: counted,
+        }
+    }
+
+    /// Places the call and follows it to its end.
+    pub async fn run_outgoing(
+        self,
+        with_offer: impl FnOnce(LocalAudio) -> OutgoingCall,
+        cc: Option<Capabilities>,
+    ) {
+        // The first CALL_STARTING goes out at once: it tells the client the
+        // callId before anything else can happen.
+        self.send_stage(CallStage::Trying);
+        let Some(lease) = self.gateway.ports.lease() else {
+            self.fail(CallFailReason::MediaFailed, None, "no free media port");
+            return;
+        };
+        let request = with_offer(local_audio(self.advertised_ip(), &lease, cc.as_ref()));
+        info!(target_uri = %request.target, "placing call");
+        let call = match self.gateway.sip.dial(request).await {
+            Ok(call) => call,
+            Err(error) => {
+                self.fail(CallFailReason::Unavailable, None, &error.to_string());
+                return;
+            }
+        };
+        let no_answer = Duration::from_millis(self.gateway.config.calls.no_answer_timeout_ms);
+        self.follow(call, lease, no_answer, true).await;
+    }
+
+    /// Offers an incoming call to the client and follows it to its end.
+    pub async fn run_incoming(mut self, incoming: IncomingCall) {
+        let IncomingCall {
+            caller,
+            offer,
+            call,
+            ..
+        } = incoming;
+        self.outbox.send(ServerMessage::IncomingCall {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            a_uri: caller.clone(),
+            sdp: offer.clone().unwrap_or_default(),
+        });
+        call.control.ring();
+        info!(%caller, "incoming call offered to the client");
+        let decision = Duration::from_millis(self.gateway.config.calls.incoming_answer_timeout_ms);
+        let deadline = tokio::time::sleep(decision);
+        tokio::pin!(deadline);
+        let mut events = call.events;
+        let lease = loop {
+            tokio::select! {
+                request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
+                    CallRequest::Accept(cc) => match self.answer(offer.as_deref(), cc.as_ref()) {
+                        Ok((answer, lease)) => {
+                            call.control.accept(answer);
+                            break lease;
+                        }
+                        Err(problem) => {
+                            call.control.reject(488);
+                            self.fail(CallFailReason::MediaFailed, Some(488), &problem);
+                            return;
+                        }
+                    },
+                    CallRequest::Reject(reason) => {
+                        call.control.reject(reject_status(reason));
+                        self.finish();
+                        return;
+                    }
+                    CallRequest::Hangup => {
+                        call.control.reject(480);
+                        self.finish();
+                        return;
+                    }
+                },
+                event = events.recv() => {
+                    // Before an answer only the caller giving up can happen.
+                    if matches!(event, None | Some(CallEvent::Ended { .. }) | Some(CallEvent::Failed { .. })) {
+                        self.finish();
+                        return;
+                    }
+                }
+                _ = &mut deadline => {
+                    call.control.reject(480);
+                    self.fail(CallFailReason::Unavailable, Some(480), "the client did not answer in time");
+                    return;
+                }
+            }
+        };
+        let call = Call {
+            control: call.control,
+            events,
+        };
+        self.follow(call, lease, decision, false).await;
+    }
+
+    /// Follows a call until it ends; `outgoing` calls report their progress
+    /// and are cancelled when `setup_limit` passes without an answer.
+    async fn follow(
+        mut self,
+        mut call: Call,
+        _lease: PortLease,
+        setup_limit: Duration,
+        outgoing: bool,
+    ) {
+        let deadline = tokio::time::sleep(setup_limit);
+        tokio::pin!(deadline);
+        let mut established = false;
+        let mut hanging_up = false;
+        let mut gave_up = false;
+        loop {
+            tokio::select! {
+                event = call.events.recv() => {
+                    let Some(event) = event else {
+                        self.finish();
+                        return;
+                    };
+                    match event {
+                        CallEvent::Progress { status: 180, .. } if outgoing => self.send_stage(CallStage::Ringing),
+                        CallEvent::Progress { status: 181..=183, .. } if outgoing => self.send_stage(CallStage::SessionProgress),
+                        CallEvent::Progress { .. } => {}
+                        CallEvent::Established { .. } => {
+                            established = true;
+                            info!("call established");
+                            self.outbox.send(ServerMessage::CallStarted {
+                                session_id: self.ids.session_id.clone(),
+                                call_id: self.ids.call_id.clone(),
+                                client_call_id: self.ids.client_call_id.clone(),
+                            });
+                        }
+                        CallEvent::MediaChanged { .. } => info!("far end changed the media"),
+                        CallEvent::Info { content_type, .. } => info!(%content_type, "INFO received"),
+                        CallEvent::Failed { status, reason } => {
+                            self.fail(CallFailReason::from_sip_status(status), Some(status), &reason);
+                            return;
+                        }
+                        CallEvent::Ended { reason } => {
+                            if gave_up && !established {
+                                self.fail(CallFailReason::Unavailable, Some(408), "no answer");
+                            } else if reason == EndReason::Timeout && !established {
+                                self.fail(CallFailReason::Unavailable, Some(408), "the far end stopped answering");
+                            } else {
+                                info!(?reason, "call ended");
+                                self.finish();
+                            }
+                            return;
+                        }
+                    }
+                }
+                request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
+                    CallRequest::Hangup if hanging_up => self.refuse("the call is already being hung up"),
+                    CallRequest::Hangup => {
+                        hanging_up = true;
+                        call.control.hangup();
+                    }
+                    CallRequest::Accept(_) | CallRequest::Reject(_) => {
+                        self.refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered")
+                    }
+                },
+                _ = &mut deadline, if outgoing && !established && !hanging_up => {
+                    gave_up = true;
+                    hanging_up = true;
+                    call.control.hangup();
+                }
+            }
+        }
+    }
+
+    /// The answer to an incoming offer (or our own offer when the INVITE
+    /// had none), on freshly leased ports.
+    fn answer(
+        &self,
+        offer: Option<&str>,
+        cc: Option<&Capabilities>,
+    ) -> Result<(LocalAudio, PortLease), String> {
+        let lease = self
+            .gateway
+            .ports
+            .lease()
+            .ok_or_else(|| "no free media port".to_string())?;
+        let ours = local_audio(self.advertised_ip(), &lease, cc);
+        let answer = match offer {
+            Some(offer) => sdp::parse_remote(offer)
+                .and_then(|remote| sdp::answer(&remote, &ours))
+                .map_err(|e| e.to_string())?,
+            None => ours,
+        };
+        Ok((answer, lease))
+    }
+
+    fn advertised_ip(&self) -> IpAddr {
+        self.gateway.sip.advertised_addr().ip()
+    }
+
+    fn send_stage(&self, stage: CallStage) {
+        self.outbox.send(ServerMessage::CallStarting {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            stage,
+            client_call_id: self.ids.client_call_id.clone(),
+        });
+    }
+
+    fn fail(&self, reason: CallFailReason, sip_status: Option<u16>, detail: &str) {
+        info!(?reason, ?sip_status, %detail, "call failed");
+        self.outbox.send(ServerMessage::CallFailed {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            reason,
+            sip_status,
+            sip_reason: Some(detail.to_string()),
+            client_call_id: self.ids.client_call_id.clone(),
+        });
+    }
+
+    fn finish(&self) {
+        self.outbox.send(ServerMessage::CallFinished {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            client_call_id: self.ids.client_call_id.clone(),
+        });
+    }
+
+    fn refuse(&self, message: &str) {
+        warn!(%message, "call request refused");
+        self.outbox.send_error(
+            ProtocolError::new(ErrorCode::InvalidState, message).with_session(&self.ids.session_id),
+        );
+    }
+}
+
+/// Our side of the audio: every codec the gateway can carry, those the
+/// client named first.
+fn local_audio(ip: IpAddr, lease: &PortLease, cc: Option<&Capabilities>) -> LocalAudio {
+    let client_codecs = cc.map(|c| c.audio_codecs.as_slice()).unwrap_or_default();
+    LocalAudio {
+        address: ip,
+        port: lease.rtp_port(),
+        codecs: sdp::prefer(sdp::sip_codecs(), client_codecs),
+        direction: Direction::SendRecv,
+        session_id: u64::from(lease.rtp_port()),
+        version: 1,
+    }
+}
+
+fn reject_status(reason: RejectReason) -> u16 {
+    match reason {
+        RejectReason::Busy => 486,
+        RejectReason::Decline => 603,
+        RejectReason::Unavailable => 480,
+    }
+}

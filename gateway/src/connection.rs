@@ -1,0 +1,186 @@
+//! The gateway's handler for one WebSocket: it starts sessions, checks that
+//! every message names a session of this connection, and hands call
+//! messages to the session they belong to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dialtone_ws::{
+    ClientMessage, ConnectionEnd, ConnectionHandler, ErrorCode, Outbox, ProtocolError, StartSession,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::call::CallRequest;
+use crate::metrics::ReasonLabel;
+use crate::session::{new_id, Session, SessionCommand};
+use crate::state::Gateway;
+
+pub struct ClientConnection {
+    gateway: Arc<Gateway>,
+    client_id: String,
+    outbox: Outbox,
+    sessions: HashMap<String, SessionHandle>,
+    /// Sessions told to close, kept so the connection's end can wait for
+    /// their calls to end and their unregistration.
+    closing: Vec<JoinHandle<()>>,
+}
+
+struct SessionHandle {
+    stop: CancellationToken,
+    commands: mpsc::UnboundedSender<SessionCommand>,
+    task: JoinHandle<()>,
+}
+
+impl ClientConnection {
+    pub fn new(gateway: Arc<Gateway>, client_id: String, outbox: Outbox) -> ClientConnection {
+        ClientConnection {
+            gateway,
+            client_id,
+            outbox,
+            sessions: HashMap::new(),
+            closing: Vec::new(),
+        }
+    }
+
+    fn refuse(&self, error: ProtocolError) {
+        self.gateway
+            .metrics
+            .protocol_errors
+            .get_or_create(&ReasonLabel {
+                reason: format!("{:?}", error.code),
+            })
+            .inc();
+        self.outbox.send_error(error);
+    }
+
+    /// Sessions that failed or closed on their own are forgotten here, so
+    /// their ids become unknown.
+    fn forget_ended_sessions(&mut self) {
+        self.sessions.retain(|_, handle| !handle.task.is_finished());
+        self.closing.retain(|task| !task.is_finished());
+    }
+
+    fn start_session(&mut self, request: StartSession) {
+        let limit = self.gateway.config.websocket.max_sessions_per_connection;
+        if self.sessions.len() >= limit {
+            self.refuse(
+                ProtocolError::new(
+                    ErrorCode::SessionLimit,
+                    format!("this connection already holds {limit} sessions"),
+                )
+                .for_request("START_SESSION"),
+            );
+            return;
+        }
+        let session_id = new_id();
+        let client_id = request
+            .client_id
+            .clone()
+            .unwrap_or_else(|| self.client_id.clone());
+        let stop = CancellationToken::new();
+        let (commands, command_receiver) = mpsc::unbounded_channel();
+        let session = Session::new(
+            self.gateway.clone(),
+            session_id.clone(),
+            client_id,
+            self.outbox.clone(),
+        );
+        let span = info_span!("session", session_id = %session_id, user = %request.username);
+        let task = self.gateway.tasks.spawn(
+            session
+                .run(request, stop.clone(), command_receiver)
+                .instrument(span),
+        );
+        self.sessions.insert(
+            session_id,
+            SessionHandle {
+                stop,
+                commands,
+                task,
+            },
+        );
+    }
+}
+
+impl ConnectionHandler for ClientConnection {
+    async fn on_message(&mut self, message: ClientMessage) {
+        self.forget_ended_sessions();
+        if let ClientMessage::StartSession(request) = message {
+            self.start_session(request);
+            return;
+        }
+        let Some(session_id) = message.session_id().map(str::to_string) else {
+            return;
+        };
+        let Some(session) = self.sessions.get(&session_id) else {
+            // Whether the id exists on another connection is not revealed.
+            self.refuse(
+                ProtocolError::new(
+                    ErrorCode::UnknownSession,
+                    format!("no session {session_id:?} on this connection"),
+                )
+                .for_request(message.type_name())
+                .with_field("sessionId")
+                .with_session(&session_id),
+            );
+            return;
+        };
+        let request_type = message.type_name();
+        let command = match message {
+            ClientMessage::CloseSession(_) => {
+                if let Some(handle) = self.sessions.remove(&session_id) {
+                    handle.stop.cancel();
+                    self.closing.push(handle.task);
+                }
+                return;
+            }
+            ClientMessage::StartCall(request) => SessionCommand::StartCall(request),
+            ClientMessage::HangupCall(m) => SessionCommand::Call {
+                call_id: m.call_id,
+                request: CallRequest::Hangup,
+                request_type,
+            },
+            ClientMessage::AcceptCall(m) => SessionCommand::Call {
+                call_id: m.call_id,
+                request: CallRequest::Accept(m.cc),
+                request_type,
+            },
+            ClientMessage::RejectCall(m) => SessionCommand::Call {
+                call_id: m.call_id,
+                request: CallRequest::Reject(m.reason),
+                request_type,
+            },
+            other => {
+                self.refuse(
+                    ProtocolError::new(
+                        ErrorCode::NotSupported,
+                        format!("{} is not supported by this gateway yet", other.type_name()),
+                    )
+                    .for_request(other.type_name())
+                    .with_session(&session_id),
+                );
+                return;
+            }
+        };
+        // A session that ended between the check and now drops the command;
+        // its end was already reported.
+        let _ = session.commands.send(command);
+    }
+
+    async fn on_end(self, end: ConnectionEnd) {
+        info!(client_id = %self.client_id, end = end.as_str(), sessions = self.sessions.len(), "client gone; closing its sessions");
+        let mut tasks = self.closing;
+        for (_, handle) in self.sessions {
+            handle.stop.cancel();
+            tasks.push(handle.task);
+        }
+        for task in tasks {
+            if let Err(error) = task.await {
+                warn!(%error, "session task failed");
+            }
+        }
+    }
+}
