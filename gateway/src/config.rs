@@ -74,6 +74,11 @@ pub struct SipConfig {
     /// The address to advertise in Via / Contact when behind NAT.
     pub public_ip: Option<IpAddr>,
     pub user_agent: String,
+    /// RFC 3261 T1; transactions time out after 64 × T1 (32 s by default).
+    pub t1_ms: u64,
+    /// An established call sends an in-dialog OPTIONS this often; no
+    /// answer (or 481) ends the call: the far end is gone.
+    pub dialog_keepalive_ms: u64,
 }
 
 /// How START_SESSION checks a user.
@@ -162,6 +167,8 @@ impl Default for SipConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             public_ip: None,
             user_agent: format!("Dialtone/{}", env!("CARGO_PKG_VERSION")),
+            t1_ms: 500,
+            dialog_keepalive_ms: 30_000,
         }
     }
 }

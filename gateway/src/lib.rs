@@ -38,6 +38,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         listen: config.sip.listen,
         public_ip: config.sip.public_ip,
         user_agent: config.sip.user_agent.clone(),
+        t1: Duration::from_millis(config.sip.t1_ms.max(1)),
+        dialog_keepalive: Duration::from_millis(config.sip.dialog_keepalive_ms.max(100)),
     })
     .await?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)

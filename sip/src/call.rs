@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::{
@@ -326,6 +327,7 @@ impl UserAgent {
             events: event_sender,
             local,
             established: false,
+            keepalive: self.keepalive,
         };
         self.tasks.spawn(driver.run(states, commands, invite));
         Call {
@@ -354,6 +356,9 @@ struct Driver {
     /// accepted).
     local: Option<LocalAudio>,
     established: bool,
+    /// How often an established call asks the far end whether the dialog
+    /// still exists (in-dialog OPTIONS).
+    keepalive: Duration,
 }
 
 impl Driver {
@@ -364,8 +369,21 @@ impl Driver {
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
     ) {
         let mut confirmed_id = None;
+        let mut probe: Option<JoinHandle<bool>> = None;
         let last = loop {
             tokio::select! {
+                _ = tokio::time::sleep(self.keepalive), if self.established && probe.is_none() => {
+                    probe = Some(tokio::spawn(far_end_answers(self.dialog.clone())));
+                }
+                answered = finished(&mut probe), if probe.is_some() => {
+                    probe = None;
+                    if !matches!(answered, Ok(true)) {
+                        info!("the far end no longer answers in the dialog; hanging up");
+                        let dialog = self.dialog.clone();
+                        tokio::spawn(async move { let _ = dialog.hangup().await; });
+                        break CallEvent::Ended { reason: EndReason::Timeout };
+                    }
+                }
                 state = states.recv() => {
                     let Some(state) = state else {
                         break self.ended(EndReason::Timeout);
@@ -389,6 +407,9 @@ impl Driver {
                 }
             }
         };
+        if let Some(probe) = probe {
+            probe.abort();
+        }
         let _ = self.events.send(last);
         self.dialogs.remove_dialog(&self.dialog.id());
         if let Some(id) = confirmed_id {
@@ -604,6 +625,22 @@ fn content_type(request: &Request) -> String {
 
 fn sdp_content_type() -> Header {
     Header::ContentType(ContentType::new("application/sdp"))
+}
+
+/// Whether the far end still knows the dialog: any answer to an in-dialog
+/// OPTIONS but 408 / 481 (RFC 3261 section 12.2.1.2) says yes.
+async fn far_end_answers(dialog: InviteDialog) -> bool {
+    match dialog.request(Method::Options, None, None).await {
+        Ok(Some(response)) => !matches!(response.status_code.code(), 408 | 481),
+        Ok(None) | Err(_) => false,
+    }
+}
+
+async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The outcome of our INVITE transaction; never resolves once it was taken.

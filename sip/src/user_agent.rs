@@ -3,14 +3,15 @@
 //! that arrive outside any dialog.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::time::Duration;
 
 use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Method, Request, StatusCode};
-use rsipstack::transaction::endpoint::EndpointInnerRef;
-use rsipstack::transaction::TransactionReceiver;
+use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption};
+use rsipstack::transaction::{CallIdFormat, TransactionReceiver};
 use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::TransportLayer;
@@ -32,6 +33,11 @@ pub struct UserAgentConfig {
     pub public_ip: Option<IpAddr>,
     /// The User-Agent header.
     pub user_agent: String,
+    /// RFC 3261 T1 (500 ms): transaction timeouts are 64 × T1.
+    pub t1: Duration,
+    /// How often an established call checks that the far end still holds
+    /// the dialog.
+    pub dialog_keepalive: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,7 @@ pub struct UserAgent {
     advertised_addr: SocketAddr,
     cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    pub(crate) keepalive: Duration,
 }
 
 /// Binding a port for UDP and then TCP can race with other programs; a few
@@ -88,6 +95,13 @@ impl UserAgent {
         let endpoint = EndpointBuilder::new()
             .with_user_agent(&config.user_agent)
             .with_inspector(Box::new(DigestAlgorithmNames))
+            .with_option(EndpointOption {
+                t1: config.t1,
+                t1x64: config.t1 * 64,
+                // rsipstack would append its vendor's domain to every Call-ID.
+                callid_format: CallIdFormat::Uuid,
+                ..EndpointOption::default()
+            })
             .with_transport_layer(transport_layer)
             .with_cancel_token(cancel.child_token())
             .build();
@@ -108,6 +122,7 @@ impl UserAgent {
             advertised_addr,
             cancel,
             tasks,
+            keepalive: config.dialog_keepalive,
         };
         user_agent
             .tasks
