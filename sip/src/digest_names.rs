@@ -20,41 +20,49 @@ pub struct DigestAlgorithmNames;
 
 impl MessageInspector for DigestAlgorithmNames {
     fn before_send(&self, mut message: SipMessage, _: Option<&SipAddr>) -> SipMessage {
-        for header in message.headers_mut().iter_mut() {
-            match header {
-                Header::Authorization(h) => {
-                    if let Some(v) = rename_algorithm(h.value(), to_rfc) {
-                        *h = Authorization::new(v)
-                    }
-                }
-                Header::ProxyAuthorization(h) => {
-                    if let Some(v) = rename_algorithm(h.value(), to_rfc) {
-                        *h = ProxyAuthorization::new(v)
-                    }
-                }
-                _ => {}
-            }
-        }
+        rename_headers(&mut message, Direction::Outgoing);
         message
     }
 
     fn after_received(&self, mut message: SipMessage, _: Option<&SipAddr>) -> SipMessage {
-        for header in message.headers_mut().iter_mut() {
-            match header {
-                Header::WwwAuthenticate(h) => {
-                    if let Some(v) = rename_algorithm(h.value(), to_stack) {
-                        *h = WwwAuthenticate::new(v)
-                    }
-                }
-                Header::ProxyAuthenticate(h) => {
-                    if let Some(v) = rename_algorithm(h.value(), to_stack) {
-                        *h = ProxyAuthenticate::new(v)
-                    }
-                }
-                _ => {}
-            }
-        }
+        rename_headers(&mut message, Direction::Incoming);
         message
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Our credentials: RFC names.
+    Outgoing,
+    /// Their challenges: the stack's names.
+    Incoming,
+}
+
+fn rename_headers(message: &mut SipMessage, direction: Direction) {
+    use Direction::{Incoming, Outgoing};
+    for header in message.headers_mut().iter_mut() {
+        let renamed = match header {
+            Header::Authorization(h) if direction == Outgoing => {
+                rename_algorithm(h.value(), to_rfc)
+                    .map(|v| Header::Authorization(Authorization::new(v)))
+            }
+            Header::ProxyAuthorization(h) if direction == Outgoing => {
+                rename_algorithm(h.value(), to_rfc)
+                    .map(|v| Header::ProxyAuthorization(ProxyAuthorization::new(v)))
+            }
+            Header::WwwAuthenticate(h) if direction == Incoming => {
+                rename_algorithm(h.value(), to_stack)
+                    .map(|v| Header::WwwAuthenticate(WwwAuthenticate::new(v)))
+            }
+            Header::ProxyAuthenticate(h) if direction == Incoming => {
+                rename_algorithm(h.value(), to_stack)
+                    .map(|v| Header::ProxyAuthenticate(ProxyAuthenticate::new(v)))
+            }
+            _ => None,
+        };
+        if let Some(renamed) = renamed {
+            *header = renamed;
+        }
     }
 }
 
