@@ -107,7 +107,7 @@ impl Session {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = refresh.due(), if registration.is_some() => {
+                _ = refresh.due() => {
                     if let Some((registration, _)) = registration.as_mut() {
                         refresh.after(registration.refresh().await, registration.refresh_after());
                     }
@@ -328,34 +328,40 @@ impl Session {
 /// When the registration is refreshed next: at three quarters of the
 /// granted time, or after a back-off when the last refresh failed.
 struct Refresh {
-    at: Instant,
+    /// `None` for sessions without a registration.
+    at: Option<Instant>,
     retry: Duration,
 }
 
 impl Refresh {
     fn new(first: Option<Duration>) -> Refresh {
         Refresh {
-            at: Instant::now() + first.unwrap_or(Duration::MAX / 4),
+            at: first.map(|wait| Instant::now() + wait),
             retry: REFRESH_RETRY_FIRST,
         }
     }
 
     async fn due(&self) {
-        tokio::time::sleep_until(self.at).await
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
     }
 
     fn after(&mut self, outcome: Result<(), RegisterError>, granted: Duration) {
-        match outcome {
+        let wait = match outcome {
             Ok(()) => {
-                self.at = Instant::now() + granted;
                 self.retry = REFRESH_RETRY_FIRST;
+                granted
             }
             Err(error) => {
                 warn!(%error, retry_in = ?self.retry, "registration refresh failed");
-                self.at = Instant::now() + self.retry;
+                let wait = self.retry;
                 self.retry = (self.retry * 2).min(REFRESH_RETRY_CAP);
+                wait
             }
-        }
+        };
+        self.at = Some(Instant::now() + wait);
     }
 }
 
