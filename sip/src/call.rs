@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::{
     DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
@@ -328,6 +330,8 @@ impl UserAgent {
             local,
             established: false,
             keepalive: self.keepalive,
+            transaction_timeout: self.transaction_timeout,
+            hung_up_at: None,
         };
         self.tasks.spawn(driver.run(states, commands, invite));
         Call {
@@ -359,6 +363,11 @@ struct Driver {
     /// How often an established call asks the far end whether the dialog
     /// still exists (in-dialog OPTIONS).
     keepalive: Duration,
+    /// 64 × T1: how long a CANCELled INVITE may wait for its final response
+    /// before we stop waiting (RFC 3261 section 9.1).
+    transaction_timeout: Duration,
+    /// When we asked to end a call not yet established.
+    hung_up_at: Option<Instant>,
 }
 
 impl Driver {
@@ -370,6 +379,7 @@ impl Driver {
     ) {
         let mut confirmed_id = None;
         let mut probe: Option<JoinHandle<bool>> = None;
+        let mut commands_open = true;
         let last = loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.keepalive), if self.established && probe.is_none() => {
@@ -401,14 +411,28 @@ impl Driver {
                         break last;
                     }
                 }
-                command = commands.recv() => {
-                    let command = command.unwrap_or(CallCommand::Hangup);
+                _ = sleep_until(self.cancel_deadline()) => {
+                    info!("no final response after our CANCEL; giving the call up");
+                    break CallEvent::Ended { reason: EndReason::Local };
+                }
+                command = commands.recv(), if commands_open => {
+                    // Every CallControl dropped: nobody will steer the call any more.
+                    let command = command.unwrap_or_else(|| {
+                        commands_open = false;
+                        CallCommand::Hangup
+                    });
                     self.on_command(command).await;
                 }
             }
         };
         if let Some(probe) = probe {
             probe.abort();
+        }
+        // An INVITE still waiting for its final response (a CANCEL the far
+        // end never answered) would hold its transaction until the proxy's
+        // own timer fires.
+        if let Some(invite) = invite {
+            invite.abort();
         }
         let _ = self.events.send(last);
         self.dialogs.remove_dialog(&self.dialog.id());
@@ -540,15 +564,32 @@ impl Driver {
                 self.dialog
                     .reject(Some(StatusCode::TemporarilyUnavailable), None)
             }
-            CallCommand::Hangup => self.dialog.hangup().await,
+            CallCommand::Hangup => {
+                if !self.established && self.hung_up_at.is_none() {
+                    self.hung_up_at = Some(Instant::now());
+                }
+                self.dialog.hangup().await
+            }
         };
         if let Err(error) = result {
             warn!(%error, "SIP call command failed");
         }
     }
 
+    fn cancel_deadline(&self) -> Option<Instant> {
+        match self.role {
+            TransactionRole::Client => self.hung_up_at.map(|at| at + self.transaction_timeout),
+            TransactionRole::Server => None,
+        }
+    }
+
     fn terminated(&self, reason: TerminatedReason) -> CallEvent {
         let we_are_caller = self.role == TransactionRole::Client;
+        if we_are_caller && !self.established && self.hung_up_at.is_some() {
+            // 487 or a crossing final response: the call ended because we
+            // cancelled it.
+            return self.ended(EndReason::Local);
+        }
         match reason {
             TerminatedReason::UacBye => self.ended(if we_are_caller {
                 EndReason::Local
@@ -633,6 +674,13 @@ async fn far_end_answers(dialog: InviteDialog) -> bool {
     match dialog.request(Method::Options, None, None).await {
         Ok(Some(response)) => !matches!(response.status_code.code(), 408 | 481),
         Ok(None) | Err(_) => false,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

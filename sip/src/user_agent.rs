@@ -66,6 +66,7 @@ pub struct UserAgent {
     cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) keepalive: Duration,
+    pub(crate) transaction_timeout: Duration,
 }
 
 /// Binding a port for UDP and then TCP can race with other programs; a few
@@ -123,6 +124,7 @@ impl UserAgent {
             cancel,
             tasks,
             keepalive: config.dialog_keepalive,
+            transaction_timeout: config.t1 * 64,
         };
         user_agent
             .tasks

@@ -489,7 +489,7 @@ fn render_config(opts: &KamailioOptions, port: u16, dir: &Path) -> anyhow::Resul
 }
 
 /// Finds a leftover `@NAME@` (uppercase) placeholder.
-fn find_placeholder(cfg: &str) -> Option<&str> {
+pub(crate) fn find_placeholder(cfg: &str) -> Option<&str> {
     let mut rest = cfg;
     while let Some(start) = rest.find('@') {
         let after = &rest[start + 1..];

@@ -2,8 +2,10 @@
 //!
 //! This crate owns everything the integration tests (`tests/tests/*.rs`) need to exercise the
 //! gateway against real peers: it starts a private Kamailio registrar/proxy
-//! ([`kamailio::Kamailio`]), runs the gateway *binary* ([`gateway::Gateway`]) and drives
-//! WebSocket clients ([`ws_client::WsClient`]).
+//! ([`kamailio::Kamailio`]), runs the gateway *binary* ([`gateway::Gateway`]), drives
+//! WebSocket clients ([`ws_client::WsClient`]), and runs SIP peers on the other side: baresip
+//! softphones that register, call, answer and record audio ([`baresip::Baresip`], checked with
+//! [`audio`]) and SIPp callees that fail in scripted ways ([`sipp::Sipp`]).
 //!
 //! It deliberately does **not** know gateway internals: it never links the `gateway`, `ws` or
 //! `sip` crates and talks to the gateway only over sockets (WebSocket, HTTP, SIP) and through the
@@ -22,18 +24,24 @@
 //! instance's temp dir (config + full log) and prints its path. Set `DIALTONE_KEEP_LOGS=1` to
 //! keep the temp dirs of passing tests too.
 
+pub mod audio;
+pub mod baresip;
 pub mod gateway;
 mod http;
 pub mod kamailio;
 pub mod ports;
 pub mod process;
+pub mod sipp;
 pub mod wait;
 pub mod ws_client;
 
+pub use audio::AudioReport;
+pub use baresip::{Baresip, BaresipAccount, BaresipOptions};
 pub use gateway::Gateway;
 pub use kamailio::{ContactInfo, DigestAlgorithm, Kamailio, KamailioOptions};
-pub use ports::free_port;
+pub use ports::{free_port, free_port_block};
 pub use process::{ChildGuard, LogMark};
+pub use sipp::{Sipp, SippOptions, TracedMessage, UacScenario, UasScenario};
 pub use ws_client::{SilentWs, WsClient};
 
 /// Whether a test rig object should keep its temp dir when dropped: always while panicking (so

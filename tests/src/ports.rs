@@ -44,6 +44,57 @@ pub fn free_port() -> u16 {
     panic!("free_port: no port free for both UDP and TCP on 127.0.0.1 after 1000 attempts");
 }
 
+/// Returns the first of `n` consecutive ports (`base..base + n`) that are all currently free on
+/// 127.0.0.1 for both UDP and TCP and that this process has not handed out before; all `n` are
+/// marked handed out. `base` is even, so RTP/RTCP pairs inside the block line up.
+///
+/// For peers that need neighbouring ports: baresip listens for SIP/TLS on its SIP port + 1 and
+/// takes RTP ports from a range; SIPp's RTP echo uses its media port and media port + 2.
+/// Like [`free_port`], the ports are released before returning, so another *process* could
+/// still take one of them before the caller binds it; random placement makes that rare.
+///
+/// # Panics
+/// If `n` is 0 or no such block is found in 1000 attempts.
+pub fn free_port_block(n: u16) -> u16 {
+    assert!(n > 0, "free_port_block: empty block");
+    let (low, high) = candidate_window();
+    let high = high.saturating_sub(n - 1);
+    'attempt: for _ in 0..1000 {
+        let span = u64::from(high.saturating_sub(low)) + 1;
+        let Ok(base) = u16::try_from(u64::from(low) + next_random() % span) else {
+            continue;
+        };
+        let base = base & !1;
+        if base < low {
+            continue;
+        }
+        {
+            let set = handed_out().lock().unwrap_or_else(|e| e.into_inner());
+            if (base..base + n).any(|p| set.contains(&p)) {
+                continue;
+            }
+        }
+        // Hold every probe socket until the whole block has been checked.
+        let mut probes = Vec::with_capacity(usize::from(n) * 2);
+        for port in base..base + n {
+            let Ok(tcp) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) else {
+                continue 'attempt;
+            };
+            let Ok(udp) = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)) else {
+                continue 'attempt;
+            };
+            probes.push((tcp, udp));
+        }
+        let mut set = handed_out().lock().unwrap_or_else(|e| e.into_inner());
+        if (base..base + n).any(|p| set.contains(&p)) {
+            continue;
+        }
+        set.extend(base..base + n);
+        return base;
+    }
+    panic!("free_port_block: no {n} consecutive ports free on 127.0.0.1 after 1000 attempts");
+}
+
 /// Ports outside the ephemeral range: below it if there is room, else above it.
 fn candidate_window() -> (u16, u16) {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
@@ -80,6 +131,20 @@ fn next_random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_are_even_distinct_and_bindable() -> std::io::Result<()> {
+        let a = free_port_block(24);
+        let b = free_port_block(5);
+        assert_eq!(a % 2, 0);
+        assert_eq!(b % 2, 0);
+        assert!(b + 5 <= a || a + 24 <= b, "blocks overlap: {a}+24, {b}+5");
+        for p in (a..a + 24).chain(b..b + 5) {
+            let _t = TcpListener::bind((Ipv4Addr::LOCALHOST, p))?;
+            let _u = UdpSocket::bind((Ipv4Addr::LOCALHOST, p))?;
+        }
+        Ok(())
+    }
 
     #[test]
     fn ports_are_distinct_and_bindable() -> std::io::Result<()> {

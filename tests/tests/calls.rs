@@ -1,0 +1,533 @@
+//! Calls driven from the WebSocket protocol against real peers: baresip
+//! (callee and caller, through Kamailio) and SIPp scripted callees for the
+//! failure cases. After each test the gateway holds no call, dialog,
+//! transaction or media port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
+use dialtone_tests::gateway::Gateway;
+use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
+use dialtone_tests::ports::free_port;
+use dialtone_tests::sipp::{Sipp, SippOptions, UasScenario};
+use dialtone_tests::wait::wait_until;
+use dialtone_tests::ws_client::WsClient;
+use serde_json::{json, Value};
+
+const REPLY: Duration = Duration::from_secs(10);
+const PEER: Duration = Duration::from_secs(10);
+const CLEANUP: Duration = Duration::from_secs(30);
+
+/// Small T1 so finished transactions leave the stack within seconds.
+const FAST_SIP: &str = "t1_ms = 100\n";
+
+fn registrar_config(kamailio: &Kamailio, transport: &str, extra: &str) -> String {
+    format!(
+        r#"
+[http]
+listen = "127.0.0.1:0"
+[sip]
+listen = "127.0.0.1:0"
+{FAST_SIP}
+[registrar]
+address = "sip:127.0.0.1:{};transport={transport}"
+timeout_ms = 3000
+{extra}
+"#,
+        kamailio.sip_port()
+    )
+}
+
+/// A connected client with a started session.
+struct Client {
+    ws: WsClient,
+    session_id: String,
+}
+
+impl Client {
+    async fn start(gateway: &Gateway, username: &str, password: &str) -> anyhow::Result<Client> {
+        let mut ws = WsClient::connect(&gateway.ws_url()).await?;
+        ws.recv_type("CONNECTED", REPLY).await?;
+        ws.send_json(&json!({"type": "START_SESSION", "username": username, "password": password}))
+            .await?;
+        let started = ws.recv_type("SESSION_STARTED", REPLY).await?;
+        let session_id = started["sessionId"]
+            .as_str()
+            .context("no sessionId")?
+            .to_string();
+        Ok(Client { ws, session_id })
+    }
+
+    async fn send(&mut self, mut message: Value) -> anyhow::Result<()> {
+        message["sessionId"] = json!(self.session_id);
+        self.ws.send_json(&message).await
+    }
+
+    /// START_CALL; returns the callId from the first CALL_STARTING.
+    async fn call(&mut self, b_uri: &str) -> anyhow::Result<String> {
+        self.send(json!({"type": "START_CALL", "bUri": b_uri, "clientCallId": "mine-1"}))
+            .await?;
+        let starting = self.ws.recv_type("CALL_STARTING", REPLY).await?;
+        ensure!(starting["stage"] == "TRYING", "{starting}");
+        ensure!(starting["clientCallId"] == "mine-1", "{starting}");
+        starting["callId"]
+            .as_str()
+            .map(str::to_string)
+            .context("CALL_STARTING without callId")
+    }
+
+    async fn hangup(&mut self, call_id: &str) -> anyhow::Result<()> {
+        self.send(json!({"type": "HANGUP_CALL", "callId": call_id}))
+            .await
+    }
+
+    /// Next message, which must be of `kind` and about `call_id`.
+    async fn expect(&mut self, kind: &str, call_id: &str) -> anyhow::Result<Value> {
+        let message = self.ws.recv_type(kind, REPLY).await?;
+        ensure!(message["callId"] == call_id, "{message}");
+        Ok(message)
+    }
+
+    /// Skips CALL_STARTING messages, returns what follows them.
+    async fn after_progress(&mut self) -> anyhow::Result<(Vec<String>, Value)> {
+        let mut stages = Vec::new();
+        loop {
+            let message = self.ws.recv_json(REPLY).await?;
+            if message["type"] == "CALL_STARTING" {
+                stages.push(message["stage"].as_str().unwrap_or_default().to_string());
+                continue;
+            }
+            return Ok((stages, message));
+        }
+    }
+}
+
+fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
+    let keys = [
+        "calls",
+        "sipDialogs",
+        "mediaPorts",
+        "sessions",
+        "registrations",
+        "tasks",
+        "sipTransactions",
+    ];
+    let mut last = Value::Null;
+    wait_until(CLEANUP, || {
+        last = gateway.status()?;
+        Ok(keys.iter().all(|key| last[*key] == 0))
+    })
+    .with_context(|| format!("gateway still holds resources: {last}"))
+}
+
+fn callee(kamailio: &Kamailio, user: &str, auto_answer: bool) -> anyhow::Result<Baresip> {
+    Baresip::start(BaresipOptions {
+        account: Some(BaresipAccount::rig_user(user, kamailio.sip_addr())?),
+        auto_answer,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn outgoing_call_to_baresip_rings_starts_and_hangs_up_on_both_sides() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let baresip = callee(&kamailio, "2000", true)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+
+    let call_id = client.call("2000").await?;
+    let (stages, started) = client.after_progress().await?;
+    ensure!(stages.contains(&"RINGING".to_string()), "stages {stages:?}");
+    ensure!(
+        started["type"] == "CALL_STARTED" && started["callId"] == call_id.as_str(),
+        "{started}"
+    );
+    ensure!(started["clientCallId"] == "mine-1", "{started}");
+    baresip.wait_call_established(PEER)?;
+    let status = gateway.status()?;
+    ensure!(
+        status["calls"] == 1 && status["mediaPorts"] == 1,
+        "{status}"
+    );
+
+    client.hangup(&call_id).await?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    baresip.wait_call_closed(PEER)?;
+
+    // The call is gone: a second hangup is an error, not a crash.
+    client.hangup(&call_id).await?;
+    let error = client.ws.recv_type("ERROR", REPLY).await?;
+    ensure!(error["code"] == "UNKNOWN_CALL", "{error}");
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn far_end_bye_finishes_the_call() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let baresip = callee(&kamailio, "2000", true)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "tcp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let call_id = client.call("2000").await?;
+    let (_, started) = client.after_progress().await?;
+    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    baresip.wait_call_established(PEER)?;
+    baresip.hangup()?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn incoming_call_from_baresip_is_accepted_over_tcp_registration() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let caller = callee(&kamailio, "1002", false)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "tcp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+
+    caller.dial(&format!("sip:1001@{}", kamailio.sip_addr()))?;
+    let incoming = client.ws.recv_type("INCOMING_CALL", REPLY).await?;
+    ensure!(
+        incoming["sessionId"] == client.session_id.as_str(),
+        "{incoming}"
+    );
+    ensure!(
+        incoming["aUri"]
+            .as_str()
+            .is_some_and(|uri| uri.contains("1002")),
+        "{incoming}"
+    );
+    ensure!(
+        incoming["sdp"]
+            .as_str()
+            .is_some_and(|sdp| sdp.contains("m=audio")),
+        "{incoming}"
+    );
+    caller
+        .wait_ringing(PEER)
+        .context("the gateway should send 180")?;
+    let call_id = incoming["callId"]
+        .as_str()
+        .context("no callId")?
+        .to_string();
+    client
+        .send(
+            json!({"type": "ACCEPT_CALL", "callId": call_id, "cc": {"audioCodecs": ["PCMA/8000"]}}),
+        )
+        .await?;
+    client.expect("CALL_STARTED", &call_id).await?;
+    caller.wait_call_established(PEER)?;
+
+    // Accepting twice is refused; the call stays up.
+    client
+        .send(json!({"type": "ACCEPT_CALL", "callId": call_id}))
+        .await?;
+    ensure!(client.ws.recv_type("ERROR", REPLY).await?["code"] == "INVALID_STATE");
+
+    caller.hangup()?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn incoming_call_rejected_busy_and_decline_give_486_and_603() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let caller = callee(&kamailio, "1002", false)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    for (reason, status) in [("BUSY", "486"), ("DECLINE", "603"), ("UNAVAILABE", "480")] {
+        caller.dial(&format!("sip:1001@{}", kamailio.sip_addr()))?;
+        let incoming = client.ws.recv_type("INCOMING_CALL", REPLY).await?;
+        let call_id = incoming["callId"]
+            .as_str()
+            .context("no callId")?
+            .to_string();
+        client
+            .send(json!({"type": "REJECT_CALL", "callId": call_id, "reason": reason}))
+            .await?;
+        client.expect("CALL_FINISHED", &call_id).await?;
+        let closed = caller.wait_call_closed(PEER)?;
+        ensure!(
+            closed["param"].as_str().is_some_and(|p| p.contains(status)),
+            "caller should see {status}: {closed}"
+        );
+    }
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn undecided_incoming_call_times_out_with_480_and_caller_cancel_finishes(
+) -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let caller = callee(&kamailio, "1002", false)?;
+    let gateway = Gateway::start(&registrar_config(
+        &kamailio,
+        "udp",
+        "[calls]\nincoming_answer_timeout_ms = 1500\n",
+    ))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let target = format!("sip:1001@{}", kamailio.sip_addr());
+
+    caller.dial(&target)?;
+    let incoming = client.ws.recv_type("INCOMING_CALL", REPLY).await?;
+    let call_id = incoming["callId"]
+        .as_str()
+        .context("no callId")?
+        .to_string();
+    let failed = client.expect("CALL_FAILED", &call_id).await?;
+    ensure!(
+        failed["reason"] == "UNAVAILABE" && failed["sipStatus"] == 480,
+        "{failed}"
+    );
+    let closed = caller.wait_call_closed(PEER)?;
+    ensure!(
+        closed["param"].as_str().is_some_and(|p| p.contains("480")),
+        "{closed}"
+    );
+
+    caller.dial(&target)?;
+    let incoming = client.ws.recv_type("INCOMING_CALL", REPLY).await?;
+    let call_id = incoming["callId"]
+        .as_str()
+        .context("no callId")?
+        .to_string();
+    caller.wait_ringing(PEER)?;
+    caller.hangup()?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+/// A Kamailio whose user `3000` is a SIPp callee on `port`.
+fn kamailio_with_sipp_callee(port: u16) -> anyhow::Result<Kamailio> {
+    Kamailio::start(KamailioOptions {
+        fixed_callee: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn sipp_final_errors_become_call_failed_with_reason_and_status() -> anyhow::Result<()> {
+    let sipp_port = free_port();
+    let kamailio = kamailio_with_sipp_callee(sipp_port)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    for (scenario, reason, status) in [
+        (UasScenario::Busy, "BUSY", 486),
+        (UasScenario::Decline, "DECLINE", 603),
+        (UasScenario::NotFound, "UNAVAILABE", 404),
+    ] {
+        let sipp = Sipp::uas(
+            scenario,
+            SippOptions {
+                sip_port: Some(sipp_port),
+                ..Default::default()
+            },
+        )?;
+        let call_id = client.call("3000").await?;
+        let (_, failed) = client.after_progress().await?;
+        ensure!(
+            failed["type"] == "CALL_FAILED"
+                && failed["callId"] == call_id.as_str()
+                && failed["reason"] == reason
+                && failed["sipStatus"] == status,
+            "{scenario:?}: {failed}"
+        );
+        sipp.wait_success(PEER)?;
+    }
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn hangup_while_ringing_cancels_and_the_callee_answers_487() -> anyhow::Result<()> {
+    let sipp_port = free_port();
+    let kamailio = kamailio_with_sipp_callee(sipp_port)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let sipp = Sipp::uas(
+        UasScenario::RingForever,
+        SippOptions {
+            sip_port: Some(sipp_port),
+            ..Default::default()
+        },
+    )?;
+    let call_id = client.call("3000").await?;
+    let ringing = client.expect("CALL_STARTING", &call_id).await?;
+    ensure!(ringing["stage"] == "RINGING", "{ringing}");
+    client.hangup(&call_id).await?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    sipp.wait_success(PEER)?;
+    ensure!(
+        !sipp.received_requests("CANCEL").is_empty(),
+        "no CANCEL reached the callee"
+    );
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn unanswered_call_is_cancelled_after_the_no_answer_timeout() -> anyhow::Result<()> {
+    let sipp_port = free_port();
+    let kamailio = kamailio_with_sipp_callee(sipp_port)?;
+    let gateway = Gateway::start(&registrar_config(
+        &kamailio,
+        "udp",
+        "[calls]\nno_answer_timeout_ms = 1500\n",
+    ))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let sipp = Sipp::uas(
+        UasScenario::Silent,
+        SippOptions {
+            sip_port: Some(sipp_port),
+            pause: Some(Duration::from_secs(4)),
+            ..Default::default()
+        },
+    )?;
+    let call_id = client.call("3000").await?;
+    let (_, failed) = client.after_progress().await?;
+    ensure!(
+        failed["type"] == "CALL_FAILED"
+            && failed["callId"] == call_id.as_str()
+            && failed["reason"] == "UNAVAILABE"
+            && failed["sipStatus"] == 408,
+        "{failed}"
+    );
+    ensure!(
+        !sipp.received_requests("INVITE").is_empty(),
+        "the INVITE never reached the callee"
+    );
+    // The proxy holds the CANCEL back: the silent callee sent no provisional
+    // response on its branch (RFC 3261 section 16.10).
+    kamailio
+        .wait_for_log("REQ CANCEL sip:3000", PEER)
+        .context("no CANCEL reached the proxy")?;
+    client.ws.close().await?;
+    drop(sipp);
+    assert_nothing_held(&gateway)
+}
+
+/// Open mode with INVITEs straight to a SIPp callee: no proxy in between.
+fn direct_config(sipp: &Sipp, extra: &str) -> String {
+    format!(
+        r#"
+[http]
+listen = "127.0.0.1:0"
+[sip]
+listen = "127.0.0.1:0"
+{FAST_SIP}{extra}
+[calls]
+proxy = "sip:{};transport=udp"
+"#,
+        sipp.sip_addr()
+    )
+}
+
+#[tokio::test]
+async fn callee_that_never_answers_times_out_with_408() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(
+        UasScenario::Silent,
+        SippOptions {
+            pause: Some(Duration::from_secs(15)),
+            ..Default::default()
+        },
+    )?;
+    let gateway = Gateway::start(&direct_config(&sipp, ""))?;
+    let mut client = Client::start(&gateway, "alice", "x").await?;
+    let call_id = client.call("3000").await?;
+    // Timer B: 64 × T1 = 6.4 s with T1 = 100 ms.
+    let failed = client
+        .ws
+        .recv_type("CALL_FAILED", Duration::from_secs(20))
+        .await?;
+    ensure!(
+        failed["callId"] == call_id.as_str()
+            && failed["reason"] == "UNAVAILABE"
+            && failed["sipStatus"] == 408,
+        "{failed}"
+    );
+    ensure!(
+        sipp.received_requests("INVITE").len() > 1,
+        "INVITE should be retransmitted"
+    );
+    client.ws.close().await?;
+    drop(sipp);
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn far_end_reinvite_for_hold_is_answered_and_the_call_stays_up() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(
+        UasScenario::AnswerThenReinvite,
+        SippOptions {
+            pause: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    )?;
+    let gateway = Gateway::start(&direct_config(&sipp, ""))?;
+    let mut client = Client::start(&gateway, "alice", "x").await?;
+    let call_id = client.call("3000").await?;
+    let (_, started) = client.after_progress().await?;
+    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    // Our 200 to the hold re-INVITE answers sendonly with recvonly.
+    let answer = sipp.wait_for_message("a=recvonly", PEER)?;
+    ensure!(answer.status() == Some(200), "{}", answer.text);
+    client
+        .ws
+        .expect_no_message(Duration::from_millis(500))
+        .await?;
+    ensure!(gateway.status()?["calls"] == 1);
+    client.hangup(&call_id).await?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    sipp.wait_success(PEER)?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn call_whose_far_end_vanished_is_ended() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(UasScenario::Answer, SippOptions::default())?;
+    let gateway = Gateway::start(&direct_config(&sipp, "dialog_keepalive_ms = 500\n"))?;
+    let mut client = Client::start(&gateway, "alice", "x").await?;
+    let call_id = client.call("3000").await?;
+    let (_, started) = client.after_progress().await?;
+    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    // The callee disappears without a BYE.
+    sipp.stop()?;
+    // Keepalive 0.5 s, then the OPTIONS transaction times out (64 × T1).
+    let finished = client
+        .ws
+        .recv_type("CALL_FINISHED", Duration::from_secs(20))
+        .await?;
+    ensure!(finished["callId"] == call_id.as_str(), "{finished}");
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn dropping_the_socket_ends_every_call_of_the_session() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let baresip = callee(&kamailio, "2000", true)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    for _ in 0..2 {
+        let call_id = client.call("2000").await?;
+        let (_, started) = client.after_progress().await?;
+        ensure!(
+            started["callId"] == call_id.as_str() && started["type"] == "CALL_STARTED",
+            "{started}"
+        );
+        baresip.wait_call_established(PEER)?;
+    }
+    ensure!(gateway.status()?["calls"] == 2);
+    client.ws.drop_abruptly();
+    baresip.wait_call_closed(PEER)?;
+    baresip.wait_call_closed(PEER)?;
+    wait_until(CLEANUP, || Ok(kamailio.contacts("1001")?.is_empty()))
+        .context("registration left behind")?;
+    assert_nothing_held(&gateway)
+}
