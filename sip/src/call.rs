@@ -18,7 +18,7 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::headers::untyped::ContentType;
-use rsipstack::sip::{Header, Method, Request, StatusCode, StatusCodeKind, Uri};
+use rsipstack::sip::{Header, Headers, Method, Request, StatusCode, StatusCodeKind, Uri};
 use rsipstack::transaction::key::TransactionRole;
 use rsipstack::transport::SipAddr;
 use tokio::sync::mpsc;
@@ -332,6 +332,8 @@ impl UserAgent {
             keepalive: self.keepalive,
             transaction_timeout: self.transaction_timeout,
             hung_up_at: None,
+            session_interval: None,
+            session_expiry: None,
         };
         self.tasks.spawn(driver.run(states, commands, invite));
         Call {
@@ -368,6 +370,9 @@ struct Driver {
     transaction_timeout: Duration,
     /// When we asked to end a call not yet established.
     hung_up_at: Option<Instant>,
+    /// RFC 4028 session interval, when the far end is the refresher.
+    session_interval: Option<Duration>,
+    session_expiry: Option<Instant>,
 }
 
 impl Driver {
@@ -410,6 +415,12 @@ impl Driver {
                     if let Some(last) = self.on_invite_outcome(outcome) {
                         break last;
                     }
+                }
+                _ = sleep_until(self.session_expiry) => {
+                    info!("the far end did not refresh the session timer; hanging up");
+                    let dialog = self.dialog.clone();
+                    tokio::spawn(async move { let _ = dialog.hangup().await; });
+                    break CallEvent::Ended { reason: EndReason::Timeout };
                 }
                 _ = sleep_until(self.cancel_deadline()) => {
                     info!("no final response after our CANCEL; giving the call up");
@@ -455,13 +466,31 @@ impl Driver {
             }
             DialogState::Confirmed(_, response) if !self.established => {
                 self.established = true;
-                let sdp = match self.role {
-                    TransactionRole::Client => body_text(&response.body),
-                    TransactionRole::Server => None,
+                let (sdp, session_timer) = match self.role {
+                    TransactionRole::Client => (
+                        body_text(&response.body),
+                        peer_refreshed_interval(&response.headers, "uas"),
+                    ),
+                    TransactionRole::Server => (
+                        None,
+                        peer_refreshed_interval(&self.dialog.initial_request().headers, "uac"),
+                    ),
                 };
+                self.session_interval = session_timer;
+                self.restart_session_timer();
                 self.emit(CallEvent::Established { sdp });
             }
-            DialogState::Updated(_, request, handle) => self.answer_offer(request, handle).await,
+            DialogState::Updated(_, request, handle) => {
+                let peer = match self.role {
+                    TransactionRole::Client => "uas",
+                    TransactionRole::Server => "uac",
+                };
+                if let Some(interval) = peer_refreshed_interval(&request.headers, peer) {
+                    self.session_interval = Some(interval);
+                }
+                self.restart_session_timer();
+                self.answer_offer(request, handle).await
+            }
             DialogState::Info(_, request, handle) => {
                 let content_type = content_type(&request);
                 let _ = handle.reply(StatusCode::OK).await;
@@ -576,6 +605,15 @@ impl Driver {
         }
     }
 
+    /// A refresh (or the start) of a session the far end refreshes: it must
+    /// refresh again before the interval less min(32 s, interval / 3) passes
+    /// (RFC 4028 section 10).
+    fn restart_session_timer(&mut self) {
+        self.session_expiry = self.session_interval.map(|interval| {
+            Instant::now() + interval - (interval / 3).min(Duration::from_secs(32))
+        });
+    }
+
     fn cancel_deadline(&self) -> Option<Instant> {
         match self.role {
             TransactionRole::Client => self.hung_up_at.map(|at| at + self.transaction_timeout),
@@ -677,6 +715,21 @@ async fn far_end_answers(dialog: InviteDialog) -> bool {
     }
 }
 
+/// The session interval of an RFC 4028 `Session-Expires` header whose
+/// refresher is `peer_role` (`uac` / `uas`): the timers we must watch.
+fn peer_refreshed_interval(headers: &Headers, peer_role: &str) -> Option<Duration> {
+    let value = headers.iter().find_map(|header| match header {
+        Header::SessionExpires(session_expires) => Some(session_expires.value().to_string()),
+        _ => None,
+    })?;
+    let mut parts = value.split(';');
+    let seconds: u64 = parts.next()?.trim().parse().ok()?;
+    let refresher = parts
+        .find_map(|param| param.trim().strip_prefix("refresher="))?
+        .trim();
+    (refresher.eq_ignore_ascii_case(peer_role) && seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -716,4 +769,32 @@ pub(crate) fn needs_dialog(method: Method) -> bool {
         method,
         Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::PRack
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsipstack::sip::headers::untyped::SessionExpires;
+
+    fn headers(value: &str) -> Headers {
+        Headers(vec![Header::SessionExpires(SessionExpires::new(value))])
+    }
+
+    #[test]
+    fn only_a_session_timer_the_peer_refreshes_is_watched() {
+        assert_eq!(
+            peer_refreshed_interval(&headers("90;refresher=uas"), "uas"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            peer_refreshed_interval(&headers("90;refresher=uac"), "uas"),
+            None
+        );
+        assert_eq!(peer_refreshed_interval(&headers("90"), "uas"), None);
+        assert_eq!(
+            peer_refreshed_interval(&headers("soon;refresher=uas"), "uas"),
+            None
+        );
+        assert_eq!(peer_refreshed_interval(&Headers(vec![]), "uac"), None);
+    }
 }

@@ -55,13 +55,17 @@ pub enum UasScenario {
     /// Like `Answer`, then after [`SippOptions::pause`] (default 500 ms) SIPp sends a
     /// re-INVITE (hold: SDP version 2, `a=sendonly`), expects 200 with SDP, ACKs; BYE → 200.
     AnswerThenReinvite,
+    /// Like `Answer` with an RFC 4028 session timer the callee refreshes
+    /// (`Session-Expires: 3;refresher=uas`): one refresh re-INVITE after 1.5 s, then none; a
+    /// BYE within 1.2 s of that refresh fails the scenario, a later one completes it.
+    SessionTimer,
     /// Like `Answer` but the SDP has PCMU only (no telephone-event); any number of INFO → 200
     /// (bodies traced) until BYE → 200.
     AnswerNoTelephoneEvent,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 8] = [
+    pub const ALL: [UasScenario; 9] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -70,6 +74,7 @@ impl UasScenario {
         UasScenario::Silent,
         UasScenario::AnswerThenReinvite,
         UasScenario::AnswerNoTelephoneEvent,
+        UasScenario::SessionTimer,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -83,6 +88,7 @@ impl UasScenario {
             UasScenario::Silent => "silent",
             UasScenario::AnswerThenReinvite => "answer_then_reinvite",
             UasScenario::AnswerNoTelephoneEvent => "answer_no_telephone_event",
+            UasScenario::SessionTimer => "session_timer",
         }
     }
 
@@ -100,6 +106,7 @@ impl UasScenario {
             UasScenario::AnswerNoTelephoneEvent => {
                 include_str!("../rig/sipp/answer_no_telephone_event.xml")
             }
+            UasScenario::SessionTimer => include_str!("../rig/sipp/session_timer.xml"),
         }
     }
 

@@ -531,3 +531,24 @@ async fn dropping_the_socket_ends_every_call_of_the_session() -> anyhow::Result<
         .context("registration left behind")?;
     assert_nothing_held(&gateway)
 }
+
+#[tokio::test]
+async fn session_timer_refreshed_by_the_callee_is_honoured_and_its_expiry_ends_the_call(
+) -> anyhow::Result<()> {
+    // The callee asks for a 3 s session it refreshes; it refreshes once at
+    // 1.5 s, then stops. The gateway must keep the call past the first
+    // expiry (2 s) and end it after the refreshed one (3.5 s): a BYE during
+    // the callee's second pause would fail its scenario.
+    let sipp = Sipp::uas(UasScenario::SessionTimer, SippOptions::default())?;
+    let gateway = Gateway::start(&direct_config(&sipp, ""))?;
+    let mut client = Client::start(&gateway, "alice", "x").await?;
+    let call_id = client.call("3000").await?;
+    let (_, started) = client.after_progress().await?;
+    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let finished = client.ws.recv_type("CALL_FINISHED", Duration::from_secs(15)).await?;
+    ensure!(finished["callId"] == call_id.as_str(), "{finished}");
+    sipp.wait_success(PEER)
+        .context("the session ended at the wrong time")?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
