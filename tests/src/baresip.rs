@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
-use crate::process::{ChildGuard, LogMark};
+use crate::process::{ChildGuard, Logged};
 
 /// The config templates (committed at `tests/rig/baresip/`).
 const CONFIG_TEMPLATE: &str = include_str!("../rig/baresip/config");
@@ -659,38 +659,6 @@ impl Baresip {
 
     // ----- log -----
 
-    /// baresip's whole console output (ANSI colours stripped). Useful lines: `received event:
-    /// '1' (end=0)` (RFC 4733), `call: received DTMF: '5' (duration=160)` (SIP INFO),
-    /// `... Call established: sip:..`, `... session closed: <reason>`.
-    pub fn log_text(&self) -> String {
-        self.guard.log_text()
-    }
-
-    /// See [`ChildGuard::wait_for_log`].
-    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
-        self.guard.wait_for_log(pattern, timeout)
-    }
-
-    /// See [`ChildGuard::wait_for_log_since`].
-    pub fn wait_for_log_since(
-        &self,
-        mark: LogMark,
-        pattern: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<String> {
-        self.guard.wait_for_log_since(mark, pattern, timeout)
-    }
-
-    /// Marks the end of the log so far.
-    pub fn log_mark(&self) -> LogMark {
-        self.guard.log_mark()
-    }
-
-    /// Lines containing `pattern`.
-    pub fn count_log(&self, pattern: &str) -> usize {
-        self.guard.count_log(pattern)
-    }
-
     /// Whether the process still runs.
     pub fn is_running(&self) -> anyhow::Result<bool> {
         Ok(self.guard.try_wait()?.is_none())
@@ -984,6 +952,12 @@ fn read_netstring(reader: &mut impl BufRead) -> anyhow::Result<Option<Vec<u8>>> 
         bail!("netstring not terminated by ','");
     }
     Ok(Some(msg))
+}
+
+impl Logged for Baresip {
+    fn process(&self) -> &ChildGuard {
+        &self.guard
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use crate::process::{ChildGuard, LogMark, STOP_GRACE};
+use crate::process::{ChildGuard, Logged, STOP_GRACE};
 
 /// Deadline for the gateway to log `dialtone ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -166,36 +166,6 @@ impl Gateway {
             .count())
     }
 
-    /// The gateway's whole log (stdout and stderr).
-    pub fn log_text(&self) -> String {
-        self.guard.log_text()
-    }
-
-    /// See [`ChildGuard::wait_for_log`].
-    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
-        self.guard.wait_for_log(pattern, timeout)
-    }
-
-    /// See [`ChildGuard::wait_for_log_since`].
-    pub fn wait_for_log_since(
-        &self,
-        mark: LogMark,
-        pattern: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<String> {
-        self.guard.wait_for_log_since(mark, pattern, timeout)
-    }
-
-    /// Marks the end of the log so far.
-    pub fn log_mark(&self) -> LogMark {
-        self.guard.log_mark()
-    }
-
-    /// Lines containing `pattern`.
-    pub fn count_log(&self, pattern: &str) -> usize {
-        self.guard.count_log(pattern)
-    }
-
     /// The exit status if the gateway has exited (e.g. crashed), `None` while it runs.
     pub fn try_wait(&self) -> anyhow::Result<Option<ExitStatus>> {
         self.guard.try_wait()
@@ -281,6 +251,12 @@ fn field_addr(line: &str, key: &str) -> Option<SocketAddr> {
         }
     }
     None
+}
+
+impl Logged for Gateway {
+    fn process(&self) -> &ChildGuard {
+        &self.guard
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use crate::process::{ChildGuard, LogMark, STOP_GRACE};
+use crate::process::{ChildGuard, Logged, STOP_GRACE};
 
 /// The config template (committed at `tests/rig/kamailio.cfg`).
 const TEMPLATE: &str = include_str!("../rig/kamailio.cfg");
@@ -364,38 +364,6 @@ impl Kamailio {
         Ok(self.all_contacts()?.len())
     }
 
-    /// Kamailio's whole log (stderr; the config logs `REQ <method> <ruri> from <from> src
-    /// <ip:port/proto>` for every request and `RPL <code> <reason> for <method> (<call-id>)`
-    /// for every relayed reply).
-    pub fn log_text(&self) -> String {
-        self.guard.log_text()
-    }
-
-    /// See [`ChildGuard::wait_for_log`].
-    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
-        self.guard.wait_for_log(pattern, timeout)
-    }
-
-    /// See [`ChildGuard::wait_for_log_since`].
-    pub fn wait_for_log_since(
-        &self,
-        mark: LogMark,
-        pattern: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<String> {
-        self.guard.wait_for_log_since(mark, pattern, timeout)
-    }
-
-    /// Marks the end of the log so far.
-    pub fn log_mark(&self) -> LogMark {
-        self.guard.log_mark()
-    }
-
-    /// Lines containing `pattern`, e.g. `count_log("REQ REGISTER ")` counts REGISTERs.
-    pub fn count_log(&self, pattern: &str) -> usize {
-        self.guard.count_log(pattern)
-    }
-
     /// PIDs of this instance that still run (checked in /proc: alive, not a zombie, and
     /// started with this instance's config file).
     pub fn running_pids(&self) -> Vec<u32> {
@@ -699,6 +667,12 @@ fn runs_with_arg(pid: u32, arg: &str) -> bool {
     }
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+}
+
+impl Logged for Kamailio {
+    fn process(&self) -> &ChildGuard {
+        &self.guard
+    }
 }
 
 #[cfg(test)]

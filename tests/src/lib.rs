@@ -40,7 +40,7 @@ pub use baresip::{Baresip, BaresipAccount, BaresipOptions};
 pub use gateway::Gateway;
 pub use kamailio::{ContactInfo, DigestAlgorithm, Kamailio, KamailioOptions};
 pub use ports::{free_port, free_port_block};
-pub use process::{ChildGuard, LogMark};
+pub use process::{ChildGuard, LogMark, Logged};
 pub use sipp::{Sipp, SippOptions, TracedMessage, UacScenario, UasScenario};
 pub use ws_client::{SilentWs, WsClient};
 

@@ -383,6 +383,41 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// A peer run as a child process, whose log every test reads the same way.
+pub trait Logged {
+    fn process(&self) -> &ChildGuard;
+
+    /// The whole log (stdout and stderr, ANSI colours stripped).
+    fn log_text(&self) -> String {
+        self.process().log_text()
+    }
+
+    /// See [`ChildGuard::wait_for_log`].
+    fn wait_for_log(&self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.process().wait_for_log(pattern, timeout)
+    }
+
+    /// See [`ChildGuard::wait_for_log_since`].
+    fn wait_for_log_since(
+        &self,
+        mark: LogMark,
+        pattern: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.process().wait_for_log_since(mark, pattern, timeout)
+    }
+
+    /// Marks the end of the log so far.
+    fn log_mark(&self) -> LogMark {
+        self.process().log_mark()
+    }
+
+    /// Lines containing `pattern`.
+    fn count_log(&self, pattern: &str) -> usize {
+        self.process().count_log(pattern)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

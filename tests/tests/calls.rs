@@ -11,6 +11,7 @@ use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::gateway::Gateway;
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::ports::free_port;
+use dialtone_tests::process::Logged;
 use dialtone_tests::sipp::{Sipp, SippOptions, UasScenario};
 use dialtone_tests::wait::wait_until;
 use dialtone_tests::ws_client::WsClient;
@@ -545,7 +546,10 @@ async fn session_timer_refreshed_by_the_callee_is_honoured_and_its_expiry_ends_t
     let call_id = client.call("3000").await?;
     let (_, started) = client.after_progress().await?;
     ensure!(started["type"] == "CALL_STARTED", "{started}");
-    let finished = client.ws.recv_type("CALL_FINISHED", Duration::from_secs(15)).await?;
+    let finished = client
+        .ws
+        .recv_type("CALL_FINISHED", Duration::from_secs(15))
+        .await?;
     ensure!(finished["callId"] == call_id.as_str(), "{finished}");
     sipp.wait_success(PEER)
         .context("the session ended at the wrong time")?;

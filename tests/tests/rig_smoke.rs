@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use dialtone_tests::kamailio::{password_for, DigestAlgorithm, Kamailio, KamailioOptions};
+use dialtone_tests::process::Logged;
 use dialtone_tests::wait::wait_until;
 
 const T: Duration = Duration::from_secs(5);

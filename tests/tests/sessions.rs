@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use dialtone_tests::gateway::Gateway;
 use dialtone_tests::kamailio::{DigestAlgorithm, Kamailio, KamailioOptions};
+use dialtone_tests::process::Logged;
 use dialtone_tests::wait::wait_until;
 use dialtone_tests::ws_client::WsClient;
 use serde_json::{json, Value};
