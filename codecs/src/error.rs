@@ -1,0 +1,42 @@
+use crate::Codec;
+
+/// Everything that can go wrong in this crate. No call panics on bad input:
+/// malformed payloads and wrongly sized buffers come back as one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("expected a {expected}-sample frame, got {actual} samples")]
+    FrameLength { expected: usize, actual: usize },
+
+    #[error("output buffer holds {available} but {required} are needed")]
+    BufferTooSmall { required: usize, available: usize },
+
+    #[error("empty {codec} payload")]
+    EmptyPayload { codec: Codec },
+
+    #[error("{codec} payload of {len} bytes does not hold one 20 ms frame")]
+    PayloadLength { codec: Codec, len: usize },
+
+    #[error("malformed {codec} payload")]
+    MalformedPayload { codec: Codec },
+
+    #[error("Opus packet lasts {samples} samples at 48 kHz, not one 20 ms frame (960)")]
+    OpusFrameDuration { samples: usize },
+
+    #[error("Opus: {0}")]
+    Opus(#[from] audiopus::Error),
+
+    #[error("Speex: {0}")]
+    Speex(&'static str),
+
+    #[error("resampler setup: {0}")]
+    ResamplerSetup(#[from] rubato::ResamplerConstructionError),
+
+    #[error("resampling: {0}")]
+    Resample(#[from] rubato::ResampleError),
+
+    #[error("{0} to {0} needs no transcoding: forward the payloads as they are")]
+    SameCodec(Codec),
+
+    #[error("DTMF level {0} dBFS is not a finite level at or below {max} dBFS", max = crate::MAX_DTMF_LEVEL_DBFS)]
+    DtmfLevel(f64),
+}
