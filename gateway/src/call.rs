@@ -64,7 +64,7 @@ impl CallTask {
 
     /// Places the call and follows it to its end.
     pub async fn run_outgoing(
-        self,
+        mut self,
         with_offer: impl FnOnce(LocalAudio) -> OutgoingCall,
         cc: Option<Capabilities>,
     ) {
@@ -261,7 +261,14 @@ impl CallTask {
         });
     }
 
-    fn fail(&self, reason: CallFailReason, sip_status: Option<u16>, detail: &str) {
+    /// No request is taken once the call's last message is out: a request
+    /// sent after it gets UNKNOWN_CALL instead of vanishing.
+    fn stop_taking_requests(&mut self) {
+        self.requests.close();
+    }
+
+    fn fail(&mut self, reason: CallFailReason, sip_status: Option<u16>, detail: &str) {
+        self.stop_taking_requests();
         info!(?reason, ?sip_status, %detail, "call failed");
         self.outbox.send(ServerMessage::CallFailed {
             session_id: self.ids.session_id.clone(),
@@ -273,7 +280,8 @@ impl CallTask {
         });
     }
 
-    fn finish(&self) {
+    fn finish(&mut self) {
+        self.stop_taking_requests();
         self.outbox.send(ServerMessage::CallFinished {
             session_id: self.ids.session_id.clone(),
             call_id: self.ids.call_id.clone(),
