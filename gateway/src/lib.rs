@@ -9,6 +9,7 @@ mod call;
 pub mod config;
 mod connection;
 mod http;
+pub mod media;
 mod media_ports;
 mod metrics;
 mod session;
