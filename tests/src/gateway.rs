@@ -44,6 +44,10 @@ pub fn binary_path() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The start of a test configuration: HTTP and SIP on free loopback ports.
+/// Keys written right after it belong to `[sip]`.
+pub const LOOPBACK: &str = "[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\n";
+
 /// A running gateway process, stopped by PID on drop.
 ///
 /// Readiness is the log line containing `dialtone ready` with fields `http=IP:PORT` and

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
-use dialtone_tests::gateway::Gateway;
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::ports::free_port;
 use dialtone_tests::process::Logged;
@@ -27,11 +27,7 @@ const FAST_SIP: &str = "t1_ms = 100\n";
 fn registrar_config(kamailio: &Kamailio, transport: &str, extra: &str) -> String {
     format!(
         r#"
-[http]
-listen = "127.0.0.1:0"
-[sip]
-listen = "127.0.0.1:0"
-{FAST_SIP}
+{LOOPBACK}{FAST_SIP}
 [registrar]
 address = "sip:127.0.0.1:{};transport={transport}"
 timeout_ms = 3000
@@ -416,11 +412,7 @@ async fn unanswered_call_is_cancelled_after_the_no_answer_timeout() -> anyhow::R
 fn direct_config(sipp: &Sipp, extra: &str) -> String {
     format!(
         r#"
-[http]
-listen = "127.0.0.1:0"
-[sip]
-listen = "127.0.0.1:0"
-{FAST_SIP}{extra}
+{LOOPBACK}{FAST_SIP}{extra}
 [calls]
 proxy = "sip:{};transport=udp"
 "#,

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use dialtone_tests::gateway::Gateway;
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::wait::wait_until;
 use dialtone_tests::ws_client::WsClient;
@@ -21,11 +21,7 @@ async fn two_hundred_clients_start_sessions_at_once_and_leave_nothing() -> anyho
     let kamailio = Kamailio::start(KamailioOptions::default())?;
     let gateway = Gateway::start(&format!(
         r#"
-[http]
-listen = "127.0.0.1:0"
-[sip]
-listen = "127.0.0.1:0"
-[registrar]
+{LOOPBACK}[registrar]
 address = "sip:127.0.0.1:{};transport=udp"
 timeout_ms = 20000
 "#,

@@ -5,15 +5,13 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use dialtone_tests::gateway::Gateway;
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::process::Logged;
 use dialtone_tests::wait::wait_until;
 use dialtone_tests::ws_client::WsClient;
 use serde_json::{json, Value};
 
 const REPLY: Duration = Duration::from_secs(10);
-
-const LOCAL_PORTS: &str = "[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\n";
 
 async fn connect(gateway: &Gateway) -> anyhow::Result<WsClient> {
     let mut client = WsClient::connect(&gateway.ws_url()).await?;
@@ -57,7 +55,7 @@ async fn expect_error(
 #[tokio::test]
 async fn every_bad_input_class_gets_its_error_and_the_connection_stays_usable() -> anyhow::Result<()>
 {
-    let gateway = Gateway::start(LOCAL_PORTS)?;
+    let gateway = Gateway::start(LOOPBACK)?;
     let mut client = connect(&gateway).await?;
 
     let text_cases: [(&str, &str, Option<&str>); 9] = [
@@ -113,7 +111,7 @@ async fn every_bad_input_class_gets_its_error_and_the_connection_stays_usable() 
 #[tokio::test]
 async fn another_clients_session_id_is_refused_and_that_session_is_untouched() -> anyhow::Result<()>
 {
-    let gateway = Gateway::start(LOCAL_PORTS)?;
+    let gateway = Gateway::start(LOOPBACK)?;
     let mut owner = connect(&gateway).await?;
     let mut intruder = connect(&gateway).await?;
     let owned = start(&mut owner, "alice", "x").await?;
@@ -154,7 +152,7 @@ async fn another_clients_session_id_is_refused_and_that_session_is_untouched() -
 #[tokio::test]
 async fn session_limit_per_connection() -> anyhow::Result<()> {
     let gateway = Gateway::start(&format!(
-        "{LOCAL_PORTS}[websocket]\nmax_sessions_per_connection = 2\n"
+        "{LOOPBACK}[websocket]\nmax_sessions_per_connection = 2\n"
     ))?;
     let mut client = connect(&gateway).await?;
     for _ in 0..2 {
@@ -169,7 +167,7 @@ async fn session_limit_per_connection() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn static_users_mode_checks_the_configured_users() -> anyhow::Result<()> {
-    let config = format!("{LOCAL_PORTS}[[users]]\nusername = \"agent\"\npassword = \"right\"\n");
+    let config = format!("{LOOPBACK}[[users]]\nusername = \"agent\"\npassword = \"right\"\n");
     let gateway = Gateway::start(&config)?;
     let mut client = connect(&gateway).await?;
     let failed = start(&mut client, "agent", "wrong").await?;
@@ -191,7 +189,7 @@ async fn static_users_mode_checks_the_configured_users() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn client_goodbye_ends_the_connection_and_its_sessions() -> anyhow::Result<()> {
-    let gateway = Gateway::start(LOCAL_PORTS)?;
+    let gateway = Gateway::start(LOOPBACK)?;
     let mut client = connect(&gateway).await?;
     start(&mut client, "alice", "x").await?;
     client.send_json(&json!({"type": "DISCONNECTED"})).await?;

@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use dialtone_tests::gateway::Gateway;
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{DigestAlgorithm, Kamailio, KamailioOptions};
 use dialtone_tests::process::Logged;
 use dialtone_tests::wait::wait_until;
@@ -27,11 +27,7 @@ fn kamailio(algorithm: DigestAlgorithm) -> anyhow::Result<Kamailio> {
 fn registrar_config(registrar: &str, extra: &str) -> String {
     format!(
         r#"
-[http]
-listen = "127.0.0.1:0"
-[sip]
-listen = "127.0.0.1:0"
-[registrar]
+{LOOPBACK}[registrar]
 address = "{registrar}"
 expires_secs = 120
 timeout_ms = 3000

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use dialtone_tests::gateway::Gateway;
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::ports::free_port;
 use dialtone_tests::process::ChildGuard;
 use dialtone_tests::wait::wait_until;
@@ -84,11 +84,7 @@ async fn main() -> anyhow::Result<()> {
 
     let gateway = Gateway::start(&format!(
         r#"
-[http]
-listen = "127.0.0.1:0"
-[sip]
-listen = "127.0.0.1:0"
-[calls]
+{LOOPBACK}[calls]
 proxy = "sip:127.0.0.1:{sipp_port};transport=udp"
 [media]
 rtp_port_min = 40000
