@@ -3,7 +3,7 @@
 //! into SIP. The task owns the call's media ports, so they come back when
 //! it ends, however it ends.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +16,10 @@ use dialtone_ws::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
 use crate::media_ports::PortLease;
 use crate::metrics::Held;
+use crate::rtp_leg::{LegCommand, LegEvent, LegSetup, RtpLeg};
 use crate::state::Gateway;
 
 /// What the client asks of one of its calls.
@@ -26,6 +28,7 @@ pub enum CallRequest {
     Hangup,
     Accept(Option<Capabilities>),
     Reject(RejectReason),
+    SendDtmf(String),
 }
 
 /// The names a call's messages carry.
@@ -85,7 +88,7 @@ impl CallTask {
             }
         };
         let no_answer = Duration::from_millis(self.gateway.config.calls.no_answer_timeout_ms);
-        self.follow(call, lease, no_answer, true).await;
+        self.follow(call, lease, no_answer, None).await;
     }
 
     /// Offers an incoming call to the client and follows it to its end.
@@ -132,6 +135,7 @@ impl CallTask {
                         self.finish();
                         return;
                     }
+                    CallRequest::SendDtmf(_) => self.refuse("digits can be sent once the call is started"),
                 },
                 event = events.recv() => {
                     // Before an answer only the caller giving up can happen.
@@ -151,25 +155,38 @@ impl CallTask {
             control: call.control,
             events,
         };
-        self.follow(call, lease, decision, false).await;
+        self.follow(call, lease, decision, Some(offer)).await;
     }
 
-    /// Follows a call until it ends; `outgoing` calls report their progress
-    /// and are cancelled when `setup_limit` passes without an answer.
+    /// Follows a call until it ends. Outgoing calls (no `incoming_offer`)
+    /// report their progress and are cancelled when `setup_limit` passes
+    /// without an answer.
     async fn follow(
         mut self,
         mut call: Call,
-        _lease: PortLease,
+        lease: PortLease,
         setup_limit: Duration,
-        outgoing: bool,
+        incoming_offer: Option<Option<String>>,
     ) {
+        let outgoing = incoming_offer.is_none();
         let deadline = tokio::time::sleep(setup_limit);
         tokio::pin!(deadline);
         let mut established = false;
         let mut hanging_up = false;
         let mut gave_up = false;
+        let mut media_failed = None;
+        let mut leg: Option<RtpLeg> = None;
         loop {
             tokio::select! {
+                Some(event) = leg_event(&mut leg) => match event {
+                    LegEvent::Digit(digit) => self.report_digit(digit, "RFC4733"),
+                    LegEvent::MediaTimeout(timeout) => {
+                        media_failed = Some(format!("no RTP from the far end for {:?}", timeout.silent_for));
+                        leg = None;
+                        hanging_up = true;
+                        call.control.hangup();
+                    }
+                },
                 event = call.events.recv() => {
                     let Some(event) = event else {
                         self.finish();
@@ -179,23 +196,35 @@ impl CallTask {
                         CallEvent::Progress { status: 180, .. } if outgoing => self.send_stage(CallStage::Ringing),
                         CallEvent::Progress { status: 181..=183, .. } if outgoing => self.send_stage(CallStage::SessionProgress),
                         CallEvent::Progress { .. } => {}
-                        CallEvent::Established { .. } => {
+                        CallEvent::Established { sdp } => {
                             established = true;
                             info!("call established");
+                            let remote = sdp.or_else(|| incoming_offer.clone().flatten());
+                            leg = self.start_leg(&lease, remote.as_deref());
                             self.outbox.send(ServerMessage::CallStarted {
                                 session_id: self.ids.session_id.clone(),
                                 call_id: self.ids.call_id.clone(),
                                 client_call_id: self.ids.client_call_id.clone(),
                             });
                         }
-                        CallEvent::MediaChanged { .. } => info!("far end changed the media"),
-                        CallEvent::Info { content_type, .. } => info!(%content_type, "INFO received"),
+                        CallEvent::MediaChanged { sdp } => {
+                            info!("far end changed the media");
+                            if let (Some(leg), Ok(remote)) = (&leg, sdp::parse_remote(&sdp)) {
+                                let _ = leg.commands.send(LegCommand::RemoteMoved(SocketAddr::new(remote.address, remote.port)));
+                            }
+                        }
+                        CallEvent::Info { content_type, body } => match parse_dtmf_info(&content_type, body.as_bytes()) {
+                            Ok(info) => self.report_digit(info.digit, "INFO"),
+                            Err(error) => info!(%content_type, %error, "INFO without a digit"),
+                        },
                         CallEvent::Failed { status, reason } => {
                             self.fail(CallFailReason::from_sip_status(status), Some(status), &reason);
                             return;
                         }
                         CallEvent::Ended { reason } => {
-                            if gave_up && !established {
+                            if let Some(problem) = media_failed.take() {
+                                self.fail(CallFailReason::MediaFailed, None, &problem);
+                            } else if gave_up && !established {
                                 self.fail(CallFailReason::Unavailable, Some(408), "no answer");
                             } else if reason == EndReason::Timeout && !established {
                                 self.fail(CallFailReason::Unavailable, Some(408), "the far end stopped answering");
@@ -213,6 +242,7 @@ impl CallTask {
                         hanging_up = true;
                         call.control.hangup();
                     }
+                    CallRequest::SendDtmf(digits) => self.send_digits(&digits, leg.as_ref(), &call, established),
                     CallRequest::Accept(_) | CallRequest::Reject(_) => {
                         self.refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered")
                     }
@@ -224,6 +254,70 @@ impl CallTask {
                 }
             }
         }
+    }
+
+    /// Starts the RTP leg on the call's port, toward the far end's SDP.
+    fn start_leg(&self, lease: &PortLease, remote_sdp: Option<&str>) -> Option<RtpLeg> {
+        let remote = match remote_sdp.map(sdp::parse_remote) {
+            Some(Ok(remote)) => remote,
+            Some(Err(error)) => {
+                warn!(%error, "far end SDP unreadable; no RTP leg");
+                return None;
+            }
+            None => return None,
+        };
+        let socket = match lease.rtp_socket() {
+            Ok(socket) => socket,
+            Err(error) => {
+                warn!(%error, "cannot use the RTP socket");
+                return None;
+            }
+        };
+        let telephone_event = remote
+            .codecs
+            .iter()
+            .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
+            .map(|codec| codec.payload_type);
+        Some(RtpLeg::start(
+            socket,
+            LegSetup {
+                remote: SocketAddr::new(remote.address, remote.port),
+                telephone_event,
+                rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
+            },
+            &self.gateway.tasks,
+        ))
+    }
+
+    /// SEND_DTMF_SIGNAL: RFC 4733 events when the far end negotiated
+    /// telephone-event, else one SIP INFO (dtmf-relay) per digit.
+    fn send_digits(&self, digits: &str, leg: Option<&RtpLeg>, call: &Call, established: bool) {
+        if !established {
+            self.refuse("digits can be sent once the call is started");
+            return;
+        }
+        if let Some(leg) = leg.filter(|leg| leg.carries_events) {
+            let _ = leg
+                .commands
+                .send(LegCommand::SendDigits(digits.to_string()));
+            return;
+        }
+        for digit in digits.chars() {
+            match build_dtmf_relay(digit, DTMF_INFO_DURATION) {
+                Ok(body) => call.control.send_info(DTMF_RELAY_CONTENT_TYPE, body),
+                Err(error) => warn!(%error, %digit, "digit not sendable"),
+            }
+        }
+    }
+
+    fn report_digit(&self, digit: char, method: &'static str) {
+        info!(%digit, method, "digit from the far end");
+        self.outbox.send(ServerMessage::DtmfReceived {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            digit: digit.to_string(),
+            method,
+        });
     }
 
     /// The answer to an incoming offer (or our own offer when the INVITE
@@ -294,6 +388,16 @@ impl CallTask {
         self.outbox.send_error(
             ProtocolError::new(ErrorCode::InvalidState, message).with_session(&self.ids.session_id),
         );
+    }
+}
+
+/// How long each digit sent by SIP INFO says it lasts.
+const DTMF_INFO_DURATION: Duration = Duration::from_millis(160);
+
+async fn leg_event(leg: &mut Option<RtpLeg>) -> Option<LegEvent> {
+    match leg {
+        Some(leg) => leg.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

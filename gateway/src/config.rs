@@ -48,6 +48,9 @@ pub struct MediaConfig {
     /// odd port.
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
+    /// An established call whose far end sends no RTP for this long (or
+    /// never starts) ends with CALL_FAILED MEDIA_FAILED.
+    pub rtp_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +192,7 @@ impl Default for MediaConfig {
         MediaConfig {
             rtp_port_min: 30_000,
             rtp_port_max: 39_999,
+            rtp_timeout_ms: 30_000,
         }
     }
 }

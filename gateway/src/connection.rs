@@ -148,6 +148,11 @@ impl ConnectionHandler for ClientConnection {
                 request: CallRequest::Accept(m.cc),
                 request_type,
             },
+            ClientMessage::SendDtmfSignal(m) => SessionCommand::Call {
+                call_id: m.call_id,
+                request: CallRequest::SendDtmf(m.dtmf_string),
+                request_type,
+            },
             ClientMessage::RejectCall(m) => SessionCommand::Call {
                 call_id: m.call_id,
                 request: CallRequest::Reject(m.reason),

@@ -12,6 +12,7 @@ mod http;
 pub mod media;
 mod media_ports;
 mod metrics;
+mod rtp_leg;
 mod session;
 mod state;
 

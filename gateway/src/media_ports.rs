@@ -18,7 +18,7 @@ pub struct PortPool {
 pub struct PortLease {
     pool: Arc<PortPool>,
     rtp_port: u16,
-    _rtp: UdpSocket,
+    rtp: UdpSocket,
     _rtcp: UdpSocket,
 }
 
@@ -49,7 +49,7 @@ impl PortPool {
                     lease = Some(PortLease {
                         pool: self.clone(),
                         rtp_port: port,
-                        _rtp: rtp,
+                        rtp,
                         _rtcp: rtcp,
                     });
                     break;
@@ -69,6 +69,14 @@ impl PortPool {
 impl PortLease {
     pub fn rtp_port(&self) -> u16 {
         self.rtp_port
+    }
+
+    /// The RTP socket for async use; the lease keeps the port reserved
+    /// until both are gone.
+    pub fn rtp_socket(&self) -> std::io::Result<tokio::net::UdpSocket> {
+        let socket = self.rtp.try_clone()?;
+        socket.set_nonblocking(true)?;
+        tokio::net::UdpSocket::from_std(socket)
     }
 }
 

@@ -83,6 +83,7 @@ enum CallCommand {
     Accept(LocalAudio),
     Reject(u16),
     Hangup,
+    Info { content_type: String, body: String },
 }
 
 /// Steers one call. Dropping every clone hangs the call up.
@@ -109,6 +110,14 @@ impl CallControl {
     /// Incoming: a final error response (486, 603, 480, ...).
     pub fn reject(&self, status: u16) {
         let _ = self.0.send(CallCommand::Reject(status));
+    }
+
+    /// An in-dialog INFO (DTMF relay), once the call is established.
+    pub fn send_info(&self, content_type: &str, body: String) {
+        let _ = self.0.send(CallCommand::Info {
+            content_type: content_type.to_string(),
+            body,
+        });
     }
 }
 
@@ -593,6 +602,14 @@ impl Driver {
                 self.dialog
                     .reject(Some(StatusCode::TemporarilyUnavailable), None)
             }
+            CallCommand::Info { content_type, body } => self
+                .dialog
+                .info(
+                    Some(vec![Header::ContentType(ContentType::new(content_type))]),
+                    Some(body.into_bytes()),
+                )
+                .await
+                .map(drop),
             CallCommand::Hangup => {
                 if !self.established && self.hung_up_at.is_none() {
                     self.hung_up_at = Some(Instant::now());

@@ -548,3 +548,100 @@ async fn session_timer_refreshed_by_the_callee_is_honoured_and_its_expiry_ends_t
     client.ws.close().await?;
     assert_nothing_held(&gateway)
 }
+
+#[tokio::test]
+async fn digits_cross_as_rfc_4733_both_ways_with_baresip() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let baresip = callee(&kamailio, "2000", true)?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let call_id = client.call("2000").await?;
+    let (_, started) = client.after_progress().await?;
+    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    baresip.wait_call_established(PEER)?;
+
+    client
+        .send(json!({"type": "SEND_DTMF_SIGNAL", "callId": call_id, "dtmfString": "123#*0"}))
+        .await?;
+    let sent: Vec<char> = "123#*0".chars().collect();
+    wait_until(PEER, || Ok(baresip.received_dtmf().len() >= sent.len()))
+        .with_context(|| format!("baresip received {:?}", baresip.received_dtmf()))?;
+    ensure!(
+        baresip.received_dtmf() == sent,
+        "baresip received {:?}",
+        baresip.received_dtmf()
+    );
+    ensure!(
+        baresip.count_log("received event: '#'") > 0 && baresip.count_log("received DTMF") == 0,
+        "digits should arrive as RFC 4733 events, not SIP INFO"
+    );
+
+    baresip.send_dtmf("59")?;
+    for expected in ["5", "9"] {
+        let digit = client.expect("DTMF_RECEIVED", &call_id).await?;
+        ensure!(
+            digit["digit"] == expected && digit["method"] == "RFC4733",
+            "{digit}"
+        );
+    }
+    client.hangup(&call_id).await?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn digits_go_as_sip_info_when_the_far_end_offers_no_telephone_event() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(UasScenario::AnswerNoTelephoneEvent, SippOptions::default())?;
+    let gateway = Gateway::start(&direct_config(&sipp, ""))?;
+    let mut client = Client::start(&gateway, "alice", "x").await?;
+    let call_id = client.call("3000").await?;
+    let (_, started) = client.after_progress().await?;
+    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    client
+        .send(json!({"type": "SEND_DTMF_SIGNAL", "callId": call_id, "dtmfString": "5#"}))
+        .await?;
+    wait_until(PEER, || Ok(sipp.received_requests("INFO").len() >= 2))
+        .context("the callee did not get two INFOs")?;
+    let signals: Vec<String> = sipp
+        .received_requests("INFO")
+        .iter()
+        .map(|info| {
+            info.body()
+                .trim()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    ensure!(
+        signals == ["Signal=5", "Signal=#"],
+        "INFO bodies {signals:?}"
+    );
+    client.hangup(&call_id).await?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    sipp.wait_success(PEER)?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn call_without_rtp_from_the_far_end_fails_with_media_failed() -> anyhow::Result<()> {
+    // SIPp's answering callee sends no RTP at all.
+    let sipp = Sipp::uas(UasScenario::Answer, SippOptions::default())?;
+    let gateway = Gateway::start(&format!(
+        "{}[media]\nrtp_timeout_ms = 1500\n",
+        direct_config(&sipp, "")
+    ))?;
+    let mut client = Client::start(&gateway, "alice", "x").await?;
+    let call_id = client.call("3000").await?;
+    let (_, started) = client.after_progress().await?;
+    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let failed = client.expect("CALL_FAILED", &call_id).await?;
+    ensure!(failed["reason"] == "MEDIA_FAILED", "{failed}");
+    sipp.wait_success(PEER)
+        .context("the callee should get a BYE")?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}

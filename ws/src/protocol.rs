@@ -355,6 +355,15 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         client_call_id: Option<String>,
     },
+    /// Extension: a DTMF digit the far end sent, however it came.
+    #[serde(rename_all = "camelCase")]
+    DtmfReceived {
+        session_id: String,
+        call_id: String,
+        digit: String,
+        /// `RFC4733` (telephone-event) or `INFO` (SIP INFO dtmf-relay).
+        method: &'static str,
+    },
     SdpOffer(SdpExchange),
     SdpAnswer(SdpExchange),
     /// Extension: the reply to a message the gateway cannot act on.
