@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
 use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, OutgoingCall};
+use dialtone_codecs::Codec;
 use dialtone_ws::{
-    CallFailReason, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError, RejectReason,
+    CallFailReason, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError, RejectReason, SdpExchange,
     ServerMessage,
 };
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ use tracing::{info, warn};
 use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
 use crate::media_ports::PortLease;
 use crate::metrics::Held;
-use crate::rtp_leg::{LegCommand, LegEvent, LegSetup, RtpLeg};
+use crate::rtp_leg::{LegCommand, LegEvent, PointSetup, RtpLeg};
 use crate::state::Gateway;
 
 /// What the client asks of one of its calls.
@@ -29,6 +30,8 @@ pub enum CallRequest {
     Accept(Option<Capabilities>),
     Reject(RejectReason),
     SendDtmf(String),
+    /// The client's SDP answer for its RTP point.
+    SdpAnswer(String),
 }
 
 /// The names a call's messages carry.
@@ -79,6 +82,7 @@ impl CallTask {
             return;
         };
         let request = with_offer(local_audio(self.advertised_ip(), &lease, cc.as_ref()));
+        let client_point = self.offer_client_point(cc.as_ref());
         info!(target_uri = %request.target, "placing call");
         let call = match self.gateway.sip.dial(request).await {
             Ok(call) => call,
@@ -88,7 +92,7 @@ impl CallTask {
             }
         };
         let no_answer = Duration::from_millis(self.gateway.config.calls.no_answer_timeout_ms);
-        self.follow(call, lease, no_answer, None).await;
+        self.follow(call, lease, client_point, no_answer, None).await;
     }
 
     /// Offers an incoming call to the client and follows it to its end.
@@ -111,13 +115,13 @@ impl CallTask {
         let deadline = tokio::time::sleep(decision);
         tokio::pin!(deadline);
         let mut events = call.events;
-        let lease = loop {
+        let (lease, client_point) = loop {
             tokio::select! {
                 request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
                     CallRequest::Accept(cc) => match self.answer(offer.as_deref(), cc.as_ref()) {
                         Ok((answer, lease)) => {
                             call.control.accept(answer);
-                            break lease;
+                            break (lease, self.offer_client_point(cc.as_ref()));
                         }
                         Err(problem) => {
                             call.control.reject(488);
@@ -135,7 +139,9 @@ impl CallTask {
                         self.finish();
                         return;
                     }
-                    CallRequest::SendDtmf(_) => self.refuse("digits can be sent once the call is started"),
+                    CallRequest::SendDtmf(_) | CallRequest::SdpAnswer(_) => {
+                        self.refuse("this applies once the call is accepted")
+                    }
                 },
                 event = events.recv() => {
                     // Before an answer only the caller giving up can happen.
@@ -155,7 +161,7 @@ impl CallTask {
             control: call.control,
             events,
         };
-        self.follow(call, lease, decision, Some(offer)).await;
+        self.follow(call, lease, client_point, decision, Some(offer)).await;
     }
 
     /// Follows a call until it ends. Outgoing calls (no `incoming_offer`)
@@ -165,9 +171,11 @@ impl CallTask {
         mut self,
         mut call: Call,
         lease: PortLease,
+        client_point: Option<PortLease>,
         setup_limit: Duration,
         incoming_offer: Option<Option<String>>,
     ) {
+        let mut pending_client: Option<PointSetup> = None;
         let outgoing = incoming_offer.is_none();
         let deadline = tokio::time::sleep(setup_limit);
         tokio::pin!(deadline);
@@ -180,6 +188,7 @@ impl CallTask {
             tokio::select! {
                 Some(event) = leg_event(&mut leg) => match event {
                     LegEvent::Digit(digit) => self.report_digit(digit, "RFC4733"),
+                    LegEvent::DigitForInfo(digit) => self.send_digits_by_info(&digit.to_string(), &call),
                     LegEvent::MediaTimeout(timeout) => {
                         media_failed = Some(format!("no RTP from the far end for {:?}", timeout.silent_for));
                         leg = None;
@@ -201,6 +210,9 @@ impl CallTask {
                             info!("call established");
                             let remote = sdp.or_else(|| incoming_offer.clone().flatten());
                             leg = self.start_leg(&lease, remote.as_deref());
+                            if let (Some(leg), Some(client)) = (&leg, pending_client.take()) {
+                                let _ = leg.commands.send(LegCommand::AddClient(client));
+                            }
                             self.outbox.send(ServerMessage::CallStarted {
                                 session_id: self.ids.session_id.clone(),
                                 call_id: self.ids.call_id.clone(),
@@ -243,6 +255,15 @@ impl CallTask {
                         call.control.hangup();
                     }
                     CallRequest::SendDtmf(digits) => self.send_digits(&digits, leg.as_ref(), &call, established),
+                    CallRequest::SdpAnswer(answer) => match self.client_setup(client_point.as_ref(), &answer) {
+                        Ok(client) => match &leg {
+                            Some(leg) => {
+                                let _ = leg.commands.send(LegCommand::AddClient(client));
+                            }
+                            None => pending_client = Some(client),
+                        },
+                        Err(problem) => self.refuse_field(&problem, "sdp"),
+                    },
                     CallRequest::Accept(_) | CallRequest::Reject(_) => {
                         self.refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered")
                     }
@@ -256,12 +277,13 @@ impl CallTask {
         }
     }
 
-    /// Starts the RTP leg on the call's port, toward the far end's SDP.
+    /// Starts the call's media room on its SIP port, toward the far end's
+    /// SDP.
     fn start_leg(&self, lease: &PortLease, remote_sdp: Option<&str>) -> Option<RtpLeg> {
         let remote = match remote_sdp.map(sdp::parse_remote) {
             Some(Ok(remote)) => remote,
             Some(Err(error)) => {
-                warn!(%error, "far end SDP unreadable; no RTP leg");
+                warn!(%error, "far end SDP unreadable; no media");
                 return None;
             }
             None => return None,
@@ -273,20 +295,40 @@ impl CallTask {
                 return None;
             }
         };
-        let telephone_event = remote
-            .codecs
-            .iter()
-            .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
-            .map(|codec| codec.payload_type);
         Some(RtpLeg::start(
-            socket,
-            LegSetup {
-                remote: SocketAddr::new(remote.address, remote.port),
-                telephone_event,
-                rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
-            },
+            point_setup(socket, &remote),
+            Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
             &self.gateway.tasks,
         ))
+    }
+
+    /// For a client whose `cc.mediaTransport` says RTP: a port for its
+    /// point and an SDP_OFFER with the codecs it named that the bridge can
+    /// carry.
+    fn offer_client_point(&self, cc: Option<&Capabilities>) -> Option<PortLease> {
+        let cc = cc.filter(|cc| cc.media_transport.iter().any(|t| t.eq_ignore_ascii_case("RTP")))?;
+        let Some(lease) = self.gateway.ports.lease() else {
+            warn!("no free media port for the client's RTP point");
+            return None;
+        };
+        let offer = LocalAudio {
+            codecs: client_codecs(&cc.audio_codecs),
+            ..local_audio(self.advertised_ip(), &lease, None)
+        };
+        self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            sdp: offer.render(),
+        }));
+        Some(lease)
+    }
+
+    /// The client's point from its SDP_ANSWER.
+    fn client_setup(&self, lease: Option<&PortLease>, answer: &str) -> Result<PointSetup, String> {
+        let lease = lease.ok_or("this call has no client RTP point (cc.mediaTransport lacks RTP)")?;
+        let remote = sdp::parse_remote(answer).map_err(|e| e.to_string())?;
+        let socket = lease.rtp_socket().map_err(|e| e.to_string())?;
+        Ok(point_setup(socket, &remote))
     }
 
     /// SEND_DTMF_SIGNAL: RFC 4733 events when the far end negotiated
@@ -302,6 +344,10 @@ impl CallTask {
                 .send(LegCommand::SendDigits(digits.to_string()));
             return;
         }
+        self.send_digits_by_info(digits, call);
+    }
+
+    fn send_digits_by_info(&self, digits: &str, call: &Call) {
         for digit in digits.chars() {
             match build_dtmf_relay(digit, DTMF_INFO_DURATION) {
                 Ok(body) => call.control.send_info(DTMF_RELAY_CONTENT_TYPE, body),
@@ -383,12 +429,78 @@ impl CallTask {
         });
     }
 
+    fn refuse_field(&self, message: &str, field: &str) {
+        self.outbox.send_error(
+            ProtocolError::new(ErrorCode::InvalidValue, message)
+                .with_field(field)
+                .with_session(&self.ids.session_id),
+        );
+    }
+
     fn refuse(&self, message: &str) {
         warn!(%message, "call request refused");
         self.outbox.send_error(
             ProtocolError::new(ErrorCode::InvalidState, message).with_session(&self.ids.session_id),
         );
     }
+}
+
+/// A side of the room from its negotiated SDP: the first codec the bridge
+/// can carry, and telephone-event at 8 kHz if present.
+fn point_setup(socket: tokio::net::UdpSocket, remote: &sdp::RemoteAudio) -> PointSetup {
+    PointSetup {
+        socket,
+        remote: SocketAddr::new(remote.address, remote.port),
+        audio: remote
+            .codecs
+            .iter()
+            .find_map(|codec| bridge_codec(codec).map(|bridged| (codec.payload_type, bridged))),
+        telephone_event: remote
+            .codecs
+            .iter()
+            .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
+            .map(|codec| codec.payload_type),
+    }
+}
+
+/// The bridge's codec for an SDP codec.
+fn bridge_codec(codec: &sdp::Codec) -> Option<Codec> {
+    let name = codec.name.to_ascii_lowercase();
+    Some(match (name.as_str(), codec.clock_rate) {
+        ("pcmu", 8000) => Codec::Pcmu,
+        ("pcma", 8000) => Codec::Pcma,
+        ("g722", 8000) => Codec::G722,
+        ("opus", 48000) => Codec::Opus,
+        ("speex", 8000) => Codec::SpeexNarrow,
+        ("speex", 16000) => Codec::SpeexWide,
+        _ => return None,
+    })
+}
+
+/// What a client's RTP point is offered: the codecs it named that the
+/// bridge carries, in its order (all of them when it named none), and
+/// telephone-event.
+fn client_codecs(named: &[String]) -> Vec<sdp::Codec> {
+    let mut carried = sdp::sip_codecs();
+    carried.push(sdp::Codec {
+        payload_type: 97,
+        name: "speex".into(),
+        clock_rate: 8000,
+        channels: 1,
+    });
+    carried.push(sdp::Codec {
+        payload_type: 98,
+        name: "speex".into(),
+        clock_rate: 16000,
+        channels: 1,
+    });
+    let ordered = sdp::prefer(carried, named);
+    let wanted = |codec: &sdp::Codec| {
+        codec.is_telephone_event()
+            || named.is_empty()
+            || named.iter().any(|label| label.eq_ignore_ascii_case(&codec.label()))
+    };
+    ordered.into_iter().filter(wanted).collect()
 }
 
 /// How long each digit sent by SIP INFO says it lasts.

@@ -153,6 +153,11 @@ impl ConnectionHandler for ClientConnection {
                 request: CallRequest::SendDtmf(m.dtmf_string),
                 request_type,
             },
+            ClientMessage::SdpAnswer(m) => SessionCommand::Call {
+                call_id: m.call_id,
+                request: CallRequest::SdpAnswer(m.sdp),
+                request_type,
+            },
             ClientMessage::RejectCall(m) => SessionCommand::Call {
                 call_id: m.call_id,
                 request: CallRequest::Reject(m.reason),

@@ -1,12 +1,16 @@
-//! The RTP side of one SIP call: a task on the call's leased RTP socket
-//! that latches onto the far end (symmetric RTP), watches for dead media,
-//! reports the far end's RFC 4733 digits and sends ours. It drives the
-//! sans-IO state machines of [`crate::media`]; audio bridging comes with
-//! rooms.
+//! A call's media room: one task on the call's RTP sockets that bridges the
+//! SIP leg and, when the client brings its own RTP endpoint, the client's
+//! point. Same codec on both sides: payloads are forwarded as they arrive,
+//! renumbered into our own stream. Different codecs: each side's packets go
+//! through a jitter buffer and are transcoded every 20 ms. Digits cross as
+//! RFC 4733 events where the other side negotiated them. The task drives
+//! the sans-IO state machines of [`crate::media`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use dialtone_codecs::{Codec, Transcoder, MAX_PAYLOAD_LEN};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -14,163 +18,366 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::media::inactivity::{InactivityConfig, InactivityTimer, MediaTimeout};
+use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::rtp::{RtpPacket, RtpSender};
 use crate::media::symmetric::{LatchConfig, LatchDecision, RtpLatch};
 use crate::media::telephone_event::{
-    DigitEvent, DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender, DEFAULT_END_TIMEOUT,
+    DigitEvent, DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender,
+    DEFAULT_END_TIMEOUT,
 };
 
-/// What was negotiated for the leg.
-#[derive(Debug, Clone, Copy)]
-pub struct LegSetup {
+/// One side of the room, as negotiated.
+#[derive(Debug)]
+pub struct PointSetup {
+    pub socket: UdpSocket,
     /// The far end's RTP address from its SDP (the latch may move it).
     pub remote: SocketAddr,
-    /// The negotiated telephone-event payload type, if any.
+    /// The negotiated audio payload type and codec, when the bridge can
+    /// carry it.
+    pub audio: Option<(u8, Codec)>,
     pub telephone_event: Option<u8>,
-    pub rtp_timeout: Duration,
 }
+
+/// Index of the SIP side in the room; the client's point is the other.
+const SIP: usize = 0;
 
 #[derive(Debug)]
 pub enum LegCommand {
-    /// Digits to send as RFC 4733 events (the leg has a telephone-event
-    /// payload type).
+    /// Digits for the SIP side as RFC 4733 events.
     SendDigits(String),
-    /// A re-INVITE moved the far end.
+    /// A re-INVITE moved the SIP far end.
     RemoteMoved(SocketAddr),
+    /// The client's RTP endpoint, once its SDP answer is known.
+    AddClient(PointSetup),
 }
 
 #[derive(Debug)]
 pub enum LegEvent {
+    /// A digit the SIP far end sent.
     Digit(char),
+    /// A digit from the client's RTP that the SIP side cannot take as an
+    /// event: the call sends it by SIP INFO.
+    DigitForInfo(char),
     MediaTimeout(MediaTimeout),
 }
 
-/// The call's handle on its leg; dropping it stops the leg.
+/// The call's handle on its room; dropping it stops the room.
 pub struct RtpLeg {
     pub commands: mpsc::UnboundedSender<LegCommand>,
     pub events: mpsc::UnboundedReceiver<LegEvent>,
-    /// The far end negotiated telephone-event: digits go as RFC 4733.
+    /// The SIP far end negotiated telephone-event: digits go as RFC 4733.
     pub carries_events: bool,
 }
 
 const FRAME: Duration = Duration::from_millis(20);
-/// Timestamp units of a 20 ms frame at the 8 kHz telephone-event clock.
-const FRAME_UNITS: u32 = 160;
 const MAX_DATAGRAM: usize = 1500;
 
 impl RtpLeg {
-    pub fn start(socket: UdpSocket, setup: LegSetup, tasks: &TaskTracker) -> RtpLeg {
+    pub fn start(sip: PointSetup, rtp_timeout: Duration, tasks: &TaskTracker) -> RtpLeg {
         let (commands, command_receiver) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
-        tasks.spawn(run(socket, setup, command_receiver, event_sender));
+        let carries_events = sip.telephone_event.is_some();
+        tasks.spawn(run(sip, rtp_timeout, command_receiver, event_sender));
         RtpLeg {
             commands,
             events,
-            carries_events: setup.telephone_event.is_some(),
+            carries_events,
         }
     }
 }
 
+struct Point {
+    socket: Arc<UdpSocket>,
+    latch: RtpLatch,
+    audio: Option<(u8, Codec)>,
+    telephone_event: Option<u8>,
+    sender: RtpSender,
+    jitter: JitterBuffer,
+    digits_in: TelephoneEventReceiver,
+    digits_out: TelephoneEventSender,
+    /// Decodes this point's audio into the other point's codec.
+    transcoder: Option<Transcoder>,
+    /// Whether an audio packet went to this point since the last tick, so
+    /// the clock is not advanced twice.
+    sent_audio: bool,
+}
+
+impl Point {
+    fn new(setup: PointSetup) -> Point {
+        Point {
+            socket: Arc::new(setup.socket),
+            latch: RtpLatch::new(Some(setup.remote), LatchConfig::default()),
+            audio: setup.audio,
+            telephone_event: setup.telephone_event,
+            sender: RtpSender::new(rand::random(), rand::random(), rand::random()),
+            jitter: JitterBuffer::new(JitterConfig::default()),
+            digits_in: TelephoneEventReceiver::new(8000, DEFAULT_END_TIMEOUT),
+            digits_out: TelephoneEventSender::new(DtmfSenderConfig::default()),
+            transcoder: None,
+            sent_audio: false,
+        }
+    }
+
+    /// RTP timestamp units of one 20 ms frame of this point's audio.
+    fn frame_units(&self) -> u32 {
+        let clock = self.audio.map_or(8000, |(_, codec)| codec.rtp_clock_rate());
+        clock / 50
+    }
+
+    async fn send(&mut self, packet: &[u8]) {
+        if let Some(destination) = self.latch.destination() {
+            if let Err(error) = self.socket.send_to(packet, destination).await {
+                debug!(%error, "RTP send failed");
+            }
+        }
+    }
+
+    /// Sends one audio payload in this point's stream.
+    async fn send_audio(&mut self, payload: &[u8], out: &mut [u8]) {
+        let Some((payload_type, _)) = self.audio else {
+            return;
+        };
+        let units = self.frame_units();
+        match self.sender.next_packet(payload, units, false, payload_type, out) {
+            Ok(length) => {
+                self.sent_audio = true;
+                self.send(&out[..length]).await;
+            }
+            Err(error) => warn!(%error, "cannot build RTP"),
+        }
+    }
+}
+
+fn pair(points: &mut [Option<Point>; 2], index: usize) -> (Option<&mut Point>, Option<&mut Point>) {
+    let (first, second) = points.split_at_mut(1);
+    let (this, other) = if index == 0 {
+        (&mut first[0], &mut second[0])
+    } else {
+        (&mut second[0], &mut first[0])
+    };
+    (this.as_mut(), other.as_mut())
+}
+
+/// Sets up transcoding between the two points when their codecs differ.
+fn connect(points: &mut [Option<Point>; 2]) {
+    let (Some(sip), Some(client)) = pair(points, SIP) else {
+        return;
+    };
+    let (Some((_, sip_codec)), Some((_, client_codec))) = (sip.audio, client.audio) else {
+        return;
+    };
+    if sip_codec != client_codec {
+        sip.transcoder = Transcoder::new(sip_codec, client_codec).ok();
+        client.transcoder = Transcoder::new(client_codec, sip_codec).ok();
+        info!(%sip_codec, %client_codec, "bridging with transcoding");
+    } else {
+        info!(codec = %sip_codec, "bridging without transcoding");
+    }
+}
+
 async fn run(
-    socket: UdpSocket,
-    setup: LegSetup,
+    sip: PointSetup,
+    rtp_timeout: Duration,
     mut commands: mpsc::UnboundedReceiver<LegCommand>,
     events: mpsc::UnboundedSender<LegEvent>,
 ) {
-    let started = Instant::now().into_std();
-    let mut latch = RtpLatch::new(Some(setup.remote), LatchConfig::default());
     let mut inactivity = InactivityTimer::new(
         InactivityConfig {
-            start_timeout: setup.rtp_timeout,
-            stop_timeout: setup.rtp_timeout,
+            start_timeout: rtp_timeout,
+            stop_timeout: rtp_timeout,
         },
-        started,
+        Instant::now().into_std(),
     );
-    let mut digits_in = TelephoneEventReceiver::new(8000, DEFAULT_END_TIMEOUT);
-    let mut digits_out = TelephoneEventSender::new(DtmfSenderConfig::default());
-    let mut rtp = RtpSender::new(rand::random(), rand::random(), rand::random());
+    let mut points: [Option<Point>; 2] = [Some(Point::new(sip)), None];
     let mut ticks = tokio::time::interval(FRAME);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut incoming = [0u8; MAX_DATAGRAM];
-    let mut outgoing = [0u8; MAX_DATAGRAM];
+    let mut sip_buffer = [0u8; MAX_DATAGRAM];
+    let mut client_buffer = [0u8; MAX_DATAGRAM];
+    let mut out = [0u8; MAX_DATAGRAM];
+    let mut transcoded = [0u8; MAX_PAYLOAD_LEN];
 
     loop {
-        let deadline = earliest(inactivity.next_deadline(), digits_in.next_deadline());
+        let sockets = [
+            points[0].as_ref().map(|p| p.socket.clone()),
+            points[1].as_ref().map(|p| p.socket.clone()),
+        ];
+        let deadline = points
+            .iter()
+            .flatten()
+            .filter_map(|p| p.digits_in.next_deadline())
+            .chain(inactivity.next_deadline())
+            .min();
+        let ticking = points
+            .iter()
+            .flatten()
+            .any(|p| p.transcoder.is_some() || !p.digits_out.is_idle());
         tokio::select! {
-            received = socket.recv_from(&mut incoming) => {
-                let Ok((length, source)) = received else { continue };
-                let now = Instant::now().into_std();
-                let Ok(packet) = RtpPacket::parse(&incoming[..length]) else { continue };
-                if latch.on_packet(source, packet.header.ssrc) == LatchDecision::Reject {
-                    continue;
+            Some((length, source)) = receive(sockets[0].as_deref(), &mut sip_buffer) => {
+                if on_packet(&mut points, 0, &sip_buffer[..length], source, &events, &mut out).await {
+                    inactivity.on_packet(Instant::now().into_std());
                 }
-                inactivity.on_packet(now);
-                if Some(packet.header.payload_type) == setup.telephone_event {
-                    match digits_in.on_packet(packet.header.timestamp, packet.payload, now) {
-                        Ok(digit_events) => {
-                            for event in digit_events {
-                                report_digit(&events, event);
-                            }
-                        }
-                        Err(error) => debug!(%error, "unreadable telephone-event"),
-                    }
-                }
+            }
+            Some((length, source)) = receive(sockets[1].as_deref(), &mut client_buffer) => {
+                on_packet(&mut points, 1, &client_buffer[..length], source, &events, &mut out).await;
             }
             _ = sleep_until_std(deadline) => {
                 let now = Instant::now().into_std();
-                while let Some(event) = digits_in.poll(now) {
-                    report_digit(&events, event);
+                // Digits whose end packets were lost end here; only starts
+                // are reported, so there is nothing more to do with them.
+                for point in points.iter_mut().flatten() {
+                    while point.digits_in.poll(now).is_some() {}
                 }
                 if let Some(timeout) = inactivity.poll(now) {
-                    info!(?timeout, "no RTP from the far end");
+                    info!(?timeout, "no RTP from the SIP far end");
                     let _ = events.send(LegEvent::MediaTimeout(timeout));
                     return;
                 }
             }
-            _ = ticks.tick(), if !digits_out.is_idle() => {
-                let (Some(payload_type), Some(destination)) = (setup.telephone_event, latch.destination()) else {
-                    continue;
-                };
-                let now = Instant::now().into_std();
-                while let Some(packet) = digits_out.poll(now, rtp.next_timestamp()) {
-                    match rtp.packet_with_timestamp(&packet.event.to_bytes(), packet.timestamp, packet.marker, payload_type, &mut outgoing) {
-                        Ok(length) => {
-                            if let Err(error) = socket.send_to(&outgoing[..length], destination).await {
-                                warn!(%error, "cannot send telephone-event");
-                            }
-                        }
-                        Err(error) => warn!(%error, "cannot build telephone-event"),
+            _ = ticks.tick(), if ticking => {
+                for index in 0..2 {
+                    let (Some(this), Some(other)) = pair(&mut points, index) else { continue };
+                    let Some(transcoder) = this.transcoder.as_mut() else { continue };
+                    let result = match this.jitter.tick() {
+                        Playout::Frame { payload, .. } => transcoder.transcode(payload, &mut transcoded),
+                        Playout::Lost { next_payload: Some(next) } => transcoder.recover_into(next, &mut transcoded),
+                        Playout::Lost { next_payload: None } => transcoder.conceal_into(&mut transcoded),
+                        Playout::Empty => continue,
+                    };
+                    match result {
+                        Ok(length) => other.send_audio(&transcoded[..length], &mut out).await,
+                        Err(error) => debug!(%error, "frame not transcoded"),
                     }
                 }
-                // No audio is bridged yet: the clock moves on every frame.
-                rtp.skip(FRAME_UNITS);
+                let now = Instant::now().into_std();
+                for point in points.iter_mut().flatten() {
+                    send_digit_packets(point, now, &mut out).await;
+                    if !point.sent_audio {
+                        let units = point.frame_units();
+                        point.sender.skip(units);
+                    }
+                    point.sent_audio = false;
+                }
             }
             command = commands.recv() => match command {
                 Some(LegCommand::SendDigits(digits)) => {
-                    if let Err(error) = digits_out.enqueue(&digits, Instant::now().into_std()) {
-                        warn!(%error, "digits not queued");
+                    if let Some(sip) = points[0].as_mut() {
+                        if let Err(error) = sip.digits_out.enqueue(&digits, Instant::now().into_std()) {
+                            warn!(%error, "digits not queued");
+                        }
                     }
                 }
-                Some(LegCommand::RemoteMoved(remote)) => latch.update_signalled(Some(remote)),
+                Some(LegCommand::RemoteMoved(remote)) => {
+                    if let Some(sip) = points[0].as_mut() {
+                        sip.latch.update_signalled(Some(remote));
+                    }
+                }
+                Some(LegCommand::AddClient(client)) => {
+                    points[1] = Some(Point::new(client));
+                    connect(&mut points);
+                }
                 None => return,
             },
         }
     }
 }
 
-fn report_digit(events: &mpsc::UnboundedSender<LegEvent>, event: DigitEvent) {
-    if let DigitEvent::DigitStarted(digit) = event {
+/// Handles one datagram from a point; whether it was RTP from the peer.
+async fn on_packet(
+    points: &mut [Option<Point>; 2],
+    index: usize,
+    datagram: &[u8],
+    source: SocketAddr,
+    events: &mpsc::UnboundedSender<LegEvent>,
+    out: &mut [u8],
+) -> bool {
+    let Ok(packet) = RtpPacket::parse(datagram) else {
+        return false;
+    };
+    let (Some(this), other) = pair(points, index) else {
+        return false;
+    };
+    if this.latch.on_packet(source, packet.header.ssrc) == LatchDecision::Reject {
+        return false;
+    }
+    let payload_type = packet.header.payload_type;
+    if Some(payload_type) == this.telephone_event {
+        let now = Instant::now().into_std();
+        if let Ok(digit_events) = this
+            .digits_in
+            .on_packet(packet.header.timestamp, packet.payload, now)
+        {
+            for event in digit_events {
+                if let DigitEvent::DigitStarted(digit) = event {
+                    forward_digit(index, digit, other, events, now);
+                    break;
+                }
+            }
+        }
+        return true;
+    }
+    if this.audio.map(|(pt, _)| pt) != Some(payload_type) {
+        return true;
+    }
+    if let Some(other) = other {
+        if this.transcoder.is_some() {
+            this.jitter
+                .push(packet.header.sequence, packet.header.timestamp, packet.payload);
+        } else {
+            other.send_audio(packet.payload, out).await;
+        }
+    }
+    true
+}
+
+/// A digit from one side: the client hears of the SIP side's digits, and
+/// each digit goes on to the other side as an event, or by SIP INFO.
+fn forward_digit(
+    from: usize,
+    digit: char,
+    other: Option<&mut Point>,
+    events: &mpsc::UnboundedSender<LegEvent>,
+    now: std::time::Instant,
+) {
+    let to_sip = from != SIP;
+    if !to_sip {
         let _ = events.send(LegEvent::Digit(digit));
+    }
+    match other {
+        Some(other) if other.telephone_event.is_some() => {
+            let mut text = [0u8; 4];
+            if let Err(error) = other.digits_out.enqueue(digit.encode_utf8(&mut text), now) {
+                warn!(%error, "digit not forwarded");
+            }
+        }
+        _ if to_sip => {
+            let _ = events.send(LegEvent::DigitForInfo(digit));
+        }
+        _ => {}
     }
 }
 
-fn earliest(
-    a: Option<std::time::Instant>,
-    b: Option<std::time::Instant>,
-) -> Option<std::time::Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+async fn send_digit_packets(point: &mut Point, now: std::time::Instant, out: &mut [u8]) {
+    let Some(payload_type) = point.telephone_event else {
+        return;
+    };
+    while let Some(packet) = point.digits_out.poll(now, point.sender.next_timestamp()) {
+        match point.sender.packet_with_timestamp(
+            &packet.event.to_bytes(),
+            packet.timestamp,
+            packet.marker,
+            payload_type,
+            out,
+        ) {
+            Ok(length) => point.send(&out[..length]).await,
+            Err(error) => warn!(%error, "cannot build telephone-event"),
+        }
+    }
+}
+
+async fn receive(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buffer).await.ok(),
+        None => std::future::pending().await,
     }
 }
 
