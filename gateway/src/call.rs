@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dialtone_codecs::Codec;
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
 use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, OutgoingCall};
-use dialtone_codecs::Codec;
 use dialtone_ws::{
-    CallFailReason, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError, RejectReason, SdpExchange,
-    ServerMessage,
+    CallFailReason, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError, RejectReason,
+    SdpExchange, ServerMessage,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -92,7 +92,8 @@ impl CallTask {
             }
         };
         let no_answer = Duration::from_millis(self.gateway.config.calls.no_answer_timeout_ms);
-        self.follow(call, lease, client_point, no_answer, None).await;
+        self.follow(call, lease, client_point, no_answer, None)
+            .await;
     }
 
     /// Offers an incoming call to the client and follows it to its end.
@@ -161,7 +162,8 @@ impl CallTask {
             control: call.control,
             events,
         };
-        self.follow(call, lease, client_point, decision, Some(offer)).await;
+        self.follow(call, lease, client_point, decision, Some(offer))
+            .await;
     }
 
     /// Follows a call until it ends. Outgoing calls (no `incoming_offer`)
@@ -306,7 +308,11 @@ impl CallTask {
     /// point and an SDP_OFFER with the codecs it named that the bridge can
     /// carry.
     fn offer_client_point(&self, cc: Option<&Capabilities>) -> Option<PortLease> {
-        let cc = cc.filter(|cc| cc.media_transport.iter().any(|t| t.eq_ignore_ascii_case("RTP")))?;
+        let cc = cc.filter(|cc| {
+            cc.media_transport
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("RTP"))
+        })?;
         let Some(lease) = self.gateway.ports.lease() else {
             warn!("no free media port for the client's RTP point");
             return None;
@@ -325,7 +331,8 @@ impl CallTask {
 
     /// The client's point from its SDP_ANSWER.
     fn client_setup(&self, lease: Option<&PortLease>, answer: &str) -> Result<PointSetup, String> {
-        let lease = lease.ok_or("this call has no client RTP point (cc.mediaTransport lacks RTP)")?;
+        let lease =
+            lease.ok_or("this call has no client RTP point (cc.mediaTransport lacks RTP)")?;
         let remote = sdp::parse_remote(answer).map_err(|e| e.to_string())?;
         let socket = lease.rtp_socket().map_err(|e| e.to_string())?;
         Ok(point_setup(socket, &remote))
@@ -498,7 +505,9 @@ fn client_codecs(named: &[String]) -> Vec<sdp::Codec> {
     let wanted = |codec: &sdp::Codec| {
         codec.is_telephone_event()
             || named.is_empty()
-            || named.iter().any(|label| label.eq_ignore_ascii_case(&codec.label()))
+            || named
+                .iter()
+                .any(|label| label.eq_ignore_ascii_case(&codec.label()))
     };
     ordered.into_iter().filter(wanted).collect()
 }

@@ -22,8 +22,7 @@ use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::rtp::{RtpPacket, RtpSender};
 use crate::media::symmetric::{LatchConfig, LatchDecision, RtpLatch};
 use crate::media::telephone_event::{
-    DigitEvent, DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender,
-    DEFAULT_END_TIMEOUT,
+    DigitEvent, DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender, DEFAULT_END_TIMEOUT,
 };
 
 /// One side of the room, as negotiated.
@@ -138,7 +137,10 @@ impl Point {
             return;
         };
         let units = self.frame_units();
-        match self.sender.next_packet(payload, units, false, payload_type, out) {
+        match self
+            .sender
+            .next_packet(payload, units, false, payload_type, out)
+        {
             Ok(length) => {
                 self.sent_audio = true;
                 self.send(&out[..length]).await;
@@ -302,9 +304,9 @@ async fn on_packet(
     let payload_type = packet.header.payload_type;
     if Some(payload_type) == this.telephone_event {
         let now = Instant::now().into_std();
-        if let Ok(digit_events) = this
-            .digits_in
-            .on_packet(packet.header.timestamp, packet.payload, now)
+        if let Ok(digit_events) =
+            this.digits_in
+                .on_packet(packet.header.timestamp, packet.payload, now)
         {
             for event in digit_events {
                 if let DigitEvent::DigitStarted(digit) = event {
@@ -320,8 +322,11 @@ async fn on_packet(
     }
     if let Some(other) = other {
         if this.transcoder.is_some() {
-            this.jitter
-                .push(packet.header.sequence, packet.header.timestamp, packet.payload);
+            this.jitter.push(
+                packet.header.sequence,
+                packet.header.timestamp,
+                packet.payload,
+            );
         } else {
             other.send_audio(packet.payload, out).await;
         }

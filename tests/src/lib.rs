@@ -31,6 +31,7 @@ mod http;
 pub mod kamailio;
 pub mod ports;
 pub mod process;
+pub mod rtp_peer;
 pub mod sipp;
 pub mod wait;
 pub mod ws_client;

@@ -1,0 +1,144 @@
+//! A client-side RTP endpoint for tests: what a native app behind the
+//! WebSocket protocol would run. It sends a tone encoded with a real codec
+//! (dialtone-codecs) at real-time pace, optionally dropping packets, and
+//! decodes what it receives so a test can check the frequency it heard.
+
+use std::f64::consts::PI;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use dialtone_codecs::{new_decoder, new_encoder, Codec, MAX_PAYLOAD_LEN};
+use tokio::net::UdpSocket;
+
+/// The SDP name, clock and payload type the peer answers with for `codec`.
+pub fn sdp_format(codec: Codec) -> (&'static str, u32, u8) {
+    match codec {
+        Codec::Pcmu => ("PCMU/8000", 8000, 0),
+        Codec::Pcma => ("PCMA/8000", 8000, 8),
+        Codec::G722 => ("G722/8000", 8000, 9),
+        Codec::Opus => ("opus/48000/2", 48000, 111),
+        Codec::SpeexNarrow => ("speex/8000", 8000, 97),
+        Codec::SpeexWide => ("speex/16000", 16000, 98),
+    }
+}
+
+pub struct RtpPeer {
+    socket: UdpSocket,
+    codec: Codec,
+}
+
+impl RtpPeer {
+    pub async fn bind(codec: Codec) -> anyhow::Result<RtpPeer> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        Ok(RtpPeer { socket, codec })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    /// The `cc.audioCodecs` label of the peer's codec.
+    pub fn label(&self) -> &'static str {
+        sdp_format(self.codec).0
+    }
+
+    /// The SDP answer to the gateway's offer: our address, our codec and
+    /// telephone-event.
+    pub fn answer_sdp(&self) -> anyhow::Result<String> {
+        let (name, _, pt) = sdp_format(self.codec);
+        let port = self.local_addr()?.port();
+        Ok(format!(
+            "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {name}\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+        ))
+    }
+
+    /// Sends `seconds` of a `hz` tone to `to`, dropping every packet whose
+    /// index is a multiple of `drop_every` (0: none), while collecting what
+    /// arrives; returns the received audio decoded to PCM at the codec's rate.
+    pub async fn exchange(
+        &self,
+        to: SocketAddr,
+        hz: f64,
+        seconds: f64,
+        drop_every: u32,
+    ) -> anyhow::Result<Vec<i16>> {
+        let (_, clock, payload_type) = sdp_format(self.codec);
+        let mut encoder = new_encoder(self.codec)?;
+        let mut decoder = new_decoder(self.codec)?;
+        let samples = self.codec.frame_samples();
+        let rate = f64::from(self.codec.sample_rate().hz());
+        let frames = (seconds * 50.0) as u32;
+        let mut pcm = vec![0i16; samples];
+        let mut payload = vec![0u8; MAX_PAYLOAD_LEN];
+        let mut packet = Vec::with_capacity(12 + MAX_PAYLOAD_LEN);
+        let mut heard = Vec::new();
+        let mut decoded = vec![0i16; samples];
+        let mut incoming = vec![0u8; 2048];
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        let mut phase = 0u64;
+        let ssrc = 0x5eed_u32;
+        for index in 0..frames {
+            for sample in pcm.iter_mut() {
+                *sample = (8000.0 * (2.0 * PI * hz * phase as f64 / rate).sin()) as i16;
+                phase += 1;
+            }
+            let length = encoder.encode(&pcm, &mut payload)?;
+            let sequence = index as u16;
+            let timestamp = index * clock / 50;
+            packet.clear();
+            packet.extend_from_slice(&[0x80, payload_type]);
+            packet.extend_from_slice(&sequence.to_be_bytes());
+            packet.extend_from_slice(&timestamp.to_be_bytes());
+            packet.extend_from_slice(&ssrc.to_be_bytes());
+            packet.extend_from_slice(&payload[..length]);
+            if drop_every == 0 || index % drop_every != 0 {
+                self.socket.send_to(&packet, to).await?;
+            }
+            // Collect what arrived during this frame.
+            loop {
+                tokio::select! {
+                    received = self.socket.recv_from(&mut incoming) => {
+                        let (length, _) = received?;
+                        if length > 12 && incoming[1] & 0x7f == payload_type {
+                            if let Ok(count) = decoder.decode(&incoming[12..length], &mut decoded) {
+                                heard.extend_from_slice(&decoded[..count]);
+                            }
+                        }
+                    }
+                    _ = ticks.tick() => break,
+                }
+            }
+        }
+        Ok(heard)
+    }
+}
+
+/// The frequency with the most energy in `pcm` between 100 Hz and 4 kHz,
+/// by a plain DFT over 10 Hz steps (slow but ample for a few seconds).
+pub fn dominant_hz(pcm: &[i16], rate: u32) -> anyhow::Result<f64> {
+    let skip = (rate / 2) as usize; // the first half second: set-up, jitter buffer
+    let tail = pcm
+        .get(skip..)
+        .filter(|t| t.len() > rate as usize / 2)
+        .context("too little audio heard")?;
+    let window = &tail[..tail.len().min(rate as usize)];
+    let mut best = (0.0, 0.0);
+    let mut hz = 100.0;
+    while hz <= 4000.0 {
+        let (mut re, mut im) = (0.0f64, 0.0f64);
+        for (n, &sample) in window.iter().enumerate() {
+            let angle = 2.0 * PI * hz * n as f64 / f64::from(rate);
+            re += f64::from(sample) * angle.cos();
+            im += f64::from(sample) * angle.sin();
+        }
+        let power = re * re + im * im;
+        if power > best.1 {
+            best = (hz, power);
+        }
+        hz += 10.0;
+    }
+    Ok(best.0)
+}

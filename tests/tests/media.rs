@@ -1,0 +1,155 @@
+//! Call audio end to end: a client-side RTP point (the test, speaking a
+//! real codec) through the gateway and Kamailio to baresip, which records
+//! what it hears and plays a 440 Hz tone back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use dialtone_codecs::Codec;
+use dialtone_tests::audio::analyze;
+use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
+use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
+use dialtone_tests::rtp_peer::{dominant_hz, RtpPeer};
+use dialtone_tests::ws_client::WsClient;
+use serde_json::json;
+
+const REPLY: Duration = Duration::from_secs(10);
+const TONE_HZ: f64 = 1000.0;
+/// baresip's default source tone.
+const CALLEE_TONE_HZ: f64 = 440.0;
+
+struct Line {
+    kamailio: Kamailio,
+    gateway: Gateway,
+}
+
+impl Line {
+    fn start() -> anyhow::Result<Line> {
+        let kamailio = Kamailio::start(KamailioOptions::default())?;
+        let gateway = Gateway::start(&format!(
+            "{LOOPBACK}t1_ms = 100\n[registrar]\naddress = \"sip:127.0.0.1:{};transport=udp\"\n",
+            kamailio.sip_port()
+        ))?;
+        Ok(Line { kamailio, gateway })
+    }
+
+    fn callee(&self, codec: &str) -> anyhow::Result<Baresip> {
+        Baresip::start(BaresipOptions {
+            account: Some(BaresipAccount::rig_user("2000", self.kamailio.sip_addr())?),
+            auto_answer: true,
+            codecs: vec![codec.to_string()],
+            record: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// One call from a client RTP point speaking `codec` to `callee`; returns
+/// the frequency baresip heard and the one the client heard.
+async fn call_with_tone(
+    line: &Line,
+    callee: &Baresip,
+    codec: Codec,
+    drop_every: u32,
+) -> anyhow::Result<(f64, f64)> {
+    let peer = RtpPeer::bind(codec).await?;
+    let mut ws = WsClient::connect(&line.gateway.ws_url()).await?;
+    ws.recv_type("CONNECTED", REPLY).await?;
+    ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
+        .await?;
+    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"].clone();
+    ws.send_json(&json!({
+        "type": "START_CALL", "sessionId": session_id, "bUri": "2000",
+        "cc": {"audioCodecs": [peer.label()], "mediaTransport": ["RTP"]},
+    }))
+    .await?;
+    let starting = ws.recv_type("CALL_STARTING", REPLY).await?;
+    let call_id = starting["callId"].clone();
+    let offer = ws.recv_type("SDP_OFFER", REPLY).await?;
+    ensure!(offer["callId"] == call_id, "{offer}");
+    let offer_sdp = offer["sdp"].as_str().context("no sdp")?;
+    ensure!(
+        offer_sdp.contains(peer.label()),
+        "offer lacks {}: {offer_sdp}",
+        peer.label()
+    );
+    let gateway_point: SocketAddr = {
+        let port = offer_sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|rest| rest.split(' ').next())
+            .context("no m=audio")?;
+        format!("127.0.0.1:{port}").parse()?
+    };
+    ws.send_json(&json!({"type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id, "sdp": peer.answer_sdp()?}))
+        .await?;
+    loop {
+        let message = ws.recv_json(REPLY).await?;
+        match message["type"].as_str() {
+            Some("CALL_STARTED") => break,
+            Some("CALL_STARTING") => continue,
+            _ => anyhow::bail!("unexpected {message}"),
+        }
+    }
+    callee.wait_call_established(REPLY)?;
+    let heard = peer
+        .exchange(gateway_point, TONE_HZ, 3.0, drop_every)
+        .await?;
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    callee.wait_call_closed(REPLY)?;
+    let recording = callee.wait_heard_recording_finished(REPLY)?;
+    let callee_heard = analyze(&recording, TONE_HZ)?.dominant_hz;
+    let client_heard = dominant_hz(&heard, codec.sample_rate().hz())?;
+    ws.close().await?;
+    Ok((callee_heard, client_heard))
+}
+
+#[tokio::test]
+async fn client_rtp_point_pcmu_talks_to_baresip_both_ways() -> anyhow::Result<()> {
+    let line = Line::start()?;
+    let callee = line.callee("PCMU")?;
+    let (callee_heard, client_heard) = call_with_tone(&line, &callee, Codec::Pcmu, 0).await?;
+    ensure!(
+        (callee_heard - TONE_HZ).abs() < 15.0,
+        "baresip heard {callee_heard} Hz"
+    );
+    ensure!(
+        (client_heard - CALLEE_TONE_HZ).abs() < 15.0,
+        "the client heard {client_heard} Hz"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn transcoding_matrix_with_five_percent_loss() -> anyhow::Result<()> {
+    let line = Line::start()?;
+    for callee_codec in ["PCMU", "PCMA"] {
+        let callee = line.callee(callee_codec)?;
+        for codec in [
+            Codec::Pcma,
+            Codec::Pcmu,
+            Codec::G722,
+            Codec::Opus,
+            Codec::SpeexNarrow,
+            Codec::SpeexWide,
+        ] {
+            // Every 20th packet lost: 5 %.
+            let (callee_heard, client_heard) = call_with_tone(&line, &callee, codec, 20)
+                .await
+                .with_context(|| format!("{codec} → {callee_codec}"))?;
+            ensure!(
+                (callee_heard - TONE_HZ).abs() < 15.0,
+                "{codec} → {callee_codec}: baresip heard {callee_heard} Hz"
+            );
+            ensure!(
+                (client_heard - CALLEE_TONE_HZ).abs() < 15.0,
+                "{callee_codec} → {codec}: the client heard {client_heard} Hz"
+            );
+        }
+    }
+    Ok(())
+}
