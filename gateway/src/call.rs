@@ -471,7 +471,7 @@ fn point_setup(socket: tokio::net::UdpSocket, remote: &sdp::RemoteAudio) -> Poin
 }
 
 /// The bridge's codec for an SDP codec.
-fn bridge_codec(codec: &sdp::Codec) -> Option<Codec> {
+pub(crate) fn bridge_codec(codec: &sdp::Codec) -> Option<Codec> {
     let name = codec.name.to_ascii_lowercase();
     Some(match (name.as_str(), codec.clock_rate) {
         ("pcmu", 8000) => Codec::Pcmu,

@@ -39,6 +39,8 @@ pub struct CallsConfig {
     /// An incoming call the client neither accepts nor rejects by then gets
     /// 480 and CALL_FAILED UNAVAILABE.
     pub incoming_answer_timeout_ms: u64,
+    /// Answer the built-in `echo`, `tone` and `digits` lines.
+    pub test_lines: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +185,7 @@ impl Default for CallsConfig {
             domain: String::new(),
             no_answer_timeout_ms: 60_000,
             incoming_answer_timeout_ms: 30_000,
+            test_lines: true,
         }
     }
 }
@@ -322,19 +325,21 @@ impl Config {
             .transpose()
     }
 
-    /// The domain of our users' addresses and of bare numbers.
-    pub fn sip_domain(&self) -> String {
+    /// The domain of our users' addresses and of bare numbers; `None`
+    /// when neither `[calls] domain` nor a registrar says, and the gateway's
+    /// own SIP address is the domain (where the test lines answer).
+    pub fn sip_domain(&self) -> Option<String> {
         if !self.calls.domain.is_empty() {
-            return self.calls.domain.clone();
+            return Some(self.calls.domain.clone());
         }
-        match &self.registrar {
-            Some(registrar) if !registrar.domain.is_empty() => registrar.domain.clone(),
-            Some(registrar) => registrar
-                .target()
-                .map(|t| format!("{}:{}", t.host, t.port))
-                .unwrap_or_default(),
-            None => self.sip.listen.ip().to_string(),
+        let registrar = self.registrar.as_ref()?;
+        if !registrar.domain.is_empty() {
+            return Some(registrar.domain.clone());
         }
+        registrar
+            .target()
+            .ok()
+            .map(|t| format!("{}:{}", t.host, t.port))
     }
 }
 

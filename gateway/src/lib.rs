@@ -15,6 +15,7 @@ mod metrics;
 mod rtp_leg;
 mod session;
 mod state;
+mod test_lines;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,9 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         tasks: TaskTracker::new(),
         shutdown: stop.clone(),
     });
+    if gateway.config.calls.test_lines {
+        test_lines::serve(&gateway);
+    }
     info!(http = %http_addr, sip = %sip.local_addr(), auth = ?gateway.config.auth_mode(), "dialtone ready");
 
     let server = axum::serve(listener, http::router(gateway.clone()))

@@ -167,7 +167,9 @@ impl Session {
 
     fn start_call(&mut self, request: StartCall, credentials: &(String, String)) {
         let config = &self.gateway.config;
-        let domain = config.sip_domain();
+        let domain = config
+            .sip_domain()
+            .unwrap_or_else(|| self.gateway.sip.advertised_addr().to_string());
         let Some(target) = expand_target(&request.b_uri, &domain) else {
             self.outbox.send_error(
                 ProtocolError::new(

@@ -142,3 +142,53 @@ pub fn dominant_hz(pcm: &[i16], rate: u32) -> anyhow::Result<f64> {
     }
     Ok(best.0)
 }
+
+/// A call from a session with a client RTP point: START_CALL with
+/// `cc.mediaTransport: ["RTP"]`, the gateway's SDP_OFFER answered for
+/// `peer`, until CALL_STARTED. Returns the callId and where the gateway's
+/// client point listens.
+pub async fn start_rtp_call(
+    ws: &mut crate::ws_client::WsClient,
+    session_id: &str,
+    b_uri: &str,
+    peer: &RtpPeer,
+) -> anyhow::Result<(String, SocketAddr)> {
+    const REPLY: Duration = Duration::from_secs(10);
+    ws.send_json(&serde_json::json!({
+        "type": "START_CALL", "sessionId": session_id, "bUri": b_uri,
+        "cc": {"audioCodecs": [peer.label()], "mediaTransport": ["RTP"]},
+    }))
+    .await?;
+    let starting = ws.recv_type("CALL_STARTING", REPLY).await?;
+    let call_id = starting["callId"]
+        .as_str()
+        .context("CALL_STARTING without callId")?
+        .to_string();
+    let offer = ws.recv_type("SDP_OFFER", REPLY).await?;
+    anyhow::ensure!(offer["callId"] == call_id.as_str(), "{offer}");
+    let offer_sdp = offer["sdp"].as_str().context("SDP_OFFER without sdp")?;
+    anyhow::ensure!(
+        offer_sdp.contains(peer.label()),
+        "offer lacks {}: {offer_sdp}",
+        peer.label()
+    );
+    let port: u16 = offer_sdp
+        .lines()
+        .find_map(|line| line.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|port| port.parse().ok())
+        .context("offer without m=audio port")?;
+    ws.send_json(&serde_json::json!({
+        "type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id, "sdp": peer.answer_sdp()?,
+    }))
+    .await?;
+    loop {
+        let message = ws.recv_json(REPLY).await?;
+        match message["type"].as_str() {
+            Some("CALL_STARTED") => break,
+            Some("CALL_STARTING") => continue,
+            _ => anyhow::bail!("expected CALL_STARTED, got {message}"),
+        }
+    }
+    Ok((call_id, SocketAddr::from(([127, 0, 0, 1], port))))
+}

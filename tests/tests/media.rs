@@ -2,7 +2,6 @@
 //! real codec) through the gateway and Kamailio to baresip, which records
 //! what it hears and plays a 440 Hz tone back.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
@@ -11,7 +10,7 @@ use dialtone_tests::audio::analyze;
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
-use dialtone_tests::rtp_peer::{dominant_hz, RtpPeer};
+use dialtone_tests::rtp_peer::{dominant_hz, start_rtp_call, RtpPeer};
 use dialtone_tests::ws_client::WsClient;
 use serde_json::json;
 
@@ -59,40 +58,11 @@ async fn call_with_tone(
     ws.recv_type("CONNECTED", REPLY).await?;
     ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
         .await?;
-    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"].clone();
-    ws.send_json(&json!({
-        "type": "START_CALL", "sessionId": session_id, "bUri": "2000",
-        "cc": {"audioCodecs": [peer.label()], "mediaTransport": ["RTP"]},
-    }))
-    .await?;
-    let starting = ws.recv_type("CALL_STARTING", REPLY).await?;
-    let call_id = starting["callId"].clone();
-    let offer = ws.recv_type("SDP_OFFER", REPLY).await?;
-    ensure!(offer["callId"] == call_id, "{offer}");
-    let offer_sdp = offer["sdp"].as_str().context("no sdp")?;
-    ensure!(
-        offer_sdp.contains(peer.label()),
-        "offer lacks {}: {offer_sdp}",
-        peer.label()
-    );
-    let gateway_point: SocketAddr = {
-        let port = offer_sdp
-            .lines()
-            .find_map(|l| l.strip_prefix("m=audio "))
-            .and_then(|rest| rest.split(' ').next())
-            .context("no m=audio")?;
-        format!("127.0.0.1:{port}").parse()?
-    };
-    ws.send_json(&json!({"type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id, "sdp": peer.answer_sdp()?}))
-        .await?;
-    loop {
-        let message = ws.recv_json(REPLY).await?;
-        match message["type"].as_str() {
-            Some("CALL_STARTED") => break,
-            Some("CALL_STARTING") => continue,
-            _ => anyhow::bail!("unexpected {message}"),
-        }
-    }
+    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"]
+        .as_str()
+        .context("no sessionId")?
+        .to_string();
+    let (call_id, gateway_point) = start_rtp_call(&mut ws, &session_id, "2000", &peer).await?;
     callee.wait_call_established(REPLY)?;
     let heard = peer
         .exchange(gateway_point, TONE_HZ, 3.0, drop_every)
