@@ -4,15 +4,15 @@
 //! it ends, however it ends.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use dialtone_codecs::Codec;
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
 use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, OutgoingCall};
 use dialtone_ws::{
-    CallFailReason, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError, RejectReason,
-    SdpExchange, ServerMessage,
+    CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError,
+    RejectReason, SdpExchange, ServerMessage,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -21,7 +21,7 @@ use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CON
 use crate::media_ports::PortLease;
 use crate::metrics::Held;
 use crate::rtp_leg::{LegCommand, LegEvent, PointSetup, RtpLeg};
-use crate::state::Gateway;
+use crate::state::{Gateway, MediaStatsWatch};
 
 /// What the client asks of one of its calls.
 #[derive(Debug)]
@@ -48,7 +48,22 @@ pub struct CallTask {
     ids: CallIds,
     outbox: Outbox,
     requests: mpsc::UnboundedReceiver<CallRequest>,
+    /// The SIP side's media statistics once media flows; also listed in
+    /// the gateway's /status while the call lasts.
+    media_stats: Option<MediaStatsWatch>,
     _counted: Held,
+}
+
+impl Drop for CallTask {
+    fn drop(&mut self) {
+        if self.media_stats.is_some() {
+            self.gateway
+                .call_media
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.ids.call_id);
+        }
+    }
 }
 
 impl CallTask {
@@ -64,6 +79,7 @@ impl CallTask {
             ids,
             outbox,
             requests,
+            media_stats: None,
             _counted: counted,
         }
     }
@@ -212,6 +228,9 @@ impl CallTask {
                             info!("call established");
                             let remote = sdp.or_else(|| incoming_offer.clone().flatten());
                             leg = self.start_leg(&lease, remote.as_deref());
+                            if let Some(leg) = &leg {
+                                self.watch_media(leg.stats.clone());
+                            }
                             if let (Some(leg), Some(client)) = (&leg, pending_client.take()) {
                                 let _ = leg.commands.send(LegCommand::AddClient(client));
                             }
@@ -290,15 +309,19 @@ impl CallTask {
             }
             None => return None,
         };
-        let socket = match lease.rtp_socket() {
-            Ok(socket) => socket,
+        let sockets = lease
+            .rtp_socket()
+            .and_then(|rtp| Ok((rtp, lease.rtcp_socket()?)));
+        let (socket, rtcp) = match sockets {
+            Ok(sockets) => sockets,
             Err(error) => {
-                warn!(%error, "cannot use the RTP socket");
+                warn!(%error, "cannot use the RTP sockets");
                 return None;
             }
         };
         Some(RtpLeg::start(
             point_setup(socket, &remote),
+            rtcp,
             Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
             &self.gateway.tasks,
         ))
@@ -361,6 +384,15 @@ impl CallTask {
                 Err(error) => warn!(%error, %digit, "digit not sendable"),
             }
         }
+    }
+
+    fn watch_media(&mut self, stats: MediaStatsWatch) {
+        self.gateway
+            .call_media
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.ids.call_id.clone(), stats.clone());
+        self.media_stats = Some(stats);
     }
 
     fn report_digit(&self, digit: char, method: &'static str) {
@@ -429,10 +461,23 @@ impl CallTask {
 
     fn finish(&mut self) {
         self.stop_taking_requests();
+        let quality = self
+            .media_stats
+            .as_ref()
+            .and_then(|stats| *stats.borrow())
+            .map(|s| CallQuality {
+                packets_sent: s.packets_sent,
+                packets_received: s.packets_received,
+                packets_lost: s.lost,
+                jitter_ms: s.jitter_ms,
+                rtt_ms: s.rtt_ms,
+                mos: s.mos,
+            });
         self.outbox.send(ServerMessage::CallFinished {
             session_id: self.ids.session_id.clone(),
             call_id: self.ids.call_id.clone(),
             client_call_id: self.ids.client_call_id.clone(),
+            quality,
         });
     }
 

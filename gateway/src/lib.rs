@@ -64,6 +64,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         sip: sip.clone(),
         metrics,
         ports,
+        call_media: Default::default(),
         tasks: TaskTracker::new(),
         shutdown: stop.clone(),
     });

@@ -19,7 +19,7 @@ pub struct PortLease {
     pool: Arc<PortPool>,
     rtp_port: u16,
     rtp: UdpSocket,
-    _rtcp: UdpSocket,
+    rtcp: UdpSocket,
 }
 
 impl PortPool {
@@ -50,7 +50,7 @@ impl PortPool {
                         pool: self.clone(),
                         rtp_port: port,
                         rtp,
-                        _rtcp: rtcp,
+                        rtcp,
                     });
                     break;
                 }
@@ -74,10 +74,19 @@ impl PortLease {
     /// The RTP socket for async use; the lease keeps the port reserved
     /// until both are gone.
     pub fn rtp_socket(&self) -> std::io::Result<tokio::net::UdpSocket> {
-        let socket = self.rtp.try_clone()?;
-        socket.set_nonblocking(true)?;
-        tokio::net::UdpSocket::from_std(socket)
+        async_socket(&self.rtp)
     }
+
+    /// The RTCP socket (RTP port + 1), likewise.
+    pub fn rtcp_socket(&self) -> std::io::Result<tokio::net::UdpSocket> {
+        async_socket(&self.rtcp)
+    }
+}
+
+fn async_socket(socket: &UdpSocket) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket.try_clone()?;
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket)
 }
 
 impl Drop for PortLease {

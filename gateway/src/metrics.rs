@@ -2,6 +2,7 @@
 //! at `/metrics`, the same live counts as JSON at `/status` (which tests
 //! and operators read to prove nothing leaked).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::media::stats::MediaStatsSnapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -50,6 +53,8 @@ pub struct Status {
     pub sip_dialogs: i64,
     pub calls: i64,
     pub media_ports: i64,
+    /// RTP statistics of each call whose media flows, by callId.
+    pub media: BTreeMap<String, MediaStatsSnapshot>,
 }
 
 impl Metrics {
@@ -148,6 +153,7 @@ impl Metrics {
             sip_dialogs: self.sip_dialogs.get(),
             calls: self.calls.get(),
             media_ports: self.media_ports.get(),
+            media: BTreeMap::new(),
         }
     }
 }

@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dialtone_codecs::{Codec, Transcoder, MAX_PAYLOAD_LEN};
+use std::time::SystemTime;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::media::inactivity::{InactivityConfig, InactivityTimer, MediaTimeout};
 use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
-use crate::media::rtp::{RtpPacket, RtpSender};
+use crate::media::rtp::{RtpPacket, RtpSender, SenderCounters};
+use crate::media::stats::{MediaStats, MediaStatsConfig, MediaStatsSnapshot};
 use crate::media::symmetric::{LatchConfig, LatchDecision, RtpLatch};
 use crate::media::telephone_event::{
     DigitEvent, DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender, DEFAULT_END_TIMEOUT,
@@ -66,21 +69,38 @@ pub struct RtpLeg {
     pub events: mpsc::UnboundedReceiver<LegEvent>,
     /// The SIP far end negotiated telephone-event: digits go as RFC 4733.
     pub carries_events: bool,
+    /// The SIP side's media statistics, refreshed with each RTCP report.
+    pub stats: watch::Receiver<Option<MediaStatsSnapshot>>,
 }
 
 const FRAME: Duration = Duration::from_millis(20);
+/// How often the statistics the call and /status read are refreshed.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_DATAGRAM: usize = 1500;
 
 impl RtpLeg {
-    pub fn start(sip: PointSetup, rtp_timeout: Duration, tasks: &TaskTracker) -> RtpLeg {
+    /// Starts the room with its SIP side; `rtcp` is that side's RTCP socket.
+    pub fn start(
+        sip: PointSetup,
+        rtcp: UdpSocket,
+        rtp_timeout: Duration,
+        tasks: &TaskTracker,
+    ) -> RtpLeg {
         let (commands, command_receiver) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
+        let (stats_sender, stats) = watch::channel(None);
         let carries_events = sip.telephone_event.is_some();
-        tasks.spawn(run(sip, rtp_timeout, command_receiver, event_sender));
+        let room = Room {
+            rtcp,
+            stats_sender,
+            rtp_timeout,
+        };
+        tasks.spawn(room.run(sip, command_receiver, event_sender));
         RtpLeg {
             commands,
             events,
             carries_events,
+            stats,
         }
     }
 }
@@ -177,109 +197,185 @@ fn connect(points: &mut [Option<Point>; 2]) {
     }
 }
 
-async fn run(
-    sip: PointSetup,
+/// What the room task owns besides its points: the SIP side's RTCP.
+struct Room {
+    rtcp: UdpSocket,
+    stats_sender: watch::Sender<Option<MediaStatsSnapshot>>,
     rtp_timeout: Duration,
-    mut commands: mpsc::UnboundedReceiver<LegCommand>,
-    events: mpsc::UnboundedSender<LegEvent>,
-) {
-    let mut inactivity = InactivityTimer::new(
-        InactivityConfig {
-            start_timeout: rtp_timeout,
-            stop_timeout: rtp_timeout,
-        },
-        Instant::now().into_std(),
-    );
-    let mut points: [Option<Point>; 2] = [Some(Point::new(sip)), None];
-    let mut ticks = tokio::time::interval(FRAME);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut sip_buffer = [0u8; MAX_DATAGRAM];
-    let mut client_buffer = [0u8; MAX_DATAGRAM];
-    let mut out = [0u8; MAX_DATAGRAM];
-    let mut transcoded = [0u8; MAX_PAYLOAD_LEN];
+}
 
-    loop {
-        let sockets = [
-            points[0].as_ref().map(|p| p.socket.clone()),
-            points[1].as_ref().map(|p| p.socket.clone()),
-        ];
-        let deadline = points
-            .iter()
-            .flatten()
-            .filter_map(|p| p.digits_in.next_deadline())
-            .chain(inactivity.next_deadline())
-            .min();
-        let ticking = points
-            .iter()
-            .flatten()
-            .any(|p| p.transcoder.is_some() || !p.digits_out.is_idle());
-        tokio::select! {
-            Some((length, source)) = receive(sockets[0].as_deref(), &mut sip_buffer) => {
-                if on_packet(&mut points, 0, &sip_buffer[..length], source, &events, &mut out).await {
-                    inactivity.on_packet(Instant::now().into_std());
-                }
-            }
-            Some((length, source)) = receive(sockets[1].as_deref(), &mut client_buffer) => {
-                on_packet(&mut points, 1, &client_buffer[..length], source, &events, &mut out).await;
-            }
-            _ = sleep_until_std(deadline) => {
-                let now = Instant::now().into_std();
-                // Digits whose end packets were lost end here; only starts
-                // are reported, so there is nothing more to do with them.
-                for point in points.iter_mut().flatten() {
-                    while point.digits_in.poll(now).is_some() {}
-                }
-                if let Some(timeout) = inactivity.poll(now) {
-                    info!(?timeout, "no RTP from the SIP far end");
-                    let _ = events.send(LegEvent::MediaTimeout(timeout));
-                    return;
-                }
-            }
-            _ = ticks.tick(), if ticking => {
-                for index in 0..2 {
-                    let (Some(this), Some(other)) = pair(&mut points, index) else { continue };
-                    let Some(transcoder) = this.transcoder.as_mut() else { continue };
-                    let result = match this.jitter.tick() {
-                        Playout::Frame { payload, .. } => transcoder.transcode(payload, &mut transcoded),
-                        Playout::Lost { next_payload: Some(next) } => transcoder.recover_into(next, &mut transcoded),
-                        Playout::Lost { next_payload: None } => transcoder.conceal_into(&mut transcoded),
-                        Playout::Empty => continue,
-                    };
-                    match result {
-                        Ok(length) => other.send_audio(&transcoded[..length], &mut out).await,
-                        Err(error) => debug!(%error, "frame not transcoded"),
-                    }
-                }
-                let now = Instant::now().into_std();
-                for point in points.iter_mut().flatten() {
-                    send_digit_packets(point, now, &mut out).await;
-                    if !point.sent_audio {
-                        let units = point.frame_units();
-                        point.sender.skip(units);
-                    }
-                    point.sent_audio = false;
-                }
-            }
-            command = commands.recv() => match command {
-                Some(LegCommand::SendDigits(digits)) => {
-                    if let Some(sip) = points[0].as_mut() {
-                        if let Err(error) = sip.digits_out.enqueue(&digits, Instant::now().into_std()) {
-                            warn!(%error, "digits not queued");
+impl Room {
+    async fn run(
+        self,
+        sip: PointSetup,
+        mut commands: mpsc::UnboundedReceiver<LegCommand>,
+        events: mpsc::UnboundedSender<LegEvent>,
+    ) {
+        let Room {
+            rtcp,
+            stats_sender,
+            rtp_timeout,
+        } = self;
+        let mut inactivity = InactivityTimer::new(
+            InactivityConfig {
+                start_timeout: rtp_timeout,
+                stop_timeout: rtp_timeout,
+            },
+            Instant::now().into_std(),
+        );
+        let sip_point = Point::new(sip);
+        let clock = sip_point
+            .audio
+            .map_or(8000, |(_, codec)| codec.rtp_clock_rate());
+        let mut stats_config = MediaStatsConfig::new(
+            sip_point.sender.ssrc(),
+            format!("dialtone-{:08x}", sip_point.sender.ssrc()),
+            clock,
+        );
+        stats_config.telephone_event_payload_type = sip_point.telephone_event;
+        let mut stats = MediaStats::new(stats_config, Instant::now().into_std(), SystemTime::now());
+        let mut points: [Option<Point>; 2] = [Some(sip_point), None];
+        let mut rtcp_buffer = [0u8; MAX_DATAGRAM];
+        let mut next_snapshot = Instant::now().into_std();
+        let mut ticks = tokio::time::interval(FRAME);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sip_buffer = [0u8; MAX_DATAGRAM];
+        let mut client_buffer = [0u8; MAX_DATAGRAM];
+        let mut out = [0u8; MAX_DATAGRAM];
+        let mut transcoded = [0u8; MAX_PAYLOAD_LEN];
+
+        loop {
+            let sockets = [
+                points[0].as_ref().map(|p| p.socket.clone()),
+                points[1].as_ref().map(|p| p.socket.clone()),
+            ];
+            let deadline = points
+                .iter()
+                .flatten()
+                .filter_map(|p| p.digits_in.next_deadline())
+                .chain(inactivity.next_deadline())
+                .chain([stats.next_report_deadline(), next_snapshot])
+                .min();
+            let ticking = points
+                .iter()
+                .flatten()
+                .any(|p| p.transcoder.is_some() || !p.digits_out.is_idle());
+            tokio::select! {
+                Some((length, source)) = receive(sockets[0].as_deref(), &mut sip_buffer) => {
+                    if on_packet(&mut points, SIP, &sip_buffer[..length], source, &events, &mut out).await {
+                        let now = Instant::now().into_std();
+                        inactivity.on_packet(now);
+                        if let Ok(packet) = RtpPacket::parse(&sip_buffer[..length]) {
+                            stats.on_rtp(&packet.header, packet.payload.len(), now);
                         }
                     }
                 }
-                Some(LegCommand::RemoteMoved(remote)) => {
-                    if let Some(sip) = points[0].as_mut() {
-                        sip.latch.update_signalled(Some(remote));
+                Some((length, _)) = receive(Some(&rtcp), &mut rtcp_buffer) => {
+                    if let Err(error) = stats.on_rtcp(&rtcp_buffer[..length], Instant::now().into_std()) {
+                        debug!(%error, "unreadable RTCP");
                     }
                 }
-                Some(LegCommand::AddClient(client)) => {
-                    points[1] = Some(Point::new(client));
-                    connect(&mut points);
+                Some((length, source)) = receive(sockets[1].as_deref(), &mut client_buffer) => {
+                    on_packet(&mut points, 1, &client_buffer[..length], source, &events, &mut out).await;
                 }
-                None => return,
-            },
+                _ = sleep_until_std(deadline) => {
+                    let now = Instant::now().into_std();
+                    // Digits whose end packets were lost end here; only starts
+                    // are reported, so there is nothing more to do with them.
+                    for point in points.iter_mut().flatten() {
+                        while point.digits_in.poll(now).is_some() {}
+                    }
+                    let sip_side = points[SIP].as_ref().map(|sip| (sip.latch.destination(), sip.sender.counters()));
+                    if let Some((destination, sent)) = sip_side {
+                        if stats.report_due(now) {
+                            send_report(&mut stats, destination, &sent, &rtcp, now, &mut out).await;
+                        }
+                        if now >= next_snapshot {
+                            let _ = stats_sender.send(Some(stats.snapshot(&sent)));
+                            next_snapshot = now + SNAPSHOT_INTERVAL;
+                        }
+                    }
+                    if let Some(timeout) = inactivity.poll(now) {
+                        info!(?timeout, "no RTP from the SIP far end");
+                        let _ = events.send(LegEvent::MediaTimeout(timeout));
+                        return;
+                    }
+                }
+                _ = ticks.tick(), if ticking => {
+                    for index in 0..2 {
+                        let (Some(this), Some(other)) = pair(&mut points, index) else { continue };
+                        let Some(transcoder) = this.transcoder.as_mut() else { continue };
+                        let result = match this.jitter.tick() {
+                            Playout::Frame { payload, .. } => transcoder.transcode(payload, &mut transcoded),
+                            Playout::Lost { next_payload: Some(next) } => transcoder.recover_into(next, &mut transcoded),
+                            Playout::Lost { next_payload: None } => transcoder.conceal_into(&mut transcoded),
+                            Playout::Empty => continue,
+                        };
+                        match result {
+                            Ok(length) => other.send_audio(&transcoded[..length], &mut out).await,
+                            Err(error) => debug!(%error, "frame not transcoded"),
+                        }
+                    }
+                    let now = Instant::now().into_std();
+                    for point in points.iter_mut().flatten() {
+                        send_digit_packets(point, now, &mut out).await;
+                        if !point.sent_audio {
+                            let units = point.frame_units();
+                            point.sender.skip(units);
+                        }
+                        point.sent_audio = false;
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(LegCommand::SendDigits(digits)) => {
+                        if let Some(sip) = points[0].as_mut() {
+                            if let Err(error) = sip.digits_out.enqueue(&digits, Instant::now().into_std()) {
+                                warn!(%error, "digits not queued");
+                            }
+                        }
+                    }
+                    Some(LegCommand::RemoteMoved(remote)) => {
+                        if let Some(sip) = points[0].as_mut() {
+                            sip.latch.update_signalled(Some(remote));
+                        }
+                    }
+                    Some(LegCommand::AddClient(client)) => {
+                        points[1] = Some(Point::new(client));
+                        connect(&mut points);
+                    }
+                    None => {
+                        // The call ended: a last snapshot for its quality report.
+                        if let Some(sip) = points[SIP].as_ref() {
+                            let _ = stats_sender.send(Some(stats.snapshot(&sip.sender.counters())));
+                        }
+                        return;
+                    }
+                },
+            }
         }
+    }
+}
+
+/// Our RTCP report to the SIP far end's RTCP port (RTP port + 1).
+async fn send_report(
+    stats: &mut MediaStats,
+    rtp_destination: Option<SocketAddr>,
+    sent: &SenderCounters,
+    rtcp: &UdpSocket,
+    now: std::time::Instant,
+    out: &mut [u8],
+) {
+    let Some(rtp_destination) = rtp_destination else {
+        return;
+    };
+    let destination = SocketAddr::new(rtp_destination.ip(), rtp_destination.port().wrapping_add(1));
+    match stats.write_report(now, sent, out) {
+        Ok(length) => {
+            if let Err(error) = rtcp.send_to(&out[..length], destination).await {
+                debug!(%error, "RTCP send failed");
+            }
+        }
+        Err(error) => warn!(%error, "cannot build RTCP"),
     }
 }
 

@@ -1,12 +1,16 @@
 //! What every connection and session shares.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
 
 use dialtone_sip::UserAgent;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::media::stats::MediaStatsSnapshot;
 use crate::media_ports::PortPool;
 use crate::metrics::{Metrics, Status};
 
@@ -20,7 +24,11 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// Cancelled on shutdown: connections say DISCONNECTED and end.
     pub shutdown: CancellationToken,
+    /// Media statistics of the calls whose media flows, by callId.
+    pub call_media: Mutex<HashMap<String, MediaStatsWatch>>,
 }
+
+pub type MediaStatsWatch = watch::Receiver<Option<MediaStatsSnapshot>>;
 
 impl Gateway {
     /// Live counts, read fresh from the SIP stack and the task tracker.
@@ -30,6 +38,16 @@ impl Gateway {
         self.metrics.sip_transactions.set(sip.transactions as i64);
         self.metrics.sip_connections.set(sip.connections as i64);
         self.metrics.sip_dialogs.set(sip.dialogs as i64);
-        self.metrics.status()
+        let media = self
+            .call_media
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|(call_id, stats)| Some((call_id.clone(), (*stats.borrow())?)))
+            .collect();
+        Status {
+            media,
+            ..self.metrics.status()
+        }
     }
 }

@@ -247,6 +247,21 @@ impl CallFailReason {
     }
 }
 
+/// Extension: how a call's media went, as the gateway measured the SIP
+/// side (RTCP / RFC 3550 statistics and an E-model MOS estimate).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallQuality {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_lost: i64,
+    pub jitter_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// 1 (bad) to 4.5 (best narrowband).
+    pub mos: f64,
+}
+
 /// Progress of an outgoing call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -354,6 +369,9 @@ pub enum ServerMessage {
         call_id: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_call_id: Option<String>,
+        /// Extension: the call's media statistics, when media flowed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        quality: Option<CallQuality>,
     },
     /// Extension: a DTMF digit the far end sent, however it came.
     #[serde(rename_all = "camelCase")]
