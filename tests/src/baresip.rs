@@ -122,8 +122,8 @@ pub struct BaresipOptions {
     /// [`DEFAULT_TONE_HZ`] Hz tone generated into the temp dir (see [`crate::audio::tone_wav`]
     /// to make another one).
     pub audio_source: Option<PathBuf>,
-    /// Audio codecs offered and accepted, in order (the account's `audio_codecs=`); only the
-    /// G.711 module is loaded, so `PCMU` and/or `PCMA`.
+    /// Audio codecs offered and accepted, in order (the account's `audio_codecs=`); the G.711
+    /// and Opus modules are loaded, so `PCMU`, `PCMA` and/or `opus/48000/2`.
     pub codecs: Vec<String>,
     /// Record every call with the `sndfile` module into [`Baresip::rec_dir`]: per call
     /// `dump-<timestamp>-dec.wav` (what it heard, decoded from the peer's RTP) and

@@ -1,6 +1,8 @@
 //! Call audio end to end: a client-side RTP point (the test, speaking a
 //! real codec) through the gateway and Kamailio to baresip, which records
-//! what it hears and plays a 440 Hz tone back.
+//! what it hears and plays a 440 Hz tone back. The matrix covers client
+//! PCMU, PCMA, G.722, Opus, Speex NB/WB against callees speaking PCMU,
+//! PCMA and Opus.
 
 use std::time::Duration;
 
@@ -97,7 +99,7 @@ async fn client_rtp_point_pcmu_talks_to_baresip_both_ways() -> anyhow::Result<()
 #[tokio::test]
 async fn transcoding_matrix_with_five_percent_loss() -> anyhow::Result<()> {
     let line = Line::start()?;
-    for callee_codec in ["PCMU", "PCMA"] {
+    for callee_codec in ["PCMU", "PCMA", "opus/48000/2"] {
         let callee = line.callee(callee_codec)?;
         for codec in [
             Codec::Pcma,
