@@ -17,6 +17,7 @@ use dialtone_ws::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::config::{DtmfMethod, InbandDetection};
 use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
 use crate::media_ports::PortLease;
 use crate::metrics::Held;
@@ -205,7 +206,7 @@ impl CallTask {
         loop {
             tokio::select! {
                 Some(event) = leg_event(&mut leg) => match event {
-                    LegEvent::Digit(digit) => self.report_digit(digit, "RFC4733"),
+                    LegEvent::Digit { digit, method } => self.report_digit(digit, method),
                     LegEvent::DigitForInfo(digit) => self.send_digits_by_info(&digit.to_string(), &call),
                     LegEvent::MediaTimeout(timeout) => {
                         media_failed = Some(format!("no RTP from the far end for {:?}", timeout.silent_for));
@@ -319,10 +320,17 @@ impl CallTask {
                 return None;
             }
         };
+        let sip = point_setup(socket, &remote);
+        let detect_tones = match self.gateway.config.media.inband_detection {
+            InbandDetection::Always => true,
+            InbandDetection::Never => false,
+            InbandDetection::Auto => sip.telephone_event.is_none(),
+        };
         Some(RtpLeg::start(
-            point_setup(socket, &remote),
+            sip,
             rtcp,
             Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
+            detect_tones,
             &self.gateway.tasks,
         ))
     }
@@ -368,13 +376,27 @@ impl CallTask {
             self.refuse("digits can be sent once the call is started");
             return;
         }
-        if let Some(leg) = leg.filter(|leg| leg.carries_events) {
-            let _ = leg
-                .commands
-                .send(LegCommand::SendDigits(digits.to_string()));
-            return;
+        // The first method of the configured order that this call can use.
+        for method in &self.gateway.config.media.dtmf_send {
+            match (method, leg) {
+                (DtmfMethod::Rfc4733, Some(leg)) if leg.carries_events => {
+                    let _ = leg
+                        .commands
+                        .send(LegCommand::SendDigits(digits.to_string()));
+                    return;
+                }
+                (DtmfMethod::Info, _) => {
+                    self.send_digits_by_info(digits, call);
+                    return;
+                }
+                (DtmfMethod::Inband, Some(leg)) => {
+                    let _ = leg.commands.send(LegCommand::SendTones(digits.to_string()));
+                    return;
+                }
+                _ => {}
+            }
         }
-        self.send_digits_by_info(digits, call);
+        self.refuse("no configured DTMF method (media.dtmf_send) applies to this call");
     }
 
     fn send_digits_by_info(&self, digits: &str, call: &Call) {

@@ -53,6 +53,29 @@ pub struct MediaConfig {
     /// An established call whose far end sends no RTP for this long (or
     /// never starts) ends with CALL_FAILED MEDIA_FAILED.
     pub rtp_timeout_ms: u64,
+    /// How SEND_DTMF_SIGNAL reaches the SIP side: the first of these the
+    /// call can use (`rfc4733` needs telephone-event negotiated, `inband`
+    /// needs media).
+    pub dtmf_send: Vec<DtmfMethod>,
+    /// When to look for DTMF tones in the SIP side's audio.
+    pub inband_detection: InbandDetection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtmfMethod {
+    Rfc4733,
+    Info,
+    Inband,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InbandDetection {
+    /// When the far end negotiated no telephone-event.
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +219,8 @@ impl Default for MediaConfig {
             rtp_port_min: 30_000,
             rtp_port_max: 39_999,
             rtp_timeout_ms: 30_000,
+            dtmf_send: vec![DtmfMethod::Rfc4733, DtmfMethod::Info, DtmfMethod::Inband],
+            inband_detection: InbandDetection::Auto,
         }
     }
 }

@@ -10,7 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dialtone_codecs::{Codec, Transcoder, MAX_PAYLOAD_LEN};
+use std::collections::VecDeque;
+
+use dialtone_codecs::{
+    new_decoder, new_encoder, Codec, Decoder, DtmfDetector, DtmfDigit, DtmfEvent, DtmfGenerator,
+    Encoder, SampleRate, Transcoder, DEFAULT_DTMF_LEVEL_DBFS, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN,
+};
 use std::time::SystemTime;
 use tokio::net::UdpSocket;
 
@@ -47,6 +52,8 @@ const SIP: usize = 0;
 pub enum LegCommand {
     /// Digits for the SIP side as RFC 4733 events.
     SendDigits(String),
+    /// Digits for the SIP side as in-band tones in its audio.
+    SendTones(String),
     /// A re-INVITE moved the SIP far end.
     RemoteMoved(SocketAddr),
     /// The client's RTP endpoint, once its SDP answer is known.
@@ -55,8 +62,11 @@ pub enum LegCommand {
 
 #[derive(Debug)]
 pub enum LegEvent {
-    /// A digit the SIP far end sent.
-    Digit(char),
+    /// A digit the SIP far end sent, and how (`RFC4733`, `INBAND`).
+    Digit {
+        digit: char,
+        method: &'static str,
+    },
     /// A digit from the client's RTP that the SIP side cannot take as an
     /// event: the call sends it by SIP INFO.
     DigitForInfo(char),
@@ -79,11 +89,13 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_DATAGRAM: usize = 1500;
 
 impl RtpLeg {
-    /// Starts the room with its SIP side; `rtcp` is that side's RTCP socket.
+    /// Starts the room with its SIP side; `rtcp` is that side's RTCP
+    /// socket; `detect_tones` looks for in-band DTMF in the SIP side's audio.
     pub fn start(
         sip: PointSetup,
         rtcp: UdpSocket,
         rtp_timeout: Duration,
+        detect_tones: bool,
         tasks: &TaskTracker,
     ) -> RtpLeg {
         let (commands, command_receiver) = mpsc::unbounded_channel();
@@ -94,6 +106,7 @@ impl RtpLeg {
             rtcp,
             stats_sender,
             rtp_timeout,
+            detect_tones,
         };
         tasks.spawn(room.run(sip, command_receiver, event_sender));
         RtpLeg {
@@ -119,6 +132,105 @@ struct Point {
     /// Whether an audio packet went to this point since the last tick, so
     /// the clock is not advanced twice.
     sent_audio: bool,
+    /// In-band DTMF toward this point's far end (the SIP side only).
+    tones: Option<Tones>,
+    /// Detects in-band DTMF in this point's audio (the SIP side, when it
+    /// cannot send events).
+    detector: Option<ToneDetector>,
+}
+
+/// Digits played as tones into a point's audio, one after another.
+struct Tones {
+    encoder: Box<dyn Encoder>,
+    rate: SampleRate,
+    queue: VecDeque<char>,
+    playing: Option<DtmfGenerator>,
+    /// Frames of the gap still to wait before the next digit.
+    gap_frames: u32,
+    pcm: [i16; MAX_FRAME_SAMPLES],
+    payload: [u8; MAX_PAYLOAD_LEN],
+}
+
+const TONE_DURATION: Duration = Duration::from_millis(100);
+const TONE_GAP_FRAMES: u32 = 5;
+
+impl Tones {
+    fn new(codec: Codec) -> Option<Tones> {
+        Some(Tones {
+            encoder: new_encoder(codec).ok()?,
+            rate: codec.sample_rate(),
+            queue: VecDeque::new(),
+            playing: None,
+            gap_frames: 0,
+            pcm: [0; MAX_FRAME_SAMPLES],
+            payload: [0; MAX_PAYLOAD_LEN],
+        })
+    }
+
+    fn is_busy(&self) -> bool {
+        self.playing.is_some() || !self.queue.is_empty() || self.gap_frames > 0
+    }
+
+    /// The next 20 ms while digits are being played, encoded: tone, or the
+    /// silence between and after digits (a far end without other audio
+    /// from us still gets a continuous stream, which its jitter buffer
+    /// needs to play the last digit out).
+    fn next_frame(&mut self) -> Option<&[u8]> {
+        let samples = self.rate.frame_samples();
+        if self.playing.is_none() && self.gap_frames == 0 {
+            let digit = DtmfDigit::from_char(self.queue.pop_front()?)?;
+            self.playing =
+                DtmfGenerator::new(self.rate, digit, TONE_DURATION, DEFAULT_DTMF_LEVEL_DBFS).ok();
+        }
+        match self.playing.as_mut() {
+            Some(generator) => {
+                generator.fill_frame(&mut self.pcm[..samples]).ok()?;
+                if generator.is_finished() {
+                    self.playing = None;
+                    self.gap_frames = TONE_GAP_FRAMES;
+                }
+            }
+            None => {
+                self.gap_frames -= 1;
+                self.pcm[..samples].fill(0);
+            }
+        }
+        let length = self
+            .encoder
+            .encode(&self.pcm[..samples], &mut self.payload)
+            .ok()?;
+        Some(&self.payload[..length])
+    }
+}
+
+/// Decodes a point's audio to find DTMF tones in it (8 and 16 kHz codecs).
+struct ToneDetector {
+    decoder: Box<dyn Decoder>,
+    detector: DtmfDetector,
+    pcm: [i16; MAX_FRAME_SAMPLES],
+}
+
+impl ToneDetector {
+    fn new(codec: Codec) -> Option<ToneDetector> {
+        let rate = codec.sample_rate();
+        if rate == SampleRate::Hz48000 {
+            return None;
+        }
+        Some(ToneDetector {
+            decoder: new_decoder(codec).ok()?,
+            detector: DtmfDetector::new(rate),
+            pcm: [0; MAX_FRAME_SAMPLES],
+        })
+    }
+
+    /// The digit that starts in this payload, if one does.
+    fn digit_in(&mut self, payload: &[u8]) -> Option<char> {
+        let samples = self.decoder.decode(payload, &mut self.pcm).ok()?;
+        match self.detector.process(&self.pcm[..samples]).ok()?? {
+            DtmfEvent::Started(digit) => Some(digit.as_char()),
+            DtmfEvent::Ended { .. } => None,
+        }
+    }
 }
 
 impl Point {
@@ -134,6 +246,8 @@ impl Point {
             digits_out: TelephoneEventSender::new(DtmfSenderConfig::default()),
             transcoder: None,
             sent_audio: false,
+            tones: None,
+            detector: None,
         }
     }
 
@@ -202,6 +316,7 @@ struct Room {
     rtcp: UdpSocket,
     stats_sender: watch::Sender<Option<MediaStatsSnapshot>>,
     rtp_timeout: Duration,
+    detect_tones: bool,
 }
 
 impl Room {
@@ -215,6 +330,7 @@ impl Room {
             rtcp,
             stats_sender,
             rtp_timeout,
+            detect_tones,
         } = self;
         let mut inactivity = InactivityTimer::new(
             InactivityConfig {
@@ -223,7 +339,11 @@ impl Room {
             },
             Instant::now().into_std(),
         );
-        let sip_point = Point::new(sip);
+        let mut sip_point = Point::new(sip);
+        if let Some((_, codec)) = sip_point.audio {
+            sip_point.tones = Tones::new(codec);
+            sip_point.detector = detect_tones.then(|| ToneDetector::new(codec)).flatten();
+        }
         let clock = sip_point
             .audio
             .map_or(8000, |(_, codec)| codec.rtp_clock_rate());
@@ -256,10 +376,11 @@ impl Room {
                 .chain(inactivity.next_deadline())
                 .chain([stats.next_report_deadline(), next_snapshot])
                 .min();
-            let ticking = points
-                .iter()
-                .flatten()
-                .any(|p| p.transcoder.is_some() || !p.digits_out.is_idle());
+            let ticking = points.iter().flatten().any(|p| {
+                p.transcoder.is_some()
+                    || !p.digits_out.is_idle()
+                    || p.tones.as_ref().is_some_and(Tones::is_busy)
+            });
             tokio::select! {
                 Some((length, source)) = receive(sockets[0].as_deref(), &mut sip_buffer) => {
                     if on_packet(&mut points, SIP, &sip_buffer[..length], source, &events, &mut out).await {
@@ -316,6 +437,14 @@ impl Room {
                             Err(error) => debug!(%error, "frame not transcoded"),
                         }
                     }
+                    if let Some(sip) = points[SIP].as_mut() {
+                        if let Some(mut tones) = sip.tones.take() {
+                            if let Some(frame) = tones.next_frame() {
+                                sip.send_audio(frame, &mut out).await;
+                            }
+                            sip.tones = Some(tones);
+                        }
+                    }
                     let now = Instant::now().into_std();
                     for point in points.iter_mut().flatten() {
                         send_digit_packets(point, now, &mut out).await;
@@ -334,7 +463,12 @@ impl Room {
                             }
                         }
                     }
-                    Some(LegCommand::RemoteMoved(remote)) => {
+                    Some(LegCommand::SendTones(digits)) => {
+                    if let Some(tones) = points[SIP].as_mut().and_then(|sip| sip.tones.as_mut()) {
+                        tones.queue.extend(digits.chars());
+                    }
+                }
+                Some(LegCommand::RemoteMoved(remote)) => {
                         if let Some(sip) = points[0].as_mut() {
                             sip.latch.update_signalled(Some(remote));
                         }
@@ -391,7 +525,7 @@ async fn on_packet(
     let Ok(packet) = RtpPacket::parse(datagram) else {
         return false;
     };
-    let (Some(this), other) = pair(points, index) else {
+    let (Some(this), mut other) = pair(points, index) else {
         return false;
     };
     if this.latch.on_packet(source, packet.header.ssrc) == LatchDecision::Reject {
@@ -406,7 +540,7 @@ async fn on_packet(
         {
             for event in digit_events {
                 if let DigitEvent::DigitStarted(digit) = event {
-                    forward_digit(index, digit, other, events, now);
+                    forward_digit(index, digit, "RFC4733", other, events, now);
                     break;
                 }
             }
@@ -416,6 +550,22 @@ async fn on_packet(
     if this.audio.map(|(pt, _)| pt) != Some(payload_type) {
         return true;
     }
+    if let Some(digit) = this
+        .detector
+        .as_mut()
+        .and_then(|d| d.digit_in(packet.payload))
+    {
+        forward_digit(
+            index,
+            digit,
+            "INBAND",
+            other.as_deref_mut(),
+            events,
+            Instant::now().into_std(),
+        );
+    }
+    // While digits play toward the SIP side, they replace the client's audio.
+    let other = other.filter(|other| !other.tones.as_ref().is_some_and(Tones::is_busy));
     if let Some(other) = other {
         if this.transcoder.is_some() {
             this.jitter.push(
@@ -435,13 +585,14 @@ async fn on_packet(
 fn forward_digit(
     from: usize,
     digit: char,
+    method: &'static str,
     other: Option<&mut Point>,
     events: &mpsc::UnboundedSender<LegEvent>,
     now: std::time::Instant,
 ) {
     let to_sip = from != SIP;
     if !to_sip {
-        let _ = events.send(LegEvent::Digit(digit));
+        let _ = events.send(LegEvent::Digit { digit, method });
     }
     match other {
         Some(other) if other.telephone_event.is_some() => {

@@ -192,3 +192,86 @@ pub async fn start_rtp_call(
     }
     Ok((call_id, SocketAddr::from(([127, 0, 0, 1], port))))
 }
+
+/// Writes a mono 16-bit 8 kHz WAV: half a second of silence, then each
+/// digit as a 100 ms DTMF tone with 200 ms of silence after it, then
+/// `tail_seconds` of silence (baresip hangs up when its source file ends).
+pub fn write_dtmf_wav(
+    path: &std::path::Path,
+    digits: &str,
+    tail_seconds: f64,
+) -> anyhow::Result<()> {
+    use dialtone_codecs::{DtmfDigit, DtmfGenerator, SampleRate, DEFAULT_DTMF_LEVEL_DBFS};
+    let mut samples: Vec<i16> = vec![0; 4000];
+    let mut frame = [0i16; 160];
+    for key in digits.chars() {
+        let digit = DtmfDigit::from_char(key).with_context(|| format!("{key:?} is no DTMF key"))?;
+        let mut tone = DtmfGenerator::new(
+            SampleRate::Hz8000,
+            digit,
+            Duration::from_millis(100),
+            DEFAULT_DTMF_LEVEL_DBFS,
+        )?;
+        while !tone.is_finished() {
+            tone.fill_frame(&mut frame)?;
+            samples.extend_from_slice(&frame);
+        }
+        samples.extend(std::iter::repeat_n(0, 1600));
+    }
+    samples.extend(std::iter::repeat_n(0, (tail_seconds * 8000.0) as usize));
+    let data_len = (samples.len() * 2) as u32;
+    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&sample.to_le_bytes());
+    }
+    std::fs::write(path, wav).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The DTMF digits heard in a mono 16-bit 8 kHz WAV (baresip's recordings),
+/// in order.
+pub fn dtmf_in_wav(path: &std::path::Path) -> anyhow::Result<Vec<char>> {
+    use dialtone_codecs::{DtmfDetector, DtmfEvent, SampleRate};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .and_then(|at| bytes.get(at + 8..))
+        .context("no data chunk")?;
+    let samples: Vec<i16> = data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut detector = DtmfDetector::new(SampleRate::Hz8000);
+    let mut digits = Vec::new();
+    for frame in samples.chunks_exact(160) {
+        if let Some(DtmfEvent::Started(digit)) = detector.process(frame)? {
+            digits.push(digit.as_char());
+        }
+    }
+    Ok(digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtmf_wav_round_trip() -> anyhow::Result<()> {
+        let file = tempfile::NamedTempFile::with_suffix(".wav")?;
+        write_dtmf_wav(file.path(), "159#*0", 0.2)?;
+        assert_eq!(dtmf_in_wav(file.path())?, ['1', '5', '9', '#', '*', '0']);
+        Ok(())
+    }
+}

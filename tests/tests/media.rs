@@ -12,7 +12,7 @@ use dialtone_tests::audio::analyze;
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
-use dialtone_tests::rtp_peer::{dominant_hz, start_rtp_call, RtpPeer};
+use dialtone_tests::rtp_peer::{dominant_hz, dtmf_in_wav, start_rtp_call, write_dtmf_wav, RtpPeer};
 use dialtone_tests::ws_client::WsClient;
 use serde_json::json;
 
@@ -123,5 +123,94 @@ async fn transcoding_matrix_with_five_percent_loss() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn started_call(line: &Line, b_uri: &str) -> anyhow::Result<(WsClient, String, String)> {
+    let mut ws = WsClient::connect(&line.gateway.ws_url()).await?;
+    ws.recv_type("CONNECTED", REPLY).await?;
+    ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
+        .await?;
+    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"]
+        .as_str()
+        .context("no sessionId")?
+        .to_string();
+    ws.send_json(&json!({"type": "START_CALL", "sessionId": session_id, "bUri": b_uri}))
+        .await?;
+    let call_id = ws.recv_type("CALL_STARTING", REPLY).await?["callId"]
+        .as_str()
+        .context("no callId")?
+        .to_string();
+    loop {
+        let message = ws.recv_json(REPLY).await?;
+        if message["type"] == "CALL_STARTED" {
+            return Ok((ws, session_id, call_id));
+        }
+        ensure!(message["type"] == "CALL_STARTING", "{message}");
+    }
+}
+
+#[tokio::test]
+async fn digits_sent_as_inband_tones_are_heard_by_baresip() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let gateway = Gateway::start(&format!(
+        "{LOOPBACK}t1_ms = 100\n[registrar]\naddress = \"sip:127.0.0.1:{}\"\n[media]\ndtmf_send = [\"inband\"]\n",
+        kamailio.sip_port()
+    ))?;
+    let line = Line { kamailio, gateway };
+    let callee = line.callee("PCMU")?;
+    let (mut ws, session_id, call_id) = started_call(&line, "2000").await?;
+    callee.wait_call_established(REPLY)?;
+    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": call_id, "dtmfString": "159#"}))
+        .await?;
+    // 4 digits × (100 ms tone + 100 ms gap), with margin; then the recording is closed.
+    ws.expect_no_message(Duration::from_millis(2000)).await?;
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    let recording = callee.wait_heard_recording_finished(REPLY)?;
+    let heard = dtmf_in_wav(&recording)?;
+    ensure!(
+        heard == ['1', '5', '9', '#'],
+        "baresip heard the digits {heard:?}"
+    );
+    ensure!(
+        callee.received_dtmf().is_empty(),
+        "digits should not arrive as events"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn inband_tones_from_the_far_end_reach_the_client() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let gateway = Gateway::start(&format!(
+        "{LOOPBACK}t1_ms = 100\n[registrar]\naddress = \"sip:127.0.0.1:{}\"\n[media]\ninband_detection = \"always\"\n",
+        kamailio.sip_port()
+    ))?;
+    let source = tempfile::NamedTempFile::with_suffix(".wav")?;
+    write_dtmf_wav(source.path(), "37*", 10.0)?;
+    let callee = Baresip::start(BaresipOptions {
+        account: Some(BaresipAccount::rig_user("2000", kamailio.sip_addr())?),
+        auto_answer: true,
+        codecs: vec!["PCMU".to_string()],
+        audio_source: Some(source.path().to_path_buf()),
+        ..Default::default()
+    })?;
+    let line = Line { kamailio, gateway };
+    let (mut ws, session_id, call_id) = started_call(&line, "2000").await?;
+    for expected in ["3", "7", "*"] {
+        let digit = ws.recv_type("DTMF_RECEIVED", REPLY).await?;
+        ensure!(
+            digit["digit"] == expected
+                && digit["method"] == "INBAND"
+                && digit["callId"] == call_id.as_str(),
+            "{digit}"
+        );
+    }
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    drop(callee);
     Ok(())
 }
