@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-ensure_packages build-essential pkg-config libopus-dev libclang-dev kamailio baresip-core sip-tester sox python3-numpy
+ensure_packages build-essential pkg-config libopus-dev libclang-dev kamailio baresip-core sip-tester sox python3-numpy espeak-ng
 ensure_rust
 cargo build --locked --workspace --bins
 cargo test --locked --workspace "$@"

@@ -193,6 +193,40 @@ pub async fn start_rtp_call(
     Ok((call_id, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
+/// RMS level of `pcm` in dBFS after its first half second (a full-scale
+/// sine is about -3 dBFS, silence far below -60).
+pub fn rms_dbfs(pcm: &[i16], rate: u32) -> f64 {
+    let tail = pcm.get(rate as usize / 2..).unwrap_or_default();
+    if tail.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let power = tail.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / tail.len() as f64;
+    10.0 * (power / f64::from(i16::MAX).powi(2)).log10()
+}
+
+/// A spoken prompt (espeak-ng) as baresip's audio source: mono 16-bit
+/// 8 kHz, repeated to last `seconds` at least.
+pub fn speech_wav(path: &std::path::Path, text: &str, seconds: f64) -> anyhow::Result<()> {
+    let spoken = path.with_extension("spoken.wav");
+    let status = std::process::Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&spoken)
+        .arg(text)
+        .status()
+        .context("running espeak-ng (apt-get install espeak-ng)")?;
+    anyhow::ensure!(status.success(), "espeak-ng failed: {status}");
+    let repeats = (seconds / 2.0).ceil().max(1.0) as u32;
+    let status = std::process::Command::new("sox")
+        .arg(&spoken)
+        .args(["-r", "8000", "-c", "1", "-b", "16"])
+        .arg(path)
+        .args(["repeat", &repeats.to_string()])
+        .status()
+        .context("running sox")?;
+    anyhow::ensure!(status.success(), "sox failed: {status}");
+    Ok(())
+}
+
 /// Writes a mono 16-bit 8 kHz WAV: half a second of silence, then each
 /// digit as a 100 ms DTMF tone with 200 ms of silence after it, then
 /// `tail_seconds` of silence (baresip hangs up when its source file ends).

@@ -12,7 +12,9 @@ use dialtone_tests::audio::analyze;
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
-use dialtone_tests::rtp_peer::{dominant_hz, dtmf_in_wav, start_rtp_call, write_dtmf_wav, RtpPeer};
+use dialtone_tests::rtp_peer::{
+    dominant_hz, dtmf_in_wav, rms_dbfs, speech_wav, start_rtp_call, write_dtmf_wav, RtpPeer,
+};
 use dialtone_tests::ws_client::WsClient;
 use serde_json::json;
 
@@ -212,5 +214,42 @@ async fn inband_tones_from_the_far_end_reach_the_client() -> anyhow::Result<()> 
         .await?;
     ws.recv_type("CALL_FINISHED", REPLY).await?;
     drop(callee);
+    Ok(())
+}
+
+#[tokio::test]
+async fn callees_spoken_prompt_reaches_the_clients_rtp_point() -> anyhow::Result<()> {
+    let line = Line::start()?;
+    let prompt = tempfile::NamedTempFile::with_suffix(".wav")?;
+    speech_wav(
+        prompt.path(),
+        "Welcome to the test line. Please enter your digits.",
+        10.0,
+    )?;
+    let callee = Baresip::start(BaresipOptions {
+        account: Some(BaresipAccount::rig_user("2000", line.kamailio.sip_addr())?),
+        auto_answer: true,
+        codecs: vec!["PCMU".to_string()],
+        audio_source: Some(prompt.path().to_path_buf()),
+        ..Default::default()
+    })?;
+    let peer = RtpPeer::bind(Codec::Opus).await?;
+    let mut ws = WsClient::connect(&line.gateway.ws_url()).await?;
+    ws.recv_type("CONNECTED", REPLY).await?;
+    ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
+        .await?;
+    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"]
+        .as_str()
+        .context("no sessionId")?
+        .to_string();
+    let (call_id, point) = start_rtp_call(&mut ws, &session_id, "2000", &peer).await?;
+    callee.wait_call_established(REPLY)?;
+    // The client speaks Opus, the callee PCMU: the prompt is transcoded.
+    let heard = peer.exchange(point, TONE_HZ, 3.0, 0).await?;
+    let level = rms_dbfs(&heard, Codec::Opus.sample_rate().hz());
+    ensure!(level > -40.0, "the client heard {level:.1} dBFS: no speech");
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
     Ok(())
 }
