@@ -248,7 +248,12 @@ impl CallTask {
                             }
                         }
                         CallEvent::Info { content_type, body } => match parse_dtmf_info(&content_type, body.as_bytes()) {
-                            Ok(info) => self.report_digit(info.digit, "INFO"),
+                            Ok(info) => {
+                                self.report_digit(info.digit, "INFO");
+                                if let Some(leg) = &leg {
+                                    let _ = leg.commands.send(LegCommand::DigitToClient(info.digit));
+                                }
+                            }
                             Err(error) => info!(%content_type, %error, "INFO without a digit"),
                         },
                         CallEvent::Failed { status, reason } => {

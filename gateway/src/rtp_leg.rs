@@ -54,6 +54,9 @@ pub enum LegCommand {
     SendDigits(String),
     /// Digits for the SIP side as in-band tones in its audio.
     SendTones(String),
+    /// A digit the SIP side sent by INFO, for the client's point as an
+    /// event.
+    DigitToClient(char),
     /// A re-INVITE moved the SIP far end.
     RemoteMoved(SocketAddr),
     /// The client's RTP endpoint, once its SDP answer is known.
@@ -461,6 +464,13 @@ impl Room {
                             if let Err(error) = sip.digits_out.enqueue(&digits, Instant::now().into_std()) {
                                 warn!(%error, "digits not queued");
                             }
+                        }
+                    }
+                    Some(LegCommand::DigitToClient(digit)) => {
+                        let client = points[1 - SIP].as_mut().filter(|client| client.telephone_event.is_some());
+                        if let Some(client) = client {
+                            let mut text = [0u8; 4];
+                            let _ = client.digits_out.enqueue(digit.encode_utf8(&mut text), Instant::now().into_std());
                         }
                     }
                     Some(LegCommand::SendTones(digits)) => {

@@ -75,6 +75,17 @@ impl Client {
             .context("CALL_STARTING without callId")
     }
 
+    /// START_CALL that must reach CALL_STARTED; returns the callId.
+    async fn started_call(&mut self, b_uri: &str) -> anyhow::Result<String> {
+        let call_id = self.call(b_uri).await?;
+        let (_, started) = self.after_progress().await?;
+        ensure!(
+            started["type"] == "CALL_STARTED" && started["callId"] == call_id.as_str(),
+            "{started}"
+        );
+        Ok(call_id)
+    }
+
     async fn hangup(&mut self, call_id: &str) -> anyhow::Result<()> {
         self.send(json!({"type": "HANGUP_CALL", "callId": call_id}))
             .await
@@ -167,9 +178,7 @@ async fn far_end_bye_finishes_the_call() -> anyhow::Result<()> {
     let baresip = callee(&kamailio, "2000", true)?;
     let gateway = Gateway::start(&registrar_config(&kamailio, "tcp", ""))?;
     let mut client = Client::start(&gateway, "1001", "secret1001").await?;
-    let call_id = client.call("2000").await?;
-    let (_, started) = client.after_progress().await?;
-    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let call_id = client.started_call("2000").await?;
     baresip.wait_call_established(PEER)?;
     baresip.hangup()?;
     client.expect("CALL_FINISHED", &call_id).await?;
@@ -463,9 +472,7 @@ async fn far_end_reinvite_for_hold_is_answered_and_the_call_stays_up() -> anyhow
     )?;
     let gateway = Gateway::start(&direct_config(&sipp, ""))?;
     let mut client = Client::start(&gateway, "alice", "x").await?;
-    let call_id = client.call("3000").await?;
-    let (_, started) = client.after_progress().await?;
-    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let call_id = client.started_call("3000").await?;
     // Our 200 to the hold re-INVITE answers sendonly with recvonly.
     let answer = sipp.wait_for_message("a=recvonly", PEER)?;
     ensure!(answer.status() == Some(200), "{}", answer.text);
@@ -486,9 +493,7 @@ async fn call_whose_far_end_vanished_is_ended() -> anyhow::Result<()> {
     let sipp = Sipp::uas(UasScenario::Answer, SippOptions::default())?;
     let gateway = Gateway::start(&direct_config(&sipp, "dialog_keepalive_ms = 500\n"))?;
     let mut client = Client::start(&gateway, "alice", "x").await?;
-    let call_id = client.call("3000").await?;
-    let (_, started) = client.after_progress().await?;
-    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let call_id = client.started_call("3000").await?;
     // The callee disappears without a BYE.
     sipp.stop()?;
     // Keepalive 0.5 s, then the OPTIONS transaction times out (64 × T1).
@@ -535,9 +540,7 @@ async fn session_timer_refreshed_by_the_callee_is_honoured_and_its_expiry_ends_t
     let sipp = Sipp::uas(UasScenario::SessionTimer, SippOptions::default())?;
     let gateway = Gateway::start(&direct_config(&sipp, ""))?;
     let mut client = Client::start(&gateway, "alice", "x").await?;
-    let call_id = client.call("3000").await?;
-    let (_, started) = client.after_progress().await?;
-    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let call_id = client.started_call("3000").await?;
     let finished = client
         .ws
         .recv_type("CALL_FINISHED", Duration::from_secs(15))
@@ -555,9 +558,7 @@ async fn digits_cross_as_rfc_4733_both_ways_with_baresip() -> anyhow::Result<()>
     let baresip = callee(&kamailio, "2000", true)?;
     let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
     let mut client = Client::start(&gateway, "1001", "secret1001").await?;
-    let call_id = client.call("2000").await?;
-    let (_, started) = client.after_progress().await?;
-    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let call_id = client.started_call("2000").await?;
     baresip.wait_call_established(PEER)?;
 
     client
@@ -595,9 +596,7 @@ async fn digits_go_as_sip_info_when_the_far_end_offers_no_telephone_event() -> a
     let sipp = Sipp::uas(UasScenario::AnswerNoTelephoneEvent, SippOptions::default())?;
     let gateway = Gateway::start(&direct_config(&sipp, ""))?;
     let mut client = Client::start(&gateway, "alice", "x").await?;
-    let call_id = client.call("3000").await?;
-    let (_, started) = client.after_progress().await?;
-    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let call_id = client.started_call("3000").await?;
     client
         .send(json!({"type": "SEND_DTMF_SIGNAL", "callId": call_id, "dtmfString": "5#"}))
         .await?;
@@ -635,9 +634,7 @@ async fn call_without_rtp_from_the_far_end_fails_with_media_failed() -> anyhow::
         direct_config(&sipp, "")
     ))?;
     let mut client = Client::start(&gateway, "alice", "x").await?;
-    let call_id = client.call("3000").await?;
-    let (_, started) = client.after_progress().await?;
-    ensure!(started["type"] == "CALL_STARTED", "{started}");
+    let call_id = client.started_call("3000").await?;
     let failed = client.expect("CALL_FAILED", &call_id).await?;
     ensure!(failed["reason"] == "MEDIA_FAILED", "{failed}");
     sipp.wait_success(PEER)

@@ -58,14 +58,7 @@ async fn call_with_tone(
     drop_every: u32,
 ) -> anyhow::Result<(f64, f64)> {
     let peer = RtpPeer::bind(codec).await?;
-    let mut ws = WsClient::connect(&line.gateway.ws_url()).await?;
-    ws.recv_type("CONNECTED", REPLY).await?;
-    ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
-        .await?;
-    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"]
-        .as_str()
-        .context("no sessionId")?
-        .to_string();
+    let (mut ws, session_id) = open_session(line).await?;
     let (call_id, gateway_point) = start_rtp_call(&mut ws, &session_id, "2000", &peer).await?;
     callee.wait_call_established(REPLY)?;
     let heard = peer
@@ -128,7 +121,8 @@ async fn transcoding_matrix_with_five_percent_loss() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn started_call(line: &Line, b_uri: &str) -> anyhow::Result<(WsClient, String, String)> {
+/// A client connected with a started session for user 1001.
+async fn open_session(line: &Line) -> anyhow::Result<(WsClient, String)> {
     let mut ws = WsClient::connect(&line.gateway.ws_url()).await?;
     ws.recv_type("CONNECTED", REPLY).await?;
     ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
@@ -137,6 +131,11 @@ async fn started_call(line: &Line, b_uri: &str) -> anyhow::Result<(WsClient, Str
         .as_str()
         .context("no sessionId")?
         .to_string();
+    Ok((ws, session_id))
+}
+
+async fn started_call(line: &Line, b_uri: &str) -> anyhow::Result<(WsClient, String, String)> {
+    let (mut ws, session_id) = open_session(line).await?;
     ws.send_json(&json!({"type": "START_CALL", "sessionId": session_id, "bUri": b_uri}))
         .await?;
     let call_id = ws.recv_type("CALL_STARTING", REPLY).await?["callId"]
@@ -234,14 +233,7 @@ async fn callees_spoken_prompt_reaches_the_clients_rtp_point() -> anyhow::Result
         ..Default::default()
     })?;
     let peer = RtpPeer::bind(Codec::Opus).await?;
-    let mut ws = WsClient::connect(&line.gateway.ws_url()).await?;
-    ws.recv_type("CONNECTED", REPLY).await?;
-    ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
-        .await?;
-    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"]
-        .as_str()
-        .context("no sessionId")?
-        .to_string();
+    let (mut ws, session_id) = open_session(&line).await?;
     let (call_id, point) = start_rtp_call(&mut ws, &session_id, "2000", &peer).await?;
     callee.wait_call_established(REPLY)?;
     // The client speaks Opus, the callee PCMU: the prompt is transcoded.
