@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use crate::config::{DtmfMethod, InbandDetection};
 use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
 use crate::media_ports::PortLease;
+use crate::media_room::{MediaRoom, PointSetup, RoomCommand, RoomEvent};
 use crate::metrics::Held;
-use crate::rtp_leg::{LegCommand, LegEvent, PointSetup, RtpLeg};
 use crate::state::{Gateway, MediaStatsWatch};
 
 /// What the client asks of one of its calls.
@@ -202,15 +202,15 @@ impl CallTask {
         let mut hanging_up = false;
         let mut gave_up = false;
         let mut media_failed = None;
-        let mut leg: Option<RtpLeg> = None;
+        let mut room: Option<MediaRoom> = None;
         loop {
             tokio::select! {
-                Some(event) = leg_event(&mut leg) => match event {
-                    LegEvent::Digit { digit, method } => self.report_digit(digit, method),
-                    LegEvent::DigitForInfo(digit) => self.send_digits_by_info(&digit.to_string(), &call),
-                    LegEvent::MediaTimeout(timeout) => {
+                Some(event) = room_event(&mut room) => match event {
+                    RoomEvent::Digit { digit, method } => self.report_digit(digit, method),
+                    RoomEvent::DigitForInfo(digit) => self.send_digits_by_info(&digit.to_string(), &call),
+                    RoomEvent::MediaTimeout(timeout) => {
                         media_failed = Some(format!("no RTP from the far end for {:?}", timeout.silent_for));
-                        leg = None;
+                        room = None;
                         hanging_up = true;
                         call.control.hangup();
                     }
@@ -228,12 +228,12 @@ impl CallTask {
                             established = true;
                             info!("call established");
                             let remote = sdp.or_else(|| incoming_offer.clone().flatten());
-                            leg = self.start_leg(&lease, remote.as_deref());
-                            if let Some(leg) = &leg {
-                                self.watch_media(leg.stats.clone());
+                            room = self.start_room(&lease, remote.as_deref());
+                            if let Some(room) = &room {
+                                self.watch_media(room.stats.clone());
                             }
-                            if let (Some(leg), Some(client)) = (&leg, pending_client.take()) {
-                                let _ = leg.commands.send(LegCommand::AddClient(client));
+                            if let (Some(room), Some(client)) = (&room, pending_client.take()) {
+                                let _ = room.commands.send(RoomCommand::AddClient(client));
                             }
                             self.outbox.send(ServerMessage::CallStarted {
                                 session_id: self.ids.session_id.clone(),
@@ -243,15 +243,15 @@ impl CallTask {
                         }
                         CallEvent::MediaChanged { sdp } => {
                             info!("far end changed the media");
-                            if let (Some(leg), Ok(remote)) = (&leg, sdp::parse_remote(&sdp)) {
-                                let _ = leg.commands.send(LegCommand::RemoteMoved(SocketAddr::new(remote.address, remote.port)));
+                            if let (Some(room), Ok(remote)) = (&room, sdp::parse_remote(&sdp)) {
+                                let _ = room.commands.send(RoomCommand::RemoteMoved(SocketAddr::new(remote.address, remote.port)));
                             }
                         }
                         CallEvent::Info { content_type, body } => match parse_dtmf_info(&content_type, body.as_bytes()) {
                             Ok(info) => {
                                 self.report_digit(info.digit, "INFO");
-                                if let Some(leg) = &leg {
-                                    let _ = leg.commands.send(LegCommand::DigitToClient(info.digit));
+                                if let Some(room) = &room {
+                                    let _ = room.commands.send(RoomCommand::DigitToClient(info.digit));
                                 }
                             }
                             Err(error) => info!(%content_type, %error, "INFO without a digit"),
@@ -281,11 +281,11 @@ impl CallTask {
                         hanging_up = true;
                         call.control.hangup();
                     }
-                    CallRequest::SendDtmf(digits) => self.send_digits(&digits, leg.as_ref(), &call, established),
+                    CallRequest::SendDtmf(digits) => self.send_digits(&digits, room.as_ref(), &call, established),
                     CallRequest::SdpAnswer(answer) => match self.client_setup(client_point.as_ref(), &answer) {
-                        Ok(client) => match &leg {
-                            Some(leg) => {
-                                let _ = leg.commands.send(LegCommand::AddClient(client));
+                        Ok(client) => match &room {
+                            Some(room) => {
+                                let _ = room.commands.send(RoomCommand::AddClient(client));
                             }
                             None => pending_client = Some(client),
                         },
@@ -306,7 +306,7 @@ impl CallTask {
 
     /// Starts the call's media room on its SIP port, toward the far end's
     /// SDP.
-    fn start_leg(&self, lease: &PortLease, remote_sdp: Option<&str>) -> Option<RtpLeg> {
+    fn start_room(&self, lease: &PortLease, remote_sdp: Option<&str>) -> Option<MediaRoom> {
         let remote = match remote_sdp.map(sdp::parse_remote) {
             Some(Ok(remote)) => remote,
             Some(Err(error)) => {
@@ -331,7 +331,7 @@ impl CallTask {
             InbandDetection::Never => false,
             InbandDetection::Auto => sip.telephone_event.is_none(),
         };
-        Some(RtpLeg::start(
+        Some(MediaRoom::start(
             sip,
             rtcp,
             Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
@@ -376,26 +376,28 @@ impl CallTask {
 
     /// SEND_DTMF_SIGNAL: RFC 4733 events when the far end negotiated
     /// telephone-event, else one SIP INFO (dtmf-relay) per digit.
-    fn send_digits(&self, digits: &str, leg: Option<&RtpLeg>, call: &Call, established: bool) {
+    fn send_digits(&self, digits: &str, room: Option<&MediaRoom>, call: &Call, established: bool) {
         if !established {
             self.refuse("digits can be sent once the call is started");
             return;
         }
         // The first method of the configured order that this call can use.
         for method in &self.gateway.config.media.dtmf_send {
-            match (method, leg) {
-                (DtmfMethod::Rfc4733, Some(leg)) if leg.carries_events => {
-                    let _ = leg
+            match (method, room) {
+                (DtmfMethod::Rfc4733, Some(room)) if room.carries_events => {
+                    let _ = room
                         .commands
-                        .send(LegCommand::SendDigits(digits.to_string()));
+                        .send(RoomCommand::SendDigits(digits.to_string()));
                     return;
                 }
                 (DtmfMethod::Info, _) => {
                     self.send_digits_by_info(digits, call);
                     return;
                 }
-                (DtmfMethod::Inband, Some(leg)) => {
-                    let _ = leg.commands.send(LegCommand::SendTones(digits.to_string()));
+                (DtmfMethod::Inband, Some(room)) => {
+                    let _ = room
+                        .commands
+                        .send(RoomCommand::SendTones(digits.to_string()));
                     return;
                 }
                 _ => {}
@@ -587,9 +589,9 @@ fn client_codecs(named: &[String]) -> Vec<sdp::Codec> {
 /// How long each digit sent by SIP INFO says it lasts.
 const DTMF_INFO_DURATION: Duration = Duration::from_millis(160);
 
-async fn leg_event(leg: &mut Option<RtpLeg>) -> Option<LegEvent> {
-    match leg {
-        Some(leg) => leg.events.recv().await,
+async fn room_event(room: &mut Option<MediaRoom>) -> Option<RoomEvent> {
+    match room {
+        Some(room) => room.events.recv().await,
         None => std::future::pending().await,
     }
 }

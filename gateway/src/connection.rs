@@ -129,6 +129,11 @@ impl ConnectionHandler for ClientConnection {
             return;
         };
         let request_type = message.type_name();
+        let call = |call_id, request| SessionCommand::Call {
+            call_id,
+            request,
+            request_type,
+        };
         let command = match message {
             ClientMessage::CloseSession(_) => {
                 if let Some(handle) = self.sessions.remove(&session_id) {
@@ -138,31 +143,13 @@ impl ConnectionHandler for ClientConnection {
                 return;
             }
             ClientMessage::StartCall(request) => SessionCommand::StartCall(request),
-            ClientMessage::HangupCall(m) => SessionCommand::Call {
-                call_id: m.call_id,
-                request: CallRequest::Hangup,
-                request_type,
-            },
-            ClientMessage::AcceptCall(m) => SessionCommand::Call {
-                call_id: m.call_id,
-                request: CallRequest::Accept(m.cc),
-                request_type,
-            },
-            ClientMessage::SendDtmfSignal(m) => SessionCommand::Call {
-                call_id: m.call_id,
-                request: CallRequest::SendDtmf(m.dtmf_string),
-                request_type,
-            },
-            ClientMessage::SdpAnswer(m) => SessionCommand::Call {
-                call_id: m.call_id,
-                request: CallRequest::SdpAnswer(m.sdp),
-                request_type,
-            },
-            ClientMessage::RejectCall(m) => SessionCommand::Call {
-                call_id: m.call_id,
-                request: CallRequest::Reject(m.reason),
-                request_type,
-            },
+            ClientMessage::HangupCall(m) => call(m.call_id, CallRequest::Hangup),
+            ClientMessage::AcceptCall(m) => call(m.call_id, CallRequest::Accept(m.cc)),
+            ClientMessage::SendDtmfSignal(m) => {
+                call(m.call_id, CallRequest::SendDtmf(m.dtmf_string))
+            }
+            ClientMessage::SdpAnswer(m) => call(m.call_id, CallRequest::SdpAnswer(m.sdp)),
+            ClientMessage::RejectCall(m) => call(m.call_id, CallRequest::Reject(m.reason)),
             other => {
                 self.refuse(
                     ProtocolError::new(

@@ -49,7 +49,7 @@ pub struct PointSetup {
 const SIP: usize = 0;
 
 #[derive(Debug)]
-pub enum LegCommand {
+pub enum RoomCommand {
     /// Digits for the SIP side as RFC 4733 events.
     SendDigits(String),
     /// Digits for the SIP side as in-band tones in its audio.
@@ -64,7 +64,7 @@ pub enum LegCommand {
 }
 
 #[derive(Debug)]
-pub enum LegEvent {
+pub enum RoomEvent {
     /// A digit the SIP far end sent, and how (`RFC4733`, `INBAND`).
     Digit {
         digit: char,
@@ -77,9 +77,9 @@ pub enum LegEvent {
 }
 
 /// The call's handle on its room; dropping it stops the room.
-pub struct RtpLeg {
-    pub commands: mpsc::UnboundedSender<LegCommand>,
-    pub events: mpsc::UnboundedReceiver<LegEvent>,
+pub struct MediaRoom {
+    pub commands: mpsc::UnboundedSender<RoomCommand>,
+    pub events: mpsc::UnboundedReceiver<RoomEvent>,
     /// The SIP far end negotiated telephone-event: digits go as RFC 4733.
     pub carries_events: bool,
     /// The SIP side's media statistics, refreshed with each RTCP report.
@@ -91,7 +91,7 @@ const FRAME: Duration = Duration::from_millis(20);
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_DATAGRAM: usize = 1500;
 
-impl RtpLeg {
+impl MediaRoom {
     /// Starts the room with its SIP side; `rtcp` is that side's RTCP
     /// socket; `detect_tones` looks for in-band DTMF in the SIP side's audio.
     pub fn start(
@@ -100,7 +100,7 @@ impl RtpLeg {
         rtp_timeout: Duration,
         detect_tones: bool,
         tasks: &TaskTracker,
-    ) -> RtpLeg {
+    ) -> MediaRoom {
         let (commands, command_receiver) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
         let (stats_sender, stats) = watch::channel(None);
@@ -112,7 +112,7 @@ impl RtpLeg {
             detect_tones,
         };
         tasks.spawn(room.run(sip, command_receiver, event_sender));
-        RtpLeg {
+        MediaRoom {
             commands,
             events,
             carries_events,
@@ -326,8 +326,8 @@ impl Room {
     async fn run(
         self,
         sip: PointSetup,
-        mut commands: mpsc::UnboundedReceiver<LegCommand>,
-        events: mpsc::UnboundedSender<LegEvent>,
+        mut commands: mpsc::UnboundedReceiver<RoomCommand>,
+        events: mpsc::UnboundedSender<RoomEvent>,
     ) {
         let Room {
             rtcp,
@@ -360,6 +360,10 @@ impl Room {
         let mut points: [Option<Point>; 2] = [Some(sip_point), None];
         let mut rtcp_buffer = [0u8; MAX_DATAGRAM];
         let mut next_snapshot = Instant::now().into_std();
+        // Receive handles, kept apart from the points so a receive can be
+        // pending while a packet handler changes the points; they change
+        // only when the client's point arrives.
+        let mut sockets = [points[SIP].as_ref().map(|p| p.socket.clone()), None];
         let mut ticks = tokio::time::interval(FRAME);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sip_buffer = [0u8; MAX_DATAGRAM];
@@ -368,10 +372,6 @@ impl Room {
         let mut transcoded = [0u8; MAX_PAYLOAD_LEN];
 
         loop {
-            let sockets = [
-                points[0].as_ref().map(|p| p.socket.clone()),
-                points[1].as_ref().map(|p| p.socket.clone()),
-            ];
             let deadline = points
                 .iter()
                 .flatten()
@@ -421,7 +421,7 @@ impl Room {
                     }
                     if let Some(timeout) = inactivity.poll(now) {
                         info!(?timeout, "no RTP from the SIP far end");
-                        let _ = events.send(LegEvent::MediaTimeout(timeout));
+                        let _ = events.send(RoomEvent::MediaTimeout(timeout));
                         return;
                     }
                 }
@@ -459,32 +459,34 @@ impl Room {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(LegCommand::SendDigits(digits)) => {
+                    Some(RoomCommand::SendDigits(digits)) => {
                         if let Some(sip) = points[0].as_mut() {
                             if let Err(error) = sip.digits_out.enqueue(&digits, Instant::now().into_std()) {
                                 warn!(%error, "digits not queued");
                             }
                         }
                     }
-                    Some(LegCommand::DigitToClient(digit)) => {
+                    Some(RoomCommand::DigitToClient(digit)) => {
                         let client = points[1 - SIP].as_mut().filter(|client| client.telephone_event.is_some());
                         if let Some(client) = client {
                             let mut text = [0u8; 4];
                             let _ = client.digits_out.enqueue(digit.encode_utf8(&mut text), Instant::now().into_std());
                         }
                     }
-                    Some(LegCommand::SendTones(digits)) => {
+                    Some(RoomCommand::SendTones(digits)) => {
                     if let Some(tones) = points[SIP].as_mut().and_then(|sip| sip.tones.as_mut()) {
                         tones.queue.extend(digits.chars());
                     }
                 }
-                Some(LegCommand::RemoteMoved(remote)) => {
+                Some(RoomCommand::RemoteMoved(remote)) => {
                         if let Some(sip) = points[0].as_mut() {
                             sip.latch.update_signalled(Some(remote));
                         }
                     }
-                    Some(LegCommand::AddClient(client)) => {
-                        points[1] = Some(Point::new(client));
+                    Some(RoomCommand::AddClient(client)) => {
+                        let client = Point::new(client);
+                        sockets[1] = Some(client.socket.clone());
+                        points[1] = Some(client);
                         connect(&mut points);
                     }
                     None => {
@@ -529,7 +531,7 @@ async fn on_packet(
     index: usize,
     datagram: &[u8],
     source: SocketAddr,
-    events: &mpsc::UnboundedSender<LegEvent>,
+    events: &mpsc::UnboundedSender<RoomEvent>,
     out: &mut [u8],
 ) -> bool {
     let Ok(packet) = RtpPacket::parse(datagram) else {
@@ -597,12 +599,12 @@ fn forward_digit(
     digit: char,
     method: &'static str,
     other: Option<&mut Point>,
-    events: &mpsc::UnboundedSender<LegEvent>,
+    events: &mpsc::UnboundedSender<RoomEvent>,
     now: std::time::Instant,
 ) {
     let to_sip = from != SIP;
     if !to_sip {
-        let _ = events.send(LegEvent::Digit { digit, method });
+        let _ = events.send(RoomEvent::Digit { digit, method });
     }
     match other {
         Some(other) if other.telephone_event.is_some() => {
@@ -612,7 +614,7 @@ fn forward_digit(
             }
         }
         _ if to_sip => {
-            let _ = events.send(LegEvent::DigitForInfo(digit));
+            let _ = events.send(RoomEvent::DigitForInfo(digit));
         }
         _ => {}
     }
