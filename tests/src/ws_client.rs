@@ -36,6 +36,29 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// Connects to `url` and starts a session for `username`; fails unless
+    /// CONNECTED and SESSION_STARTED come. Returns the client and the
+    /// sessionId.
+    pub async fn start_session(
+        url: &str,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<(WsClient, String)> {
+        const REPLY: Duration = Duration::from_secs(10);
+        let mut ws = WsClient::connect(url).await?;
+        ws.recv_type("CONNECTED", REPLY).await?;
+        ws.send_json(&serde_json::json!({
+            "type": "START_SESSION", "username": username, "password": password,
+        }))
+        .await?;
+        let started = ws.recv_type("SESSION_STARTED", REPLY).await?;
+        let session_id = started["sessionId"]
+            .as_str()
+            .context("SESSION_STARTED without sessionId")?
+            .to_string();
+        Ok((ws, session_id))
+    }
+
     /// Connects (TCP + WebSocket handshake) within [`CONNECT_TIMEOUT`].
     pub async fn connect(url: &str) -> anyhow::Result<WsClient> {
         let (ws, _response) =

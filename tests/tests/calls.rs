@@ -45,15 +45,8 @@ struct Client {
 
 impl Client {
     async fn start(gateway: &Gateway, username: &str, password: &str) -> anyhow::Result<Client> {
-        let mut ws = WsClient::connect(&gateway.ws_url()).await?;
-        ws.recv_type("CONNECTED", REPLY).await?;
-        ws.send_json(&json!({"type": "START_SESSION", "username": username, "password": password}))
-            .await?;
-        let started = ws.recv_type("SESSION_STARTED", REPLY).await?;
-        let session_id = started["sessionId"]
-            .as_str()
-            .context("no sessionId")?
-            .to_string();
+        let (ws, session_id) =
+            WsClient::start_session(&gateway.ws_url(), username, password).await?;
         Ok(Client { ws, session_id })
     }
 

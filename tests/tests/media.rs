@@ -123,15 +123,7 @@ async fn transcoding_matrix_with_five_percent_loss() -> anyhow::Result<()> {
 
 /// A client connected with a started session for user 1001.
 async fn open_session(line: &Line) -> anyhow::Result<(WsClient, String)> {
-    let mut ws = WsClient::connect(&line.gateway.ws_url()).await?;
-    ws.recv_type("CONNECTED", REPLY).await?;
-    ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
-        .await?;
-    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"]
-        .as_str()
-        .context("no sessionId")?
-        .to_string();
-    Ok((ws, session_id))
+    WsClient::start_session(&line.gateway.ws_url(), "1001", "secret1001").await
 }
 
 async fn started_call(line: &Line, b_uri: &str) -> anyhow::Result<(WsClient, String, String)> {

@@ -38,15 +38,7 @@ fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
 }
 
 async fn session(gateway: &Gateway) -> anyhow::Result<(WsClient, String)> {
-    let mut ws = WsClient::connect(&gateway.ws_url()).await?;
-    ws.recv_type("CONNECTED", REPLY).await?;
-    ws.send_json(&json!({"type": "START_SESSION", "username": "newcomer", "password": ""}))
-        .await?;
-    let session_id = ws.recv_type("SESSION_STARTED", REPLY).await?["sessionId"]
-        .as_str()
-        .context("no sessionId")?
-        .to_string();
-    Ok((ws, session_id))
+    WsClient::start_session(&gateway.ws_url(), "newcomer", "").await
 }
 
 /// Calls `line` with a client RTP point sending `hz`; returns what it heard.

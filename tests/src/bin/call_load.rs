@@ -98,20 +98,8 @@ level = "warn"
     let mut orders = Vec::new();
     let mut sessions = Vec::new();
     for index in 0..SESSIONS {
-        let mut client = WsClient::connect(&gateway.ws_url()).await?;
-        client
-            .recv_type("CONNECTED", Duration::from_secs(5))
-            .await?;
-        client
-            .send_json(&json!({"type": "START_SESSION", "username": format!("load{index}"), "password": "x"}))
-            .await?;
-        let started = client
-            .recv_type("SESSION_STARTED", Duration::from_secs(5))
-            .await?;
-        let session_id = started["sessionId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let (client, session_id) =
+            WsClient::start_session(&gateway.ws_url(), &format!("load{index}"), "x").await?;
         let (order_sender, order_receiver) = mpsc::unbounded_channel();
         orders.push(order_sender.clone());
         sessions.push(tokio::spawn(drive_session(

@@ -48,17 +48,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..calls {
         let url = gateway.ws_url();
         running.push(tokio::spawn(async move {
-            let mut ws = WsClient::connect(&url).await?;
-            ws.recv_type("CONNECTED", Duration::from_secs(10)).await?;
-            ws.send_json(&json!({"type": "START_SESSION", "username": "m", "password": ""}))
-                .await?;
-            let session = ws
-                .recv_type("SESSION_STARTED", Duration::from_secs(10))
-                .await?;
-            let session_id = session["sessionId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (mut ws, session_id) = WsClient::start_session(&url, "m", "").await?;
             let peer = RtpPeer::bind(codec).await?;
             let (call_id, point) = start_rtp_call(&mut ws, &session_id, "echo", &peer).await?;
             let heard = peer.exchange(point, 1000.0, 6.0, 0).await?;
