@@ -264,7 +264,8 @@ impl RtpSender {
         payload_type: u8,
         out: &mut [u8],
     ) -> Result<usize, RtpError> {
-        let len = self.write_own(payload, self.next_timestamp, marker, payload_type, out)?;
+        let len =
+            self.packet_with_timestamp(payload, self.next_timestamp, marker, payload_type, out)?;
         self.skip(timestamp_advance);
         Ok(len)
     }
@@ -280,7 +281,20 @@ impl RtpSender {
         payload_type: u8,
         out: &mut [u8],
     ) -> Result<usize, RtpError> {
-        self.write_own(payload, timestamp, marker, payload_type, out)
+        let header = RtpHeader {
+            marker,
+            payload_type,
+            sequence: self.next_sequence,
+            timestamp,
+            ssrc: self.ssrc,
+        };
+        let len = header.write_packet(payload, out)?;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        if let Some(mapping) = &mut self.foreign {
+            mapping.diverged = true;
+        }
+        self.count(payload.len());
+        Ok(len)
     }
 
     /// Advances the clock over a slot that sends no audio packet (an RFC
@@ -404,30 +418,6 @@ impl RtpSender {
             diverged: false,
             ..old
         }
-    }
-
-    fn write_own(
-        &mut self,
-        payload: &[u8],
-        timestamp: u32,
-        marker: bool,
-        payload_type: u8,
-        out: &mut [u8],
-    ) -> Result<usize, RtpError> {
-        let header = RtpHeader {
-            marker,
-            payload_type,
-            sequence: self.next_sequence,
-            timestamp,
-            ssrc: self.ssrc,
-        };
-        let len = header.write_packet(payload, out)?;
-        self.next_sequence = self.next_sequence.wrapping_add(1);
-        if let Some(mapping) = &mut self.foreign {
-            mapping.diverged = true;
-        }
-        self.count(payload.len());
-        Ok(len)
     }
 
     fn count(&mut self, payload_len: usize) {
