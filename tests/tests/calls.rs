@@ -123,6 +123,35 @@ fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
     .with_context(|| format!("gateway still holds resources: {last}"))
 }
 
+/// Kamailio, one baresip registered as `peer_user`, and a gateway with a
+/// started session for 1001. Fields drop in order: the client leaves first.
+struct BaresipLine {
+    client: Client,
+    gateway: Gateway,
+    baresip: Baresip,
+    kamailio: Kamailio,
+}
+
+impl BaresipLine {
+    async fn start(
+        peer_user: &str,
+        auto_answer: bool,
+        transport: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<BaresipLine> {
+        let kamailio = Kamailio::start(KamailioOptions::default())?;
+        let baresip = callee(&kamailio, peer_user, auto_answer)?;
+        let gateway = Gateway::start(&registrar_config(&kamailio, transport, extra_config))?;
+        let client = Client::start(&gateway, "1001", "secret1001").await?;
+        Ok(BaresipLine {
+            client,
+            gateway,
+            baresip,
+            kamailio,
+        })
+    }
+}
+
 fn callee(kamailio: &Kamailio, user: &str, auto_answer: bool) -> anyhow::Result<Baresip> {
     Baresip::start(BaresipOptions {
         account: Some(BaresipAccount::rig_user(user, kamailio.sip_addr())?),
@@ -133,10 +162,12 @@ fn callee(kamailio: &Kamailio, user: &str, auto_answer: bool) -> anyhow::Result<
 
 #[tokio::test]
 async fn outgoing_call_to_baresip_rings_starts_and_hangs_up_on_both_sides() -> anyhow::Result<()> {
-    let kamailio = Kamailio::start(KamailioOptions::default())?;
-    let baresip = callee(&kamailio, "2000", true)?;
-    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
-    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let BaresipLine {
+        mut client,
+        gateway,
+        baresip,
+        kamailio: _kamailio,
+    } = BaresipLine::start("2000", true, "udp", "").await?;
 
     let call_id = client.call("2000").await?;
     let (stages, started) = client.after_progress().await?;
@@ -167,10 +198,12 @@ async fn outgoing_call_to_baresip_rings_starts_and_hangs_up_on_both_sides() -> a
 
 #[tokio::test]
 async fn far_end_bye_finishes_the_call() -> anyhow::Result<()> {
-    let kamailio = Kamailio::start(KamailioOptions::default())?;
-    let baresip = callee(&kamailio, "2000", true)?;
-    let gateway = Gateway::start(&registrar_config(&kamailio, "tcp", ""))?;
-    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let BaresipLine {
+        mut client,
+        gateway,
+        baresip,
+        kamailio: _kamailio,
+    } = BaresipLine::start("2000", true, "tcp", "").await?;
     let call_id = client.started_call("2000").await?;
     baresip.wait_call_established(PEER)?;
     baresip.hangup()?;
@@ -181,10 +214,12 @@ async fn far_end_bye_finishes_the_call() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn incoming_call_from_baresip_is_accepted_over_tcp_registration() -> anyhow::Result<()> {
-    let kamailio = Kamailio::start(KamailioOptions::default())?;
-    let caller = callee(&kamailio, "1002", false)?;
-    let gateway = Gateway::start(&registrar_config(&kamailio, "tcp", ""))?;
-    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let BaresipLine {
+        mut client,
+        gateway,
+        baresip: caller,
+        kamailio,
+    } = BaresipLine::start("1002", false, "tcp", "").await?;
 
     caller.dial(&format!("sip:1001@{}", kamailio.sip_addr()))?;
     let incoming = client.ws.recv_type("INCOMING_CALL", REPLY).await?;
@@ -233,10 +268,12 @@ async fn incoming_call_from_baresip_is_accepted_over_tcp_registration() -> anyho
 
 #[tokio::test]
 async fn incoming_call_rejected_busy_and_decline_give_486_and_603() -> anyhow::Result<()> {
-    let kamailio = Kamailio::start(KamailioOptions::default())?;
-    let caller = callee(&kamailio, "1002", false)?;
-    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
-    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let BaresipLine {
+        mut client,
+        gateway,
+        baresip: caller,
+        kamailio,
+    } = BaresipLine::start("1002", false, "udp", "").await?;
     for (reason, status) in [("BUSY", "486"), ("DECLINE", "603"), ("UNAVAILABE", "480")] {
         caller.dial(&format!("sip:1001@{}", kamailio.sip_addr()))?;
         let incoming = client.ws.recv_type("INCOMING_CALL", REPLY).await?;
@@ -261,14 +298,18 @@ async fn incoming_call_rejected_busy_and_decline_give_486_and_603() -> anyhow::R
 #[tokio::test]
 async fn undecided_incoming_call_times_out_with_480_and_caller_cancel_finishes(
 ) -> anyhow::Result<()> {
-    let kamailio = Kamailio::start(KamailioOptions::default())?;
-    let caller = callee(&kamailio, "1002", false)?;
-    let gateway = Gateway::start(&registrar_config(
-        &kamailio,
+    let BaresipLine {
+        mut client,
+        gateway,
+        baresip: caller,
+        kamailio,
+    } = BaresipLine::start(
+        "1002",
+        false,
         "udp",
         "[calls]\nincoming_answer_timeout_ms = 1500\n",
-    ))?;
-    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    )
+    .await?;
     let target = format!("sip:1001@{}", kamailio.sip_addr());
 
     caller.dial(&target)?;
@@ -501,10 +542,12 @@ async fn call_whose_far_end_vanished_is_ended() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn dropping_the_socket_ends_every_call_of_the_session() -> anyhow::Result<()> {
-    let kamailio = Kamailio::start(KamailioOptions::default())?;
-    let baresip = callee(&kamailio, "2000", true)?;
-    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
-    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let BaresipLine {
+        mut client,
+        gateway,
+        baresip,
+        kamailio,
+    } = BaresipLine::start("2000", true, "udp", "").await?;
     for _ in 0..2 {
         let call_id = client.call("2000").await?;
         let (_, started) = client.after_progress().await?;
@@ -547,10 +590,12 @@ async fn session_timer_refreshed_by_the_callee_is_honoured_and_its_expiry_ends_t
 
 #[tokio::test]
 async fn digits_cross_as_rfc_4733_both_ways_with_baresip() -> anyhow::Result<()> {
-    let kamailio = Kamailio::start(KamailioOptions::default())?;
-    let baresip = callee(&kamailio, "2000", true)?;
-    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
-    let mut client = Client::start(&gateway, "1001", "secret1001").await?;
+    let BaresipLine {
+        mut client,
+        gateway,
+        baresip,
+        kamailio: _kamailio,
+    } = BaresipLine::start("2000", true, "udp", "").await?;
     let call_id = client.started_call("2000").await?;
     baresip.wait_call_established(PEER)?;
 
