@@ -1,0 +1,1 @@
+//! `dialtone-rtmp`: the RTMP side of the gateway, sans-IO.
