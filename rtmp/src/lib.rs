@@ -1,1 +1,22 @@
 //! `dialtone-rtmp`: the RTMP side of the gateway, sans-IO.
+//!
+//! This crate owns what an RTMP client (a Flash-era softphone, ffmpeg, OBS, a
+//! mobile SDK or a hardware encoder) sees of Dialtone:
+//!
+//! - [`FlashSdp`]: the adapted SDP of seed 000 that tells the client which
+//!   RTMP endpoints to connect to and which stream names to publish and play.
+//!
+//! Everything is sans-IO: bytes and values go in, events and bytes come out.
+//! There are no sockets, timers or async runtime here; the gateway drives
+//! the state machines from its own tasks.
+//!
+//! The crate must not know about SIP, calls, rooms or tokio, nor look inside
+//! codec payloads beyond the FLV framing: decoding, encoding and resampling
+//! belong to `dialtone-codecs`, and deciding which stream names exist and who
+//! may publish or play them belongs to the gateway.
+
+#![forbid(unsafe_code)]
+
+mod flash_sdp;
+
+pub use flash_sdp::{FlashMedia, FlashSdp, FlashSdpError};
