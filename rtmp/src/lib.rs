@@ -5,6 +5,9 @@
 //!
 //! - [`FlashSdp`]: the adapted SDP of seed 000 that tells the client which
 //!   RTMP endpoints to connect to and which stream names to publish and play.
+//! - [`AudioTag`]: the FLV audio tag that heads every RTMP audio message
+//!   (legacy SoundFormat byte or enhanced RTMP's FourCC header): which codec
+//!   ([`FlvAudioCodec`]), which kind of packet, and the codec payload.
 //!
 //! Everything is sans-IO: bytes and values go in, events and bytes come out.
 //! There are no sockets, timers or async runtime here; the gateway drives
@@ -18,5 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod flash_sdp;
+mod flv;
 
 pub use flash_sdp::{FlashMedia, FlashSdp, FlashSdpError};
+pub use flv::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec, FlvError};
