@@ -1,5 +1,6 @@
 //! The one HTTP server: the client WebSocket at `/ws`, `/health`,
-//! `/status`, `/metrics`, and the landing page at `/`.
+//! `/status`, `/metrics`, and the softphone web page at `/` (with its
+//! `/app.js` and `/style.css`, built into the binary).
 
 use std::sync::Arc;
 
@@ -23,7 +24,9 @@ const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/", get(landing_page))
+        .route("/", get(index_html))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
         .route("/ws", get(upgrade))
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
@@ -80,6 +83,20 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     )
 }
 
-async fn landing_page() -> Html<&'static str> {
-    Html(include_str!("landing.html"))
+async fn index_html() -> Html<&'static str> {
+    Html(include_str!("web/index.html"))
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("web/app.js"),
+    )
+}
+
+async fn style_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("web/style.css"),
+    )
 }
