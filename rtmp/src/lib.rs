@@ -8,6 +8,11 @@
 //! - [`AudioTag`]: the FLV audio tag that heads every RTMP audio message
 //!   (legacy SoundFormat byte or enhanced RTMP's FourCC header): which codec
 //!   ([`FlvAudioCodec`]), which kind of packet, and the codec payload.
+//! - [`ServerSession`]: the server side of one RTMP connection (handshake,
+//!   chunking, connect / createStream / publish / play / closeStream /
+//!   deleteStream and the replies real clients wait for), which turns the
+//!   client's bytes into [`ServerEvent`]s and the gateway's answers and audio
+//!   into bytes.
 //!
 //! Everything is sans-IO: bytes and values go in, events and bytes come out.
 //! There are no sockets, timers or async runtime here; the gateway drives
@@ -20,8 +25,14 @@
 
 #![forbid(unsafe_code)]
 
+mod chunk_reader;
 mod flash_sdp;
 mod flv;
+mod server;
 
+pub use chunk_reader::ChunkError;
 pub use flash_sdp::{FlashMedia, FlashSdp, FlashSdpError};
 pub use flv::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec, FlvError};
+pub use server::{
+    PublishRefusal, RtmpError, ServerConfig, ServerEvent, ServerSession, MAX_COMMAND_SIZE,
+};
