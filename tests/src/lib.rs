@@ -5,7 +5,9 @@
 //! ([`kamailio::Kamailio`]), runs the gateway *binary* ([`gateway::Gateway`]), drives
 //! WebSocket clients ([`ws_client::WsClient`]), and runs SIP peers on the other side: baresip
 //! softphones that register, call, answer and record audio ([`baresip::Baresip`], checked with
-//! [`audio`]) and SIPp callees that fail in scripted ways ([`sipp::Sipp`]).
+//! [`audio`]) and SIPp callees that fail in scripted ways ([`sipp::Sipp`]). WebRTC tests drive
+//! headless Chromium ([`browser::Browser`]) inside a private network namespace
+//! ([`netns::in_private_netns`]).
 //!
 //! It deliberately does **not** know gateway internals: it never links the `gateway`, `ws` or
 //! `sip` crates and talks to the gateway only over sockets (WebSocket, HTTP, SIP) and through the
@@ -26,9 +28,11 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod browser;
 pub mod gateway;
 mod http;
 pub mod kamailio;
+pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod rtp_peer;
