@@ -14,15 +14,17 @@ use dialtone_ws::{
     CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError,
     RejectReason, SdpExchange, ServerMessage,
 };
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{DtmfMethod, InbandDetection};
 use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
 use crate::media_ports::PortLease;
-use crate::media_room::{MediaRoom, PointSetup, RoomCommand, RoomEvent};
+use crate::media_room::{ClientSetup, MediaRoom, PointSetup, RoomCommand, RoomEvent};
 use crate::metrics::Held;
 use crate::state::{Gateway, MediaStatsWatch};
+use crate::webrtc::PendingOffer;
 
 /// What the client asks of one of its calls.
 #[derive(Debug)]
@@ -31,8 +33,26 @@ pub enum CallRequest {
     Accept(Option<Capabilities>),
     Reject(RejectReason),
     SendDtmf(String),
-    /// The client's SDP answer for its RTP point.
+    /// The client's SDP answer for its point.
     SdpAnswer(String),
+    /// The client offers its WebRTC point itself.
+    SdpOffer(String),
+    /// A trickled ICE candidate of the client's WebRTC point.
+    IceCandidate(String),
+}
+
+/// The client's own media point, when its `cc.mediaTransport` asks for one.
+enum ClientPoint {
+    /// `RTP`: our offer is out, for an endpoint the client runs itself.
+    Rtp(PortLease),
+    /// `SRTP` / `WEBRTC`: our WebRTC offer waits for the client's answer
+    /// (or the client's own offer).
+    WebRtcOffered {
+        lease: PortLease,
+        offer: Box<PendingOffer>,
+    },
+    /// Negotiated and in the room; the lease keeps its port.
+    InRoom { _lease: PortLease, webrtc: bool },
 }
 
 /// The names a call's messages carry.
@@ -157,7 +177,10 @@ impl CallTask {
                         self.finish();
                         return;
                     }
-                    CallRequest::SendDtmf(_) | CallRequest::SdpAnswer(_) => {
+                    CallRequest::SendDtmf(_)
+                    | CallRequest::SdpAnswer(_)
+                    | CallRequest::SdpOffer(_)
+                    | CallRequest::IceCandidate(_) => {
                         self.refuse("this applies once the call is accepted")
                     }
                 },
@@ -190,11 +213,10 @@ impl CallTask {
         mut self,
         mut call: Call,
         lease: PortLease,
-        client_point: Option<PortLease>,
+        mut client_point: Option<ClientPoint>,
         setup_limit: Duration,
         incoming_offer: Option<Option<String>>,
     ) {
-        let mut pending_client: Option<PointSetup> = None;
         let outgoing = incoming_offer.is_none();
         let deadline = tokio::time::sleep(setup_limit);
         tokio::pin!(deadline);
@@ -214,6 +236,12 @@ impl CallTask {
                         hanging_up = true;
                         call.control.hangup();
                     }
+                    RoomEvent::ClientMediaFailed(problem) => {
+                        media_failed = Some(problem);
+                        room = None;
+                        hanging_up = true;
+                        call.control.hangup();
+                    }
                 },
                 event = call.events.recv() => {
                     let Some(event) = event else {
@@ -228,12 +256,13 @@ impl CallTask {
                             established = true;
                             info!("call established");
                             let remote = sdp.or_else(|| incoming_offer.clone().flatten());
-                            room = self.start_room(&lease, remote.as_deref());
-                            if let Some(room) = &room {
-                                self.watch_media(room.stats.clone());
-                            }
-                            if let (Some(room), Some(client)) = (&room, pending_client.take()) {
-                                let _ = room.commands.send(RoomCommand::AddClient(client));
+                            if let Some((setup, rtcp)) = sip_side(&lease, remote.as_deref()) {
+                                let detect_tones = match self.gateway.config.media.inband_detection {
+                                    InbandDetection::Always => true,
+                                    InbandDetection::Never => false,
+                                    InbandDetection::Auto => setup.telephone_event.is_none(),
+                                };
+                                self.room(&mut room).add_sip(setup, rtcp, detect_tones);
                             }
                             self.outbox.send(ServerMessage::CallStarted {
                                 session_id: self.ids.session_id.clone(),
@@ -257,7 +286,10 @@ impl CallTask {
                             Err(error) => info!(%content_type, %error, "INFO without a digit"),
                         },
                         CallEvent::Failed { status, reason } => {
-                            self.fail(CallFailReason::from_sip_status(status), Some(status), &reason);
+                            match media_failed.take() {
+                                Some(problem) => self.fail(CallFailReason::MediaFailed, None, &problem),
+                                None => self.fail(CallFailReason::from_sip_status(status), Some(status), &reason),
+                            }
                             return;
                         }
                         CallEvent::Ended { reason } => {
@@ -282,14 +314,20 @@ impl CallTask {
                         call.control.hangup();
                     }
                     CallRequest::SendDtmf(digits) => self.send_digits(&digits, room.as_ref(), &call, established),
-                    CallRequest::SdpAnswer(answer) => match self.client_setup(client_point.as_ref(), &answer) {
-                        Ok(client) => match &room {
-                            Some(room) => {
-                                let _ = room.commands.send(RoomCommand::AddClient(client));
-                            }
-                            None => pending_client = Some(client),
-                        },
-                        Err(problem) => self.refuse_field(&problem, "sdp"),
+                    CallRequest::SdpAnswer(answer) => {
+                        client_point = self.on_client_answer(client_point, &answer, &mut room);
+                    }
+                    CallRequest::SdpOffer(offer) => {
+                        client_point = self.on_client_offer(client_point, &offer, &mut room);
+                    }
+                    CallRequest::IceCandidate(candidate) => match (&client_point, &room) {
+                        (Some(ClientPoint::InRoom { webrtc: true, .. }), Some(room)) => {
+                            let _ = room.commands.send(RoomCommand::ClientCandidate(candidate));
+                        }
+                        // Before the answer: ICE-lite learns the client's
+                        // address from its checks anyway.
+                        (Some(ClientPoint::WebRtcOffered { .. }), _) => {}
+                        _ => self.refuse_field("this call has no WebRTC point", "candidate"),
                     },
                     CallRequest::Accept(_) | CallRequest::Reject(_) => {
                         self.refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered")
@@ -304,74 +342,206 @@ impl CallTask {
         }
     }
 
-    /// Starts the call's media room on its SIP port, toward the far end's
-    /// SDP.
-    fn start_room(&self, lease: &PortLease, remote_sdp: Option<&str>) -> Option<MediaRoom> {
-        let remote = match remote_sdp.map(sdp::parse_remote) {
-            Some(Ok(remote)) => remote,
-            Some(Err(error)) => {
-                warn!(%error, "far end SDP unreadable; no media");
-                return None;
-            }
-            None => return None,
+    /// The call's media room, started on first use; /status lists its
+    /// statistics from then on.
+    fn room<'r>(&mut self, room: &'r mut Option<MediaRoom>) -> &'r mut MediaRoom {
+        if room.is_none() {
+            let started = MediaRoom::start(
+                Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
+                &self.gateway.tasks,
+            );
+            self.watch_media(started.stats.clone());
+            *room = Some(started);
+        }
+        let Some(room) = room.as_mut() else {
+            unreachable!("the room was just started")
         };
-        let sockets = lease
-            .rtp_socket()
-            .and_then(|rtp| Ok((rtp, lease.rtcp_socket()?)));
-        let (socket, rtcp) = match sockets {
-            Ok(sockets) => sockets,
-            Err(error) => {
-                warn!(%error, "cannot use the RTP sockets");
-                return None;
-            }
-        };
-        let sip = point_setup(socket, &remote);
-        let detect_tones = match self.gateway.config.media.inband_detection {
-            InbandDetection::Always => true,
-            InbandDetection::Never => false,
-            InbandDetection::Auto => sip.telephone_event.is_none(),
-        };
-        Some(MediaRoom::start(
-            sip,
-            rtcp,
-            Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
-            detect_tones,
-            &self.gateway.tasks,
-        ))
+        room
     }
 
-    /// For a client whose `cc.mediaTransport` says RTP: a port for its
-    /// point and an SDP_OFFER with the codecs it named that the bridge can
+    /// For a client whose `cc.mediaTransport` asks for a point of its own
+    /// (`SRTP` / `WEBRTC` for a browser, `RTP` for an endpoint it runs): a
+    /// port, and an SDP_OFFER with the codecs it named that the bridge can
     /// carry.
-    fn offer_client_point(&self, cc: Option<&Capabilities>) -> Option<PortLease> {
-        let cc = cc.filter(|cc| {
+    fn offer_client_point(&self, cc: Option<&Capabilities>) -> Option<ClientPoint> {
+        let cc = cc?;
+        let wants = |name: &str| {
             cc.media_transport
                 .iter()
-                .any(|t| t.eq_ignore_ascii_case("RTP"))
-        })?;
+                .any(|t| t.eq_ignore_ascii_case(name))
+        };
+        let webrtc = wants("SRTP") || wants("WEBRTC");
+        if !webrtc && !wants("RTP") {
+            return None;
+        }
         let Some(lease) = self.gateway.ports.lease() else {
-            warn!("no free media port for the client's RTP point");
+            warn!("no free media port for the client's point");
             return None;
         };
-        let offer = LocalAudio {
-            codecs: client_codecs(&cc.audio_codecs),
-            ..local_audio(self.advertised_ip(), &lease, None)
+        let (sdp, point) = if webrtc {
+            match self
+                .gateway
+                .webrtc
+                .offer(lease.local_addr(), &cc.audio_codecs)
+            {
+                Ok(offer) => (
+                    offer.sdp.clone(),
+                    ClientPoint::WebRtcOffered {
+                        lease,
+                        offer: Box::new(offer),
+                    },
+                ),
+                Err(error) => {
+                    warn!(%error, "no WebRTC offer");
+                    return None;
+                }
+            }
+        } else {
+            let offer = LocalAudio {
+                codecs: client_codecs(&cc.audio_codecs),
+                ..local_audio(self.advertised_ip(), &lease, None)
+            };
+            (offer.render(), ClientPoint::Rtp(lease))
         };
         self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
             session_id: self.ids.session_id.clone(),
             call_id: self.ids.call_id.clone(),
-            sdp: offer.render(),
+            sdp,
         }));
-        Some(lease)
+        Some(point)
     }
 
-    /// The client's point from its SDP_ANSWER.
-    fn client_setup(&self, lease: Option<&PortLease>, answer: &str) -> Result<PointSetup, String> {
-        let lease =
-            lease.ok_or("this call has no client RTP point (cc.mediaTransport lacks RTP)")?;
-        let remote = sdp::parse_remote(answer).map_err(|e| e.to_string())?;
-        let socket = lease.rtp_socket().map_err(|e| e.to_string())?;
-        Ok(point_setup(socket, &remote))
+    /// The client's SDP_ANSWER to our offer for its point: the point joins
+    /// the room. A bad answer is refused and the offer stays open.
+    fn on_client_answer(
+        &mut self,
+        point: Option<ClientPoint>,
+        answer: &str,
+        room: &mut Option<MediaRoom>,
+    ) -> Option<ClientPoint> {
+        let (setup, lease, webrtc) = match point {
+            Some(ClientPoint::Rtp(lease)) => {
+                let setup = sdp::parse_remote(answer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|remote| {
+                        let socket = lease.rtp_socket().map_err(|e| e.to_string())?;
+                        Ok(point_setup(socket, &remote))
+                    });
+                match setup {
+                    Ok(setup) => (ClientSetup::Rtp(setup), lease, false),
+                    Err(problem) => {
+                        self.refuse_field(&problem, "sdp");
+                        return Some(ClientPoint::Rtp(lease));
+                    }
+                }
+            }
+            Some(ClientPoint::WebRtcOffered { lease, offer }) => {
+                let socket = match lease.rtp_socket() {
+                    Ok(socket) => socket,
+                    Err(error) => {
+                        self.refuse_field(&error.to_string(), "sdp");
+                        return Some(ClientPoint::WebRtcOffered { lease, offer });
+                    }
+                };
+                match offer.accept_answer(answer) {
+                    Ok(point) => (
+                        ClientSetup::WebRtc {
+                            point: Box::new(point),
+                            socket,
+                        },
+                        lease,
+                        true,
+                    ),
+                    Err(error) => {
+                        // str0m has used up the offer: the client may offer instead.
+                        self.refuse_field(&format!("answer not usable: {error}"), "sdp");
+                        return self.offer_again(lease);
+                    }
+                }
+            }
+            other => {
+                self.refuse_field("this call has no client point waiting for an answer", "sdp");
+                return other;
+            }
+        };
+        let _ = self.room(room).commands.send(RoomCommand::AddClient(setup));
+        Some(ClientPoint::InRoom {
+            _lease: lease,
+            webrtc,
+        })
+    }
+
+    /// After a refused answer, a fresh WebRTC offer on the same port.
+    fn offer_again(&self, lease: PortLease) -> Option<ClientPoint> {
+        match self.gateway.webrtc.offer(lease.local_addr(), &[]) {
+            Ok(offer) => {
+                self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    sdp: offer.sdp.clone(),
+                }));
+                Some(ClientPoint::WebRtcOffered {
+                    lease,
+                    offer: Box::new(offer),
+                })
+            }
+            Err(error) => {
+                warn!(%error, "no WebRTC offer");
+                None
+            }
+        }
+    }
+
+    /// The client's own offer for its WebRTC point, instead of answering
+    /// ours: we answer it with SDP_ANSWER and the point joins the room.
+    fn on_client_offer(
+        &mut self,
+        point: Option<ClientPoint>,
+        offer: &str,
+        room: &mut Option<MediaRoom>,
+    ) -> Option<ClientPoint> {
+        let Some(ClientPoint::WebRtcOffered { lease, offer: ours }) = point else {
+            self.refuse_field(
+                "a client offer is taken for a WebRTC point (cc.mediaTransport SRTP) before it is connected",
+                "sdp",
+            );
+            return point;
+        };
+        let accepted = lease
+            .rtp_socket()
+            .map_err(|e| e.to_string())
+            .and_then(|socket| {
+                let (point, answer) = self
+                    .gateway
+                    .webrtc
+                    .answer(lease.local_addr(), &[], offer)
+                    .map_err(|e| format!("offer not usable: {e}"))?;
+                Ok((point, answer, socket))
+            });
+        match accepted {
+            Ok((point, answer, socket)) => {
+                self.outbox.send(ServerMessage::SdpAnswer(SdpExchange {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    sdp: answer,
+                }));
+                let _ =
+                    self.room(room)
+                        .commands
+                        .send(RoomCommand::AddClient(ClientSetup::WebRtc {
+                            point: Box::new(point),
+                            socket,
+                        }));
+                Some(ClientPoint::InRoom {
+                    _lease: lease,
+                    webrtc: true,
+                })
+            }
+            Err(problem) => {
+                self.refuse_field(&problem, "sdp");
+                Some(ClientPoint::WebRtcOffered { lease, offer: ours })
+            }
+        }
     }
 
     /// SEND_DTMF_SIGNAL: RFC 4733 events when the far end negotiated
@@ -526,9 +696,31 @@ impl CallTask {
     }
 }
 
+/// The SIP side of the room on the call's port, toward the far end's SDP.
+fn sip_side(lease: &PortLease, remote_sdp: Option<&str>) -> Option<(PointSetup, UdpSocket)> {
+    let remote = match remote_sdp.map(sdp::parse_remote) {
+        Some(Ok(remote)) => remote,
+        Some(Err(error)) => {
+            warn!(%error, "far end SDP unreadable; no media");
+            return None;
+        }
+        None => return None,
+    };
+    let sockets = lease
+        .rtp_socket()
+        .and_then(|rtp| Ok((rtp, lease.rtcp_socket()?)));
+    match sockets {
+        Ok((socket, rtcp)) => Some((point_setup(socket, &remote), rtcp)),
+        Err(error) => {
+            warn!(%error, "cannot use the RTP sockets");
+            None
+        }
+    }
+}
+
 /// A side of the room from its negotiated SDP: the first codec the bridge
 /// can carry, and telephone-event at 8 kHz if present.
-fn point_setup(socket: tokio::net::UdpSocket, remote: &sdp::RemoteAudio) -> PointSetup {
+fn point_setup(socket: UdpSocket, remote: &sdp::RemoteAudio) -> PointSetup {
     PointSetup {
         socket,
         remote: SocketAddr::new(remote.address, remote.port),

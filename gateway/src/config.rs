@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use dialtone_sip::SipTarget;
+use dialtone_ws::IceServer;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -22,7 +23,21 @@ pub struct Config {
     pub users: Vec<StaticUser>,
     pub calls: CallsConfig,
     pub media: MediaConfig,
+    pub webrtc: WebRtcConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// The address in the gateway's ICE candidates (behind NAT, the public
+    /// one); the SIP side's advertised address when unset.
+    pub public_ip: Option<IpAddr>,
+    /// A WebRTC point whose ICE and DTLS have not completed this long after
+    /// the client's answer fails the call (CALL_FAILED MEDIA_FAILED).
+    pub connect_timeout_ms: u64,
+    /// STUN / TURN servers handed to clients in SESSION_STARTED.
+    pub ice_servers: Vec<IceServer>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +240,16 @@ impl Default for MediaConfig {
     }
 }
 
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            public_ip: None,
+            connect_timeout_ms: 10_000,
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -238,6 +263,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DIALTONE_HTTP_LISTEN", "http.listen"),
     ("DIALTONE_SIP_LISTEN", "sip.listen"),
     ("DIALTONE_SIP_PUBLIC_IP", "sip.public_ip"),
+    ("DIALTONE_WEBRTC_PUBLIC_IP", "webrtc.public_ip"),
     ("DIALTONE_REGISTRAR", "registrar.address"),
     ("DIALTONE_SIP_DOMAIN", "registrar.domain"),
     ("DIALTONE_AUTH", "sessions.auth"),
@@ -273,6 +299,9 @@ impl Config {
                 "DIALTONE_SIP_LISTEN" => self.sip.listen = value.parse().with_context(bad)?,
                 "DIALTONE_SIP_PUBLIC_IP" => {
                     self.sip.public_ip = Some(value.parse().with_context(bad)?)
+                }
+                "DIALTONE_WEBRTC_PUBLIC_IP" => {
+                    self.webrtc.public_ip = Some(value.parse().with_context(bad)?)
                 }
                 "DIALTONE_REGISTRAR" => {
                     let registrar = self.registrar.get_or_insert_with(|| RegistrarConfig {

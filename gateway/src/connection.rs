@@ -149,6 +149,10 @@ impl ConnectionHandler for ClientConnection {
                 call(m.call_id, CallRequest::SendDtmf(m.dtmf_string))
             }
             ClientMessage::SdpAnswer(m) => call(m.call_id, CallRequest::SdpAnswer(m.sdp)),
+            ClientMessage::SdpOffer(m) => call(m.call_id, CallRequest::SdpOffer(m.sdp)),
+            ClientMessage::IceCandidate(m) => {
+                call(m.call_id, CallRequest::IceCandidate(m.candidate))
+            }
             ClientMessage::RejectCall(m) => call(m.call_id, CallRequest::Reject(m.reason)),
             other => {
                 self.refuse(

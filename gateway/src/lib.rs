@@ -16,6 +16,7 @@ mod metrics;
 mod session;
 mod state;
 mod test_lines;
+mod webrtc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use crate::config::{AuthMode, Config};
 use crate::media_ports::PortPool;
 use crate::metrics::Metrics;
 use crate::state::Gateway;
+use crate::webrtc::WebRtcSettings;
 
 /// How long shutdown waits for sessions to unregister.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -59,8 +61,16 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         config.media.rtp_port_max,
         metrics.media_ports.clone(),
     );
+    let webrtc = WebRtcSettings::new(
+        config
+            .webrtc
+            .public_ip
+            .unwrap_or_else(|| sip.advertised_addr().ip()),
+        Duration::from_millis(config.webrtc.connect_timeout_ms),
+    )?;
     let gateway = Arc::new(Gateway {
         config,
+        webrtc,
         sip: sip.clone(),
         metrics,
         ports,

@@ -71,6 +71,13 @@ impl PortLease {
         self.rtp_port
     }
 
+    /// Where the RTP socket is bound.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.rtp
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::new(self.pool.ip, self.rtp_port))
+    }
+
     /// The RTP socket for async use; the lease keeps the port reserved
     /// until both are gone.
     pub fn rtp_socket(&self) -> std::io::Result<tokio::net::UdpSocket> {

@@ -1,6 +1,8 @@
-//! A call's media room: one task on the call's RTP sockets that bridges the
-//! SIP leg and, when the client brings its own RTP endpoint, the client's
-//! point. Same codec on both sides: payloads are forwarded as they arrive,
+//! A call's media room: one task on the call's sockets that bridges the
+//! SIP leg and the client's point, when the client brings one (its own RTP
+//! endpoint, or a WebRTC peer connection). Either side may arrive first: a
+//! browser connects its WebRTC point while the phone still rings. Same
+//! codec on both sides: payloads are forwarded as they arrive,
 //! renumbered into our own stream. Different codecs: each side's packets go
 //! through a jitter buffer and are transcoded every 20 ms. Digits cross as
 //! RFC 4733 events where the other side negotiated them. The task drives
@@ -26,12 +28,13 @@ use tracing::{debug, info, warn};
 
 use crate::media::inactivity::{InactivityConfig, InactivityTimer, MediaTimeout};
 use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
-use crate::media::rtp::{RtpPacket, RtpSender, SenderCounters};
+use crate::media::rtp::{RtpHeader, RtpPacket, RtpSender, SenderCounters};
 use crate::media::stats::{MediaStats, MediaStatsConfig, MediaStatsSnapshot};
 use crate::media::symmetric::{LatchConfig, LatchDecision, RtpLatch};
 use crate::media::telephone_event::{
     DigitEvent, DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender, DEFAULT_END_TIMEOUT,
 };
+use crate::webrtc::{Polled, WebRtcPoint, WebRtcTransport};
 
 /// One side of the room, as negotiated.
 #[derive(Debug)]
@@ -45,8 +48,20 @@ pub struct PointSetup {
     pub telephone_event: Option<u8>,
 }
 
+/// The client's point: its RTP endpoint from its SDP, or a negotiated
+/// WebRTC peer, on the point's socket.
+#[derive(Debug)]
+pub enum ClientSetup {
+    Rtp(PointSetup),
+    WebRtc {
+        point: Box<WebRtcPoint>,
+        socket: UdpSocket,
+    },
+}
+
 /// Index of the SIP side in the room; the client's point is the other.
 const SIP: usize = 0;
+const CLIENT: usize = 1;
 
 #[derive(Debug)]
 pub enum RoomCommand {
@@ -59,8 +74,17 @@ pub enum RoomCommand {
     DigitToClient(char),
     /// A re-INVITE moved the SIP far end.
     RemoteMoved(SocketAddr),
-    /// The client's RTP endpoint, once its SDP answer is known.
-    AddClient(PointSetup),
+    /// The SIP side, once the call is answered, with its RTCP socket;
+    /// `detect_tones` looks for in-band DTMF in its audio.
+    AddSip {
+        setup: PointSetup,
+        rtcp: UdpSocket,
+        detect_tones: bool,
+    },
+    /// The client's point, once its SDP is known.
+    AddClient(ClientSetup),
+    /// An ICE candidate the client trickled for its WebRTC point.
+    ClientCandidate(String),
 }
 
 #[derive(Debug)]
@@ -74,6 +98,8 @@ pub enum RoomEvent {
     /// event: the call sends it by SIP INFO.
     DigitForInfo(char),
     MediaTimeout(MediaTimeout),
+    /// The client's WebRTC point could not connect or lost connectivity.
+    ClientMediaFailed(String),
 }
 
 /// The call's handle on its room; dropping it stops the room.
@@ -92,40 +118,44 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_DATAGRAM: usize = 1500;
 
 impl MediaRoom {
-    /// Starts the room with its SIP side; `rtcp` is that side's RTCP
-    /// socket; `detect_tones` looks for in-band DTMF in the SIP side's audio.
-    pub fn start(
-        sip: PointSetup,
-        rtcp: UdpSocket,
-        rtp_timeout: Duration,
-        detect_tones: bool,
-        tasks: &TaskTracker,
-    ) -> MediaRoom {
+    /// Starts an empty room; `rtp_timeout` applies to the SIP side from
+    /// when it is added.
+    pub fn start(rtp_timeout: Duration, tasks: &TaskTracker) -> MediaRoom {
         let (commands, command_receiver) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
         let (stats_sender, stats) = watch::channel(None);
-        let carries_events = sip.telephone_event.is_some();
         let room = Room {
-            rtcp,
             stats_sender,
             rtp_timeout,
-            detect_tones,
         };
-        tasks.spawn(room.run(sip, command_receiver, event_sender));
+        tasks.spawn(room.run(command_receiver, event_sender));
         MediaRoom {
             commands,
             events,
-            carries_events,
+            carries_events: false,
             stats,
         }
+    }
+
+    /// Adds the SIP side (`rtcp` is its RTCP socket).
+    pub fn add_sip(&mut self, setup: PointSetup, rtcp: UdpSocket, detect_tones: bool) {
+        self.carries_events = setup.telephone_event.is_some();
+        let _ = self.commands.send(RoomCommand::AddSip {
+            setup,
+            rtcp,
+            detect_tones,
+        });
     }
 }
 
 struct Point {
     socket: Arc<UdpSocket>,
-    latch: RtpLatch,
+    transport: Transport,
     audio: Option<(u8, Codec)>,
+    /// The payload type of the events we send this point, if it takes them.
     telephone_event: Option<u8>,
+    /// The payload types this point's events arrive with.
+    received_events: Vec<u8>,
     sender: RtpSender,
     jitter: JitterBuffer,
     digits_in: TelephoneEventReceiver,
@@ -140,6 +170,13 @@ struct Point {
     /// Detects in-band DTMF in this point's audio (the SIP side, when it
     /// cannot send events).
     detector: Option<ToneDetector>,
+}
+
+/// How a point's packets travel: plain RTP to wherever its far end sends
+/// from (symmetric RTP), or SRTP through a WebRTC peer connection.
+enum Transport {
+    Rtp(RtpLatch),
+    WebRtc(Box<WebRtcTransport>),
 }
 
 /// Digits played as tones into a point's audio, one after another.
@@ -237,12 +274,13 @@ impl ToneDetector {
 }
 
 impl Point {
-    fn new(setup: PointSetup) -> Point {
+    fn new(socket: UdpSocket, transport: Transport, audio: Option<(u8, Codec)>) -> Point {
         Point {
-            socket: Arc::new(setup.socket),
-            latch: RtpLatch::new(Some(setup.remote), LatchConfig::default()),
-            audio: setup.audio,
-            telephone_event: setup.telephone_event,
+            socket: Arc::new(socket),
+            transport,
+            audio,
+            telephone_event: None,
+            received_events: Vec::new(),
             sender: RtpSender::new(rand::random(), rand::random(), rand::random()),
             jitter: JitterBuffer::new(JitterConfig::default()),
             digits_in: TelephoneEventReceiver::new(8000, DEFAULT_END_TIMEOUT),
@@ -254,17 +292,68 @@ impl Point {
         }
     }
 
+    fn rtp(setup: PointSetup) -> Point {
+        let latch = RtpLatch::new(Some(setup.remote), LatchConfig::default());
+        let mut point = Point::new(setup.socket, Transport::Rtp(latch), setup.audio);
+        point.telephone_event = setup.telephone_event;
+        point.received_events.extend(setup.telephone_event);
+        point
+    }
+
+    fn client(setup: ClientSetup) -> Point {
+        match setup {
+            ClientSetup::Rtp(setup) => Point::rtp(setup),
+            ClientSetup::WebRtc { point, socket } => {
+                let WebRtcPoint {
+                    transport,
+                    audio,
+                    telephone_events,
+                } = *point;
+                // Browsers have no use for digits as events: none are sent.
+                let mut point = Point::new(socket, Transport::WebRtc(transport), Some(audio));
+                point.received_events = telephone_events;
+                point
+            }
+        }
+    }
+
+    fn webrtc(&mut self) -> Option<&mut WebRtcTransport> {
+        match &mut self.transport {
+            Transport::WebRtc(transport) => Some(transport),
+            Transport::Rtp(_) => None,
+        }
+    }
+
     /// RTP timestamp units of one 20 ms frame of this point's audio.
     fn frame_units(&self) -> u32 {
         let clock = self.audio.map_or(8000, |(_, codec)| codec.rtp_clock_rate());
         clock / 50
     }
 
+    /// Sends one RTP packet of ours; a WebRTC point's datagrams go out when
+    /// the room next drains it.
     async fn send(&mut self, packet: &[u8]) {
-        if let Some(destination) = self.latch.destination() {
-            if let Err(error) = self.socket.send_to(packet, destination).await {
-                debug!(%error, "RTP send failed");
+        match &mut self.transport {
+            Transport::Rtp(latch) => {
+                if let Some(destination) = latch.destination() {
+                    if let Err(error) = self.socket.send_to(packet, destination).await {
+                        debug!(%error, "RTP send failed");
+                    }
+                }
             }
+            Transport::WebRtc(transport) => {
+                if let Ok(ours) = RtpPacket::parse(packet) {
+                    transport.send_rtp(&ours.header, ours.payload);
+                }
+            }
+        }
+    }
+
+    /// Where this point's far end is: the SIP side's RTCP goes next to it.
+    fn destination(&self) -> Option<SocketAddr> {
+        match &self.transport {
+            Transport::Rtp(latch) => latch.destination(),
+            Transport::WebRtc(_) => None,
         }
     }
 
@@ -314,56 +403,64 @@ fn connect(points: &mut [Option<Point>; 2]) {
     }
 }
 
-/// What the room task owns besides its points: the SIP side's RTCP.
+/// What the room task is given at its start.
 struct Room {
-    rtcp: UdpSocket,
     stats_sender: watch::Sender<Option<MediaStatsSnapshot>>,
     rtp_timeout: Duration,
-    detect_tones: bool,
+}
+
+/// What the room keeps of the SIP side besides its point: RTCP, the
+/// statistics measured there, and its inactivity timer.
+struct SipWatch {
+    rtcp: UdpSocket,
+    stats: MediaStats,
+    inactivity: InactivityTimer,
+}
+
+impl SipWatch {
+    fn new(point: &Point, rtcp: UdpSocket, rtp_timeout: Duration) -> SipWatch {
+        let now = Instant::now().into_std();
+        let clock = point
+            .audio
+            .map_or(8000, |(_, codec)| codec.rtp_clock_rate());
+        let mut stats_config = MediaStatsConfig::new(
+            point.sender.ssrc(),
+            format!("dialtone-{:08x}", point.sender.ssrc()),
+            clock,
+        );
+        stats_config.telephone_event_payload_type = point.telephone_event;
+        SipWatch {
+            rtcp,
+            stats: MediaStats::new(stats_config, now, SystemTime::now()),
+            inactivity: InactivityTimer::new(
+                InactivityConfig {
+                    start_timeout: rtp_timeout,
+                    stop_timeout: rtp_timeout,
+                },
+                now,
+            ),
+        }
+    }
 }
 
 impl Room {
     async fn run(
         self,
-        sip: PointSetup,
         mut commands: mpsc::UnboundedReceiver<RoomCommand>,
         events: mpsc::UnboundedSender<RoomEvent>,
     ) {
         let Room {
-            rtcp,
             stats_sender,
             rtp_timeout,
-            detect_tones,
         } = self;
-        let mut inactivity = InactivityTimer::new(
-            InactivityConfig {
-                start_timeout: rtp_timeout,
-                stop_timeout: rtp_timeout,
-            },
-            Instant::now().into_std(),
-        );
-        let mut sip_point = Point::new(sip);
-        if let Some((_, codec)) = sip_point.audio {
-            sip_point.tones = Tones::new(codec);
-            sip_point.detector = detect_tones.then(|| ToneDetector::new(codec)).flatten();
-        }
-        let clock = sip_point
-            .audio
-            .map_or(8000, |(_, codec)| codec.rtp_clock_rate());
-        let mut stats_config = MediaStatsConfig::new(
-            sip_point.sender.ssrc(),
-            format!("dialtone-{:08x}", sip_point.sender.ssrc()),
-            clock,
-        );
-        stats_config.telephone_event_payload_type = sip_point.telephone_event;
-        let mut stats = MediaStats::new(stats_config, Instant::now().into_std(), SystemTime::now());
-        let mut points: [Option<Point>; 2] = [Some(sip_point), None];
+        let mut sip_watch: Option<SipWatch> = None;
+        let mut points: [Option<Point>; 2] = [None, None];
         let mut rtcp_buffer = [0u8; MAX_DATAGRAM];
         let mut next_snapshot = Instant::now().into_std();
         // Receive handles, kept apart from the points so a receive can be
         // pending while a packet handler changes the points; they change
-        // only when the client's point arrives.
-        let mut sockets = [points[SIP].as_ref().map(|p| p.socket.clone()), None];
+        // only when a point arrives.
+        let mut sockets: [Option<Arc<UdpSocket>>; 2] = [None, None];
         let mut ticks = tokio::time::interval(FRAME);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sip_buffer = [0u8; MAX_DATAGRAM];
@@ -372,12 +469,30 @@ impl Room {
         let mut transcoded = [0u8; MAX_PAYLOAD_LEN];
 
         loop {
+            if let Err(problem) = drain_webrtc(&mut points, &events, &mut out).await {
+                info!(%problem, "client's WebRTC point failed");
+                let _ = events.send(RoomEvent::ClientMediaFailed(problem));
+                return;
+            }
             let deadline = points
                 .iter()
                 .flatten()
                 .filter_map(|p| p.digits_in.next_deadline())
-                .chain(inactivity.next_deadline())
-                .chain([stats.next_report_deadline(), next_snapshot])
+                .chain(sip_watch.iter().flat_map(|watch| {
+                    watch
+                        .inactivity
+                        .next_deadline()
+                        .into_iter()
+                        .chain([watch.stats.next_report_deadline(), next_snapshot])
+                }))
+                .chain(
+                    points[CLIENT]
+                        .as_ref()
+                        .and_then(|client| match &client.transport {
+                            Transport::WebRtc(transport) => transport.deadline(),
+                            Transport::Rtp(_) => None,
+                        }),
+                )
                 .min();
             let ticking = points.iter().flatten().any(|p| {
                 p.transcoder.is_some()
@@ -385,22 +500,26 @@ impl Room {
                     || p.tones.as_ref().is_some_and(Tones::is_busy)
             });
             tokio::select! {
-                Some((length, source)) = receive(sockets[0].as_deref(), &mut sip_buffer) => {
-                    if on_packet(&mut points, SIP, &sip_buffer[..length], source, &events, &mut out).await {
-                        let now = Instant::now().into_std();
-                        inactivity.on_packet(now);
-                        if let Ok(packet) = RtpPacket::parse(&sip_buffer[..length]) {
-                            stats.on_rtp(&packet.header, packet.payload.len(), now);
+                Some((length, source)) = receive(sockets[SIP].as_deref(), &mut sip_buffer) => {
+                    if on_datagram(&mut points, SIP, &sip_buffer[..length], source, &events, &mut out).await {
+                        if let Some(watch) = sip_watch.as_mut() {
+                            let now = Instant::now().into_std();
+                            watch.inactivity.on_packet(now);
+                            if let Ok(packet) = RtpPacket::parse(&sip_buffer[..length]) {
+                                watch.stats.on_rtp(&packet.header, packet.payload.len(), now);
+                            }
                         }
                     }
                 }
-                Some((length, _)) = receive(Some(&rtcp), &mut rtcp_buffer) => {
-                    if let Err(error) = stats.on_rtcp(&rtcp_buffer[..length], Instant::now().into_std()) {
-                        debug!(%error, "unreadable RTCP");
+                Some((length, _)) = receive(sip_watch.as_ref().map(|watch| &watch.rtcp), &mut rtcp_buffer) => {
+                    if let Some(watch) = sip_watch.as_mut() {
+                        if let Err(error) = watch.stats.on_rtcp(&rtcp_buffer[..length], Instant::now().into_std()) {
+                            debug!(%error, "unreadable RTCP");
+                        }
                     }
                 }
-                Some((length, source)) = receive(sockets[1].as_deref(), &mut client_buffer) => {
-                    on_packet(&mut points, 1, &client_buffer[..length], source, &events, &mut out).await;
+                Some((length, source)) = receive(sockets[CLIENT].as_deref(), &mut client_buffer) => {
+                    on_datagram(&mut points, CLIENT, &client_buffer[..length], source, &events, &mut out).await;
                 }
                 _ = sleep_until_std(deadline) => {
                     let now = Instant::now().into_std();
@@ -409,24 +528,29 @@ impl Room {
                     for point in points.iter_mut().flatten() {
                         while point.digits_in.poll(now).is_some() {}
                     }
-                    let sip_side = points[SIP].as_ref().map(|sip| (sip.latch.destination(), sip.sender.counters()));
-                    if let Some((destination, sent)) = sip_side {
-                        if stats.report_due(now) {
-                            send_report(&mut stats, destination, &sent, &rtcp, now, &mut out).await;
-                        }
-                        if now >= next_snapshot {
-                            let _ = stats_sender.send(Some(stats.snapshot(&sent)));
-                            next_snapshot = now + SNAPSHOT_INTERVAL;
+                    if let Some(transport) = points[CLIENT].as_mut().and_then(Point::webrtc) {
+                        if transport.deadline().is_some_and(|at| at <= now) {
+                            transport.on_deadline(now);
                         }
                     }
-                    if let Some(timeout) = inactivity.poll(now) {
-                        info!(?timeout, "no RTP from the SIP far end");
-                        let _ = events.send(RoomEvent::MediaTimeout(timeout));
-                        return;
+                    let sip_side = points[SIP].as_ref().map(|sip| (sip.destination(), sip.sender.counters()));
+                    if let (Some((destination, sent)), Some(watch)) = (sip_side, sip_watch.as_mut()) {
+                        if watch.stats.report_due(now) {
+                            send_report(&mut watch.stats, destination, &sent, &watch.rtcp, now, &mut out).await;
+                        }
+                        if now >= next_snapshot {
+                            let _ = stats_sender.send(Some(watch.stats.snapshot(&sent)));
+                            next_snapshot = now + SNAPSHOT_INTERVAL;
+                        }
+                        if let Some(timeout) = watch.inactivity.poll(now) {
+                            info!(?timeout, "no RTP from the SIP far end");
+                            let _ = events.send(RoomEvent::MediaTimeout(timeout));
+                            return;
+                        }
                     }
                 }
                 _ = ticks.tick(), if ticking => {
-                    for index in 0..2 {
+                    for index in [SIP, CLIENT] {
                         let (Some(this), Some(other)) = pair(&mut points, index) else { continue };
                         let Some(transcoder) = this.transcoder.as_mut() else { continue };
                         let result = match this.jitter.tick() {
@@ -460,43 +584,106 @@ impl Room {
                 }
                 command = commands.recv() => match command {
                     Some(RoomCommand::SendDigits(digits)) => {
-                        if let Some(sip) = points[0].as_mut() {
+                        if let Some(sip) = points[SIP].as_mut() {
                             if let Err(error) = sip.digits_out.enqueue(&digits, Instant::now().into_std()) {
                                 warn!(%error, "digits not queued");
                             }
                         }
                     }
                     Some(RoomCommand::DigitToClient(digit)) => {
-                        let client = points[1 - SIP].as_mut().filter(|client| client.telephone_event.is_some());
+                        let client = points[CLIENT].as_mut().filter(|client| client.telephone_event.is_some());
                         if let Some(client) = client {
                             let mut text = [0u8; 4];
                             let _ = client.digits_out.enqueue(digit.encode_utf8(&mut text), Instant::now().into_std());
                         }
                     }
                     Some(RoomCommand::SendTones(digits)) => {
-                    if let Some(tones) = points[SIP].as_mut().and_then(|sip| sip.tones.as_mut()) {
-                        tones.queue.extend(digits.chars());
-                    }
-                }
-                Some(RoomCommand::RemoteMoved(remote)) => {
-                        if let Some(sip) = points[0].as_mut() {
-                            sip.latch.update_signalled(Some(remote));
+                        if let Some(tones) = points[SIP].as_mut().and_then(|sip| sip.tones.as_mut()) {
+                            tones.queue.extend(digits.chars());
                         }
                     }
-                    Some(RoomCommand::AddClient(client)) => {
-                        let client = Point::new(client);
-                        sockets[1] = Some(client.socket.clone());
-                        points[1] = Some(client);
+                    Some(RoomCommand::RemoteMoved(remote)) => {
+                        if let Some(Transport::Rtp(latch)) = points[SIP].as_mut().map(|sip| &mut sip.transport) {
+                            latch.update_signalled(Some(remote));
+                        }
+                    }
+                    Some(RoomCommand::AddSip { setup, rtcp, detect_tones }) => {
+                        let mut sip = Point::rtp(setup);
+                        if let Some((_, codec)) = sip.audio {
+                            sip.tones = Tones::new(codec);
+                            sip.detector = detect_tones.then(|| ToneDetector::new(codec)).flatten();
+                        }
+                        sip_watch = Some(SipWatch::new(&sip, rtcp, rtp_timeout));
+                        sockets[SIP] = Some(sip.socket.clone());
+                        points[SIP] = Some(sip);
                         connect(&mut points);
+                    }
+                    Some(RoomCommand::AddClient(setup)) => {
+                        let client = Point::client(setup);
+                        sockets[CLIENT] = Some(client.socket.clone());
+                        points[CLIENT] = Some(client);
+                        connect(&mut points);
+                    }
+                    Some(RoomCommand::ClientCandidate(candidate)) => {
+                        if let Some(transport) = points[CLIENT].as_mut().and_then(Point::webrtc) {
+                            transport.add_remote_candidate(&candidate);
+                        }
                     }
                     None => {
                         // The call ended: a last snapshot for its quality report.
-                        if let Some(sip) = points[SIP].as_ref() {
-                            let _ = stats_sender.send(Some(stats.snapshot(&sip.sender.counters())));
+                        if let (Some(sip), Some(watch)) = (points[SIP].as_ref(), sip_watch.as_ref()) {
+                            let _ = stats_sender.send(Some(watch.stats.snapshot(&sip.sender.counters())));
                         }
                         return;
                     }
                 },
+            }
+        }
+    }
+}
+
+/// Hands the client's WebRTC point everything str0m has ready: datagrams
+/// out, decrypted RTP into the room. An error says why the point failed.
+async fn drain_webrtc(
+    points: &mut [Option<Point>; 2],
+    events: &mpsc::UnboundedSender<RoomEvent>,
+    out: &mut [u8],
+) -> Result<(), String> {
+    loop {
+        let Some(client) = points[CLIENT].as_mut() else {
+            return Ok(());
+        };
+        let socket = client.socket.clone();
+        let Some(transport) = client.webrtc() else {
+            return Ok(());
+        };
+        match transport.poll(Instant::now().into_std()) {
+            Polled::Idle => return Ok(()),
+            Polled::Failed(problem) => return Err(problem),
+            Polled::Transmit {
+                destination,
+                contents,
+            } => {
+                if let Err(error) = socket.send_to(&contents, destination).await {
+                    debug!(%error, "WebRTC send failed");
+                }
+            }
+            Polled::Rtp(packet) => {
+                let header = RtpHeader {
+                    marker: packet.header.marker,
+                    payload_type: *packet.header.payload_type,
+                    sequence: packet.header.sequence_number,
+                    timestamp: packet.header.timestamp,
+                    ssrc: *packet.header.ssrc,
+                };
+                on_rtp(
+                    points,
+                    CLIENT,
+                    RtpPacket::from_parts(header, &packet.payload),
+                    events,
+                    out,
+                )
+                .await;
             }
         }
     }
@@ -526,7 +713,7 @@ async fn send_report(
 }
 
 /// Handles one datagram from a point; whether it was RTP from the peer.
-async fn on_packet(
+async fn on_datagram(
     points: &mut [Option<Point>; 2],
     index: usize,
     datagram: &[u8],
@@ -534,17 +721,41 @@ async fn on_packet(
     events: &mpsc::UnboundedSender<RoomEvent>,
     out: &mut [u8],
 ) -> bool {
+    let Some(this) = points[index].as_mut() else {
+        return false;
+    };
+    let latch = match &mut this.transport {
+        Transport::Rtp(latch) => latch,
+        Transport::WebRtc(transport) => {
+            // Its RTP comes out decrypted when the room drains it.
+            transport.receive(source, datagram);
+            return false;
+        }
+    };
     let Ok(packet) = RtpPacket::parse(datagram) else {
         return false;
     };
-    let (Some(this), mut other) = pair(points, index) else {
-        return false;
-    };
-    if this.latch.on_packet(source, packet.header.ssrc) == LatchDecision::Reject {
+    if latch.on_packet(source, packet.header.ssrc) == LatchDecision::Reject {
         return false;
     }
+    on_rtp(points, index, packet, events, out).await;
+    true
+}
+
+/// Handles one RTP packet from a point's far end: digits, audio for the
+/// other point.
+async fn on_rtp(
+    points: &mut [Option<Point>; 2],
+    index: usize,
+    packet: RtpPacket<'_>,
+    events: &mpsc::UnboundedSender<RoomEvent>,
+    out: &mut [u8],
+) {
+    let (Some(this), mut other) = pair(points, index) else {
+        return;
+    };
     let payload_type = packet.header.payload_type;
-    if Some(payload_type) == this.telephone_event {
+    if this.received_events.contains(&payload_type) {
         let now = Instant::now().into_std();
         if let Ok(digit_events) =
             this.digits_in
@@ -557,10 +768,10 @@ async fn on_packet(
                 }
             }
         }
-        return true;
+        return;
     }
     if this.audio.map(|(pt, _)| pt) != Some(payload_type) {
-        return true;
+        return;
     }
     if let Some(digit) = this
         .detector
@@ -589,7 +800,6 @@ async fn on_packet(
             other.send_audio(packet.payload, out).await;
         }
     }
-    true
 }
 
 /// A digit from one side: the client hears of the SIP side's digits, and

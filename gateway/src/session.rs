@@ -101,6 +101,7 @@ impl Session {
         self.outbox.send(ServerMessage::SessionStarted {
             session_id: self.session_id.clone(),
             client_id: self.client_id.clone(),
+            ice_servers: self.gateway.config.webrtc.ice_servers.clone(),
         });
 
         let mut refresh = Refresh::new(registration.as_ref().map(|(r, _)| r.refresh_after()));

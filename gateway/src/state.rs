@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::media::stats::MediaStatsSnapshot;
 use crate::media_ports::PortPool;
 use crate::metrics::{Metrics, Status};
+use crate::webrtc::WebRtcSettings;
 
 pub struct Gateway {
     pub config: Config,
@@ -24,6 +25,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// Cancelled on shutdown: connections say DISCONNECTED and end.
     pub shutdown: CancellationToken,
+    /// What every WebRTC point shares (certificate, candidate address).
+    pub webrtc: WebRtcSettings,
     /// Media statistics of the calls whose media flows, by callId.
     pub call_media: Mutex<HashMap<String, MediaStatsWatch>>,
 }

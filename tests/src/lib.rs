@@ -38,6 +38,7 @@ pub mod process;
 pub mod rtp_peer;
 pub mod sipp;
 pub mod wait;
+pub mod webrtc_peer;
 pub mod ws_client;
 
 pub use audio::AudioReport;

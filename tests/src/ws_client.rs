@@ -171,6 +171,31 @@ impl WsClient {
         Ok(value)
     }
 
+    /// The next message of `type_name`, passing over those of the `skipped` types (call
+    /// progress, say); a message of any other type first is an error that shows it.
+    pub async fn recv_type_skipping(
+        &mut self,
+        type_name: &str,
+        skipped: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let value = self.recv_json(left).await?;
+            let kind = value
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if kind == type_name {
+                return Ok(value);
+            }
+            if !skipped.contains(&kind) {
+                bail!("expected a {type_name:?} message, got {value}");
+            }
+        }
+    }
+
     /// Waits for the server to close: `Some((code, reason))` for a close frame, `None` if the
     /// connection just ended. A data message first is an error.
     pub async fn recv_close(&mut self, timeout: Duration) -> anyhow::Result<Option<(u16, String)>> {

@@ -118,6 +118,33 @@ pub struct SdpExchange {
     pub sdp: String,
 }
 
+/// Extension: ICE_CANDIDATE, a trickled ICE candidate of the client's
+/// WebRTC point. An empty `candidate` marks the end of its candidates.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub session_id: String,
+    pub call_id: String,
+    /// The `candidate:…` attribute as the browser gives it.
+    pub candidate: String,
+    #[serde(default)]
+    pub sdp_mid: Option<String>,
+    #[serde(default)]
+    pub sdp_m_line_index: Option<u32>,
+}
+
+/// Extension: a STUN or TURN server for the client's WebRTC point, in the
+/// shape of the browser's `RTCIceServer`; handed out in SESSION_STARTED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateMediaPoint {
@@ -165,6 +192,7 @@ pub enum ClientMessage {
     SendDtmfSignal(SendDtmfSignal),
     SdpOffer(SdpExchange),
     SdpAnswer(SdpExchange),
+    IceCandidate(IceCandidate),
     CreateMediaPoint(CreateMediaPoint),
     RemoveMediaPoint(RemoveMediaPoint),
     JoinRoom(JoinRoom),
@@ -184,6 +212,7 @@ impl ClientMessage {
             ClientMessage::SendDtmfSignal(_) => "SEND_DTMF_SIGNAL",
             ClientMessage::SdpOffer(_) => "SDP_OFFER",
             ClientMessage::SdpAnswer(_) => "SDP_ANSWER",
+            ClientMessage::IceCandidate(_) => "ICE_CANDIDATE",
             ClientMessage::CreateMediaPoint(_) => "CREATE_MEDIA_POINT",
             ClientMessage::RemoveMediaPoint(_) => "REMOVE_MEDIA_POINT",
             ClientMessage::JoinRoom(_) => "JOIN_ROOM",
@@ -203,6 +232,7 @@ impl ClientMessage {
             ClientMessage::HangupCall(m) => Some(&m.session_id),
             ClientMessage::SendDtmfSignal(m) => Some(&m.session_id),
             ClientMessage::SdpOffer(m) | ClientMessage::SdpAnswer(m) => Some(&m.session_id),
+            ClientMessage::IceCandidate(m) => Some(&m.session_id),
             ClientMessage::CreateMediaPoint(m) => Some(&m.session_id),
             ClientMessage::RemoveMediaPoint(m) => Some(&m.session_id),
             ClientMessage::JoinRoom(m) => Some(&m.session_id),
@@ -308,6 +338,8 @@ pub enum ServerMessage {
     SessionStarted {
         session_id: String,
         client_id: String,
+        /// Extension: STUN / TURN servers for the client's WebRTC points.
+        ice_servers: Vec<IceServer>,
     },
     #[serde(rename_all = "camelCase")]
     SessionFailed {

@@ -63,6 +63,17 @@ pub struct RtpPacket<'a> {
 }
 
 impl<'a> RtpPacket<'a> {
+    /// A packet another layer already took apart (SRTP, for one).
+    pub fn from_parts(header: RtpHeader, payload: &'a [u8]) -> Self {
+        RtpPacket {
+            header,
+            extension: None,
+            padding_len: 0,
+            payload,
+            csrc_bytes: &[],
+        }
+    }
+
     /// Parses and validates one datagram. Never panics, whatever the bytes.
     pub fn parse(packet: &'a [u8]) -> Result<Self, RtpError> {
         let fixed = packet

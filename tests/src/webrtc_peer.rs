@@ -1,0 +1,186 @@
+//! A WebRTC client for tests that need no browser: str0m as a full ICE
+//! agent answering the gateway's SDP_OFFER on 127.0.0.1. It sends a tone
+//! as PCMU over SRTP and decodes what comes back. It can also misbehave
+//! the way a broken client does: answer and then drop every DTLS record it
+//! would send, so ICE completes and DTLS never does.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use dialtone_codecs::{new_decoder, new_encoder, Codec, MAX_PAYLOAD_LEN};
+use str0m::change::SdpOffer;
+use str0m::media::Mid;
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+
+/// PCMU's static payload type, which the gateway always offers.
+const PCMU: u8 = 0;
+
+pub struct WebRtcPeer {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    mid: Mid,
+    drop_dtls: bool,
+    connected: bool,
+}
+
+/// What a peer saw while it ran.
+#[derive(Debug, Default)]
+pub struct PeerReport {
+    /// ICE and DTLS completed.
+    pub connected: bool,
+    /// The audio it received, decoded (PCMU, 8 kHz).
+    pub heard: Vec<i16>,
+}
+
+impl WebRtcPeer {
+    /// Answers `offer` (the gateway's SDP_OFFER) with PCMU only; returns the
+    /// peer and the SDP for SDP_ANSWER.
+    pub async fn answer(offer: &str, drop_dtls: bool) -> anyhow::Result<(WebRtcPeer, String)> {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let local = socket.local_addr()?;
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_pcmu(true, false)
+            .build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(offer).context("gateway's offer")?)
+            .context("accepting the gateway's offer")?;
+        let answer = answer.to_sdp_string();
+        let mid = audio_mid(&answer).context("the answer has no audio")?;
+        let peer = WebRtcPeer {
+            rtc,
+            socket,
+            local,
+            mid,
+            drop_dtls,
+            connected: false,
+        };
+        Ok((peer, answer))
+    }
+
+    /// Runs for `duration`: connects, then sends a `hz` tone (when given)
+    /// every 20 ms and decodes what arrives.
+    pub async fn run(mut self, duration: Duration, hz: Option<f64>) -> anyhow::Result<PeerReport> {
+        let mut encoder = new_encoder(Codec::Pcmu)?;
+        let mut decoder = new_decoder(Codec::Pcmu)?;
+        let mut report = PeerReport::default();
+        let end = Instant::now() + duration;
+        let mut next_frame = Instant::now();
+        let mut frame_index: u64 = 0;
+        let mut buffer = vec![0u8; 2000];
+        let mut pcm = [0i16; 960];
+        while Instant::now() < end {
+            let timeout = self.drain(&mut decoder, &mut report, &mut pcm).await?;
+            if self.connected && hz.is_some() && Instant::now() >= next_frame {
+                let tone = tone_frame(hz.unwrap_or_default(), frame_index);
+                let mut payload = [0u8; MAX_PAYLOAD_LEN];
+                let length = encoder.encode(&tone, &mut payload)?;
+                let mut api = self.rtc.direct_api();
+                if let Some(stream) = api.stream_tx_by_mid(self.mid, None) {
+                    stream.write_rtp(RtpWrite::new(
+                        PCMU.into(),
+                        (frame_index + 1).into(),
+                        (frame_index * 160) as u32,
+                        Instant::now(),
+                        payload[..length].to_vec(),
+                    ));
+                }
+                frame_index += 1;
+                next_frame += Duration::from_millis(20);
+                continue;
+            }
+            let wake = [timeout, end]
+                .into_iter()
+                .chain(self.connected.then_some(next_frame))
+                .min()
+                .unwrap_or(end);
+            let wait = wake.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, self.socket.recv_from(&mut buffer)).await {
+                Ok(Ok((length, source))) => {
+                    let Ok(contents) = buffer[..length].try_into() else {
+                        continue;
+                    };
+                    let input = Input::Receive(
+                        Instant::now(),
+                        Receive {
+                            proto: Protocol::Udp,
+                            source,
+                            destination: self.local,
+                            contents,
+                        },
+                    );
+                    if let Err(error) = self.rtc.handle_input(input) {
+                        eprintln!("[webrtc peer] input refused: {error}");
+                    }
+                }
+                Ok(Err(error)) => bail!("peer socket: {error}"),
+                Err(_) => self.rtc.handle_input(Input::Timeout(Instant::now()))?,
+            }
+        }
+        report.connected = self.connected;
+        Ok(report)
+    }
+
+    /// Sends what str0m has to send and takes its events; returns its next
+    /// timer.
+    async fn drain(
+        &mut self,
+        decoder: &mut Box<dyn dialtone_codecs::Decoder>,
+        report: &mut PeerReport,
+        pcm: &mut [i16],
+    ) -> anyhow::Result<Instant> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(at) => return Ok(at),
+                Output::Transmit(transmit) => {
+                    let first = transmit.contents.first().copied().unwrap_or(0);
+                    // RFC 7983: first bytes 20..=63 are DTLS.
+                    if self.drop_dtls && (20..=63).contains(&first) {
+                        continue;
+                    }
+                    self.socket
+                        .send_to(&transmit.contents, transmit.destination)
+                        .await?;
+                }
+                Output::Event(Event::Connected) => self.connected = true,
+                Output::Event(Event::RtpPacket(packet)) => {
+                    if *packet.header.payload_type == PCMU {
+                        let samples = decoder.decode(&packet.payload, pcm)?;
+                        report.heard.extend_from_slice(&pcm[..samples]);
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        }
+    }
+}
+
+/// The `a=mid` of the first audio section of `sdp`.
+fn audio_mid(sdp: &str) -> Option<Mid> {
+    let section = sdp
+        .split("m=")
+        .find(|section| section.starts_with("audio "))?;
+    let mid = section
+        .lines()
+        .find_map(|line| line.strip_prefix("a=mid:"))?;
+    Some(Mid::from(mid.trim()))
+}
+
+/// 20 ms of a `hz` tone at 8 kHz, continuing from frame `index`.
+fn tone_frame(hz: f64, index: u64) -> [i16; 160] {
+    let mut frame = [0i16; 160];
+    for (offset, sample) in frame.iter_mut().enumerate() {
+        let t = (index * 160 + offset as u64) as f64 / 8000.0;
+        *sample = (0.5 * f64::from(i16::MAX) * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
+    }
+    frame
+}
