@@ -309,9 +309,18 @@ impl Point {
                     audio,
                     telephone_events,
                 } = *point;
-                // Browsers have no use for digits as events: none are sent.
                 let mut point = Point::new(socket, Transport::WebRtc(transport), Some(audio));
-                point.received_events = telephone_events;
+                // Events go out at the audio's clock, as RFC 4733 asks.
+                let clock = audio.1.rtp_clock_rate();
+                point.telephone_event = telephone_events
+                    .iter()
+                    .find(|(_, events_clock)| *events_clock == clock)
+                    .map(|(payload_type, _)| *payload_type);
+                point.digits_out = TelephoneEventSender::new(DtmfSenderConfig {
+                    clock_rate: clock,
+                    ..DtmfSenderConfig::default()
+                });
+                point.received_events = telephone_events.iter().map(|(pt, _)| *pt).collect();
                 point
             }
         }

@@ -212,8 +212,9 @@ pub struct WebRtcPoint {
     /// The audio payload type and codec we send, the client's first that
     /// the bridge carries.
     pub audio: (u8, Codec),
-    /// The telephone-event payload types the client may send digits with.
-    pub telephone_events: Vec<u8>,
+    /// The telephone-event payload types the client may send digits with,
+    /// and their clocks.
+    pub telephone_events: Vec<(u8, u32)>,
 }
 
 impl WebRtcPoint {
@@ -233,7 +234,7 @@ impl WebRtcPoint {
             let spec = params.spec();
             let number = **payload_type;
             match spec.codec {
-                RtcCodec::Tele => telephone_events.push(number),
+                RtcCodec::Tele => telephone_events.push((number, spec.clock_rate.get())),
                 RtcCodec::Opus if audio.is_none() => audio = Some((number, Codec::Opus)),
                 RtcCodec::PCMU if audio.is_none() => audio = Some((number, Codec::Pcmu)),
                 RtcCodec::PCMA if audio.is_none() => audio = Some((number, Codec::Pcma)),

@@ -18,6 +18,9 @@ use tokio::net::UdpSocket;
 
 /// PCMU's static payload type, which the gateway always offers.
 const PCMU: u8 = 0;
+/// telephone-event/8000 in the gateway's offer.
+const TELEPHONE_EVENT: u8 = 101;
+const DIGITS: &[u8; 16] = b"0123456789*#ABCD";
 
 pub struct WebRtcPeer {
     rtc: Rtc,
@@ -35,6 +38,10 @@ pub struct PeerReport {
     pub connected: bool,
     /// The audio it received, decoded (PCMU, 8 kHz).
     pub heard: Vec<i16>,
+    /// The RFC 4733 digits it received, once each.
+    pub digits: Vec<char>,
+    /// The RTP timestamp of the last digit event, to count each digit once.
+    last_event_timestamp: Option<u32>,
 }
 
 impl WebRtcPeer {
@@ -44,11 +51,19 @@ impl WebRtcPeer {
         str0m::crypto::from_feature_flags().install_process_default();
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
-        let mut rtc = RtcConfig::new()
+        let mut config = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_pcmu(true, false)
-            .build(Instant::now());
+            .enable_pcmu(true, false);
+        config.codec_config().add_config(
+            TELEPHONE_EVENT.into(),
+            None,
+            str0m::format::Codec::Tele,
+            str0m::media::Frequency::EIGHT_KHZ,
+            None,
+            str0m::format::FormatParams::parse_line("0-15"),
+        );
+        let mut rtc = config.build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp")?);
         let answer = rtc
             .sdp_api()
@@ -152,12 +167,23 @@ impl WebRtcPeer {
                         .await?;
                 }
                 Output::Event(Event::Connected) => self.connected = true,
-                Output::Event(Event::RtpPacket(packet)) => {
-                    if *packet.header.payload_type == PCMU {
+                Output::Event(Event::RtpPacket(packet)) => match *packet.header.payload_type {
+                    PCMU => {
                         let samples = decoder.decode(&packet.payload, pcm)?;
                         report.heard.extend_from_slice(&pcm[..samples]);
                     }
-                }
+                    TELEPHONE_EVENT => {
+                        let timestamp = packet.header.timestamp;
+                        if report.last_event_timestamp != Some(timestamp) {
+                            report.last_event_timestamp = Some(timestamp);
+                            let event = packet.payload.first().copied().unwrap_or(u8::MAX);
+                            if let Some(digit) = DIGITS.get(usize::from(event)) {
+                                report.digits.push(char::from(*digit));
+                            }
+                        }
+                    }
+                    _ => {}
+                },
                 Output::Event(_) => {}
             }
         }

@@ -126,6 +126,32 @@ async fn echo_line_returns_the_tone_over_dtls_srtp() -> anyhow::Result<()> {
     assert_nothing_held(&gateway)
 }
 
+#[tokio::test]
+async fn digits_from_the_far_end_reach_the_webrtc_point_as_events() -> anyhow::Result<()> {
+    let gateway = gateway()?;
+    // The digits line sends back, as RFC 4733, each digit it receives.
+    let (mut ws, session_id, call_id, offer) = webrtc_call(&gateway, "digits").await?;
+    let (peer, answer_sdp) = WebRtcPeer::answer(&offer, false).await?;
+    ensure!(answer_sdp.contains("telephone-event/8000"), "{answer_sdp}");
+    answer(&mut ws, &session_id, &call_id, &answer_sdp).await?;
+    ws.recv_type_skipping("CALL_STARTED", PROGRESS, REPLY)
+        .await?;
+    let running = tokio::spawn(peer.run(Duration::from_secs(4), Some(440.0)));
+    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": call_id, "dtmfString": "159#"}))
+        .await?;
+    let report = running.await??;
+    ensure!(report.connected, "ICE / DTLS did not complete");
+    ensure!(
+        report.digits == ['1', '5', '9', '#'],
+        "the WebRTC client got {:?}",
+        report.digits
+    );
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
 /// Waits for the call's CALL_FAILED; checks it is MEDIA_FAILED naming `step`.
 async fn expect_media_failed(ws: &mut WsClient, call_id: &str, step: &str) -> anyhow::Result<()> {
     // The timeout, then a BYE to the echo line and its answer.
