@@ -13,6 +13,8 @@
 //!   deleteStream and the replies real clients wait for), which turns the
 //!   client's bytes into [`ServerEvent`]s and the gateway's answers and audio
 //!   into bytes.
+//! - [`RtmptTunnels`]: the same sessions tunnelled through HTTP POSTs (RTMPT:
+//!   open / send / idle / close), for the gateway's HTTP server to route to.
 //!
 //! Everything is sans-IO: bytes and values go in, events and bytes come out.
 //! There are no sockets, timers or async runtime here; the gateway drives
@@ -28,11 +30,13 @@
 mod chunk_reader;
 mod flash_sdp;
 mod flv;
+mod rtmpt;
 mod server;
 
 pub use chunk_reader::ChunkError;
 pub use flash_sdp::{FlashMedia, FlashSdp, FlashSdpError};
 pub use flv::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec, FlvError};
+pub use rtmpt::{RtmptError, RtmptReply, RtmptRequest, RtmptTunnels, MAX_TUNNEL_ID_LEN};
 pub use server::{
     PublishRefusal, RtmpError, ServerConfig, ServerEvent, ServerSession, MAX_COMMAND_SIZE,
 };
