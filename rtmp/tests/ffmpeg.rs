@@ -1,7 +1,8 @@
 //! Debian's ffmpeg (5.1) as a real RTMP peer of `ServerSession`, over TCP on
-//! 127.0.0.1: it publishes a 1 kHz tone in each FLV codec it can write, is
-//! refused a name it may not publish, and plays G.711 µ-law the server
-//! generates. Needs `ffmpeg` on PATH (`apt-get install ffmpeg`).
+//! 127.0.0.1: it publishes a 1 kHz tone in each FLV codec it can write (also
+//! through an RTMPT tunnel), is refused a name it may not publish, and plays
+//! G.711 µ-law the server generates. Needs `ffmpeg` on PATH
+//! (`apt-get install ffmpeg`).
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dialtone_rtmp::{
-    AudioTag, AudioTagKind, FlvAudioCodec, PublishRefusal, ServerConfig, ServerEvent, ServerSession,
+    AudioTag, AudioTagKind, FlvAudioCodec, PublishRefusal, RtmptRequest, RtmptTunnels,
+    ServerConfig, ServerEvent, ServerSession,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -244,6 +246,141 @@ async fn ffmpeg_publishes_speex_16k() {
         observed.closed_streams, 1,
         "ffmpeg deletes its stream when done"
     );
+}
+
+#[tokio::test]
+async fn ffmpeg_publishes_speex_through_an_rtmpt_tunnel() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(serve_rtmpt(listener));
+    let url = format!("rtmpt://127.0.0.1:{port}/live/{PUBLISH_NAME}");
+    let mut ffmpeg = Ffmpeg::spawn(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=1000:sample_rate=16000",
+        "-t",
+        "3",
+        "-c:a",
+        "libspeex",
+        "-ar",
+        "16000",
+        "-ac",
+        "1",
+        "-f",
+        "flv",
+        &url,
+    ])
+    .unwrap();
+    let status = ffmpeg.exit_status().await.unwrap();
+    assert!(status.success(), "ffmpeg failed: {status}");
+    let observed = timeout(PEER_LIMIT, server)
+        .await
+        .expect("the server task did not finish")
+        .expect("the server task panicked")
+        .unwrap();
+    let audio = &observed.audio;
+    assert!(audio.iter().all(|tag| tag.codec == FlvAudioCodec::Speex));
+    assert!((140..=160).contains(&audio.len()), "{} frames", audio.len());
+    // ffmpeg's RTMPT close discards its buffered FCUnpublish/deleteStream
+    // before posting /close, so the stream ends with the tunnel (the server
+    // task only returns on /close).
+    assert_eq!(observed.closed_streams, 0);
+}
+
+/// A minimal HTTP/1.1 server for one RTMPT client: keep-alive connections
+/// (a new one whenever the client opens one), `Content-Length` bodies, until
+/// the client closes its tunnel.
+async fn serve_rtmpt(listener: TcpListener) -> Result<Observed> {
+    const TUNNEL: &str = "tunnel-1";
+    let script = Script {
+        stream_name: PUBLISH_NAME,
+        play_audio: Vec::new(),
+    };
+    let mut tunnels = RtmptTunnels::new(ServerConfig::default(), 1);
+    let mut observed = Observed::default();
+    loop {
+        let (mut socket, _) = timeout(PEER_LIMIT, listener.accept())
+            .await
+            .context("the RTMPT client did not connect in time")??;
+        let mut pending = Vec::new();
+        while let Some((path, body)) = read_http_request(&mut socket, &mut pending).await? {
+            let now = std::time::Instant::now();
+            let (status, reply) = match RtmptRequest::parse(&path) {
+                Some(RtmptRequest::Open) => ("200 OK", tunnels.open(TUNNEL, now)?),
+                Some(RtmptRequest::Send { tunnel, sequence }) => {
+                    let reply = tunnels.send(tunnel, sequence, &body, now)?;
+                    let session = tunnels.session_mut(tunnel).context("tunnel gone")?;
+                    for event in reply.events {
+                        handle_event(session, &script, &mut observed, event)?;
+                    }
+                    // Answers to the events go out now rather than on the next poll.
+                    let mut body = reply.body;
+                    body.extend(session.take_output());
+                    ("200 OK", body)
+                }
+                Some(RtmptRequest::Idle { tunnel, sequence }) => {
+                    ("200 OK", tunnels.idle(tunnel, sequence, now)?.body)
+                }
+                Some(RtmptRequest::Close { tunnel, .. }) => {
+                    let reply = tunnels.close(tunnel)?;
+                    write_http_reply(&mut socket, "200 OK", &reply).await?;
+                    return Ok(observed);
+                }
+                None => ("404 Not Found", Vec::new()),
+            };
+            write_http_reply(&mut socket, status, &reply).await?;
+        }
+    }
+}
+
+/// The path and body of the next request on `socket`, `None` at its end.
+async fn read_http_request(
+    socket: &mut TcpStream,
+    pending: &mut Vec<u8>,
+) -> Result<Option<(String, Vec<u8>)>> {
+    let mut buffer = [0_u8; 16 * 1024];
+    loop {
+        if let Some(end) = pending.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let request_line = lines.next().unwrap_or_default();
+            let path = match request_line.split(' ').collect::<Vec<_>>().as_slice() {
+                ["POST", path, _version] => (*path).to_owned(),
+                _ => bail!("not an RTMPT request: {request_line:?}"),
+            };
+            let length = lines
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                .map(|(_, value)| value.trim().parse::<usize>())
+                .transpose()?
+                .unwrap_or(0);
+            let body_start = end + 4;
+            if pending.len() >= body_start + length {
+                let body = pending[body_start..body_start + length].to_vec();
+                pending.drain(..body_start + length);
+                return Ok(Some((path, body)));
+            }
+        }
+        let read = timeout(PEER_LIMIT, socket.read(&mut buffer))
+            .await
+            .context("the RTMPT client went quiet")?;
+        match read {
+            Ok(count @ 1..) => pending.extend_from_slice(&buffer[..count]),
+            _ => return Ok(None),
+        }
+    }
+}
+
+async fn write_http_reply(socket: &mut TcpStream, status: &str, body: &[u8]) -> Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/x-fcs\r\n\
+         Content-Length: {}\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(body).await?;
+    Ok(())
 }
 
 #[tokio::test]
