@@ -149,6 +149,7 @@ pub struct RtmptTunnels {
 }
 
 impl RtmptTunnels {
+    /// Each tunnel's session gets `config`; at most `max_tunnels` are open.
     pub fn new(config: ServerConfig, max_tunnels: usize) -> RtmptTunnels {
         RtmptTunnels {
             config,
@@ -215,6 +216,7 @@ impl RtmptTunnels {
     }
 
     /// Answers `/close/<id>/<seq>`: the tunnel and its session are dropped.
+    /// The sequence number is not checked: a late close still closes.
     pub fn close(&mut self, tunnel_id: &str) -> Result<Vec<u8>, RtmptError> {
         self.tunnels
             .remove(tunnel_id)

@@ -193,6 +193,7 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
+    /// A session waiting for the client's handshake; it sends nothing first.
     pub fn new(config: ServerConfig) -> ServerSession {
         // Video and aggregate messages are dropped without buffering (see
         // the module doc); the reader never returns them.
