@@ -36,6 +36,9 @@ pub struct WebRtcConfig {
     /// A WebRTC point whose ICE and DTLS have not completed this long after
     /// the client's answer fails the call (CALL_FAILED MEDIA_FAILED).
     pub connect_timeout_ms: u64,
+    /// A connected WebRTC point from which nothing (no consent check, no
+    /// media) arrives this long fails the call (RFC 7675 says 30 s).
+    pub consent_timeout_ms: u64,
     /// STUN / TURN servers handed to clients in SESSION_STARTED.
     pub ice_servers: Vec<IceServer>,
 }
@@ -245,6 +248,7 @@ impl Default for WebRtcConfig {
         WebRtcConfig {
             public_ip: None,
             connect_timeout_ms: 10_000,
+            consent_timeout_ms: 30_000,
             ice_servers: Vec::new(),
         }
     }

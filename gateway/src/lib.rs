@@ -31,7 +31,7 @@ use crate::config::{AuthMode, Config};
 use crate::media_ports::PortPool;
 use crate::metrics::Metrics;
 use crate::state::Gateway;
-use crate::webrtc::WebRtcSettings;
+use crate::webrtc::{WebRtcSettings, WebRtcTimeouts};
 
 /// How long shutdown waits for sessions to unregister.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -66,7 +66,10 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
             .webrtc
             .public_ip
             .unwrap_or_else(|| sip.advertised_addr().ip()),
-        Duration::from_millis(config.webrtc.connect_timeout_ms),
+        WebRtcTimeouts {
+            connect: Duration::from_millis(config.webrtc.connect_timeout_ms),
+            consent: Duration::from_millis(config.webrtc.consent_timeout_ms),
+        },
     )?;
     let gateway = Arc::new(Gateway {
         config,

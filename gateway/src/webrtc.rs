@@ -43,11 +43,21 @@ pub struct WebRtcSettings {
     /// generation, and the fingerprint in each SDP is what the browser
     /// checks.
     pub certificate: DtlsCert,
-    pub connect_timeout: Duration,
+    pub timeouts: WebRtcTimeouts,
+}
+
+/// How long a point may take to connect, and be silent once connected.
+#[derive(Debug, Clone, Copy)]
+pub struct WebRtcTimeouts {
+    pub connect: Duration,
+    /// RFC 7675: a browser sends consent checks every few seconds; none
+    /// (and no media) for this long means it is gone. ICE-lite does no
+    /// checks of its own, so str0m would not notice.
+    pub consent: Duration,
 }
 
 impl WebRtcSettings {
-    pub fn new(candidate_ip: IpAddr, connect_timeout: Duration) -> Result<Self, WebRtcError> {
+    pub fn new(candidate_ip: IpAddr, timeouts: WebRtcTimeouts) -> Result<Self, WebRtcError> {
         let provider = str0m::crypto::from_feature_flags();
         let certificate = provider
             .dtls_provider
@@ -57,7 +67,7 @@ impl WebRtcSettings {
         Ok(WebRtcSettings {
             candidate_ip,
             certificate,
-            connect_timeout,
+            timeouts,
         })
     }
 
@@ -117,7 +127,7 @@ impl WebRtcSettings {
             pending,
             sdp: offer.to_sdp_string(),
             local,
-            connect_timeout: self.connect_timeout,
+            timeouts: self.timeouts,
         })
     }
 
@@ -135,7 +145,7 @@ impl WebRtcSettings {
             .accept_offer(SdpOffer::from_sdp_string(offer)?)?;
         let answer = answer.to_sdp_string();
         let mid = audio_mid(&answer).ok_or(WebRtcError::NoAudio)?;
-        let point = WebRtcPoint::negotiated(rtc, mid, local, self.connect_timeout)?;
+        let point = WebRtcPoint::negotiated(rtc, mid, local, self.timeouts)?;
         Ok((point, answer))
     }
 }
@@ -186,7 +196,7 @@ pub struct PendingOffer {
     pending: SdpPendingOffer,
     pub sdp: String,
     local: SocketAddr,
-    connect_timeout: Duration,
+    timeouts: WebRtcTimeouts,
 }
 
 impl PendingOffer {
@@ -196,12 +206,12 @@ impl PendingOffer {
             mid,
             pending,
             local,
-            connect_timeout,
+            timeouts,
             ..
         } = self;
         rtc.sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(answer)?)?;
-        WebRtcPoint::negotiated(rtc, mid, local, connect_timeout)
+        WebRtcPoint::negotiated(rtc, mid, local, timeouts)
     }
 }
 
@@ -222,7 +232,7 @@ impl WebRtcPoint {
         rtc: Rtc,
         mid: Mid,
         local: SocketAddr,
-        connect_timeout: Duration,
+        timeouts: WebRtcTimeouts,
     ) -> Result<WebRtcPoint, WebRtcError> {
         let media = rtc.media(mid).ok_or(WebRtcError::NoAudio)?;
         let mut audio = None;
@@ -249,8 +259,9 @@ impl WebRtcPoint {
                 rtc,
                 mid,
                 local,
-                connect_deadline: Instant::now() + connect_timeout,
-                connect_timeout,
+                connect_deadline: Instant::now() + timeouts.connect,
+                timeouts,
+                last_received: Instant::now(),
                 ice: IceConnectionState::New,
                 connected: false,
                 timeout: None,
@@ -289,7 +300,9 @@ pub struct WebRtcTransport {
     mid: Mid,
     local: SocketAddr,
     connect_deadline: Instant,
-    connect_timeout: Duration,
+    timeouts: WebRtcTimeouts,
+    /// When the client last sent anything (consent check, media).
+    last_received: Instant,
     ice: IceConnectionState,
     /// ICE and DTLS are up: SRTP flows.
     connected: bool,
@@ -307,8 +320,9 @@ impl WebRtcTransport {
             debug!(%source, "datagram str0m does not take");
             return;
         };
+        self.last_received = Instant::now();
         let input = Input::Receive(
-            Instant::now(),
+            self.last_received,
             Receive {
                 proto: Protocol::Udp,
                 source,
@@ -323,8 +337,12 @@ impl WebRtcTransport {
 
     /// When the room must call [`Self::on_deadline`].
     pub fn deadline(&self) -> Option<Instant> {
-        let connect = (!self.connected).then_some(self.connect_deadline);
-        self.timeout.into_iter().chain(connect).min()
+        let liveness = if self.connected {
+            self.last_received + self.timeouts.consent
+        } else {
+            self.connect_deadline
+        };
+        self.timeout.into_iter().chain([liveness]).min()
     }
 
     pub fn on_deadline(&mut self, now: Instant) {
@@ -381,6 +399,12 @@ impl WebRtcTransport {
         if !self.connected && now >= self.connect_deadline {
             return Polled::Failed(self.connect_failure());
         }
+        if self.connected && now >= self.last_received + self.timeouts.consent {
+            return Polled::Failed(format!(
+                "ICE: the client's consent checks stopped (nothing for {:?})",
+                self.timeouts.consent
+            ));
+        }
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(at)) => {
@@ -401,12 +425,6 @@ impl WebRtcTransport {
                     }
                     Event::IceConnectionStateChange(state) => {
                         debug!(?state, "ICE state");
-                        if state == IceConnectionState::Disconnected && self.connected {
-                            return Polled::Failed(
-                                "ICE: the browser's consent checks stopped (connectivity lost)"
-                                    .to_string(),
-                            );
-                        }
                         self.ice = state;
                     }
                     Event::Closed => {
@@ -422,7 +440,7 @@ impl WebRtcTransport {
     }
 
     fn connect_failure(&self) -> String {
-        let waited = self.connect_timeout;
+        let waited = self.timeouts.connect;
         match self.ice {
             IceConnectionState::New => {
                 format!("ICE: no connectivity check from the client within {waited:?}")

@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use dialtone_codecs::{new_decoder, new_encoder, Codec, MAX_PAYLOAD_LEN};
-use str0m::change::SdpOffer;
-use str0m::media::Mid;
+use dialtone_codecs::{new_decoder, new_encoder, MAX_PAYLOAD_LEN};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -48,23 +49,7 @@ impl WebRtcPeer {
     /// Answers `offer` (the gateway's SDP_OFFER) with PCMU only; returns the
     /// peer and the SDP for SDP_ANSWER.
     pub async fn answer(offer: &str, drop_dtls: bool) -> anyhow::Result<(WebRtcPeer, String)> {
-        str0m::crypto::from_feature_flags().install_process_default();
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
-        let local = socket.local_addr()?;
-        let mut config = RtcConfig::new()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_pcmu(true, false);
-        config.codec_config().add_config(
-            TELEPHONE_EVENT.into(),
-            None,
-            str0m::format::Codec::Tele,
-            str0m::media::Frequency::EIGHT_KHZ,
-            None,
-            str0m::format::FormatParams::parse_line("0-15"),
-        );
-        let mut rtc = config.build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        let (mut rtc, socket, local) = new_rtc().await?;
         let answer = rtc
             .sdp_api()
             .accept_offer(SdpOffer::from_sdp_string(offer).context("gateway's offer")?)
@@ -82,11 +67,29 @@ impl WebRtcPeer {
         Ok((peer, answer))
     }
 
+    /// Offers instead of answering (the client-offer flow): the SDP for
+    /// SDP_OFFER, and the peer that takes the gateway's SDP_ANSWER.
+    pub async fn offer() -> anyhow::Result<(OfferingPeer, String)> {
+        let (mut rtc, socket, local) = new_rtc().await?;
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = change.apply().context("no offer")?;
+        let peer = WebRtcPeer {
+            rtc,
+            socket,
+            local,
+            mid,
+            drop_dtls: false,
+            connected: false,
+        };
+        Ok((OfferingPeer { peer, pending }, offer.to_sdp_string()))
+    }
+
     /// Runs for `duration`: connects, then sends a `hz` tone (when given)
     /// every 20 ms and decodes what arrives.
     pub async fn run(mut self, duration: Duration, hz: Option<f64>) -> anyhow::Result<PeerReport> {
-        let mut encoder = new_encoder(Codec::Pcmu)?;
-        let mut decoder = new_decoder(Codec::Pcmu)?;
+        let mut encoder = new_encoder(dialtone_codecs::Codec::Pcmu)?;
+        let mut decoder = new_decoder(dialtone_codecs::Codec::Pcmu)?;
         let mut report = PeerReport::default();
         let end = Instant::now() + duration;
         let mut next_frame = Instant::now();
@@ -187,6 +190,46 @@ impl WebRtcPeer {
                 Output::Event(_) => {}
             }
         }
+    }
+}
+
+/// A PCMU + telephone-event/8000 peer in RTP mode with a host candidate on
+/// 127.0.0.1.
+async fn new_rtc() -> anyhow::Result<(Rtc, UdpSocket, SocketAddr)> {
+    str0m::crypto::from_feature_flags().install_process_default();
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let local = socket.local_addr()?;
+    let mut config = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_pcmu(true, false);
+    config.codec_config().add_config(
+        TELEPHONE_EVENT.into(),
+        None,
+        Codec::Tele,
+        Frequency::EIGHT_KHZ,
+        None,
+        FormatParams::parse_line("0-15"),
+    );
+    let mut rtc = config.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    Ok((rtc, socket, local))
+}
+
+/// A peer whose offer is out, waiting for the gateway's answer.
+pub struct OfferingPeer {
+    peer: WebRtcPeer,
+    pending: SdpPendingOffer,
+}
+
+impl OfferingPeer {
+    pub fn accept_answer(mut self, answer: &str) -> anyhow::Result<WebRtcPeer> {
+        let answer = SdpAnswer::from_sdp_string(answer).context("gateway's answer")?;
+        self.peer
+            .rtc
+            .sdp_api()
+            .accept_answer(self.pending, answer)?;
+        Ok(self.peer)
     }
 }
 

@@ -18,12 +18,15 @@ const REPLY: Duration = Duration::from_secs(10);
 const PROGRESS: &[&str] = &["CALL_STARTING"];
 /// The gateway's `webrtc.connect_timeout_ms` in the failure tests.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(2000);
+/// Its `webrtc.consent_timeout_ms`.
+const CONSENT_TIMEOUT: Duration = Duration::from_millis(3000);
 
 fn gateway() -> anyhow::Result<Gateway> {
     Gateway::start(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\n\
-         [webrtc]\nconnect_timeout_ms = {}\n",
-        CONNECT_TIMEOUT.as_millis()
+         [webrtc]\nconnect_timeout_ms = {}\nconsent_timeout_ms = {}\n",
+        CONNECT_TIMEOUT.as_millis(),
+        CONSENT_TIMEOUT.as_millis()
     ))
 }
 
@@ -148,6 +151,73 @@ async fn digits_from_the_far_end_reach_the_webrtc_point_as_events() -> anyhow::R
     );
     ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
         .await?;
+    ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn client_offer_is_answered_and_carries_audio() -> anyhow::Result<()> {
+    let gateway = gateway()?;
+    let (mut ws, session_id, call_id, _ours) = webrtc_call(&gateway, "echo").await?;
+    let (offering, offer) = WebRtcPeer::offer().await?;
+    ws.send_json(
+        &json!({"type": "SDP_OFFER", "sessionId": session_id, "callId": call_id, "sdp": offer}),
+    )
+    .await?;
+    let answer = ws
+        .recv_type_skipping("SDP_ANSWER", &["CALL_STARTING", "CALL_STARTED"], REPLY)
+        .await?;
+    ensure!(answer["callId"] == call_id.as_str(), "{answer}");
+    let peer = offering.accept_answer(answer["sdp"].as_str().context("sdp")?)?;
+    let report = peer.run(Duration::from_secs(3), Some(1000.0)).await?;
+    ensure!(report.connected, "ICE / DTLS did not complete");
+    let heard = dominant_hz(&report.heard, 8000)?;
+    ensure!(
+        (heard - 1000.0).abs() < 15.0,
+        "sent 1000 Hz, heard {heard} Hz"
+    );
+    // The point is connected: another offer is refused.
+    let (_, again) = WebRtcPeer::offer().await?;
+    ws.send_json(
+        &json!({"type": "SDP_OFFER", "sessionId": session_id, "callId": call_id, "sdp": again}),
+    )
+    .await?;
+    let error = ws
+        .recv_type_skipping("ERROR", &["CALL_STARTED"], REPLY)
+        .await?;
+    ensure!(
+        error["code"] == "INVALID_VALUE" && error["field"] == "sdp",
+        "{error}"
+    );
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn client_that_goes_silent_after_connecting_fails_on_consent() -> anyhow::Result<()> {
+    let gateway = gateway()?;
+    let (mut ws, session_id, call_id, offer) = webrtc_call(&gateway, "echo").await?;
+    let (peer, answer_sdp) = WebRtcPeer::answer(&offer, false).await?;
+    answer(&mut ws, &session_id, &call_id, &answer_sdp).await?;
+    // Connects, talks for a second, then vanishes (its socket closes).
+    let report = peer.run(Duration::from_secs(1), Some(1000.0)).await?;
+    ensure!(report.connected, "ICE / DTLS did not complete");
+    let failed = ws
+        .recv_type_skipping(
+            "CALL_FAILED",
+            &["CALL_STARTING", "CALL_STARTED"],
+            CONSENT_TIMEOUT + REPLY,
+        )
+        .await?;
+    ensure!(failed["reason"] == "MEDIA_FAILED", "{failed}");
+    let why = failed["sipReason"].as_str().unwrap_or_default();
+    ensure!(
+        why.contains("consent"),
+        "reason should name consent: {failed}"
+    );
     ws.close().await?;
     assert_nothing_held(&gateway)
 }
