@@ -144,6 +144,17 @@ impl Gateway {
     }
 
     /// GET /metrics, which must answer 200; returns the Prometheus text.
+    /// Waits until every `/status` counter named in `keys` is 0 (calls,
+    /// dialogs, media ports, ...); the error shows the last status.
+    pub fn wait_released(&self, keys: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let mut last = serde_json::Value::Null;
+        crate::wait::wait_until(timeout, || {
+            last = self.status()?;
+            Ok(keys.iter().all(|key| last[*key] == 0))
+        })
+        .with_context(|| format!("gateway still holds resources: {last}"))
+    }
+
     pub fn metrics_text(&self) -> anyhow::Result<String> {
         let (code, body) = self.http_get("/metrics")?;
         if code != 200 {

@@ -41,14 +41,10 @@ fn registrar_gateway(kamailio: &Kamailio) -> anyhow::Result<Gateway> {
 }
 
 fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
-    let mut last = Value::Null;
-    wait_until(Duration::from_secs(40), || {
-        last = gateway.status()?;
-        Ok(["calls", "sipDialogs", "mediaPorts"]
-            .iter()
-            .all(|key| last[*key] == 0))
-    })
-    .with_context(|| format!("gateway still holds resources: {last}"))
+    gateway.wait_released(
+        &["calls", "sipDialogs", "mediaPorts"],
+        Duration::from_secs(40),
+    )
 }
 
 /// The page, opened and logged in as `user`.

@@ -115,12 +115,7 @@ fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
         "tasks",
         "sipTransactions",
     ];
-    let mut last = Value::Null;
-    wait_until(CLEANUP, || {
-        last = gateway.status()?;
-        Ok(keys.iter().all(|key| last[*key] == 0))
-    })
-    .with_context(|| format!("gateway still holds resources: {last}"))
+    gateway.wait_released(&keys, CLEANUP)
 }
 
 /// Kamailio, one baresip registered as `peer_user`, and a gateway with a

@@ -87,12 +87,7 @@ fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
         "tasks",
         "sipTransactions",
     ];
-    let mut last = Value::Null;
-    let idle = wait_until(CLEANUP, || {
-        last = gateway.status()?;
-        Ok(keys.iter().all(|key| last[*key] == 0))
-    });
-    idle.with_context(|| format!("gateway still holds resources: {last}"))
+    gateway.wait_released(&keys, CLEANUP)
 }
 
 async fn registers_then_close_session_unregisters(

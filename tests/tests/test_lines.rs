@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use dialtone_codecs::Codec;
 use dialtone_tests::gateway::Gateway;
 use dialtone_tests::rtp_peer::{dominant_hz, start_rtp_call, RtpPeer};
-use dialtone_tests::wait::wait_until;
 use dialtone_tests::ws_client::WsClient;
 use serde_json::json;
 
@@ -27,14 +26,10 @@ fn unconfigured_gateway() -> anyhow::Result<Gateway> {
 
 /// Both ends of every call (the client's and the test line's) are gone.
 fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
-    let mut last = serde_json::Value::Null;
-    wait_until(Duration::from_secs(40), || {
-        last = gateway.status()?;
-        Ok(["calls", "sipDialogs", "mediaPorts", "tasks"]
-            .iter()
-            .all(|key| last[*key] == 0))
-    })
-    .with_context(|| format!("gateway still holds resources: {last}"))
+    gateway.wait_released(
+        &["calls", "sipDialogs", "mediaPorts", "tasks"],
+        Duration::from_secs(40),
+    )
 }
 
 async fn session(gateway: &Gateway) -> anyhow::Result<(WsClient, String)> {

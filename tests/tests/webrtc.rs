@@ -9,10 +9,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use dialtone_tests::gateway::Gateway;
 use dialtone_tests::rtp_peer::dominant_hz;
-use dialtone_tests::wait::wait_until;
 use dialtone_tests::webrtc_peer::WebRtcPeer;
 use dialtone_tests::ws_client::WsClient;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const REPLY: Duration = Duration::from_secs(10);
 const PROGRESS: &[&str] = &["CALL_STARTING"];
@@ -31,14 +30,10 @@ fn gateway() -> anyhow::Result<Gateway> {
 }
 
 fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
-    let mut last = Value::Null;
-    wait_until(Duration::from_secs(40), || {
-        last = gateway.status()?;
-        Ok(["calls", "sipDialogs", "mediaPorts", "tasks"]
-            .iter()
-            .all(|key| last[*key] == 0))
-    })
-    .with_context(|| format!("gateway still holds resources: {last}"))
+    gateway.wait_released(
+        &["calls", "sipDialogs", "mediaPorts", "tasks"],
+        Duration::from_secs(40),
+    )
 }
 
 /// Calls `line` as a WebRTC client; returns the client, the session, the
@@ -122,10 +117,7 @@ async fn echo_line_returns_the_tone_over_dtls_srtp() -> anyhow::Result<()> {
         (heard - 1000.0).abs() < 15.0,
         "sent 1000 Hz, heard {heard} Hz"
     );
-    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
-        .await?;
-    ws.recv_type("CALL_FINISHED", REPLY).await?;
-    ws.close().await?;
+    hang_up_and_leave(ws, &session_id, &call_id).await?;
     assert_nothing_held(&gateway)
 }
 
@@ -189,10 +181,7 @@ async fn client_offer_is_answered_and_carries_audio() -> anyhow::Result<()> {
         error["code"] == "INVALID_VALUE" && error["field"] == "sdp",
         "{error}"
     );
-    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
-        .await?;
-    ws.recv_type("CALL_FINISHED", REPLY).await?;
-    ws.close().await?;
+    hang_up_and_leave(ws, &session_id, &call_id).await?;
     assert_nothing_held(&gateway)
 }
 
@@ -220,6 +209,18 @@ async fn client_that_goes_silent_after_connecting_fails_on_consent() -> anyhow::
     );
     ws.close().await?;
     assert_nothing_held(&gateway)
+}
+
+/// HANGUP_CALL, CALL_FINISHED, and the client leaves.
+async fn hang_up_and_leave(
+    mut ws: WsClient,
+    session_id: &str,
+    call_id: &str,
+) -> anyhow::Result<()> {
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    ws.close().await
 }
 
 /// Waits for the call's CALL_FAILED; checks it is MEDIA_FAILED naming `step`.
@@ -288,9 +289,6 @@ async fn unusable_answer_is_refused_and_a_fresh_offer_follows() -> anyhow::Resul
     answer(&mut ws, &session_id, &call_id, &answer_sdp).await?;
     let report = peer.run(Duration::from_secs(2), Some(1000.0)).await?;
     ensure!(report.connected, "the second offer did not connect");
-    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
-        .await?;
-    ws.recv_type("CALL_FINISHED", REPLY).await?;
-    ws.close().await?;
+    hang_up_and_leave(ws, &session_id, &call_id).await?;
     assert_nothing_held(&gateway)
 }
