@@ -8,6 +8,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use dialtone_codecs::Codec;
+use dialtone_rtmp::{FlashMedia, FlashSdp};
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
 use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, OutgoingCall};
 use dialtone_ws::{
@@ -23,6 +24,7 @@ use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CON
 use crate::media_ports::PortLease;
 use crate::media_room::{ClientSetup, MediaRoom, PointSetup, RoomCommand, RoomEvent};
 use crate::metrics::Held;
+use crate::rtmp_streams::{RoomStreams, StreamRegistration};
 use crate::state::{Gateway, MediaStatsWatch};
 use crate::webrtc::PendingOffer;
 
@@ -53,6 +55,12 @@ enum ClientPoint {
     },
     /// Negotiated and in the room; the lease keeps its port.
     InRoom { _lease: PortLease, webrtc: bool },
+    /// `RTMP` / `RTMPT`: two stream names, registered while the call
+    /// lasts; the room's ends wait for the room.
+    Rtmp {
+        _names: StreamRegistration,
+        waiting: Option<(RoomStreams, Codec)>,
+    },
 }
 
 /// The names a call's messages carry.
@@ -225,6 +233,17 @@ impl CallTask {
         let mut gave_up = false;
         let mut media_failed = None;
         let mut room: Option<MediaRoom> = None;
+        if let Some(ClientPoint::Rtmp { waiting, .. }) = client_point.as_mut() {
+            // An RTMP client needs no answer: it connects and publishes or
+            // plays whenever it likes, before or after the far end answers.
+            if let Some((streams, send)) = waiting.take() {
+                let setup = ClientSetup::Rtmp { streams, send };
+                let _ = self
+                    .room(&mut room)
+                    .commands
+                    .send(RoomCommand::AddClient(setup));
+            }
+        }
         loop {
             tokio::select! {
                 Some(event) = room_event(&mut room) => match event {
@@ -371,6 +390,9 @@ impl CallTask {
                 .any(|t| t.eq_ignore_ascii_case(name))
         };
         let webrtc = wants("SRTP") || wants("WEBRTC");
+        if !webrtc && (wants("RTMP") || wants("RTMPT")) {
+            return self.offer_rtmp_point(cc);
+        }
         if !webrtc && !wants("RTP") {
             return None;
         }
@@ -409,6 +431,44 @@ impl CallTask {
             sdp,
         }));
         Some(point)
+    }
+
+    /// For an RTMP client: two stream names for the call and the adapted
+    /// SDP of seed 000 telling it where to publish and what to play.
+    fn offer_rtmp_point(&self, cc: &Capabilities) -> Option<ClientPoint> {
+        if self.gateway.rtmp_addr.is_none() {
+            warn!("an RTMP client, but RTMP is off (rtmp.listen)");
+            return None;
+        }
+        let send = flv_send_codec(&cc.audio_codecs);
+        let (names, streams) = self.gateway.rtmp_streams.register();
+        let endpoints = self.gateway.rtmp_urls.clone();
+        let sdp = FlashSdp {
+            session_name: self.ids.call_id.clone(),
+            session_id: self.ids.session_id.clone(),
+            endpoints,
+            audio: Some(FlashMedia {
+                codec: flash_codec_name(send).to_string(),
+                publish_stream: names.publish_name.clone(),
+                play_stream: names.play_name.clone(),
+            }),
+            video: None,
+        };
+        match sdp.render() {
+            Ok(sdp) => self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
+                session_id: self.ids.session_id.clone(),
+                call_id: self.ids.call_id.clone(),
+                sdp,
+            })),
+            Err(error) => {
+                warn!(%error, "no Flash SDP");
+                return None;
+            }
+        }
+        Some(ClientPoint::Rtmp {
+            _names: names,
+            waiting: Some((streams, send)),
+        })
     }
 
     /// The client's SDP_ANSWER to our offer for its point: the point joins
@@ -776,6 +836,36 @@ fn client_codecs(named: &[String]) -> Vec<sdp::Codec> {
                 .any(|label| label.eq_ignore_ascii_case(&codec.label()))
     };
     ordered.into_iter().filter(wanted).collect()
+}
+
+/// What an RTMP client's players get: the first the client names of
+/// Speex 16 kHz (Flash's own), G.711, then Opus (enhanced RTMP); Speex when
+/// it names none of them.
+fn flv_send_codec(named: &[String]) -> Codec {
+    let preference = [
+        ("speex/16000", Codec::SpeexWide),
+        ("pcmu/8000", Codec::Pcmu),
+        ("pcma/8000", Codec::Pcma),
+        ("opus/48000", Codec::Opus),
+    ];
+    preference
+        .iter()
+        .find(|(label, _)| {
+            named
+                .iter()
+                .any(|name| name.to_ascii_lowercase().starts_with(label))
+        })
+        .map_or(Codec::SpeexWide, |(_, codec)| *codec)
+}
+
+/// The codec's name in the Flash SDP's `m=` line.
+fn flash_codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Pcmu => "PCMU",
+        Codec::Pcma => "PCMA",
+        Codec::Opus => "Opus",
+        _ => "Speex",
+    }
 }
 
 /// How long each digit sent by SIP INFO says it lasts.

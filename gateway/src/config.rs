@@ -24,7 +24,18 @@ pub struct Config {
     pub calls: CallsConfig,
     pub media: MediaConfig,
     pub webrtc: WebRtcConfig,
+    pub rtmp: RtmpConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    /// Where RTMP clients connect; unset turns RTMP off.
+    pub listen: Option<SocketAddr>,
+    /// The endpoints the Flash SDP lists (`rtmp://host:port/app`, ...);
+    /// `rtmp://<listen address>/live` when empty.
+    pub urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +265,15 @@ impl Default for WebRtcConfig {
     }
 }
 
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        RtmpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1935))),
+            urls: Vec::new(),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -268,6 +288,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DIALTONE_SIP_LISTEN", "sip.listen"),
     ("DIALTONE_SIP_PUBLIC_IP", "sip.public_ip"),
     ("DIALTONE_WEBRTC_PUBLIC_IP", "webrtc.public_ip"),
+    (
+        "DIALTONE_RTMP_LISTEN",
+        "rtmp.listen (\"off\" turns RTMP off)",
+    ),
     ("DIALTONE_REGISTRAR", "registrar.address"),
     ("DIALTONE_SIP_DOMAIN", "registrar.domain"),
     ("DIALTONE_AUTH", "sessions.auth"),
@@ -306,6 +330,12 @@ impl Config {
                 }
                 "DIALTONE_WEBRTC_PUBLIC_IP" => {
                     self.webrtc.public_ip = Some(value.parse().with_context(bad)?)
+                }
+                "DIALTONE_RTMP_LISTEN" => {
+                    self.rtmp.listen = match value.as_str() {
+                        "off" => None,
+                        address => Some(address.parse().with_context(bad)?),
+                    }
                 }
                 "DIALTONE_REGISTRAR" => {
                     let registrar = self.registrar.get_or_insert_with(|| RegistrarConfig {

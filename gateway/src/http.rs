@@ -4,11 +4,14 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::header;
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
 use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use dialtone_ws::{run_connection, ConnectionConfig};
 use tracing::{info_span, Instrument};
@@ -31,7 +34,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/open/{version}", post(rtmpt))
+        .route("/send/{tunnel}/{sequence}", post(rtmpt))
+        .route("/idle/{tunnel}/{sequence}", post(rtmpt))
+        .route("/close/{tunnel}/{sequence}", post(rtmpt))
         .with_state(gateway)
+}
+
+/// RTMPT (RTMP over HTTP), when RTMP is on.
+async fn rtmpt(State(gateway): State<Arc<Gateway>>, uri: Uri, body: Bytes) -> Response {
+    match &gateway.rtmpt {
+        Some(rtmpt) => rtmpt.handle(&uri, &body),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn upgrade(

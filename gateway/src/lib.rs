@@ -13,6 +13,9 @@ pub mod media;
 mod media_ports;
 mod media_room;
 mod metrics;
+mod rtmp_server;
+mod rtmp_streams;
+mod rtmpt;
 mod session;
 mod state;
 mod test_lines;
@@ -30,6 +33,8 @@ use tracing::{info, warn};
 use crate::config::{AuthMode, Config};
 use crate::media_ports::PortPool;
 use crate::metrics::Metrics;
+use crate::rtmp_streams::RtmpStreams;
+use crate::rtmpt::Rtmpt;
 use crate::state::Gateway;
 use crate::webrtc::{WebRtcSettings, WebRtcTimeouts};
 
@@ -71,9 +76,27 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
             consent: Duration::from_millis(config.webrtc.consent_timeout_ms),
         },
     )?;
+    let rtmp = match config.rtmp.listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for RTMP on {address}"))?,
+        ),
+        None => None,
+    };
+    let rtmp_addr = rtmp
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
+    let rtmp_streams: Arc<RtmpStreams> = Default::default();
+    let rtmpt = rtmp_addr.map(|_| Rtmpt::new(rtmp_streams.clone()));
+    let rtmp_urls = rtmp_urls(&config, rtmp_addr, http_addr, sip.advertised_addr().ip());
     let gateway = Arc::new(Gateway {
         config,
         webrtc,
+        rtmp_addr,
+        rtmp_streams,
+        rtmpt,
+        rtmp_urls,
         sip: sip.clone(),
         metrics,
         ports,
@@ -84,7 +107,21 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     if gateway.config.calls.test_lines {
         test_lines::serve(&gateway);
     }
-    info!(http = %http_addr, sip = %sip.local_addr(), auth = ?gateway.config.auth_mode(), "dialtone ready");
+    // The listener and the tunnel sweeper live as long as the gateway:
+    // not counted with the connections' and sessions' tasks.
+    if let Some(rtmpt) = &gateway.rtmpt {
+        tokio::spawn(rtmpt.clone().expire_silent(stop.clone()));
+    }
+    if let Some(listener) = rtmp {
+        tokio::spawn(rtmp_server::serve(
+            listener,
+            gateway.rtmp_streams.clone(),
+            gateway.tasks.clone(),
+            stop.clone(),
+        ));
+    }
+    let rtmp = rtmp_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
+    info!(http = %http_addr, sip = %sip.local_addr(), %rtmp, auth = ?gateway.config.auth_mode(), "dialtone ready");
 
     let server = axum::serve(listener, http::router(gateway.clone()))
         .with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -103,4 +140,25 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     sip.shutdown().await;
     info!("dialtone stopped");
     Ok(())
+}
+
+/// The endpoints a Flash SDP lists: the configured ones, else RTMP on its
+/// port and RTMPT on the HTTP port, at the advertised address.
+fn rtmp_urls(
+    config: &Config,
+    rtmp: Option<std::net::SocketAddr>,
+    http: std::net::SocketAddr,
+    advertised: std::net::IpAddr,
+) -> Vec<String> {
+    if !config.rtmp.urls.is_empty() {
+        return config.rtmp.urls.clone();
+    }
+    let Some(rtmp) = rtmp else {
+        return Vec::new();
+    };
+    let host = |port| std::net::SocketAddr::new(advertised, port);
+    vec![
+        format!("rtmp://{}/live", host(rtmp.port())),
+        format!("rtmpt://{}/live", host(http.port())),
+    ]
 }

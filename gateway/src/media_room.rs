@@ -34,7 +34,9 @@ use crate::media::symmetric::{LatchConfig, LatchDecision, RtpLatch};
 use crate::media::telephone_event::{
     DigitEvent, DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender, DEFAULT_END_TIMEOUT,
 };
+use crate::rtmp_streams::{FlvFrame, PlayerJoin, RoomStreams, ToPlayer};
 use crate::webrtc::{Polled, WebRtcPoint, WebRtcTransport};
+use dialtone_rtmp::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec};
 
 /// One side of the room, as negotiated.
 #[derive(Debug)]
@@ -56,6 +58,12 @@ pub enum ClientSetup {
     WebRtc {
         point: Box<WebRtcPoint>,
         socket: UdpSocket,
+    },
+    /// An RTMP client's streams: what it publishes comes in, what the room
+    /// sends goes to its players in `send` (an FLV codec the bridge encodes).
+    Rtmp {
+        streams: RoomStreams,
+        send: Codec,
     },
 }
 
@@ -149,9 +157,14 @@ impl MediaRoom {
 }
 
 struct Point {
-    socket: Arc<UdpSocket>,
+    /// `None` for an RTMP point, whose frames arrive by channel.
+    socket: Option<Arc<UdpSocket>>,
     transport: Transport,
+    /// The payload type and codec we send this point.
     audio: Option<(u8, Codec)>,
+    /// What its far end sends: the same, except for an RTMP publisher,
+    /// whose codec is known from its first frame.
+    receive: Option<(u8, Codec)>,
     /// The payload type of the events we send this point, if it takes them.
     telephone_event: Option<u8>,
     /// The payload types this point's events arrive with.
@@ -173,10 +186,113 @@ struct Point {
 }
 
 /// How a point's packets travel: plain RTP to wherever its far end sends
-/// from (symmetric RTP), or SRTP through a WebRTC peer connection.
+/// from (symmetric RTP), SRTP through a WebRTC peer connection, or FLV
+/// audio tags over RTMP.
 enum Transport {
     Rtp(RtpLatch),
     WebRtc(Box<WebRtcTransport>),
+    Rtmp(RtmpTransport),
+}
+
+/// The payload type the room gives an RTMP client's frames; RTMP has none.
+const RTMP_PAYLOAD_TYPE: u8 = 96;
+
+/// An RTMP point: frames from its publisher are numbered like RTP for the
+/// jitter buffer; the room's packets go to its players as FLV audio tags.
+struct RtmpTransport {
+    /// The FLV codec we send in.
+    send: FlvAudioCodec,
+    players: Vec<Player>,
+    /// Sequence numbers given to the publisher's frames.
+    next_sequence: u16,
+    /// Codecs a publisher sent that the bridge cannot take, once each.
+    refused: Option<FlvAudioCodec>,
+}
+
+struct Player {
+    join: PlayerJoin,
+    /// Our RTP timestamp when it joined: its stream starts at 0 there.
+    base: Option<u32>,
+}
+
+impl RtmpTransport {
+    fn new(send: Codec) -> Option<RtmpTransport> {
+        let send = match send {
+            Codec::SpeexWide => FlvAudioCodec::Speex,
+            Codec::Pcmu => FlvAudioCodec::G711MuLaw,
+            Codec::Pcma => FlvAudioCodec::G711ALaw,
+            Codec::Opus => FlvAudioCodec::Opus,
+            _ => return None,
+        };
+        Some(RtmpTransport {
+            send,
+            players: Vec::new(),
+            next_sequence: rand::random(),
+            refused: None,
+        })
+    }
+
+    /// A new player; players of Opus need its sequence header first.
+    fn join(&mut self, join: PlayerJoin) {
+        if self.send == FlvAudioCodec::Opus {
+            let head = opus_head(1, 0, 48_000);
+            let header = AudioTag {
+                codec: FlvAudioCodec::Opus,
+                kind: AudioTagKind::SequenceHeader,
+                payload: &head,
+            };
+            if let Ok(data) = header.to_bytes() {
+                let _ = join.sender.send(ToPlayer::Audio {
+                    stream_id: join.stream_id,
+                    frame: FlvFrame { timestamp: 0, data },
+                });
+            }
+        }
+        self.players.push(Player { join, base: None });
+    }
+
+    /// One of our packets, as an FLV tag to every player.
+    fn send(&mut self, header: &RtpHeader, payload: &[u8], clock: u32) {
+        if self.players.is_empty() {
+            return;
+        }
+        let tag = AudioTag {
+            codec: self.send,
+            kind: AudioTagKind::Frame,
+            payload,
+        };
+        let Ok(data) = tag.to_bytes() else {
+            return;
+        };
+        self.players.retain_mut(|player| {
+            let base = *player.base.get_or_insert(header.timestamp);
+            let units = u64::from(header.timestamp.wrapping_sub(base));
+            let timestamp = (units * 1000 / u64::from(clock.max(1))) as u32;
+            let frame = FlvFrame {
+                timestamp,
+                data: data.clone(),
+            };
+            player
+                .join
+                .sender
+                .send(ToPlayer::Audio {
+                    stream_id: player.join.stream_id,
+                    frame,
+                })
+                .is_ok()
+        });
+    }
+}
+
+impl Drop for RtmpTransport {
+    /// The call is over: its players' streams end.
+    fn drop(&mut self) {
+        for player in &self.players {
+            let _ = player.join.sender.send(ToPlayer::End {
+                stream_id: player.join.stream_id,
+            });
+        }
+    }
 }
 
 /// Digits played as tones into a point's audio, one after another.
@@ -274,11 +390,12 @@ impl ToneDetector {
 }
 
 impl Point {
-    fn new(socket: UdpSocket, transport: Transport, audio: Option<(u8, Codec)>) -> Point {
+    fn new(socket: Option<UdpSocket>, transport: Transport, audio: Option<(u8, Codec)>) -> Point {
         Point {
-            socket: Arc::new(socket),
+            socket: socket.map(Arc::new),
             transport,
             audio,
+            receive: audio,
             telephone_event: None,
             received_events: Vec::new(),
             sender: RtpSender::new(rand::random(), rand::random(), rand::random()),
@@ -294,22 +411,24 @@ impl Point {
 
     fn rtp(setup: PointSetup) -> Point {
         let latch = RtpLatch::new(Some(setup.remote), LatchConfig::default());
-        let mut point = Point::new(setup.socket, Transport::Rtp(latch), setup.audio);
+        let mut point = Point::new(Some(setup.socket), Transport::Rtp(latch), setup.audio);
         point.telephone_event = setup.telephone_event;
         point.received_events.extend(setup.telephone_event);
         point
     }
 
-    fn client(setup: ClientSetup) -> Point {
+    /// The client's point, and for an RTMP client the room's ends of its
+    /// streams.
+    fn client(setup: ClientSetup) -> (Point, Option<RoomStreams>) {
         match setup {
-            ClientSetup::Rtp(setup) => Point::rtp(setup),
+            ClientSetup::Rtp(setup) => (Point::rtp(setup), None),
             ClientSetup::WebRtc { point, socket } => {
                 let WebRtcPoint {
                     transport,
                     audio,
                     telephone_events,
                 } = *point;
-                let mut point = Point::new(socket, Transport::WebRtc(transport), Some(audio));
+                let mut point = Point::new(Some(socket), Transport::WebRtc(transport), Some(audio));
                 // Events go out at the audio's clock, as RFC 4733 asks.
                 let clock = audio.1.rtp_clock_rate();
                 point.telephone_event = telephone_events
@@ -321,7 +440,17 @@ impl Point {
                     ..DtmfSenderConfig::default()
                 });
                 point.received_events = telephone_events.iter().map(|(pt, _)| *pt).collect();
-                point
+                (point, None)
+            }
+            ClientSetup::Rtmp { streams, send } => {
+                let transport = RtmpTransport::new(send).map(Transport::Rtmp);
+                let transport = transport.unwrap_or_else(|| {
+                    warn!(%send, "no FLV form for this codec; the RTMP client gets no audio");
+                    Transport::Rtp(RtpLatch::new(None, LatchConfig::default()))
+                });
+                let mut point = Point::new(None, transport, Some((RTMP_PAYLOAD_TYPE, send)));
+                point.receive = None;
+                (point, Some(streams))
             }
         }
     }
@@ -329,7 +458,7 @@ impl Point {
     fn webrtc(&mut self) -> Option<&mut WebRtcTransport> {
         match &mut self.transport {
             Transport::WebRtc(transport) => Some(transport),
-            Transport::Rtp(_) => None,
+            _ => None,
         }
     }
 
@@ -342,10 +471,11 @@ impl Point {
     /// Sends one RTP packet of ours; a WebRTC point's datagrams go out when
     /// the room next drains it.
     async fn send(&mut self, packet: &[u8]) {
+        let clock = self.audio.map_or(8000, |(_, codec)| codec.rtp_clock_rate());
         match &mut self.transport {
             Transport::Rtp(latch) => {
-                if let Some(destination) = latch.destination() {
-                    if let Err(error) = self.socket.send_to(packet, destination).await {
+                if let (Some(destination), Some(socket)) = (latch.destination(), &self.socket) {
+                    if let Err(error) = socket.send_to(packet, destination).await {
                         debug!(%error, "RTP send failed");
                     }
                 }
@@ -355,6 +485,11 @@ impl Point {
                     transport.send_rtp(&ours.header, ours.payload);
                 }
             }
+            Transport::Rtmp(transport) => {
+                if let Ok(ours) = RtpPacket::parse(packet) {
+                    transport.send(&ours.header, ours.payload, clock);
+                }
+            }
         }
     }
 
@@ -362,7 +497,7 @@ impl Point {
     fn destination(&self) -> Option<SocketAddr> {
         match &self.transport {
             Transport::Rtp(latch) => latch.destination(),
-            Transport::WebRtc(_) => None,
+            _ => None,
         }
     }
 
@@ -395,20 +530,23 @@ fn pair(points: &mut [Option<Point>; 2], index: usize) -> (Option<&mut Point>, O
     (this.as_mut(), other.as_mut())
 }
 
-/// Sets up transcoding between the two points when their codecs differ.
+/// Sets up transcoding, in each direction where what one point sends
+/// differs from what the other takes.
 fn connect(points: &mut [Option<Point>; 2]) {
-    let (Some(sip), Some(client)) = pair(points, SIP) else {
-        return;
-    };
-    let (Some((_, sip_codec)), Some((_, client_codec))) = (sip.audio, client.audio) else {
-        return;
-    };
-    if sip_codec != client_codec {
-        sip.transcoder = Transcoder::new(sip_codec, client_codec).ok();
-        client.transcoder = Transcoder::new(client_codec, sip_codec).ok();
-        info!(%sip_codec, %client_codec, "bridging with transcoding");
-    } else {
-        info!(codec = %sip_codec, "bridging without transcoding");
+    for index in [SIP, CLIENT] {
+        let (Some(this), Some(other)) = pair(points, index) else {
+            return;
+        };
+        let (Some((_, from)), Some((_, to))) = (this.receive, other.audio) else {
+            this.transcoder = None;
+            continue;
+        };
+        this.transcoder = if from == to {
+            None
+        } else {
+            Transcoder::new(from, to).ok()
+        };
+        info!(%from, %to, transcoding = this.transcoder.is_some(), "bridging");
     }
 }
 
@@ -470,6 +608,9 @@ impl Room {
         // pending while a packet handler changes the points; they change
         // only when a point arrives.
         let mut sockets: [Option<Arc<UdpSocket>>; 2] = [None, None];
+        // An RTMP client's streams, likewise apart from its point.
+        let mut rtmp_published: Option<mpsc::UnboundedReceiver<FlvFrame>> = None;
+        let mut rtmp_players: Option<mpsc::UnboundedReceiver<PlayerJoin>> = None;
         let mut ticks = tokio::time::interval(FRAME);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sip_buffer = [0u8; MAX_DATAGRAM];
@@ -499,7 +640,7 @@ impl Room {
                         .as_ref()
                         .and_then(|client| match &client.transport {
                             Transport::WebRtc(transport) => transport.deadline(),
-                            Transport::Rtp(_) => None,
+                            _ => None,
                         }),
                 )
                 .min();
@@ -529,6 +670,14 @@ impl Room {
                 }
                 Some((length, source)) = receive(sockets[CLIENT].as_deref(), &mut client_buffer) => {
                     on_datagram(&mut points, CLIENT, &client_buffer[..length], source, &events, &mut out).await;
+                }
+                Some(frame) = next_or_pending(rtmp_published.as_mut()) => {
+                    on_flv_frame(&mut points, frame, &events, &mut out).await;
+                }
+                Some(join) = next_or_pending(rtmp_players.as_mut()) => {
+                    if let Some(Transport::Rtmp(rtmp)) = points[CLIENT].as_mut().map(|client| &mut client.transport) {
+                        rtmp.join(join);
+                    }
                 }
                 _ = sleep_until_std(deadline) => {
                     let now = Instant::now().into_std();
@@ -623,13 +772,17 @@ impl Room {
                             sip.detector = detect_tones.then(|| ToneDetector::new(codec)).flatten();
                         }
                         sip_watch = Some(SipWatch::new(&sip, rtcp, rtp_timeout));
-                        sockets[SIP] = Some(sip.socket.clone());
+                        sockets[SIP] = sip.socket.clone();
                         points[SIP] = Some(sip);
                         connect(&mut points);
                     }
                     Some(RoomCommand::AddClient(setup)) => {
-                        let client = Point::client(setup);
-                        sockets[CLIENT] = Some(client.socket.clone());
+                        let (client, inbox) = Point::client(setup);
+                        if let Some(RoomStreams { published, players }) = inbox {
+                            rtmp_published = Some(published);
+                            rtmp_players = Some(players);
+                        }
+                        sockets[CLIENT] = client.socket.clone();
                         points[CLIENT] = Some(client);
                         connect(&mut points);
                     }
@@ -662,7 +815,9 @@ async fn drain_webrtc(
         let Some(client) = points[CLIENT].as_mut() else {
             return Ok(());
         };
-        let socket = client.socket.clone();
+        let Some(socket) = client.socket.clone() else {
+            return Ok(());
+        };
         let Some(transport) = client.webrtc() else {
             return Ok(());
         };
@@ -740,6 +895,7 @@ async fn on_datagram(
             transport.receive(source, datagram);
             return false;
         }
+        Transport::Rtmp(_) => return false,
     };
     let Ok(packet) = RtpPacket::parse(datagram) else {
         return false;
@@ -779,7 +935,7 @@ async fn on_rtp(
         }
         return;
     }
-    if this.audio.map(|(pt, _)| pt) != Some(payload_type) {
+    if this.receive.map(|(pt, _)| pt) != Some(payload_type) {
         return;
     }
     if let Some(digit) = this
@@ -854,6 +1010,87 @@ async fn send_digit_packets(point: &mut Point, now: std::time::Instant, out: &mu
             Ok(length) => point.send(&out[..length]).await,
             Err(error) => warn!(%error, "cannot build telephone-event"),
         }
+    }
+}
+
+async fn next_or_pending<T>(receiver: Option<&mut mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One FLV audio tag from the RTMP client's publisher: numbered like RTP
+/// (G.711 cut into 20 ms frames) and handled as the point's RTP would be.
+async fn on_flv_frame(
+    points: &mut [Option<Point>; 2],
+    frame: FlvFrame,
+    events: &mpsc::UnboundedSender<RoomEvent>,
+    out: &mut [u8],
+) {
+    let Some(client) = points[CLIENT].as_mut() else {
+        return;
+    };
+    let Transport::Rtmp(rtmp) = &mut client.transport else {
+        return;
+    };
+    let tag = match AudioTag::parse(&frame.data) {
+        Ok(tag) => tag,
+        Err(error) => {
+            debug!(%error, "unreadable FLV audio");
+            return;
+        }
+    };
+    if tag.kind != AudioTagKind::Frame {
+        return;
+    }
+    let codec = match tag.codec {
+        FlvAudioCodec::Speex => Codec::SpeexWide,
+        FlvAudioCodec::G711MuLaw => Codec::Pcmu,
+        FlvAudioCodec::G711ALaw => Codec::Pcma,
+        FlvAudioCodec::Opus => Codec::Opus,
+        other => {
+            if rtmp.refused.replace(other) != Some(other) {
+                warn!(codec = ?other, "the RTMP client publishes a codec the bridge does not take");
+            }
+            return;
+        }
+    };
+    // G.711 comes in whatever size the encoder chose: 20 ms frames here.
+    let frame_bytes = match codec {
+        Codec::Pcmu | Codec::Pcma => 160,
+        _ => tag.payload.len().max(1),
+    };
+    let clock = codec.rtp_clock_rate();
+    let start = u64::from(frame.timestamp) * u64::from(clock) / 1000;
+    let mut headers = Vec::new();
+    for (index, _) in tag.payload.chunks(frame_bytes).enumerate() {
+        let header = RtpHeader {
+            marker: false,
+            payload_type: RTMP_PAYLOAD_TYPE,
+            sequence: rtmp.next_sequence,
+            timestamp: (start + index as u64 * u64::from(clock / 50)) as u32,
+            ssrc: 0,
+        };
+        rtmp.next_sequence = rtmp.next_sequence.wrapping_add(1);
+        headers.push(header);
+    }
+    if client.receive != Some((RTMP_PAYLOAD_TYPE, codec)) {
+        info!(%codec, "RTMP client publishes");
+        client.receive = Some((RTMP_PAYLOAD_TYPE, codec));
+        connect(points);
+    }
+    let payload_offset = frame.data.len() - tag.payload.len();
+    let payload = &frame.data[payload_offset..];
+    for (header, chunk) in headers.into_iter().zip(payload.chunks(frame_bytes)) {
+        on_rtp(
+            points,
+            CLIENT,
+            RtpPacket::from_parts(header, chunk),
+            events,
+            out,
+        )
+        .await;
     }
 }
 

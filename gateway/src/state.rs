@@ -13,6 +13,8 @@ use crate::config::Config;
 use crate::media::stats::MediaStatsSnapshot;
 use crate::media_ports::PortPool;
 use crate::metrics::{Metrics, Status};
+use crate::rtmp_streams::RtmpStreams;
+use crate::rtmpt::Rtmpt;
 use crate::webrtc::WebRtcSettings;
 
 pub struct Gateway {
@@ -27,6 +29,14 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// What every WebRTC point shares (certificate, candidate address).
     pub webrtc: WebRtcSettings,
+    /// Where RTMP clients connect, when RTMP is on.
+    pub rtmp_addr: Option<std::net::SocketAddr>,
+    /// The stream names of calls with an RTMP point.
+    pub rtmp_streams: Arc<RtmpStreams>,
+    /// RTMPT tunnels on the HTTP port, when RTMP is on.
+    pub rtmpt: Option<Arc<Rtmpt>>,
+    /// The endpoints a Flash SDP lists.
+    pub rtmp_urls: Vec<String>,
     /// Media statistics of the calls whose media flows, by callId.
     pub call_media: Mutex<HashMap<String, MediaStatsWatch>>,
 }

@@ -233,6 +233,8 @@ fn spawn(
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", DEFAULT_RUST_LOG);
     }
+    // Many gateways run at once: RTMP on a port of its own unless a test says otherwise.
+    cmd.env("DIALTONE_RTMP_LISTEN", "127.0.0.1:0");
     cmd.envs(env.iter().copied());
     let guard = ChildGuard::spawn("gateway", cmd, &dir.path().join("gateway.log"))?;
     Ok((guard, dir, config_path))
