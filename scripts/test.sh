@@ -5,7 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 ensure_packages build-essential pkg-config libopus-dev libclang-dev kamailio baresip-core sip-tester sox python3-numpy espeak-ng \
-    chromium iproute2 util-linux
+    chromium iproute2 util-linux ffmpeg nginx libnginx-mod-rtmp python3-venv
+# The static ffmpeg of PyPI's imageio-ffmpeg (pinned; IMAGEIO_FFMPEG_VERSION in
+# tests/src/ffmpeg.rs) publishes Opus over enhanced RTMP, which Debian's ffmpeg 5.1 refuses.
+# Debian's python refuses system-wide pip installs, hence a venv under target/.
+IMAGEIO_FFMPEG_VERSION=0.8.1
+if ! target/tools/venv/bin/python -c "import imageio_ffmpeg, sys; sys.exit(imageio_ffmpeg.__version__ != '$IMAGEIO_FFMPEG_VERSION')" 2>/dev/null; then
+    /usr/bin/python3 -m venv target/tools/venv
+    target/tools/venv/bin/pip install --disable-pip-version-check --no-input -q "imageio-ffmpeg==$IMAGEIO_FFMPEG_VERSION"
+fi
 # Node.js and npm run the browser driver (tests/browser). Debian ships them as `nodejs` + `npm`;
 # a NodeSource `nodejs` bundles npm and conflicts with Debian's `npm`, so only install them
 # when there is no npm at all.

@@ -29,6 +29,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod browser;
+pub mod ffmpeg;
 pub mod gateway;
 mod http;
 pub mod kamailio;
