@@ -2,6 +2,7 @@ use std::fmt;
 
 use crate::g711::{G711Decoder, G711Encoder, G711Law};
 use crate::g722::{G722Decoder, G722Encoder};
+use crate::l16::{L16Decoder, L16Encoder};
 use crate::opus::{OpusDecoder, OpusEncoder};
 use crate::speex::{SpeexDecoder, SpeexEncoder, SpeexMode};
 use crate::{CodecError, SampleRate};
@@ -25,23 +26,28 @@ pub enum Codec {
     SpeexNarrow,
     /// Speex wideband (16 kHz).
     SpeexWide,
+    /// 16-bit linear PCM, mono, 16 kHz, big-endian (RTP L16, RFC 3551
+    /// §4.5.11): what AAC and FLV linear PCM become once decoded and cut
+    /// into 20 ms frames.
+    L16,
 }
 
 impl Codec {
-    pub const ALL: [Codec; 6] = [
+    pub const ALL: [Codec; 7] = [
         Self::Pcmu,
         Self::Pcma,
         Self::G722,
         Self::Opus,
         Self::SpeexNarrow,
         Self::SpeexWide,
+        Self::L16,
     ];
 
     /// Rate of the PCM the codec's encoder takes and its decoder gives.
     pub const fn sample_rate(self) -> SampleRate {
         match self {
             Self::Pcmu | Self::Pcma | Self::SpeexNarrow => SampleRate::Hz8000,
-            Self::G722 | Self::SpeexWide => SampleRate::Hz16000,
+            Self::G722 | Self::SpeexWide | Self::L16 => SampleRate::Hz16000,
             Self::Opus => SampleRate::Hz48000,
         }
     }
@@ -63,7 +69,7 @@ impl Codec {
 
     /// Whether the decoder conceals a lost frame from its own model of the
     /// signal (Opus, Speex) rather than by repeating and fading the last
-    /// frame (G.711, G.722).
+    /// frame (G.711, G.722, L16).
     pub const fn has_native_concealment(self) -> bool {
         matches!(self, Self::Opus | Self::SpeexNarrow | Self::SpeexWide)
     }
@@ -79,6 +85,8 @@ impl Codec {
             // bits (27.8 kbit/s) per frame, padded to whole bytes.
             Self::SpeexNarrow => 38,
             Self::SpeexWide => 70,
+            // Two bytes per 16 kHz sample.
+            Self::L16 => 640,
         }
     }
 
@@ -102,6 +110,7 @@ impl fmt::Display for Codec {
             Self::Opus => "Opus",
             Self::SpeexNarrow => "Speex narrowband",
             Self::SpeexWide => "Speex wideband",
+            Self::L16 => "L16",
         })
     }
 }
@@ -127,7 +136,7 @@ pub trait Decoder: Send {
     fn decode(&mut self, payload: &[u8], pcm: &mut [i16]) -> Result<usize, CodecError>;
 
     /// Writes one frame standing in for a lost payload. Opus and Speex
-    /// extrapolate from their internal state; G.711 and G.722 replay the
+    /// extrapolate from their internal state; G.711, G.722 and L16 replay the
     /// last decoded frame, fading it out over three consecutive losses
     /// (60 ms) and giving silence after that.
     fn conceal(&mut self, pcm: &mut [i16]) -> Result<usize, CodecError>;
@@ -150,6 +159,7 @@ pub fn new_encoder(codec: Codec) -> Result<Box<dyn Encoder>, CodecError> {
         Codec::Opus => Box::new(OpusEncoder::new()?),
         Codec::SpeexNarrow => Box::new(SpeexEncoder::new(SpeexMode::Narrowband)?),
         Codec::SpeexWide => Box::new(SpeexEncoder::new(SpeexMode::Wideband)?),
+        Codec::L16 => Box::new(L16Encoder::new()),
     })
 }
 
@@ -162,5 +172,6 @@ pub fn new_decoder(codec: Codec) -> Result<Box<dyn Decoder>, CodecError> {
         Codec::Opus => Box::new(OpusDecoder::new()?),
         Codec::SpeexNarrow => Box::new(SpeexDecoder::new(SpeexMode::Narrowband)?),
         Codec::SpeexWide => Box::new(SpeexDecoder::new(SpeexMode::Wideband)?),
+        Codec::L16 => Box::new(L16Decoder::new()),
     })
 }

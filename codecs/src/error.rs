@@ -37,6 +37,26 @@ pub enum CodecError {
     #[error("{0} to {0} needs no transcoding: forward the payloads as they are")]
     SameCodec(Codec),
 
+    #[error("AAC AudioSpecificConfig: {0}")]
+    AacConfig(String),
+
+    #[error("AAC frame: {0}")]
+    AacFrame(&'static str),
+
+    #[error("AAC: {0}")]
+    Aac(#[from] symphonia_core::errors::Error),
+
+    #[error("no 20 ms framing from {hz} Hz: the input rates are {supported:?}", supported = crate::PcmFramer::INPUT_RATES)]
+    FramerInputRate { hz: u32 },
+
+    #[error("linear PCM of {bits_per_sample} bits and {channels} channel(s): only 8 or 16 bits, mono or stereo")]
+    LinearPcmFormat { bits_per_sample: u8, channels: u8 },
+
+    #[error(
+        "linear PCM payload of {len} bytes is not whole samples of {bytes_per_frame} bytes each"
+    )]
+    LinearPcmLength { len: usize, bytes_per_frame: usize },
+
     #[error("DTMF level {0} dBFS is not a finite level at or below {max} dBFS", max = crate::MAX_DTMF_LEVEL_DBFS)]
     DtmfLevel(f64),
 }

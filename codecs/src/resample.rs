@@ -34,7 +34,9 @@ enum Conversion {
     Fft(Box<FftConversion>),
 }
 
-struct FftConversion {
+/// rubato's synchronous FFT resampler on one channel of `i16`, one fixed
+/// chunk per call. [`crate::PcmFramer`] uses it too, for its other rates.
+pub(crate) struct FftConversion {
     resampler: Fft<f32>,
     input: Vec<f32>,
     output: Vec<f32>,
@@ -45,28 +47,18 @@ impl Resampler {
         let conversion = if from == to {
             Conversion::Copy
         } else {
-            let resampler = Fft::new(
-                from.hz() as usize,
-                to.hz() as usize,
-                from.frame_samples(),
-                MONO,
-                FixedSync::Both,
-            )?;
-            // With both sides fixed rubato derives the chunk sizes from the
-            // ratio; for these rates they are exactly one frame each.
-            if resampler.input_frames_next() != from.frame_samples()
-                || resampler.output_frames_next() != to.frame_samples()
+            let fft = FftConversion::new(from.hz(), to.hz(), from.frame_samples())?;
+            // For these rates the chunks rubato derives are exactly one
+            // frame each.
+            if fft.input_frames() != from.frame_samples()
+                || fft.output_frames() != to.frame_samples()
             {
                 return Err(CodecError::FrameLength {
                     expected: to.frame_samples(),
-                    actual: resampler.output_frames_next(),
+                    actual: fft.output_frames(),
                 });
             }
-            Conversion::Fft(Box::new(FftConversion {
-                resampler,
-                input: vec![0.0; from.frame_samples()],
-                output: vec![0.0; to.frame_samples()],
-            }))
+            Conversion::Fft(Box::new(fft))
         };
         Ok(Self {
             from,
@@ -112,7 +104,37 @@ impl Resampler {
 }
 
 impl FftConversion {
-    fn process(&mut self, input: &[i16], output: &mut [i16]) -> Result<(), CodecError> {
+    /// With both sides fixed rubato rounds `chunk_frames` up to whole FFT
+    /// blocks, whose size follows from the ratio of the rates; the chunk
+    /// sizes it picks are [`Self::input_frames`] and [`Self::output_frames`].
+    pub(crate) fn new(from_hz: u32, to_hz: u32, chunk_frames: usize) -> Result<Self, CodecError> {
+        let resampler = Fft::new(
+            from_hz as usize,
+            to_hz as usize,
+            chunk_frames,
+            MONO,
+            FixedSync::Both,
+        )?;
+        Ok(Self {
+            input: vec![0.0; resampler.input_frames_next()],
+            output: vec![0.0; resampler.output_frames_next()],
+            resampler,
+        })
+    }
+
+    /// Samples each call takes.
+    pub(crate) fn input_frames(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Samples each call gives.
+    pub(crate) fn output_frames(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Converts `input`, [`Self::input_frames`] samples, into the first
+    /// [`Self::output_frames`] samples of `output`.
+    pub(crate) fn process(&mut self, input: &[i16], output: &mut [i16]) -> Result<(), CodecError> {
         for (float, &sample) in self.input.iter_mut().zip(input) {
             *float = f32::from(sample) / FULL_SCALE;
         }

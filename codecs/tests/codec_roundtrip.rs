@@ -16,7 +16,7 @@ const SETTLE_FRAMES: usize = 10;
 fn level_range(codec: Codec) -> (f64, f64) {
     match codec {
         // Waveform codecs reproduce the level closely.
-        Codec::Pcmu | Codec::Pcma | Codec::G722 => (-0.5, 0.5),
+        Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::L16 => (-0.5, 0.5),
         // Parametric codecs may shift it a little.
         Codec::Opus | Codec::SpeexNarrow | Codec::SpeexWide => (-3.0, 1.5),
     }
@@ -95,8 +95,8 @@ fn concealment_continues_the_tone_rather_than_going_silent() {
 }
 
 #[test]
-fn repeated_concealment_of_g711_and_g722_fades_to_silence() {
-    for codec in [Codec::Pcmu, Codec::Pcma, Codec::G722] {
+fn repeated_concealment_of_g711_g722_and_l16_fades_to_silence() {
+    for codec in [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::L16] {
         let rate = codec.sample_rate();
         let frames = sine_frames(rate, TONE_HZ, TONE_AMPLITUDE, 5);
         let mut encoder = new_encoder(codec).unwrap();
@@ -207,7 +207,7 @@ fn payloads_fit_the_advertised_maximum() {
     }
     assert_eq!(
         Codec::ALL.map(|codec| codec.max_payload_len()),
-        [160, 160, 160, 1275, 38, 70]
+        [160, 160, 160, 1275, 38, 70, 640]
     );
 }
 
@@ -228,6 +228,7 @@ fn codec_facts() {
             (16000, 8000, 320),
             (48000, 48000, 960),
             (8000, 8000, 160),
+            (16000, 16000, 320),
             (16000, 16000, 320),
         ]
     );

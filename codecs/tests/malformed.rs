@@ -62,12 +62,12 @@ fn truncated_payloads_are_errors() {
 
 #[test]
 fn oversized_fixed_length_payloads_are_errors() {
-    for codec in [Codec::Pcmu, Codec::Pcma, Codec::G722] {
+    for codec in [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::L16] {
         let mut decoder = new_decoder(codec).unwrap();
         let mut pcm = [0i16; MAX_FRAME_SAMPLES];
-        let result = decoder.decode(&[0x55; 320], &mut pcm);
+        let result = decoder.decode(&[0x55; 642], &mut pcm);
         assert!(
-            matches!(result, Err(CodecError::PayloadLength { len: 320, .. })),
+            matches!(result, Err(CodecError::PayloadLength { len: 642, .. })),
             "{codec}: {result:?}"
         );
     }
@@ -134,7 +134,7 @@ fn transcoders_pass_decode_errors_on_and_keep_working() {
                     "{from} → {to}"
                 );
             }
-            // Too short for G.711/G.722, a terminator for Speex, an Opus
+            // Too short for G.711/G.722/L16, a terminator for Speex, an Opus
             // packet claiming 63 frames.
             assert!(
                 transcoder.transcode(&[0xFF; 7], &mut out).is_err(),
