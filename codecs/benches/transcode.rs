@@ -88,8 +88,11 @@ fn main() -> Result<(), CodecError> {
         (Codec::Opus, Codec::Pcmu),
         (Codec::Pcmu, Codec::G722),
         (Codec::G722, Codec::Pcmu),
+        // Flash clients on the RTMP leg send and take Speex 16 kHz.
         (Codec::SpeexWide, Codec::Pcmu),
         (Codec::Pcmu, Codec::SpeexWide),
+        (Codec::SpeexWide, Codec::Pcma),
+        (Codec::Pcma, Codec::SpeexWide),
         (Codec::Pcmu, Codec::Pcma),
         (Codec::Pcma, Codec::Pcmu),
     ] {
