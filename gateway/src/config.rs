@@ -31,10 +31,18 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtmpConfig {
-    /// Where RTMP clients connect; unset turns RTMP off.
-    pub listen: Option<SocketAddr>,
+    /// RTMP (with RTMPT on the HTTP port and RTMPS when configured).
+    pub enabled: bool,
+    /// Where RTMP clients connect.
+    pub listen: SocketAddr,
+    /// RTMPS: where TLS clients connect, with the certificate chain and
+    /// key (PEM files); off unless all three are set.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
     /// The endpoints the Flash SDP lists (`rtmp://host:port/app`, ...);
-    /// `rtmp://<listen address>/live` when empty.
+    /// when empty, RTMP, RTMPS (when on) and RTMPT (on the HTTP port) at the
+    /// advertised address, app `live`.
     pub urls: Vec<String>,
 }
 
@@ -268,7 +276,11 @@ impl Default for WebRtcConfig {
 impl Default for RtmpConfig {
     fn default() -> Self {
         RtmpConfig {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1935))),
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1935)),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             urls: Vec::new(),
         }
     }
@@ -331,12 +343,10 @@ impl Config {
                 "DIALTONE_WEBRTC_PUBLIC_IP" => {
                     self.webrtc.public_ip = Some(value.parse().with_context(bad)?)
                 }
-                "DIALTONE_RTMP_LISTEN" => {
-                    self.rtmp.listen = match value.as_str() {
-                        "off" => None,
-                        address => Some(address.parse().with_context(bad)?),
-                    }
-                }
+                "DIALTONE_RTMP_LISTEN" => match value.as_str() {
+                    "off" => self.rtmp.enabled = false,
+                    address => self.rtmp.listen = address.parse().with_context(bad)?,
+                },
                 "DIALTONE_REGISTRAR" => {
                     let registrar = self.registrar.get_or_insert_with(|| RegistrarConfig {
                         address: String::new(),
@@ -377,6 +387,14 @@ impl Config {
         self.call_proxy()?;
         if self.media.rtp_port_min < 1024 || self.media.rtp_port_min >= self.media.rtp_port_max {
             bail!("media.rtp_port_min must be at least 1024 and below media.rtp_port_max");
+        }
+        let tls = [
+            self.rtmp.tls_listen.is_some(),
+            self.rtmp.tls_cert.is_some(),
+            self.rtmp.tls_key.is_some(),
+        ];
+        if tls.contains(&true) && tls.contains(&false) {
+            bail!("rtmp.tls_listen, rtmp.tls_cert and rtmp.tls_key go together");
         }
         if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
             bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");

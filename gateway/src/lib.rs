@@ -76,7 +76,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
             consent: Duration::from_millis(config.webrtc.consent_timeout_ms),
         },
     )?;
-    let rtmp = match config.rtmp.listen {
+    let rtmp = match config.rtmp.enabled.then_some(config.rtmp.listen) {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
                 .await
@@ -84,12 +84,34 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         ),
         None => None,
     };
+    let tls = (
+        &config.rtmp.tls_listen,
+        &config.rtmp.tls_cert,
+        &config.rtmp.tls_key,
+    );
+    let rtmps = match tls {
+        (Some(address), Some(cert), Some(key)) if config.rtmp.enabled => {
+            let acceptor = rtmp_server::tls_acceptor(cert, key)?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for RTMPS on {address}"))?;
+            Some((listener, acceptor))
+        }
+        _ => None,
+    };
+    let rtmps_addr = rtmps
+        .as_ref()
+        .and_then(|(listener, _)| listener.local_addr().ok());
     let rtmp_addr = rtmp
         .as_ref()
         .and_then(|listener| listener.local_addr().ok());
     let rtmp_streams: Arc<RtmpStreams> = Default::default();
     let rtmpt = rtmp_addr.map(|_| Rtmpt::new(rtmp_streams.clone()));
-    let rtmp_urls = rtmp_urls(&config, rtmp_addr, http_addr, sip.advertised_addr().ip());
+    let rtmp_urls = rtmp_urls(
+        &config,
+        [rtmp_addr, rtmps_addr, rtmp_addr.map(|_| http_addr)],
+        sip.advertised_addr().ip(),
+    );
     let gateway = Arc::new(Gateway {
         config,
         webrtc,
@@ -115,13 +137,24 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     if let Some(listener) = rtmp {
         tokio::spawn(rtmp_server::serve(
             listener,
+            None,
+            gateway.rtmp_streams.clone(),
+            gateway.tasks.clone(),
+            stop.clone(),
+        ));
+    }
+    if let Some((listener, acceptor)) = rtmps {
+        tokio::spawn(rtmp_server::serve(
+            listener,
+            Some(acceptor),
             gateway.rtmp_streams.clone(),
             gateway.tasks.clone(),
             stop.clone(),
         ));
     }
     let rtmp = rtmp_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
-    info!(http = %http_addr, sip = %sip.local_addr(), %rtmp, auth = ?gateway.config.auth_mode(), "dialtone ready");
+    let rtmps = rtmps_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
+    info!(http = %http_addr, sip = %sip.local_addr(), %rtmp, %rtmps, auth = ?gateway.config.auth_mode(), "dialtone ready");
 
     let server = axum::serve(listener, http::router(gateway.clone()))
         .with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -142,23 +175,22 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The endpoints a Flash SDP lists: the configured ones, else RTMP on its
-/// port and RTMPT on the HTTP port, at the advertised address.
+/// The endpoints a Flash SDP lists: the configured ones, else RTMP, RTMPS
+/// and RTMPT (on the HTTP port) where they listen, at the advertised
+/// address.
 fn rtmp_urls(
     config: &Config,
-    rtmp: Option<std::net::SocketAddr>,
-    http: std::net::SocketAddr,
+    [rtmp, rtmps, rtmpt]: [Option<std::net::SocketAddr>; 3],
     advertised: std::net::IpAddr,
 ) -> Vec<String> {
     if !config.rtmp.urls.is_empty() {
         return config.rtmp.urls.clone();
     }
-    let Some(rtmp) = rtmp else {
-        return Vec::new();
-    };
-    let host = |port| std::net::SocketAddr::new(advertised, port);
-    vec![
-        format!("rtmp://{}/live", host(rtmp.port())),
-        format!("rtmpt://{}/live", host(http.port())),
-    ]
+    [("rtmp", rtmp), ("rtmps", rtmps), ("rtmpt", rtmpt)]
+        .into_iter()
+        .filter_map(|(scheme, address)| {
+            let address = std::net::SocketAddr::new(advertised, address?.port());
+            Some(format!("{scheme}://{address}/live"))
+        })
+        .collect()
 }

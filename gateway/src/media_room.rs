@@ -15,8 +15,9 @@ use std::time::Duration;
 use std::collections::VecDeque;
 
 use dialtone_codecs::{
-    new_decoder, new_encoder, Codec, Decoder, DtmfDetector, DtmfDigit, DtmfEvent, DtmfGenerator,
-    Encoder, SampleRate, Transcoder, DEFAULT_DTMF_LEVEL_DBFS, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN,
+    linear_pcm_to_mono, new_decoder, new_encoder, AacDecoder, Codec, Decoder, DtmfDetector,
+    DtmfDigit, DtmfEvent, DtmfGenerator, Encoder, PcmFramer, SampleRate, Transcoder,
+    DEFAULT_DTMF_LEVEL_DBFS, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN,
 };
 use std::time::SystemTime;
 use tokio::net::UdpSocket;
@@ -191,7 +192,7 @@ struct Point {
 enum Transport {
     Rtp(RtpLatch),
     WebRtc(Box<WebRtcTransport>),
-    Rtmp(RtmpTransport),
+    Rtmp(Box<RtmpTransport>),
 }
 
 /// The payload type the room gives an RTMP client's frames; RTMP has none.
@@ -203,10 +204,7 @@ struct RtmpTransport {
     /// The FLV codec we send in.
     send: FlvAudioCodec,
     players: Vec<Player>,
-    /// Sequence numbers given to the publisher's frames.
-    next_sequence: u16,
-    /// Codecs a publisher sent that the bridge cannot take, once each.
-    refused: Option<FlvAudioCodec>,
+    inbound: RtmpInbound,
 }
 
 struct Player {
@@ -227,8 +225,10 @@ impl RtmpTransport {
         Some(RtmpTransport {
             send,
             players: Vec::new(),
-            next_sequence: rand::random(),
-            refused: None,
+            inbound: RtmpInbound {
+                next_sequence: rand::random(),
+                ..RtmpInbound::default()
+            },
         })
     }
 
@@ -443,7 +443,8 @@ impl Point {
                 (point, None)
             }
             ClientSetup::Rtmp { streams, send } => {
-                let transport = RtmpTransport::new(send).map(Transport::Rtmp);
+                let transport =
+                    RtmpTransport::new(send).map(|rtmp| Transport::Rtmp(Box::new(rtmp)));
                 let transport = transport.unwrap_or_else(|| {
                     warn!(%send, "no FLV form for this codec; the RTMP client gets no audio");
                     Transport::Rtp(RtpLatch::new(None, LatchConfig::default()))
@@ -1020,8 +1021,9 @@ async fn next_or_pending<T>(receiver: Option<&mut mpsc::UnboundedReceiver<T>>) -
     }
 }
 
-/// One FLV audio tag from the RTMP client's publisher: numbered like RTP
-/// (G.711 cut into 20 ms frames) and handled as the point's RTP would be.
+/// One FLV audio tag from the RTMP client's publisher, handled as the
+/// point's RTP would be: frames in 20 ms codecs pass as they are (G.711 cut
+/// into 20 ms), AAC and linear PCM are decoded and re-framed as 16 kHz L16.
 async fn on_flv_frame(
     points: &mut [Option<Point>; 2],
     frame: FlvFrame,
@@ -1041,48 +1043,24 @@ async fn on_flv_frame(
             return;
         }
     };
-    if tag.kind != AudioTagKind::Frame {
+    let Some(frames) = rtmp.inbound.frames(&tag, frame.timestamp) else {
         return;
-    }
-    let codec = match tag.codec {
-        FlvAudioCodec::Speex => Codec::SpeexWide,
-        FlvAudioCodec::G711MuLaw => Codec::Pcmu,
-        FlvAudioCodec::G711ALaw => Codec::Pcma,
-        FlvAudioCodec::Opus => Codec::Opus,
-        other => {
-            if rtmp.refused.replace(other) != Some(other) {
-                warn!(codec = ?other, "the RTMP client publishes a codec the bridge does not take");
-            }
-            return;
-        }
     };
-    // G.711 comes in whatever size the encoder chose: 20 ms frames here.
-    let frame_bytes = match codec {
-        Codec::Pcmu | Codec::Pcma => 160,
-        _ => tag.payload.len().max(1),
-    };
-    let clock = codec.rtp_clock_rate();
-    let start = u64::from(frame.timestamp) * u64::from(clock) / 1000;
-    let mut headers = Vec::new();
-    for (index, _) in tag.payload.chunks(frame_bytes).enumerate() {
-        let header = RtpHeader {
-            marker: false,
-            payload_type: RTMP_PAYLOAD_TYPE,
-            sequence: rtmp.next_sequence,
-            timestamp: (start + index as u64 * u64::from(clock / 50)) as u32,
-            ssrc: 0,
-        };
-        rtmp.next_sequence = rtmp.next_sequence.wrapping_add(1);
-        headers.push(header);
-    }
+    let codec = frames.codec;
     if client.receive != Some((RTMP_PAYLOAD_TYPE, codec)) {
         info!(%codec, "RTMP client publishes");
         client.receive = Some((RTMP_PAYLOAD_TYPE, codec));
         connect(points);
     }
-    let payload_offset = frame.data.len() - tag.payload.len();
-    let payload = &frame.data[payload_offset..];
-    for (header, chunk) in headers.into_iter().zip(payload.chunks(frame_bytes)) {
+    // Taken out while the frames go through the room, which needs the points.
+    let (payloads, frame_bytes, headers) = match frames.payloads {
+        Payloads::Tag(frame_bytes) => {
+            let offset = frame.data.len() - tag.payload.len();
+            (frame.data[offset..].to_vec(), frame_bytes, frames.headers)
+        }
+        Payloads::Decoded => (frames.decoded, L16_FRAME_BYTES, frames.headers),
+    };
+    for (header, chunk) in headers.into_iter().zip(payloads.chunks(frame_bytes)) {
         on_rtp(
             points,
             CLIENT,
@@ -1091,6 +1069,163 @@ async fn on_flv_frame(
             out,
         )
         .await;
+    }
+}
+
+/// 20 ms of 16 kHz L16.
+const L16_FRAME_BYTES: usize = 640;
+
+/// Where a tag's 20 ms frames are.
+enum Payloads {
+    /// In the tag, this many bytes each.
+    Tag(usize),
+    /// Decoded and re-framed, in [`InboundFrames::decoded`].
+    Decoded,
+}
+
+struct InboundFrames {
+    codec: Codec,
+    payloads: Payloads,
+    decoded: Vec<u8>,
+    headers: Vec<RtpHeader>,
+}
+
+/// The publisher's side of an RTMP point: decoders for what does not come
+/// in 20 ms frames, and the numbering the jitter buffer needs.
+#[derive(Default)]
+struct RtmpInbound {
+    next_sequence: u16,
+    aac: Option<AacDecoder>,
+    framer: Option<PcmFramer>,
+    /// RTP time of the next re-framed L16 frame.
+    next_l16_timestamp: Option<u32>,
+    pcm: Vec<i16>,
+    /// The last codec refused, to say so once.
+    refused: Option<FlvAudioCodec>,
+}
+
+impl RtmpInbound {
+    /// The 20 ms frames in one tag, numbered; `None` for headers, codecs
+    /// the bridge does not take, and tags that do not complete a frame.
+    fn frames(&mut self, tag: &AudioTag<'_>, timestamp_ms: u32) -> Option<InboundFrames> {
+        if tag.codec == FlvAudioCodec::Aac && tag.kind == AudioTagKind::SequenceHeader {
+            self.start_aac(tag.payload);
+            return None;
+        }
+        if tag.kind != AudioTagKind::Frame {
+            return None;
+        }
+        let (codec, payloads, decoded) = match tag.codec {
+            FlvAudioCodec::Speex => (
+                Codec::SpeexWide,
+                Payloads::Tag(tag.payload.len().max(1)),
+                Vec::new(),
+            ),
+            FlvAudioCodec::G711MuLaw => (Codec::Pcmu, Payloads::Tag(160), Vec::new()),
+            FlvAudioCodec::G711ALaw => (Codec::Pcma, Payloads::Tag(160), Vec::new()),
+            FlvAudioCodec::Opus => (
+                Codec::Opus,
+                Payloads::Tag(tag.payload.len().max(1)),
+                Vec::new(),
+            ),
+            FlvAudioCodec::Aac => (Codec::L16, Payloads::Decoded, self.decode_aac(tag.payload)?),
+            FlvAudioCodec::LinearPcm {
+                sample_rate,
+                bits_per_sample,
+                channels,
+            } => {
+                let decoded =
+                    self.decode_pcm(tag.payload, sample_rate, bits_per_sample, channels)?;
+                (Codec::L16, Payloads::Decoded, decoded)
+            }
+            other => {
+                if self.refused.replace(other) != Some(other) {
+                    warn!(codec = ?other, "the RTMP client publishes a codec the bridge does not take");
+                }
+                return None;
+            }
+        };
+        let clock = codec.rtp_clock_rate();
+        let units = clock / 50;
+        let (count, first) = match payloads {
+            Payloads::Tag(frame_bytes) => (
+                tag.payload.len().div_ceil(frame_bytes),
+                (u64::from(timestamp_ms) * u64::from(clock) / 1000) as u32,
+            ),
+            Payloads::Decoded => {
+                let first = *self
+                    .next_l16_timestamp
+                    .get_or_insert((u64::from(timestamp_ms) * u64::from(clock) / 1000) as u32);
+                let count = decoded.len() / L16_FRAME_BYTES;
+                self.next_l16_timestamp = Some(first.wrapping_add(units * count as u32));
+                (count, first)
+            }
+        };
+        if count == 0 {
+            return None;
+        }
+        let headers = (0..count)
+            .map(|index| {
+                let sequence = self.next_sequence;
+                self.next_sequence = sequence.wrapping_add(1);
+                RtpHeader {
+                    marker: false,
+                    payload_type: RTMP_PAYLOAD_TYPE,
+                    sequence,
+                    timestamp: first.wrapping_add(units * index as u32),
+                    ssrc: 0,
+                }
+            })
+            .collect();
+        Some(InboundFrames {
+            codec,
+            payloads,
+            decoded,
+            headers,
+        })
+    }
+
+    fn start_aac(&mut self, config: &[u8]) {
+        match AacDecoder::new(config) {
+            Ok(decoder) => {
+                self.framer = PcmFramer::new(decoder.sample_rate()).ok();
+                self.aac = Some(decoder);
+            }
+            Err(error) => warn!(%error, "the RTMP client's AAC cannot be decoded"),
+        }
+    }
+
+    fn decode_aac(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        self.pcm.clear();
+        if let Err(error) = self.aac.as_mut()?.decode(frame, &mut self.pcm) {
+            debug!(%error, "AAC frame not decoded");
+            return None;
+        }
+        self.reframe()
+    }
+
+    fn decode_pcm(&mut self, payload: &[u8], rate: u32, bits: u8, channels: u8) -> Option<Vec<u8>> {
+        if self.framer.as_ref().map(PcmFramer::input_rate) != Some(rate) {
+            self.framer = PcmFramer::new(rate).ok();
+        }
+        self.pcm.clear();
+        if let Err(error) = linear_pcm_to_mono(payload, bits, channels, &mut self.pcm) {
+            debug!(%error, "linear PCM not taken");
+            return None;
+        }
+        self.reframe()
+    }
+
+    /// The whole 20 ms L16 frames the decoded PCM completes.
+    fn reframe(&mut self) -> Option<Vec<u8>> {
+        let framer = self.framer.as_mut()?;
+        framer.push(&self.pcm).ok()?;
+        let mut frames = Vec::new();
+        let mut frame = [0u8; L16_FRAME_BYTES];
+        while let Some(length) = framer.pop_frame(&mut frame) {
+            frames.extend_from_slice(&frame[..length]);
+        }
+        Some(frames)
     }
 }
 

@@ -4,11 +4,19 @@
 //! oversized chunk) closes that connection only.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use dialtone_rtmp::{ServerConfig, ServerSession};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, Instrument};
@@ -16,10 +24,16 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::rtmp_streams::{RtmpClient, RtmpStreams};
 
 const READ_BUFFER: usize = 16 * 1024;
+/// A client that has not done its RTMP handshake and `connect` by then is
+/// dropped: a stalled handshake must not hold a connection for ever.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Accepts RTMP connections until `stop` is cancelled.
+/// Accepts RTMP connections (RTMPS with `tls`) until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     streams: Arc<RtmpStreams>,
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -29,14 +43,48 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let span = info_span!("rtmp", %peer);
-                    tasks.spawn(connection(stream, peer, streams.clone(), stop.clone()).instrument(span));
+                    let streams = streams.clone();
+                    let stop = stop.clone();
+                    match tls.clone() {
+                        None => {
+                            let span = info_span!("rtmp", %peer);
+                            tasks.spawn(connection(stream, peer, streams, stop).instrument(span));
+                        }
+                        Some(tls) => {
+                            let span = info_span!("rtmps", %peer);
+                            tasks.spawn(async move {
+                                match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await {
+                                    Ok(Ok(stream)) => connection(stream, peer, streams, stop).await,
+                                    Ok(Err(error)) => info!(%error, "RTMPS handshake failed"),
+                                    Err(_) => info!("RTMPS handshake timed out"),
+                                }
+                            }.instrument(span));
+                        }
+                    }
                 }
                 Err(error) => debug!(%error, "RTMP accept failed"),
             },
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// The TLS side of RTMPS from a PEM certificate chain and key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read rtmp.tls_cert {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read rtmp.tls_key {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS versions")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("rtmp.tls_cert and rtmp.tls_key do not make a usable certificate")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Drives one connection until the client leaves, sends what cannot be
@@ -51,8 +99,13 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = ServerSession::new(ServerConfig::default());
     let mut client = RtmpClient::new(streams);
     let mut buffer = vec![0u8; READ_BUFFER];
+    let setup_deadline = tokio::time::sleep(SETUP_TIMEOUT);
+    tokio::pin!(setup_deadline);
     let end = loop {
         tokio::select! {
+            _ = &mut setup_deadline, if !session.is_connected() => {
+                break format!("no handshake and connect within {SETUP_TIMEOUT:?}");
+            }
             read = stream.read(&mut buffer) => match read {
                 Ok(0) => break "the client closed the connection".to_string(),
                 Ok(length) => {

@@ -9,9 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dialtone_rtmp::{PublishRefusal, ServerEvent, ServerSession};
+use dialtone_rtmp::{AudioTag, FlvAudioCodec, PublishRefusal, ServerEvent, ServerSession};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
+
+/// No decoder is to be had without writing one.
+const NELLYMOSER_REFUSED: &str =
+    "Nellymoser is not supported: publish Speex, G.711, AAC, Opus or PCM";
 
 /// One FLV audio tag body and its RTMP timestamp (ms).
 #[derive(Debug)]
@@ -159,7 +163,8 @@ pub struct RtmpClient {
     streams: Arc<RtmpStreams>,
     publishing: HashMap<u32, Publishing>,
     playing: HashSet<u32>,
-    /// Streams of ended calls: once all are, the connection is released.
+    /// Streams ended by the gateway (their call is over, or their codec
+    /// refused): once all are, the connection is released.
     ended: usize,
     to_players: mpsc::UnboundedSender<ToPlayer>,
     from_rooms: mpsc::UnboundedReceiver<ToPlayer>,
@@ -234,6 +239,14 @@ impl RtmpClient {
                     let Some(publishing) = self.publishing.get(&stream_id) else {
                         continue;
                     };
+                    let codec = AudioTag::parse(&data).map(|tag| tag.codec);
+                    if let Ok(FlvAudioCodec::Nellymoser { .. }) = codec {
+                        info!(stream_id, "Nellymoser refused");
+                        self.stop_publishing(stream_id);
+                        self.ended += 1;
+                        session.end_stream(stream_id, NELLYMOSER_REFUSED)?;
+                        continue;
+                    }
                     if publishing.room.send(FlvFrame { timestamp, data }).is_err() {
                         // The call ended: its stream ends too.
                         self.stop_publishing(stream_id);

@@ -250,6 +250,11 @@ impl ServerSession {
     }
 
     /// The bytes to send to the client, in order; empties the buffer.
+    /// The client has completed the handshake and its `connect`.
+    pub fn is_connected(&self) -> bool {
+        self.app.is_some()
+    }
+
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.output)
     }

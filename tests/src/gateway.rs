@@ -58,6 +58,9 @@ pub struct Gateway {
     config_path: PathBuf,
     http: SocketAddr,
     sip: SocketAddr,
+    /// RTMP and RTMPS listeners, when on.
+    rtmp: Option<SocketAddr>,
+    rtmps: Option<SocketAddr>,
     keep_dir: bool,
 }
 
@@ -77,6 +80,7 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let (guard, dir, config_path) = spawn(config_toml, env)?;
         let ready = guard.wait_for_log("dialtone ready", READY_TIMEOUT);
+        let ready_line = ready.as_ref().ok().cloned().unwrap_or_default();
         let addrs = ready.and_then(|line| {
             parse_ready(&line).with_context(|| {
                 format!(
@@ -87,6 +91,8 @@ impl Gateway {
         });
         match addrs {
             Ok((http, sip)) => Ok(Gateway {
+                rtmp: field_addr(&ready_line, "rtmp"),
+                rtmps: field_addr(&ready_line, "rtmps"),
                 guard,
                 dir: Some(dir),
                 config_path,
@@ -117,6 +123,16 @@ impl Gateway {
     /// The HTTP/WebSocket listener from the ready line.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+
+    /// The RTMP listener from the ready line (`rtmp=off` when off).
+    pub fn rtmp_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.rtmp.context("the gateway does not listen for RTMP")
+    }
+
+    /// The RTMPS listener from the ready line.
+    pub fn rtmps_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.rtmps.context("the gateway does not listen for RTMPS")
     }
 
     /// The SIP socket from the ready line.

@@ -20,6 +20,7 @@ pub fn sdp_format(codec: Codec) -> (&'static str, u32, u8) {
         Codec::Opus => ("opus/48000/2", 48000, 111),
         Codec::SpeexNarrow => ("speex/8000", 8000, 97),
         Codec::SpeexWide => ("speex/16000", 16000, 98),
+        Codec::L16 => ("L16/16000", 16000, 99),
     }
 }
 
