@@ -207,27 +207,29 @@ async fn rtmp_client_talks_to_baresip_in_speex_g711_aac_and_opus() -> anyhow::Re
     assert_nothing_held(&gateway)
 }
 
-#[tokio::test]
-async fn echo_line_returns_the_tone_on_the_play_stream() -> anyhow::Result<()> {
+/// A call to the echo line over `scheme`: the player (first, as a Speex
+/// decoder must start with the stream) hears the publisher's tone; the
+/// call's end releases the publisher's connection.
+async fn echo_round_trip(gateway: &Gateway, scheme: &str, codec: FlvAudio) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let gateway = Gateway::start(LOOPBACK)?;
     let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "flash", "").await?;
-    let offer = rtmp_call(&mut ws, &session_id, "echo", &["speex/16000"]).await?;
-    // A Speex decoder must start with the stream: the player comes first.
+    let (label, played_codec) = played(codec);
+    let offer = rtmp_call(&mut ws, &session_id, "echo", &[label]).await?;
     let wav = dir.path().join("echo.wav");
-    let player = Player::start_for(FlvAudio::Speex, &offer.url("rtmp", &offer.play)?, &wav, 3.0)?;
-    let publisher = Publisher::start(
-        &offer.url("rtmp", &offer.publish)?,
-        FlvAudio::Speex,
-        tone(20.0),
-    )?;
+    let player = Player::start_for(played_codec, &offer.url(scheme, &offer.play)?, &wav, 3.0)?;
+    let publisher = Publisher::start(&offer.url(scheme, &offer.publish)?, codec, tone(20.0))?;
     publisher.wait_publishing(MEDIA)?;
     heard_tone(&player, &wav)?;
     hang_up(&mut ws, &session_id, &offer.call_id).await?;
-    // The call's end ends the stream: the publisher's connection is released.
     publisher.wait_exit(MEDIA)?;
     ws.close().await?;
-    assert_nothing_held(&gateway)
+    assert_nothing_held(gateway)
+}
+
+#[tokio::test]
+async fn echo_line_returns_the_tone_on_the_play_stream() -> anyhow::Result<()> {
+    let gateway = Gateway::start(LOOPBACK)?;
+    echo_round_trip(&gateway, "rtmp", FlvAudio::Speex).await
 }
 
 #[tokio::test]
@@ -341,34 +343,8 @@ async fn digits_sent_during_an_rtmp_call_reach_baresip() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn rtmpt_on_the_http_port_carries_the_call() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
     let gateway = Gateway::start(LOOPBACK)?;
-    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "flash", "").await?;
-    let offer = rtmp_call(&mut ws, &session_id, "echo", &["PCMU/8000"]).await?;
-    ensure!(
-        offer
-            .url("rtmpt", "x")?
-            .contains(&gateway.http_addr().to_string()),
-        "RTMPT is not on the HTTP port: {:?}",
-        offer.endpoints
-    );
-    let wav = dir.path().join("rtmpt.wav");
-    let player = Player::start_for(
-        FlvAudio::PcmMuLaw,
-        &offer.url("rtmpt", &offer.play)?,
-        &wav,
-        3.0,
-    )?;
-    let publisher = Publisher::start(
-        &offer.url("rtmpt", &offer.publish)?,
-        FlvAudio::PcmMuLaw,
-        tone(20.0),
-    )?;
-    publisher.wait_publishing(MEDIA)?;
-    heard_tone(&player, &wav)?;
-    hang_up(&mut ws, &session_id, &offer.call_id).await?;
-    ws.close().await?;
-    assert_nothing_held(&gateway)
+    echo_round_trip(&gateway, "rtmpt", FlvAudio::PcmMuLaw).await
 }
 
 #[tokio::test]
@@ -398,24 +374,7 @@ async fn rtmps_with_a_configured_certificate_carries_the_call() -> anyhow::Resul
         cert.display(),
         key.display()
     ))?;
-    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "flash", "").await?;
-    let offer = rtmp_call(&mut ws, &session_id, "echo", &["PCMU/8000"]).await?;
-    let rtmps = offer.url("rtmps", &offer.publish)?;
-    ensure!(
-        rtmps.contains(&gateway.rtmps_addr()?.to_string()),
-        "{rtmps}"
-    );
-    let wav = dir.path().join("rtmps.wav");
-    let player = Player::start_for(
-        FlvAudio::PcmMuLaw,
-        &offer.url("rtmps", &offer.play)?,
-        &wav,
-        3.0,
-    )?;
-    let publisher = Publisher::start(&rtmps, FlvAudio::PcmMuLaw, tone(20.0))?;
-    publisher.wait_publishing(MEDIA)?;
-    heard_tone(&player, &wav)?;
-    hang_up(&mut ws, &session_id, &offer.call_id).await?;
-    ws.close().await?;
-    assert_nothing_held(&gateway)
+    gateway.rtmps_addr()?;
+    // The player and the publisher take the rtmps:// endpoint of the SDP.
+    echo_round_trip(&gateway, "rtmps", FlvAudio::PcmMuLaw).await
 }
