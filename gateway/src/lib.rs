@@ -1,5 +1,7 @@
 //! The Dialtone gateway: configuration, client sessions, the HTTP server
-//! (WebSocket, status, metrics) and the wiring between the protocol crates.
+//! (WebSocket, the web page, RTMPT, status, metrics), the RTMP listeners,
+//! each call's media room with its points (SIP RTP, and the client's RTP,
+//! WebRTC or RTMP point) and the wiring between the protocol crates.
 //!
 //! Protocol details live in the `dialtone-ws` (client protocol) and
 //! `dialtone-sip` (SIP) crates; this crate decides what a session is and
