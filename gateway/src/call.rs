@@ -364,18 +364,18 @@ impl CallTask {
     /// The call's media room, started on first use; /status lists its
     /// statistics from then on.
     fn room<'r>(&mut self, room: &'r mut Option<MediaRoom>) -> &'r mut MediaRoom {
-        if room.is_none() {
-            let started = MediaRoom::start(
-                Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
-                &self.gateway.tasks,
-            );
-            self.watch_media(started.stats.clone());
-            *room = Some(started);
-        }
-        let Some(room) = room.as_mut() else {
-            unreachable!("the room was just started")
+        let room_now = match room.take() {
+            Some(existing) => existing,
+            None => {
+                let started = MediaRoom::start(
+                    Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
+                    &self.gateway.tasks,
+                );
+                self.watch_media(started.stats.clone());
+                started
+            }
         };
-        room
+        room.insert(room_now)
     }
 
     /// For a client whose `cc.mediaTransport` asks for a point of its own
