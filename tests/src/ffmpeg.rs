@@ -86,17 +86,20 @@ pub enum FlvAudio {
     Opus,
     /// Nellymoser, 16 kHz.
     Nellymoser,
+    /// Linear PCM, 16-bit little-endian, 22.05 kHz (FLV SoundFormat 3).
+    LinearPcm,
 }
 
 impl FlvAudio {
     /// Every codec, in declaration order.
-    pub const ALL: [FlvAudio; 6] = [
+    pub const ALL: [FlvAudio; 7] = [
         FlvAudio::Speex,
         FlvAudio::PcmMuLaw,
         FlvAudio::PcmALaw,
         FlvAudio::Aac,
         FlvAudio::Opus,
         FlvAudio::Nellymoser,
+        FlvAudio::LinearPcm,
     ];
 
     /// Short lowercase name, for stream names and file names.
@@ -108,6 +111,7 @@ impl FlvAudio {
             FlvAudio::Aac => "aac",
             FlvAudio::Opus => "opus",
             FlvAudio::Nellymoser => "nellymoser",
+            FlvAudio::LinearPcm => "pcm",
         }
     }
 
@@ -118,6 +122,7 @@ impl FlvAudio {
             FlvAudio::PcmMuLaw | FlvAudio::PcmALaw => 8_000,
             FlvAudio::Aac => 44_100,
             FlvAudio::Opus => 48_000,
+            FlvAudio::LinearPcm => 22_050,
         }
     }
 
@@ -130,6 +135,7 @@ impl FlvAudio {
             FlvAudio::Aac => &["-c:a", "aac", "-b:a", "64k"],
             FlvAudio::Opus => &["-c:a", "libopus", "-b:a", "48k"],
             FlvAudio::Nellymoser => &["-c:a", "nellymoser"],
+            FlvAudio::LinearPcm => &["-c:a", "pcm_s16le"],
         };
         let mut args: Vec<String> = codec.iter().map(|s| (*s).to_owned()).collect();
         args.extend([

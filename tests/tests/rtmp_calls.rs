@@ -233,29 +233,41 @@ async fn echo_line_returns_the_tone_on_the_play_stream() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn players_before_the_publisher_and_mid_call_both_get_audio() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+async fn linear_pcm_from_the_publisher_is_resampled_and_carried() -> anyhow::Result<()> {
     let gateway = Gateway::start(LOOPBACK)?;
+    echo_round_trip(&gateway, "rtmp", FlvAudio::LinearPcm).await
+}
+
+#[tokio::test]
+async fn players_before_the_publisher_and_mid_call_both_get_audio() -> anyhow::Result<()> {
+    let gateway = Gateway::start(LOOPBACK)?;
+    // G.711, and Opus, whose late player needs the sequence header again.
+    for codec in [FlvAudio::PcmMuLaw, FlvAudio::Opus] {
+        early_and_late_players(&gateway, codec)
+            .await
+            .with_context(|| codec.name())?;
+    }
+    assert_nothing_held(&gateway)
+}
+
+async fn early_and_late_players(gateway: &Gateway, codec: FlvAudio) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
     let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "flash", "").await?;
-    let offer = rtmp_call(&mut ws, &session_id, "echo", &["PCMU/8000"]).await?;
+    let (label, _) = played(codec);
+    let offer = rtmp_call(&mut ws, &session_id, "echo", &[label]).await?;
     let play_url = offer.url("rtmp", &offer.play)?;
     let early_wav = dir.path().join("early.wav");
-    let early = Player::start_for(FlvAudio::PcmMuLaw, &play_url, &early_wav, 6.0)?;
-    let publisher = Publisher::start(
-        &offer.url("rtmp", &offer.publish)?,
-        FlvAudio::PcmMuLaw,
-        tone(20.0),
-    )?;
+    let early = Player::start_for(codec, &play_url, &early_wav, 6.0)?;
+    let publisher = Publisher::start(&offer.url("rtmp", &offer.publish)?, codec, tone(20.0))?;
     publisher.wait_publishing(MEDIA)?;
     early.wait_receiving(MEDIA)?;
     wait_until(MEDIA, || Ok(early.received() >= Duration::from_secs(2)))?;
     let late_wav = dir.path().join("late.wav");
-    let late = Player::start_for(FlvAudio::PcmMuLaw, &play_url, &late_wav, 3.0)?;
+    let late = Player::start_for(codec, &play_url, &late_wav, 3.0)?;
     heard_tone(&late, &late_wav).context("the player that joined mid-call")?;
     heard_tone(&early, &early_wav).context("the player that came first")?;
     hang_up(&mut ws, &session_id, &offer.call_id).await?;
-    ws.close().await?;
-    assert_nothing_held(&gateway)
+    ws.close().await
 }
 
 #[tokio::test]
