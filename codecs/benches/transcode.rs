@@ -2,46 +2,21 @@
 //!
 //! Run with `cargo bench -p dialtone-codecs`.
 
-use std::f64::consts::TAU;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::Criterion;
-use dialtone_codecs::{new_encoder, Codec, CodecError, Transcoder, MAX_PAYLOAD_LEN};
+use dialtone_codecs::{
+    new_encoder, voice_like_frames, Codec, CodecError, Transcoder, MAX_PAYLOAD_LEN,
+};
 
 /// One second of payloads to cycle through.
 const FRAMES: usize = 50;
 
-/// A voice-like test signal: three harmonics with a slow syllable-rate
-/// envelope plus a little noise, so Opus and Speex do realistic work
-/// rather than coding a pure tone or silence.
-fn voice_like_frames(codec: Codec) -> Vec<Vec<i16>> {
-    let rate = f64::from(codec.sample_rate().hz());
-    let mut noise_state: u32 = 0x1234_5678;
-    (0..FRAMES * codec.frame_samples())
-        .map(|n| {
-            let t = n as f64 / rate;
-            let envelope = 0.55 + 0.45 * (TAU * 4.0 * t).sin();
-            let voice = [(220.0, 0.5), (660.0, 0.3), (1_760.0, 0.2)]
-                .iter()
-                .map(|&(frequency, weight)| weight * (TAU * frequency * t).sin())
-                .sum::<f64>();
-            noise_state ^= noise_state << 13;
-            noise_state ^= noise_state >> 17;
-            noise_state ^= noise_state << 5;
-            let noise = f64::from(noise_state as i32) / f64::from(i32::MAX) * 0.02;
-            ((envelope * voice + noise) * 12_000.0) as i16
-        })
-        .collect::<Vec<i16>>()
-        .chunks(codec.frame_samples())
-        .map(<[i16]>::to_vec)
-        .collect()
-}
-
 fn payloads(codec: Codec) -> Result<Vec<Vec<u8>>, CodecError> {
     let mut encoder = new_encoder(codec)?;
     let mut buffer = [0u8; MAX_PAYLOAD_LEN];
-    voice_like_frames(codec)
+    voice_like_frames(codec, FRAMES)
         .iter()
         .map(|frame| {
             let len = encoder.encode(frame, &mut buffer)?;

@@ -41,6 +41,7 @@ mod g722;
 mod l16;
 mod opus;
 mod resample;
+mod signal;
 mod speex;
 mod transcode;
 
@@ -60,5 +61,6 @@ pub use g722::{G722Decoder, G722Encoder};
 pub use l16::{L16Decoder, L16Encoder};
 pub use opus::{OpusDecoder, OpusEncoder};
 pub use resample::Resampler;
+pub use signal::voice_like_frames;
 pub use speex::{SpeexDecoder, SpeexEncoder, SpeexMode};
 pub use transcode::Transcoder;

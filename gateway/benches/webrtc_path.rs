@@ -13,13 +13,12 @@
 //! Run with `cargo bench -p dialtone-gateway --bench webrtc_path`.
 
 use std::error::Error;
-use std::f64::consts::TAU;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use dialtone_codecs::{new_encoder, Codec, Transcoder, MAX_PAYLOAD_LEN};
+use dialtone_codecs::{new_encoder, voice_like_frames, Codec, Transcoder, MAX_PAYLOAD_LEN};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::{Codec as RtcCodec, FormatParams};
 use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
@@ -414,36 +413,11 @@ impl Link {
     }
 }
 
-/// A voice-like signal as the codecs bench uses: three harmonics, a
-/// syllable-rate envelope, a little noise; `FRAMES` frames of `codec`.
-fn voice_like_frames(codec: Codec) -> Vec<Vec<i16>> {
-    let rate = f64::from(codec.sample_rate().hz());
-    let mut noise_state: u32 = 0x1234_5678;
-    (0..FRAMES * codec.frame_samples())
-        .map(|n| {
-            let t = n as f64 / rate;
-            let envelope = 0.55 + 0.45 * (TAU * 4.0 * t).sin();
-            let voice = [(220.0, 0.5), (660.0, 0.3), (1_760.0, 0.2)]
-                .iter()
-                .map(|&(frequency, weight)| weight * (TAU * frequency * t).sin())
-                .sum::<f64>();
-            noise_state ^= noise_state << 13;
-            noise_state ^= noise_state >> 17;
-            noise_state ^= noise_state << 5;
-            let noise = f64::from(noise_state as i32) / f64::from(i32::MAX) * 0.02;
-            ((envelope * voice + noise) * 12_000.0) as i16
-        })
-        .collect::<Vec<i16>>()
-        .chunks(codec.frame_samples())
-        .map(<[i16]>::to_vec)
-        .collect()
-}
-
 /// Encoded once, up front.
 fn payloads(codec: Codec) -> BenchResult<Vec<Vec<u8>>> {
     let mut encoder = new_encoder(codec)?;
     let mut buffer = [0u8; MAX_PAYLOAD_LEN];
-    voice_like_frames(codec)
+    voice_like_frames(codec, FRAMES)
         .iter()
         .map(|frame| {
             let length = encoder.encode(frame, &mut buffer)?;
