@@ -1,0 +1,271 @@
+//! The room's RTMP point: frames from the client's publisher numbered like
+//! RTP (AAC and linear PCM decoded and re-framed as 16 kHz L16), and the
+//! room's packets to its players as FLV audio tags.
+
+use dialtone_codecs::{linear_pcm_to_mono, AacDecoder, Codec, PcmFramer};
+use dialtone_rtmp::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec};
+use tracing::{debug, warn};
+
+use crate::media::rtp::RtpHeader;
+use crate::rtmp_streams::{FlvFrame, PlayerJoin, ToPlayer};
+
+/// The payload type the room gives an RTMP client's frames; RTMP has none.
+pub(super) const RTMP_PAYLOAD_TYPE: u8 = 96;
+
+/// An RTMP point: frames from its publisher are numbered like RTP for the
+/// jitter buffer; the room's packets go to its players as FLV audio tags.
+pub(super) struct RtmpTransport {
+    /// The FLV codec we send in.
+    send: FlvAudioCodec,
+    players: Vec<Player>,
+    pub(super) inbound: RtmpInbound,
+}
+
+pub(super) struct Player {
+    join: PlayerJoin,
+    /// Our RTP timestamp when it joined: its stream starts at 0 there.
+    base: Option<u32>,
+}
+
+impl RtmpTransport {
+    pub(super) fn new(send: Codec) -> Option<RtmpTransport> {
+        let send = match send {
+            Codec::SpeexWide => FlvAudioCodec::Speex,
+            Codec::Pcmu => FlvAudioCodec::G711MuLaw,
+            Codec::Pcma => FlvAudioCodec::G711ALaw,
+            Codec::Opus => FlvAudioCodec::Opus,
+            _ => return None,
+        };
+        Some(RtmpTransport {
+            send,
+            players: Vec::new(),
+            inbound: RtmpInbound {
+                next_sequence: rand::random(),
+                ..RtmpInbound::default()
+            },
+        })
+    }
+
+    /// A new player; players of Opus need its sequence header first.
+    pub(super) fn join(&mut self, join: PlayerJoin) {
+        if self.send == FlvAudioCodec::Opus {
+            let head = opus_head(1, 0, 48_000);
+            let header = AudioTag {
+                codec: FlvAudioCodec::Opus,
+                kind: AudioTagKind::SequenceHeader,
+                payload: &head,
+            };
+            if let Ok(data) = header.to_bytes() {
+                let _ = join.sender.send(ToPlayer::Audio {
+                    stream_id: join.stream_id,
+                    frame: FlvFrame { timestamp: 0, data },
+                });
+            }
+        }
+        self.players.push(Player { join, base: None });
+    }
+
+    /// One of our packets, as an FLV tag to every player.
+    pub(super) fn send(&mut self, header: &RtpHeader, payload: &[u8], clock: u32) {
+        if self.players.is_empty() {
+            return;
+        }
+        let tag = AudioTag {
+            codec: self.send,
+            kind: AudioTagKind::Frame,
+            payload,
+        };
+        let Ok(data) = tag.to_bytes() else {
+            return;
+        };
+        self.players.retain_mut(|player| {
+            let base = *player.base.get_or_insert(header.timestamp);
+            let units = u64::from(header.timestamp.wrapping_sub(base));
+            let timestamp = (units * 1000 / u64::from(clock.max(1))) as u32;
+            let frame = FlvFrame {
+                timestamp,
+                data: data.clone(),
+            };
+            player
+                .join
+                .sender
+                .send(ToPlayer::Audio {
+                    stream_id: player.join.stream_id,
+                    frame,
+                })
+                .is_ok()
+        });
+    }
+}
+
+impl Drop for RtmpTransport {
+    /// The call is over: its players' streams end.
+    fn drop(&mut self) {
+        for player in &self.players {
+            let _ = player.join.sender.send(ToPlayer::End {
+                stream_id: player.join.stream_id,
+            });
+        }
+    }
+}
+
+/// 20 ms of 16 kHz L16.
+pub(super) const L16_FRAME_BYTES: usize = 640;
+
+/// Where a tag's 20 ms frames are.
+pub(super) enum Payloads {
+    /// In the tag, this many bytes each.
+    Tag(usize),
+    /// Decoded and re-framed, in [`InboundFrames::decoded`].
+    Decoded,
+}
+
+pub(super) struct InboundFrames {
+    pub(super) codec: Codec,
+    pub(super) payloads: Payloads,
+    pub(super) decoded: Vec<u8>,
+    pub(super) headers: Vec<RtpHeader>,
+}
+
+/// The publisher's side of an RTMP point: decoders for what does not come
+/// in 20 ms frames, and the numbering the jitter buffer needs.
+#[derive(Default)]
+pub(super) struct RtmpInbound {
+    next_sequence: u16,
+    aac: Option<AacDecoder>,
+    framer: Option<PcmFramer>,
+    /// RTP time of the next re-framed L16 frame.
+    next_l16_timestamp: Option<u32>,
+    pcm: Vec<i16>,
+    /// The last codec refused, to say so once.
+    refused: Option<FlvAudioCodec>,
+}
+
+impl RtmpInbound {
+    /// The 20 ms frames in one tag, numbered; `None` for headers, codecs
+    /// the bridge does not take, and tags that do not complete a frame.
+    pub(super) fn frames(
+        &mut self,
+        tag: &AudioTag<'_>,
+        timestamp_ms: u32,
+    ) -> Option<InboundFrames> {
+        if tag.codec == FlvAudioCodec::Aac && tag.kind == AudioTagKind::SequenceHeader {
+            self.start_aac(tag.payload);
+            return None;
+        }
+        if tag.kind != AudioTagKind::Frame {
+            return None;
+        }
+        let (codec, payloads, decoded) = match tag.codec {
+            FlvAudioCodec::Speex => (
+                Codec::SpeexWide,
+                Payloads::Tag(tag.payload.len().max(1)),
+                Vec::new(),
+            ),
+            FlvAudioCodec::G711MuLaw => (Codec::Pcmu, Payloads::Tag(160), Vec::new()),
+            FlvAudioCodec::G711ALaw => (Codec::Pcma, Payloads::Tag(160), Vec::new()),
+            FlvAudioCodec::Opus => (
+                Codec::Opus,
+                Payloads::Tag(tag.payload.len().max(1)),
+                Vec::new(),
+            ),
+            FlvAudioCodec::Aac => (Codec::L16, Payloads::Decoded, self.decode_aac(tag.payload)?),
+            FlvAudioCodec::LinearPcm {
+                sample_rate,
+                bits_per_sample,
+                channels,
+            } => {
+                let decoded =
+                    self.decode_pcm(tag.payload, sample_rate, bits_per_sample, channels)?;
+                (Codec::L16, Payloads::Decoded, decoded)
+            }
+            other => {
+                if self.refused.replace(other) != Some(other) {
+                    warn!(codec = ?other, "the RTMP client publishes a codec the bridge does not take");
+                }
+                return None;
+            }
+        };
+        let clock = codec.rtp_clock_rate();
+        let units = clock / 50;
+        let (count, first) = match payloads {
+            Payloads::Tag(frame_bytes) => (
+                tag.payload.len().div_ceil(frame_bytes),
+                (u64::from(timestamp_ms) * u64::from(clock) / 1000) as u32,
+            ),
+            Payloads::Decoded => {
+                let first = *self
+                    .next_l16_timestamp
+                    .get_or_insert((u64::from(timestamp_ms) * u64::from(clock) / 1000) as u32);
+                let count = decoded.len() / L16_FRAME_BYTES;
+                self.next_l16_timestamp = Some(first.wrapping_add(units * count as u32));
+                (count, first)
+            }
+        };
+        if count == 0 {
+            return None;
+        }
+        let headers = (0..count)
+            .map(|index| {
+                let sequence = self.next_sequence;
+                self.next_sequence = sequence.wrapping_add(1);
+                RtpHeader {
+                    marker: false,
+                    payload_type: RTMP_PAYLOAD_TYPE,
+                    sequence,
+                    timestamp: first.wrapping_add(units * index as u32),
+                    ssrc: 0,
+                }
+            })
+            .collect();
+        Some(InboundFrames {
+            codec,
+            payloads,
+            decoded,
+            headers,
+        })
+    }
+
+    fn start_aac(&mut self, config: &[u8]) {
+        match AacDecoder::new(config) {
+            Ok(decoder) => {
+                self.framer = PcmFramer::new(decoder.sample_rate()).ok();
+                self.aac = Some(decoder);
+            }
+            Err(error) => warn!(%error, "the RTMP client's AAC cannot be decoded"),
+        }
+    }
+
+    fn decode_aac(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        self.pcm.clear();
+        if let Err(error) = self.aac.as_mut()?.decode(frame, &mut self.pcm) {
+            debug!(%error, "AAC frame not decoded");
+            return None;
+        }
+        self.reframe()
+    }
+
+    fn decode_pcm(&mut self, payload: &[u8], rate: u32, bits: u8, channels: u8) -> Option<Vec<u8>> {
+        if self.framer.as_ref().map(PcmFramer::input_rate) != Some(rate) {
+            self.framer = PcmFramer::new(rate).ok();
+        }
+        self.pcm.clear();
+        if let Err(error) = linear_pcm_to_mono(payload, bits, channels, &mut self.pcm) {
+            debug!(%error, "linear PCM not taken");
+            return None;
+        }
+        self.reframe()
+    }
+
+    /// The whole 20 ms L16 frames the decoded PCM completes.
+    fn reframe(&mut self) -> Option<Vec<u8>> {
+        let framer = self.framer.as_mut()?;
+        framer.push(&self.pcm).ok()?;
+        let mut frames = Vec::new();
+        let mut frame = [0u8; L16_FRAME_BYTES];
+        while let Some(length) = framer.pop_frame(&mut frame) {
+            frames.extend_from_slice(&frame[..length]);
+        }
+        Some(frames)
+    }
+}
