@@ -292,7 +292,11 @@ impl CallTask {
                         CallEvent::MediaChanged { sdp } => {
                             info!("far end changed the media");
                             if let (Some(room), Ok(remote)) = (&room, sdp::parse_remote(&sdp)) {
-                                let _ = room.commands.send(RoomCommand::RemoteMoved(SocketAddr::new(remote.address, remote.port)));
+                                let changed = RoomCommand::RemoteChanged {
+                                    remote: SocketAddr::new(remote.address, remote.port),
+                                    sends: sends_media(remote.direction),
+                                };
+                                let _ = room.commands.send(changed);
                             }
                         }
                         CallEvent::Info { content_type, body } => match parse_dtmf_info(&content_type, body.as_bytes()) {
@@ -793,7 +797,13 @@ fn point_setup(socket: UdpSocket, remote: &sdp::RemoteAudio) -> PointSetup {
             .iter()
             .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
             .map(|codec| codec.payload_type),
+        sends: sends_media(remote.direction),
     }
+}
+
+/// Whether a far end whose SDP says `direction` sends us media.
+fn sends_media(direction: Direction) -> bool {
+    matches!(direction, Direction::SendRecv | Direction::SendOnly)
 }
 
 /// The bridge's codec for an SDP codec.

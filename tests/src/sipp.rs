@@ -15,6 +15,7 @@
 //! at [`Sipp::sip_addr`] and call user `3000`; Kamailio only challenges requests whose From
 //! user is one of its users (`1001`, `1002`, `2000`, `load<N>`).
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -55,6 +56,8 @@ pub enum UasScenario {
     /// Like `Answer`, then after [`SippOptions::pause`] (default 500 ms) SIPp sends a
     /// re-INVITE (hold: SDP version 2, `a=sendonly`), expects 200 with SDP, ACKs; BYE → 200.
     AnswerThenReinvite,
+    /// `AnswerThenReinvite` with `a=inactive`: a hold during which the callee sends nothing.
+    AnswerThenInactive,
     /// Like `Answer` with an RFC 4028 session timer the callee refreshes
     /// (`Session-Expires: 3;refresher=uas`): one refresh re-INVITE after 1.5 s, then none; a
     /// BYE within 1.2 s of that refresh fails the scenario, a later one completes it.
@@ -65,7 +68,7 @@ pub enum UasScenario {
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 9] = [
+    pub const ALL: [UasScenario; 10] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -73,6 +76,7 @@ impl UasScenario {
         UasScenario::RingForever,
         UasScenario::Silent,
         UasScenario::AnswerThenReinvite,
+        UasScenario::AnswerThenInactive,
         UasScenario::AnswerNoTelephoneEvent,
         UasScenario::SessionTimer,
     ];
@@ -87,34 +91,43 @@ impl UasScenario {
             UasScenario::RingForever => "ring_forever",
             UasScenario::Silent => "silent",
             UasScenario::AnswerThenReinvite => "answer_then_reinvite",
+            UasScenario::AnswerThenInactive => "answer_then_inactive",
             UasScenario::AnswerNoTelephoneEvent => "answer_no_telephone_event",
             UasScenario::SessionTimer => "session_timer",
         }
     }
 
-    fn xml(self) -> &'static str {
-        match self {
+    fn xml(self) -> Cow<'static, str> {
+        const REINVITE: &str = include_str!("../rig/sipp/answer_then_reinvite.xml");
+        Cow::Borrowed(match self {
+            UasScenario::AnswerThenInactive => {
+                return Cow::Owned(
+                    REINVITE
+                        .replace("a=sendonly", "a=inactive")
+                        .replace("answer_then_reinvite", "answer_then_inactive"),
+                )
+            }
             UasScenario::Answer => include_str!("../rig/sipp/answer.xml"),
             UasScenario::Busy => include_str!("../rig/sipp/busy.xml"),
             UasScenario::Decline => include_str!("../rig/sipp/decline.xml"),
             UasScenario::NotFound => include_str!("../rig/sipp/not_found.xml"),
             UasScenario::RingForever => include_str!("../rig/sipp/ring_forever.xml"),
             UasScenario::Silent => include_str!("../rig/sipp/silent.xml"),
-            UasScenario::AnswerThenReinvite => {
-                include_str!("../rig/sipp/answer_then_reinvite.xml")
-            }
+            UasScenario::AnswerThenReinvite => REINVITE,
             UasScenario::AnswerNoTelephoneEvent => {
                 include_str!("../rig/sipp/answer_no_telephone_event.xml")
             }
             UasScenario::SessionTimer => include_str!("../rig/sipp/session_timer.xml"),
-        }
+        })
     }
 
     /// The scenario's `<pause/>` length (`-d`) unless [`SippOptions::pause`] says otherwise.
     fn default_pause(self) -> Option<Duration> {
         match self {
             UasScenario::Silent => Some(Duration::from_secs(10)),
-            UasScenario::AnswerThenReinvite => Some(Duration::from_millis(500)),
+            UasScenario::AnswerThenReinvite | UasScenario::AnswerThenInactive => {
+                Some(Duration::from_millis(500))
+            }
             _ => None,
         }
     }
@@ -252,7 +265,7 @@ impl Sipp {
             // Retransmitted INVITEs and a CANCEL during the pause must not end the call.
             extra.push("-pause_msg_ign".to_owned());
         }
-        let sipp = Sipp::spawn(scenario.name(), Some(scenario.xml()), &opts, pause, &extra)?;
+        let sipp = Sipp::spawn(scenario.name(), Some(&scenario.xml()), &opts, pause, &extra)?;
         if let Err(e) = sipp.wait_listening() {
             let mut sipp = sipp;
             sipp.keep_dir = true;

@@ -659,6 +659,28 @@ async fn digits_go_as_sip_info_when_the_far_end_offers_no_telephone_event() -> a
 }
 
 #[tokio::test]
+async fn far_end_on_hold_sending_nothing_is_not_taken_for_dead() -> anyhow::Result<()> {
+    // The callee answers, puts the call on hold (`a=inactive`) 500 ms later, and never sends RTP.
+    let sipp = Sipp::uas(UasScenario::AnswerThenInactive, SippOptions::default())?;
+    let gateway = Gateway::start(&format!(
+        "{}[media]\nrtp_timeout_ms = 1500\n",
+        direct_config(&sipp, "")
+    ))?;
+    let mut client = Client::start(&gateway, "alice", "x").await?;
+    let call_id = client.started_call("3000").await?;
+    // Three RTP timeouts of silence on hold: the call stays up.
+    client
+        .ws
+        .expect_no_message(Duration::from_millis(4500))
+        .await?;
+    client.hangup(&call_id).await?;
+    client.expect("CALL_FINISHED", &call_id).await?;
+    sipp.wait_success(PEER)?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
 async fn call_without_rtp_from_the_far_end_fails_with_media_failed() -> anyhow::Result<()> {
     // SIPp's answering callee sends no RTP at all.
     let sipp = Sipp::uas(UasScenario::Answer, SippOptions::default())?;

@@ -48,6 +48,8 @@ pub struct PointSetup {
     /// carry it.
     pub audio: Option<(u8, Codec)>,
     pub telephone_event: Option<u8>,
+    /// The far end sends media (its SDP is not `recvonly` / `inactive`).
+    pub sends: bool,
 }
 
 /// The client's point: its RTP endpoint from its SDP, or a negotiated
@@ -80,8 +82,9 @@ pub enum RoomCommand {
     /// A digit the SIP side sent by INFO, for the client's point as an
     /// event.
     DigitToClient(char),
-    /// A re-INVITE moved the SIP far end.
-    RemoteMoved(SocketAddr),
+    /// A re-INVITE or UPDATE changed the SIP far end: where it is, and
+    /// whether it sends media (not on hold with `recvonly` / `inactive`).
+    RemoteChanged { remote: SocketAddr, sends: bool },
     /// The SIP side, once the call is answered, with its RTCP socket;
     /// `detect_tones` looks for in-band DTMF in its audio.
     AddSip {
@@ -566,18 +569,25 @@ impl Room {
                             tones.queue.extend(digits.chars());
                         }
                     }
-                    Some(RoomCommand::RemoteMoved(remote)) => {
+                    Some(RoomCommand::RemoteChanged { remote, sends }) => {
+                        if let Some(watch) = sip_watch.as_mut() {
+                            // A far end on hold sends nothing: not a dead one.
+                            watch.inactivity.set_expecting_media(sends, Instant::now().into_std());
+                        }
                         if let Some(Transport::Rtp(latch)) = points[SIP].as_mut().map(|sip| &mut sip.transport) {
                             latch.update_signalled(Some(remote));
                         }
                     }
                     Some(RoomCommand::AddSip { setup, rtcp, detect_tones }) => {
+                        let sends = setup.sends;
                         let mut sip = Point::rtp(setup);
                         if let Some((_, codec)) = sip.audio {
                             sip.tones = Tones::new(codec);
                             sip.detector = detect_tones.then(|| ToneDetector::new(codec)).flatten();
                         }
-                        sip_watch = Some(SipWatch::new(&sip, rtcp, rtp_timeout));
+                        let mut watch = SipWatch::new(&sip, rtcp, rtp_timeout);
+                        watch.inactivity.set_expecting_media(sends, Instant::now().into_std());
+                        sip_watch = Some(watch);
                         sockets[SIP] = sip.socket.clone();
                         points[SIP] = Some(sip);
                         connect(&mut points);
