@@ -183,28 +183,31 @@ async fn inband_tones_from_the_far_end_reach_the_client() -> anyhow::Result<()> 
     ))?;
     let source = tempfile::NamedTempFile::with_suffix(".wav")?;
     write_dtmf_wav(source.path(), "37*", 10.0)?;
-    let callee = Baresip::start(BaresipOptions {
-        account: Some(BaresipAccount::rig_user("2000", kamailio.sip_addr())?),
-        auto_answer: true,
-        codecs: vec!["PCMU".to_string()],
-        audio_source: Some(source.path().to_path_buf()),
-        ..Default::default()
-    })?;
     let line = Line { kamailio, gateway };
-    let (mut ws, session_id, call_id) = started_call(&line, "2000").await?;
-    for expected in ["3", "7", "*"] {
-        let digit = ws.recv_type("DTMF_RECEIVED", REPLY).await?;
-        ensure!(
-            digit["digit"] == expected
-                && digit["method"] == "INBAND"
-                && digit["callId"] == call_id.as_str(),
-            "{digit}"
-        );
+    // G.711 is scanned as it comes, Opus after going down to 8 kHz.
+    for codec in ["PCMU", "opus/48000/2"] {
+        let callee = Baresip::start(BaresipOptions {
+            account: Some(BaresipAccount::rig_user("2000", line.kamailio.sip_addr())?),
+            auto_answer: true,
+            codecs: vec![codec.to_string()],
+            audio_source: Some(source.path().to_path_buf()),
+            ..Default::default()
+        })?;
+        let (mut ws, session_id, call_id) = started_call(&line, "2000").await?;
+        for expected in ["3", "7", "*"] {
+            let digit = ws.recv_type("DTMF_RECEIVED", REPLY).await?;
+            ensure!(
+                digit["digit"] == expected
+                    && digit["method"] == "INBAND"
+                    && digit["callId"] == call_id.as_str(),
+                "{codec}: {digit}"
+            );
+        }
+        ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+            .await?;
+        ws.recv_type("CALL_FINISHED", REPLY).await?;
+        callee.wait_call_closed(REPLY)?;
     }
-    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
-        .await?;
-    ws.recv_type("CALL_FINISHED", REPLY).await?;
-    drop(callee);
     Ok(())
 }
 

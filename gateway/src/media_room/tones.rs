@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dialtone_codecs::{
     new_decoder, new_encoder, Codec, Decoder, DtmfDetector, DtmfDigit, DtmfEvent, DtmfGenerator,
-    Encoder, SampleRate, DEFAULT_DTMF_LEVEL_DBFS, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN,
+    Encoder, Resampler, SampleRate, DEFAULT_DTMF_LEVEL_DBFS, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN,
 };
 
 /// Digits played as tones into a point's audio, one after another.
@@ -73,30 +73,47 @@ impl Tones {
     }
 }
 
-/// Decodes a point's audio to find DTMF tones in it (8 and 16 kHz codecs).
+/// Decodes a point's audio to find DTMF tones in it; 48 kHz audio (Opus)
+/// is looked at in 8 kHz, which holds every DTMF frequency.
 pub(super) struct ToneDetector {
     decoder: Box<dyn Decoder>,
+    downsampler: Option<Resampler>,
     detector: DtmfDetector,
     pcm: [i16; MAX_FRAME_SAMPLES],
+    narrow: [i16; MAX_FRAME_SAMPLES],
 }
 
 impl ToneDetector {
     pub(super) fn new(codec: Codec) -> Option<ToneDetector> {
         let rate = codec.sample_rate();
-        if rate == SampleRate::Hz48000 {
-            return None;
-        }
+        let (downsampler, detector_rate) = if rate == SampleRate::Hz48000 {
+            let downsampler = Resampler::new(rate, SampleRate::Hz8000).ok()?;
+            (Some(downsampler), SampleRate::Hz8000)
+        } else {
+            (None, rate)
+        };
         Some(ToneDetector {
             decoder: new_decoder(codec).ok()?,
-            detector: DtmfDetector::new(rate),
+            downsampler,
+            detector: DtmfDetector::new(detector_rate),
             pcm: [0; MAX_FRAME_SAMPLES],
+            narrow: [0; MAX_FRAME_SAMPLES],
         })
     }
 
     /// The digit that starts in this payload, if one does.
     pub(super) fn digit_in(&mut self, payload: &[u8]) -> Option<char> {
         let samples = self.decoder.decode(payload, &mut self.pcm).ok()?;
-        match self.detector.process(&self.pcm[..samples]).ok()?? {
+        let audio = match self.downsampler.as_mut() {
+            Some(downsampler) => {
+                let narrow = downsampler
+                    .process(&self.pcm[..samples], &mut self.narrow)
+                    .ok()?;
+                &self.narrow[..narrow]
+            }
+            None => &self.pcm[..samples],
+        };
+        match self.detector.process(audio).ok()?? {
             DtmfEvent::Started(digit) => Some(digit.as_char()),
             DtmfEvent::Ended { .. } => None,
         }
