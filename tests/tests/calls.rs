@@ -105,6 +105,21 @@ impl Client {
     }
 }
 
+/// The client hangs up a call to SIPp; the scenario completes, the client
+/// leaves and the gateway holds nothing.
+async fn hang_up_with_sipp(
+    mut client: Client,
+    call_id: &str,
+    sipp: &Sipp,
+    gateway: &Gateway,
+) -> anyhow::Result<()> {
+    client.hangup(call_id).await?;
+    client.expect("CALL_FINISHED", call_id).await?;
+    sipp.wait_success(PEER)?;
+    client.ws.close().await?;
+    assert_nothing_held(gateway)
+}
+
 fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
     let keys = [
         "calls",
@@ -510,11 +525,7 @@ async fn far_end_reinvite_for_hold_is_answered_and_the_call_stays_up() -> anyhow
         .expect_no_message(Duration::from_millis(500))
         .await?;
     ensure!(gateway.status()?["calls"] == 1);
-    client.hangup(&call_id).await?;
-    client.expect("CALL_FINISHED", &call_id).await?;
-    sipp.wait_success(PEER)?;
-    client.ws.close().await?;
-    assert_nothing_held(&gateway)
+    hang_up_with_sipp(client, &call_id, &sipp, &gateway).await
 }
 
 #[tokio::test]
@@ -651,11 +662,7 @@ async fn digits_go_as_sip_info_when_the_far_end_offers_no_telephone_event() -> a
         signals == ["Signal=5", "Signal=#"],
         "INFO bodies {signals:?}"
     );
-    client.hangup(&call_id).await?;
-    client.expect("CALL_FINISHED", &call_id).await?;
-    sipp.wait_success(PEER)?;
-    client.ws.close().await?;
-    assert_nothing_held(&gateway)
+    hang_up_with_sipp(client, &call_id, &sipp, &gateway).await
 }
 
 #[tokio::test]
@@ -673,11 +680,7 @@ async fn far_end_on_hold_sending_nothing_is_not_taken_for_dead() -> anyhow::Resu
         .ws
         .expect_no_message(Duration::from_millis(4500))
         .await?;
-    client.hangup(&call_id).await?;
-    client.expect("CALL_FINISHED", &call_id).await?;
-    sipp.wait_success(PEER)?;
-    client.ws.close().await?;
-    assert_nothing_held(&gateway)
+    hang_up_with_sipp(client, &call_id, &sipp, &gateway).await
 }
 
 #[tokio::test]
