@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use dialtone_codecs::{new_encoder, voice_like_frames, Codec, Transcoder, MAX_PAYLOAD_LEN};
+use dialtone_gateway::webrtc::{audio_mid, point_config};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::format::{Codec as RtcCodec, FormatParams};
-use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
@@ -158,34 +159,9 @@ impl Side {
     }
 }
 
-/// The gateway's `Rtc`, configured as `WebRtcSettings::rtc` does it: ICE
-/// lite, RTP mode, no stats, Opus first, then PCMU, PCMA, G.722 and
-/// telephone-event at 48 and 8 kHz.
+/// The gateway's `Rtc`, configured as its WebRTC points are.
 fn gateway_rtc(now: Instant) -> Rtc {
-    let mut config = RtcConfig::new()
-        .set_ice_lite(true)
-        .set_rtp_mode(true)
-        .set_stats_interval(None)
-        .clear_codecs();
-    let codecs = config.codec_config();
-    codecs.enable_opus(true, false);
-    codecs.enable_pcmu(true, false);
-    codecs.enable_pcma(true, false);
-    codecs.enable_g722(true, false);
-    for (payload_type, clock) in [
-        (110, Frequency::FORTY_EIGHT_KHZ),
-        (101, Frequency::EIGHT_KHZ),
-    ] {
-        codecs.add_config(
-            payload_type.into(),
-            None,
-            RtcCodec::Tele,
-            clock,
-            None,
-            FormatParams::parse_line("0-15"),
-        );
-    }
-    config.build(now)
+    point_config(&[]).build(now)
 }
 
 /// A browser: full ICE, RTP mode, Opus.
@@ -196,17 +172,6 @@ fn browser_rtc(now: Instant) -> Rtc {
         .clear_codecs()
         .enable_opus(true, false)
         .build(now)
-}
-
-/// The `a=mid` of the first audio section of `sdp`.
-fn audio_mid(sdp: &str) -> Option<Mid> {
-    let section = sdp
-        .split("m=")
-        .find(|section| section.starts_with("audio "))?;
-    let mid = section
-        .lines()
-        .find_map(|line| line.strip_prefix("a=mid:"))?;
-    Some(Mid::from(mid.trim()))
 }
 
 /// The gateway and a browser, connected; time is simulated.

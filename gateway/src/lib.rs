@@ -21,7 +21,7 @@ mod rtmpt;
 mod session;
 mod state;
 mod test_lines;
-mod webrtc;
+pub mod webrtc;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -71,39 +71,12 @@ impl WebRtcSettings {
         })
     }
 
-    /// An `Rtc` offering the audio codecs the bridge carries, those the
-    /// client named in `preferred` first, and telephone-event at 48 and
-    /// 8 kHz (browsers send digits at their audio codec's clock).
+    /// An `Rtc` of [`point_config`] with our certificate and a host
+    /// candidate on `local`'s port.
     fn rtc(&self, local: SocketAddr, preferred: &[String]) -> Result<Rtc, WebRtcError> {
-        let mut config = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
+        let mut rtc = point_config(preferred)
             .set_dtls_cert(self.certificate.clone())
-            .set_stats_interval(None)
-            .clear_codecs();
-        let codecs = config.codec_config();
-        for codec in codec_order(preferred) {
-            match codec {
-                RtcCodec::Opus => codecs.enable_opus(true, false),
-                RtcCodec::PCMU => codecs.enable_pcmu(true, false),
-                RtcCodec::PCMA => codecs.enable_pcma(true, false),
-                _ => codecs.enable_g722(true, false),
-            }
-        }
-        for (payload_type, clock) in [
-            (110, Frequency::FORTY_EIGHT_KHZ),
-            (101, Frequency::EIGHT_KHZ),
-        ] {
-            codecs.add_config(
-                payload_type.into(),
-                None,
-                RtcCodec::Tele,
-                clock,
-                None,
-                FormatParams::parse_line("0-15"),
-            );
-        }
-        let mut rtc = config.build(Instant::now());
+            .build(Instant::now());
         let candidate_address = SocketAddr::new(self.candidate_ip, local.port());
         let candidate = Candidate::host(candidate_address, "udp")
             .map_err(|error| WebRtcError::Candidate(error.to_string()))?;
@@ -148,6 +121,41 @@ impl WebRtcSettings {
         let point = WebRtcPoint::negotiated(rtc, mid, local, self.timeouts)?;
         Ok((point, answer))
     }
+}
+
+/// How every WebRTC point is configured (the benchmark builds the same):
+/// ICE-lite, RTP mode, the audio codecs the bridge carries, those the
+/// client named in `preferred` first, and telephone-event at 48 and 8 kHz
+/// (browsers send digits at their audio codec's clock).
+pub fn point_config(preferred: &[String]) -> RtcConfig {
+    let mut config = RtcConfig::new()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .set_stats_interval(None)
+        .clear_codecs();
+    let codecs = config.codec_config();
+    for codec in codec_order(preferred) {
+        match codec {
+            RtcCodec::Opus => codecs.enable_opus(true, false),
+            RtcCodec::PCMU => codecs.enable_pcmu(true, false),
+            RtcCodec::PCMA => codecs.enable_pcma(true, false),
+            _ => codecs.enable_g722(true, false),
+        }
+    }
+    for (payload_type, clock) in [
+        (110, Frequency::FORTY_EIGHT_KHZ),
+        (101, Frequency::EIGHT_KHZ),
+    ] {
+        codecs.add_config(
+            payload_type.into(),
+            None,
+            RtcCodec::Tele,
+            clock,
+            None,
+            FormatParams::parse_line("0-15"),
+        );
+    }
+    config
 }
 
 /// The `a=mid` of the first audio section of `sdp`.
