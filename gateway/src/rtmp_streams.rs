@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dialtone_rtmp::{AudioTag, FlvAudioCodec, PublishRefusal, ServerEvent, ServerSession};
+use dialtone_rtmp::{AudioTag, Bytes, FlvAudioCodec, PublishRefusal, ServerEvent, ServerSession};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -27,14 +27,14 @@ pub struct FlvFrame {
 /// What a room sends a connection for one of its players.
 #[derive(Debug)]
 pub enum ToPlayer {
+    /// One FLV audio tag body, shared by every player of the stream.
     Audio {
         stream_id: u32,
-        frame: FlvFrame,
+        timestamp: u32,
+        data: Bytes,
     },
     /// The call is over: the stream ends.
-    End {
-        stream_id: u32,
-    },
+    End { stream_id: u32 },
 }
 
 /// A player that joined a call's play stream: where its audio goes.
@@ -282,9 +282,11 @@ impl RtmpClient {
     /// Writes a room's audio (or the end of its stream) to the session.
     pub fn deliver(&mut self, session: &mut ServerSession, message: ToPlayer) {
         let result = match message {
-            ToPlayer::Audio { stream_id, frame } => {
-                session.send_audio(stream_id, frame.timestamp, &frame.data)
-            }
+            ToPlayer::Audio {
+                stream_id,
+                timestamp,
+                data,
+            } => session.send_audio(stream_id, timestamp, data),
             ToPlayer::End { stream_id } => {
                 if self.playing.remove(&stream_id) {
                     self.ended += 1;

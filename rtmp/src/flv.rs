@@ -184,6 +184,13 @@ impl<'a> AudioTag<'a> {
     /// by the payload.
     pub fn to_bytes(&self) -> Result<Vec<u8>, FlvError> {
         let mut body = Vec::with_capacity(self.payload.len() + 5);
+        self.write_to(&mut body)?;
+        Ok(body)
+    }
+
+    /// Appends the message body to `body` (a buffer kept between frames);
+    /// on an error nothing is appended.
+    pub fn write_to(&self, body: &mut Vec<u8>) -> Result<(), FlvError> {
         let frame_only = |tag: &AudioTag| {
             if tag.kind == AudioTagKind::Frame {
                 Ok(())
@@ -266,7 +273,7 @@ impl<'a> AudioTag<'a> {
             }
         }
         body.extend_from_slice(self.payload);
-        Ok(body)
+        Ok(())
     }
 }
 

@@ -33,6 +33,7 @@ mod flv;
 mod rtmpt;
 mod server;
 
+pub use bytes::Bytes;
 pub use chunk_reader::ChunkError;
 pub use flash_sdp::{FlashMedia, FlashSdp, FlashSdpError};
 pub use flv::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec, FlvError};

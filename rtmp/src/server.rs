@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 
+use bytes::Bytes;
 use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::{PeerBandwidthLimitType, RtmpMessage, UserControlEventType};
@@ -336,18 +337,18 @@ impl ServerSession {
         )
     }
 
-    /// Sends one FLV audio tag body (see [`crate::AudioTag::to_bytes`]) to a
-    /// playing client; `timestamp` in milliseconds.
+    /// Sends one FLV audio tag body (see [`crate::AudioTag::write_to`]) to
+    /// a playing client; `timestamp` in milliseconds. The body is shared,
+    /// not copied: one frame for many players costs one buffer.
     pub fn send_audio(
         &mut self,
         stream_id: u32,
         timestamp: u32,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<(), RtmpError> {
         if self.streams.get(&stream_id) != Some(&StreamState::Playing) {
             return Err(RtmpError::NotPlaying { stream_id });
         }
-        let data = data.to_vec().into();
         self.send(RtmpMessage::AudioData { data }, stream_id, timestamp)
     }
 
@@ -1025,7 +1026,8 @@ mod tests {
         let mut wire = Wire::connected();
         let stream_id = wire.request_play("down-c20a77");
         assert!(matches!(
-            wire.server.send_audio(stream_id, 0, &[0x82, 0xff]),
+            wire.server
+                .send_audio(stream_id, 0, Bytes::from_static(&[0x82, 0xff])),
             Err(RtmpError::NotPlaying { .. })
         ));
 
@@ -1040,7 +1042,9 @@ mod tests {
         let frames: Vec<Vec<u8>> = (0..5_u8).map(|i| vec![0x82, i, i, i]).collect();
         for (index, frame) in frames.iter().enumerate() {
             let timestamp = 20 * u32::try_from(index).unwrap();
-            wire.server.send_audio(stream_id, timestamp, frame).unwrap();
+            wire.server
+                .send_audio(stream_id, timestamp, Bytes::from(frame.clone()))
+                .unwrap();
         }
         wire.pump();
         let received: Vec<(u32, Vec<u8>)> = wire
@@ -1074,7 +1078,8 @@ mod tests {
             ]
         );
         assert!(matches!(
-            wire.server.send_audio(stream_id, 200, &[0x82]),
+            wire.server
+                .send_audio(stream_id, 200, Bytes::from_static(&[0x82])),
             Err(RtmpError::NotPlaying { .. })
         ));
     }

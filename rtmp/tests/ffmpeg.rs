@@ -156,7 +156,7 @@ fn handle_event(
             }
             session.accept_play(stream_id)?;
             for (timestamp, body) in &script.play_audio {
-                session.send_audio(stream_id, *timestamp, body)?;
+                session.send_audio(stream_id, *timestamp, body.clone().into())?;
             }
             session.end_stream(stream_id, "end of test audio")?;
         }

@@ -861,29 +861,26 @@ async fn on_flv_frame(
     let Some(frames) = rtmp.inbound.frames(&tag, frame.timestamp) else {
         return;
     };
+    // Taken out while the frames go through the room, which needs the
+    // points; given back after.
+    let decoded = std::mem::take(&mut rtmp.inbound.decoded);
     let codec = frames.codec;
     if client.receive != Some((RTMP_PAYLOAD_TYPE, codec)) {
         info!(%codec, "RTMP client publishes");
         client.receive = Some((RTMP_PAYLOAD_TYPE, codec));
         connect(points);
     }
-    // Taken out while the frames go through the room, which needs the points.
-    let (payloads, frame_bytes, headers) = match frames.payloads {
-        Payloads::Tag(frame_bytes) => {
-            let offset = frame.data.len() - tag.payload.len();
-            (frame.data[offset..].to_vec(), frame_bytes, frames.headers)
-        }
-        Payloads::Decoded => (frames.decoded, L16_FRAME_BYTES, frames.headers),
+    let (payloads, frame_bytes) = match frames.payloads {
+        Payloads::Tag(frame_bytes) => (tag.payload, frame_bytes),
+        Payloads::Decoded => (decoded.as_slice(), L16_FRAME_BYTES),
     };
-    for (header, chunk) in headers.into_iter().zip(payloads.chunks(frame_bytes)) {
-        on_rtp(
-            points,
-            CLIENT,
-            RtpPacket::from_parts(header, chunk),
-            events,
-            out,
-        )
-        .await;
+    for (index, chunk) in payloads.chunks(frame_bytes).enumerate() {
+        let packet = RtpPacket::from_parts(frames.header(index), chunk);
+        on_rtp(points, CLIENT, packet, events, out).await;
+    }
+    if let Some(Transport::Rtmp(rtmp)) = points[CLIENT].as_mut().map(|client| &mut client.transport)
+    {
+        rtmp.inbound.decoded = decoded;
     }
 }
 

@@ -3,11 +3,11 @@
 //! room's packets to its players as FLV audio tags.
 
 use dialtone_codecs::{linear_pcm_to_mono, AacDecoder, Codec, PcmFramer};
-use dialtone_rtmp::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec};
+use dialtone_rtmp::{opus_head, AudioTag, AudioTagKind, Bytes, FlvAudioCodec};
 use tracing::{debug, warn};
 
 use crate::media::rtp::RtpHeader;
-use crate::rtmp_streams::{FlvFrame, PlayerJoin, ToPlayer};
+use crate::rtmp_streams::{PlayerJoin, ToPlayer};
 
 /// The payload type the room gives an RTMP client's frames; RTMP has none.
 pub(super) const RTMP_PAYLOAD_TYPE: u8 = 96;
@@ -18,6 +18,8 @@ pub(super) struct RtmpTransport {
     /// The FLV codec we send in.
     send: FlvAudioCodec,
     players: Vec<Player>,
+    /// Where each outgoing tag is written before it is shared.
+    tag: Vec<u8>,
     pub(super) inbound: RtmpInbound,
 }
 
@@ -39,6 +41,7 @@ impl RtmpTransport {
         Some(RtmpTransport {
             send,
             players: Vec::new(),
+            tag: Vec::new(),
             inbound: RtmpInbound {
                 next_sequence: rand::random(),
                 ..RtmpInbound::default()
@@ -58,7 +61,8 @@ impl RtmpTransport {
             if let Ok(data) = header.to_bytes() {
                 let _ = join.sender.send(ToPlayer::Audio {
                     stream_id: join.stream_id,
-                    frame: FlvFrame { timestamp: 0, data },
+                    timestamp: 0,
+                    data: data.into(),
                 });
             }
         }
@@ -75,23 +79,23 @@ impl RtmpTransport {
             kind: AudioTagKind::Frame,
             payload,
         };
-        let Ok(data) = tag.to_bytes() else {
+        self.tag.clear();
+        if tag.write_to(&mut self.tag).is_err() {
             return;
-        };
+        }
+        // One buffer per frame, whatever the number of players.
+        let data = Bytes::copy_from_slice(&self.tag);
         self.players.retain_mut(|player| {
             let base = *player.base.get_or_insert(header.timestamp);
             let units = u64::from(header.timestamp.wrapping_sub(base));
             let timestamp = (units * 1000 / u64::from(clock.max(1))) as u32;
-            let frame = FlvFrame {
-                timestamp,
-                data: data.clone(),
-            };
             player
                 .join
                 .sender
                 .send(ToPlayer::Audio {
                     stream_id: player.join.stream_id,
-                    frame,
+                    timestamp,
+                    data: data.clone(),
                 })
                 .is_ok()
         });
@@ -113,18 +117,38 @@ impl Drop for RtmpTransport {
 pub(super) const L16_FRAME_BYTES: usize = 640;
 
 /// Where a tag's 20 ms frames are.
+#[derive(Clone, Copy)]
 pub(super) enum Payloads {
     /// In the tag, this many bytes each.
     Tag(usize),
-    /// Decoded and re-framed, in [`InboundFrames::decoded`].
+    /// Decoded and re-framed, in [`RtmpInbound::decoded`].
     Decoded,
 }
 
+/// The 20 ms frames of one tag: their codec, where they are, and the RTP
+/// numbering they get.
+#[derive(Clone, Copy)]
 pub(super) struct InboundFrames {
     pub(super) codec: Codec,
     pub(super) payloads: Payloads,
-    pub(super) decoded: Vec<u8>,
-    pub(super) headers: Vec<RtpHeader>,
+    first_sequence: u16,
+    first_timestamp: u32,
+    units: u32,
+}
+
+impl InboundFrames {
+    /// The header of frame `index` of the tag.
+    pub(super) fn header(&self, index: usize) -> RtpHeader {
+        RtpHeader {
+            marker: false,
+            payload_type: RTMP_PAYLOAD_TYPE,
+            sequence: self.first_sequence.wrapping_add(index as u16),
+            timestamp: self
+                .first_timestamp
+                .wrapping_add(self.units.wrapping_mul(index as u32)),
+            ssrc: 0,
+        }
+    }
 }
 
 /// The publisher's side of an RTMP point: decoders for what does not come
@@ -137,13 +161,17 @@ pub(super) struct RtmpInbound {
     /// RTP time of the next re-framed L16 frame.
     next_l16_timestamp: Option<u32>,
     pcm: Vec<i16>,
+    /// The L16 frames the last tag completed, back to back; kept between
+    /// tags so decoding allocates nothing once it runs.
+    pub(super) decoded: Vec<u8>,
     /// The last codec refused, to say so once.
     refused: Option<FlvAudioCodec>,
 }
 
 impl RtmpInbound {
-    /// The 20 ms frames in one tag, numbered; `None` for headers, codecs
-    /// the bridge does not take, and tags that do not complete a frame.
+    /// The 20 ms frames in one tag (decoded ones in [`Self::decoded`]);
+    /// `None` for headers, codecs the bridge does not take, and tags that
+    /// do not complete a frame.
     pub(super) fn frames(
         &mut self,
         tag: &AudioTag<'_>,
@@ -156,28 +184,23 @@ impl RtmpInbound {
         if tag.kind != AudioTagKind::Frame {
             return None;
         }
-        let (codec, payloads, decoded) = match tag.codec {
-            FlvAudioCodec::Speex => (
-                Codec::SpeexWide,
-                Payloads::Tag(tag.payload.len().max(1)),
-                Vec::new(),
-            ),
-            FlvAudioCodec::G711MuLaw => (Codec::Pcmu, Payloads::Tag(160), Vec::new()),
-            FlvAudioCodec::G711ALaw => (Codec::Pcma, Payloads::Tag(160), Vec::new()),
-            FlvAudioCodec::Opus => (
-                Codec::Opus,
-                Payloads::Tag(tag.payload.len().max(1)),
-                Vec::new(),
-            ),
-            FlvAudioCodec::Aac => (Codec::L16, Payloads::Decoded, self.decode_aac(tag.payload)?),
+        let whole = Payloads::Tag(tag.payload.len().max(1));
+        let (codec, payloads) = match tag.codec {
+            FlvAudioCodec::Speex => (Codec::SpeexWide, whole),
+            FlvAudioCodec::G711MuLaw => (Codec::Pcmu, Payloads::Tag(160)),
+            FlvAudioCodec::G711ALaw => (Codec::Pcma, Payloads::Tag(160)),
+            FlvAudioCodec::Opus => (Codec::Opus, whole),
+            FlvAudioCodec::Aac => {
+                self.decode_aac(tag.payload)?;
+                (Codec::L16, Payloads::Decoded)
+            }
             FlvAudioCodec::LinearPcm {
                 sample_rate,
                 bits_per_sample,
                 channels,
             } => {
-                let decoded =
-                    self.decode_pcm(tag.payload, sample_rate, bits_per_sample, channels)?;
-                (Codec::L16, Payloads::Decoded, decoded)
+                self.decode_pcm(tag.payload, sample_rate, bits_per_sample, channels)?;
+                (Codec::L16, Payloads::Decoded)
             }
             other => {
                 if self.refused.replace(other) != Some(other) {
@@ -188,16 +211,12 @@ impl RtmpInbound {
         };
         let clock = codec.rtp_clock_rate();
         let units = clock / 50;
-        let (count, first) = match payloads {
-            Payloads::Tag(frame_bytes) => (
-                tag.payload.len().div_ceil(frame_bytes),
-                (u64::from(timestamp_ms) * u64::from(clock) / 1000) as u32,
-            ),
+        let from_tag = (u64::from(timestamp_ms) * u64::from(clock) / 1000) as u32;
+        let (count, first_timestamp) = match payloads {
+            Payloads::Tag(frame_bytes) => (tag.payload.len().div_ceil(frame_bytes), from_tag),
             Payloads::Decoded => {
-                let first = *self
-                    .next_l16_timestamp
-                    .get_or_insert((u64::from(timestamp_ms) * u64::from(clock) / 1000) as u32);
-                let count = decoded.len() / L16_FRAME_BYTES;
+                let first = *self.next_l16_timestamp.get_or_insert(from_tag);
+                let count = self.decoded.len() / L16_FRAME_BYTES;
                 self.next_l16_timestamp = Some(first.wrapping_add(units * count as u32));
                 (count, first)
             }
@@ -205,24 +224,14 @@ impl RtmpInbound {
         if count == 0 {
             return None;
         }
-        let headers = (0..count)
-            .map(|index| {
-                let sequence = self.next_sequence;
-                self.next_sequence = sequence.wrapping_add(1);
-                RtpHeader {
-                    marker: false,
-                    payload_type: RTMP_PAYLOAD_TYPE,
-                    sequence,
-                    timestamp: first.wrapping_add(units * index as u32),
-                    ssrc: 0,
-                }
-            })
-            .collect();
+        let first_sequence = self.next_sequence;
+        self.next_sequence = first_sequence.wrapping_add(count as u16);
         Some(InboundFrames {
             codec,
             payloads,
-            decoded,
-            headers,
+            first_sequence,
+            first_timestamp,
+            units,
         })
     }
 
@@ -236,7 +245,7 @@ impl RtmpInbound {
         }
     }
 
-    fn decode_aac(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+    fn decode_aac(&mut self, frame: &[u8]) -> Option<()> {
         self.pcm.clear();
         if let Err(error) = self.aac.as_mut()?.decode(frame, &mut self.pcm) {
             debug!(%error, "AAC frame not decoded");
@@ -245,7 +254,7 @@ impl RtmpInbound {
         self.reframe()
     }
 
-    fn decode_pcm(&mut self, payload: &[u8], rate: u32, bits: u8, channels: u8) -> Option<Vec<u8>> {
+    fn decode_pcm(&mut self, payload: &[u8], rate: u32, bits: u8, channels: u8) -> Option<()> {
         if self.framer.as_ref().map(PcmFramer::input_rate) != Some(rate) {
             self.framer = PcmFramer::new(rate).ok();
         }
@@ -257,15 +266,16 @@ impl RtmpInbound {
         self.reframe()
     }
 
-    /// The whole 20 ms L16 frames the decoded PCM completes.
-    fn reframe(&mut self) -> Option<Vec<u8>> {
+    /// Puts the whole 20 ms L16 frames the decoded PCM completes in
+    /// [`Self::decoded`].
+    fn reframe(&mut self) -> Option<()> {
         let framer = self.framer.as_mut()?;
         framer.push(&self.pcm).ok()?;
-        let mut frames = Vec::new();
+        self.decoded.clear();
         let mut frame = [0u8; L16_FRAME_BYTES];
         while let Some(length) = framer.pop_frame(&mut frame) {
-            frames.extend_from_slice(&frame[..length]);
+            self.decoded.extend_from_slice(&frame[..length]);
         }
-        Some(frames)
+        Some(())
     }
 }
