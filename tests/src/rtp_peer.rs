@@ -79,13 +79,9 @@ impl RtpPeer {
         let mut decoded = vec![0i16; samples];
         let mut incoming = vec![0u8; 2048];
         let mut ticks = tokio::time::interval(Duration::from_millis(20));
-        let mut phase = 0u64;
         let ssrc = 0x5eed_u32;
         for index in 0..frames {
-            for sample in pcm.iter_mut() {
-                *sample = (8000.0 * (2.0 * PI * hz * phase as f64 / rate).sin()) as i16;
-                phase += 1;
-            }
+            fill_tone(&mut pcm, hz, rate, u64::from(index) * samples as u64);
             let length = encoder.encode(&pcm, &mut payload)?;
             let sequence = index as u16;
             let timestamp = index * clock / 50;
@@ -114,6 +110,15 @@ impl RtpPeer {
             }
         }
         Ok(heard)
+    }
+}
+
+/// Fills `out` with a `hz` tone at `rate`, continuing from sample
+/// `first_sample` of the tone, at about -12 dBFS.
+pub fn fill_tone(out: &mut [i16], hz: f64, rate: f64, first_sample: u64) {
+    for (offset, sample) in out.iter_mut().enumerate() {
+        let t = (first_sample + offset as u64) as f64 / rate;
+        *sample = (8000.0 * (2.0 * PI * hz * t).sin()) as i16;
     }
 }
 

@@ -17,6 +17,8 @@ use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 
+use crate::rtp_peer::fill_tone;
+
 /// PCMU's static payload type, which the gateway always offers.
 const PCMU: u8 = 0;
 /// telephone-event/8000 in the gateway's offer.
@@ -99,7 +101,8 @@ impl WebRtcPeer {
         while Instant::now() < end {
             let timeout = self.drain(&mut decoder, &mut report, &mut pcm).await?;
             if self.connected && hz.is_some() && Instant::now() >= next_frame {
-                let tone = tone_frame(hz.unwrap_or_default(), frame_index);
+                let mut tone = [0i16; 160];
+                fill_tone(&mut tone, hz.unwrap_or_default(), 8000.0, frame_index * 160);
                 let mut payload = [0u8; MAX_PAYLOAD_LEN];
                 let length = encoder.encode(&tone, &mut payload)?;
                 let mut api = self.rtc.direct_api();
@@ -242,14 +245,4 @@ fn audio_mid(sdp: &str) -> Option<Mid> {
         .lines()
         .find_map(|line| line.strip_prefix("a=mid:"))?;
     Some(Mid::from(mid.trim()))
-}
-
-/// 20 ms of a `hz` tone at 8 kHz, continuing from frame `index`.
-fn tone_frame(hz: f64, index: u64) -> [i16; 160] {
-    let mut frame = [0i16; 160];
-    for (offset, sample) in frame.iter_mut().enumerate() {
-        let t = (index * 160 + offset as u64) as f64 / 8000.0;
-        *sample = (0.5 * f64::from(i16::MAX) * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
-    }
-    frame
 }
