@@ -164,8 +164,6 @@ pub(super) struct RtmpInbound {
     /// The L16 frames the last tag completed, back to back; kept between
     /// tags so decoding allocates nothing once it runs.
     pub(super) decoded: Vec<u8>,
-    /// The last codec refused, to say so once.
-    refused: Option<FlvAudioCodec>,
 }
 
 impl RtmpInbound {
@@ -202,12 +200,8 @@ impl RtmpInbound {
                 self.decode_pcm(tag.payload, sample_rate, bits_per_sample, channels)?;
                 (Codec::L16, Payloads::Decoded)
             }
-            other => {
-                if self.refused.replace(other) != Some(other) {
-                    warn!(codec = ?other, "the RTMP client publishes a codec the bridge does not take");
-                }
-                return None;
-            }
+            // Refused where the publish is taken (rtmp_streams.rs).
+            FlvAudioCodec::Nellymoser { .. } => return None,
         };
         let clock = codec.rtp_clock_rate();
         let units = clock / 50;
