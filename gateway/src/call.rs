@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dialtone_codecs::Codec;
 use dialtone_rtmp::{FlashMedia, FlashSdp};
@@ -15,18 +15,18 @@ use dialtone_ws::{
     CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError,
     RejectReason, SdpExchange, ServerMessage,
 };
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{DtmfMethod, InbandDetection};
-use crate::media::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
 use crate::media_ports::PortLease;
-use crate::media_room::{ClientSetup, MediaRoom, PointSetup, RoomCommand, RoomEvent};
+use crate::media_room::{MediaRoom, PointIo};
 use crate::metrics::Held;
 use crate::rtmp_streams::{RoomStreams, StreamRegistration};
 use crate::state::{Gateway, MediaStatsWatch};
-use crate::webrtc::PendingOffer;
+use dialtone_room::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
+use dialtone_room::webrtc::PendingOffer;
+use dialtone_room::{Event as RoomEvent, PointConfig, PointId, PointUpdate, WatchConfig};
 
 /// What the client asks of one of its calls.
 #[derive(Debug)]
@@ -233,29 +233,34 @@ impl CallTask {
         let mut gave_up = false;
         let mut media_failed = None;
         let mut room: Option<MediaRoom> = None;
+        // What the SIP far end takes: telephone-events, and its codec.
+        let mut sip_events = false;
+        let mut sip_audio = None;
         if let Some(ClientPoint::Rtmp { waiting, .. }) = client_point.as_mut() {
             // An RTMP client needs no answer: it connects and publishes or
             // plays whenever it likes, before or after the far end answers.
             if let Some((streams, send)) = waiting.take() {
-                let setup = ClientSetup::Rtmp { streams, send };
-                let _ = self
-                    .room(&mut room)
-                    .commands
-                    .send(RoomCommand::AddClient(setup));
+                let io = PointIo {
+                    rtmp: Some(streams),
+                    ..PointIo::default()
+                };
+                self.room(&mut room)
+                    .add_point(CLIENT_POINT, PointConfig::rtmp(send), io);
             }
         }
         loop {
             tokio::select! {
                 Some(event) = room_event(&mut room) => match event {
-                    RoomEvent::Digit { digit, method } => self.report_digit(digit, method),
-                    RoomEvent::DigitForInfo(digit) => self.send_digits_by_info(&digit.to_string(), &call),
-                    RoomEvent::MediaTimeout(timeout) => {
+                    RoomEvent::Digit { point: SIP_POINT, digit, method } => self.report_digit(digit, method.as_str()),
+                    RoomEvent::DigitForSignalling { point: SIP_POINT, digit } => self.send_digits_by_info(&digit.to_string(), &call),
+                    RoomEvent::Digit { .. } | RoomEvent::DigitForSignalling { .. } | RoomEvent::Stats { .. } => {}
+                    RoomEvent::MediaTimeout { timeout, .. } => {
                         media_failed = Some(format!("no RTP from the far end for {:?}", timeout.silent_for));
                         room = None;
                         hanging_up = true;
                         call.control.hangup();
                     }
-                    RoomEvent::ClientMediaFailed(problem) => {
+                    RoomEvent::MediaFailed { problem, .. } => {
                         media_failed = Some(problem);
                         room = None;
                         hanging_up = true;
@@ -275,13 +280,10 @@ impl CallTask {
                             established = true;
                             info!("call established");
                             let remote = sdp.or_else(|| incoming_offer.clone().flatten());
-                            if let Some((setup, rtcp)) = sip_side(&lease, remote.as_deref()) {
-                                let detect_tones = match self.gateway.config.media.inband_detection {
-                                    InbandDetection::Always => true,
-                                    InbandDetection::Never => false,
-                                    InbandDetection::Auto => setup.telephone_event.is_none(),
-                                };
-                                self.room(&mut room).add_sip(setup, rtcp, detect_tones);
+                            if let Some((config, io)) = self.sip_point(&lease, remote.as_deref()) {
+                                sip_events = config.telephone_event.is_some();
+                                sip_audio = config.audio;
+                                self.room(&mut room).add_point(SIP_POINT, config, io);
                             }
                             self.outbox.send(ServerMessage::CallStarted {
                                 session_id: self.ids.session_id.clone(),
@@ -292,20 +294,18 @@ impl CallTask {
                         CallEvent::MediaChanged { sdp } => {
                             info!("far end changed the media");
                             if let (Some(room), Ok(remote)) = (&room, sdp::parse_remote(&sdp)) {
-                                let changed = RoomCommand::RemoteChanged {
-                                    remote: SocketAddr::new(remote.address, remote.port),
-                                    sends: sends_media(remote.direction),
-                                };
-                                let _ = room.commands.send(changed);
+                                let update = sip_update(sip_audio, &remote);
+                                sip_events = update.telephone_event.is_some();
+                                sip_audio = update.audio;
+                                room.update_point(SIP_POINT, update);
                             }
                         }
                         CallEvent::Info { content_type, body } => match parse_dtmf_info(&content_type, body.as_bytes()) {
-                            Ok(info) => {
-                                self.report_digit(info.digit, "INFO");
-                                if let Some(room) = &room {
-                                    let _ = room.commands.send(RoomCommand::DigitToClient(info.digit));
-                                }
-                            }
+                            // The room reports it and passes it on to the client's point.
+                            Ok(info) => match &room {
+                                Some(room) => room.digit_from(SIP_POINT, info.digit),
+                                None => self.report_digit(info.digit, "INFO"),
+                            },
                             Err(error) => info!(%content_type, %error, "INFO without a digit"),
                         },
                         CallEvent::Failed { status, reason } => {
@@ -336,7 +336,10 @@ impl CallTask {
                         hanging_up = true;
                         call.control.hangup();
                     }
-                    CallRequest::SendDtmf(digits) => self.send_digits(&digits, room.as_ref(), &call, established),
+                    CallRequest::SendDtmf(digits) => {
+                        let room = room.as_ref().filter(|_| established);
+                        self.send_digits(&digits, room, sip_events, &call, established);
+                    }
                     CallRequest::SdpAnswer(answer) => {
                         client_point = self.on_client_answer(client_point, &answer, &mut room);
                     }
@@ -345,7 +348,7 @@ impl CallTask {
                     }
                     CallRequest::IceCandidate(candidate) => match (&client_point, &room) {
                         (Some(ClientPoint::InRoom { webrtc: true, .. }), Some(room)) => {
-                            let _ = room.commands.send(RoomCommand::ClientCandidate(candidate));
+                            room.add_remote_candidate(CLIENT_POINT, candidate);
                         }
                         // Before the answer: ICE-lite learns the client's
                         // address from its checks anyway.
@@ -371,10 +374,7 @@ impl CallTask {
         let room_now = match room.take() {
             Some(existing) => existing,
             None => {
-                let started = MediaRoom::start(
-                    Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
-                    &self.gateway.tasks,
-                );
+                let started = MediaRoom::start(SIP_POINT, &self.gateway.tasks);
                 self.watch_media(started.stats.clone());
                 started
             }
@@ -408,7 +408,7 @@ impl CallTask {
             match self
                 .gateway
                 .webrtc
-                .offer(lease.local_addr(), &cc.audio_codecs)
+                .offer(Instant::now(), lease.local_addr(), &cc.audio_codecs)
             {
                 Ok(offer) => (
                     offer.sdp.clone(),
@@ -483,16 +483,16 @@ impl CallTask {
         answer: &str,
         room: &mut Option<MediaRoom>,
     ) -> Option<ClientPoint> {
-        let (setup, lease, webrtc) = match point {
+        let (config, socket, lease, webrtc) = match point {
             Some(ClientPoint::Rtp(lease)) => {
                 let setup = sdp::parse_remote(answer)
                     .map_err(|e| e.to_string())
                     .and_then(|remote| {
                         let socket = lease.rtp_socket().map_err(|e| e.to_string())?;
-                        Ok(point_setup(socket, &remote))
+                        Ok((rtp_point(&remote), socket))
                     });
                 match setup {
-                    Ok(setup) => (ClientSetup::Rtp(setup), lease, false),
+                    Ok((config, socket)) => (config, socket, lease, false),
                     Err(problem) => {
                         self.refuse_field(&problem, "sdp");
                         return Some(ClientPoint::Rtp(lease));
@@ -507,15 +507,8 @@ impl CallTask {
                         return Some(ClientPoint::WebRtcOffered { lease, offer });
                     }
                 };
-                match offer.accept_answer(answer) {
-                    Ok(point) => (
-                        ClientSetup::WebRtc {
-                            point: Box::new(point),
-                            socket,
-                        },
-                        lease,
-                        true,
-                    ),
+                match offer.accept_answer(Instant::now(), answer) {
+                    Ok(point) => (PointConfig::webrtc(point), socket, lease, true),
                     Err(error) => {
                         // str0m has used up the offer: the client may offer instead.
                         self.refuse_field(&format!("answer not usable: {error}"), "sdp");
@@ -528,7 +521,11 @@ impl CallTask {
                 return other;
             }
         };
-        let _ = self.room(room).commands.send(RoomCommand::AddClient(setup));
+        let io = PointIo {
+            rtp: Some(socket),
+            ..PointIo::default()
+        };
+        self.room(room).add_point(CLIENT_POINT, config, io);
         Some(ClientPoint::InRoom {
             _lease: lease,
             webrtc,
@@ -537,7 +534,11 @@ impl CallTask {
 
     /// After a refused answer, a fresh WebRTC offer on the same port.
     fn offer_again(&self, lease: PortLease) -> Option<ClientPoint> {
-        match self.gateway.webrtc.offer(lease.local_addr(), &[]) {
+        match self
+            .gateway
+            .webrtc
+            .offer(Instant::now(), lease.local_addr(), &[])
+        {
             Ok(offer) => {
                 self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
                     session_id: self.ids.session_id.clone(),
@@ -578,7 +579,7 @@ impl CallTask {
                 let (point, answer) = self
                     .gateway
                     .webrtc
-                    .answer(lease.local_addr(), &[], offer)
+                    .answer(Instant::now(), lease.local_addr(), &[], offer)
                     .map_err(|e| format!("offer not usable: {e}"))?;
                 Ok((point, answer, socket))
             });
@@ -589,13 +590,12 @@ impl CallTask {
                     call_id: self.ids.call_id.clone(),
                     sdp: answer,
                 }));
-                let _ =
-                    self.room(room)
-                        .commands
-                        .send(RoomCommand::AddClient(ClientSetup::WebRtc {
-                            point: Box::new(point),
-                            socket,
-                        }));
+                let io = PointIo {
+                    rtp: Some(socket),
+                    ..PointIo::default()
+                };
+                self.room(room)
+                    .add_point(CLIENT_POINT, PointConfig::webrtc(point), io);
                 Some(ClientPoint::InRoom {
                     _lease: lease,
                     webrtc: true,
@@ -610,7 +610,14 @@ impl CallTask {
 
     /// SEND_DTMF_SIGNAL: RFC 4733 events when the far end negotiated
     /// telephone-event, else one SIP INFO (dtmf-relay) per digit.
-    fn send_digits(&self, digits: &str, room: Option<&MediaRoom>, call: &Call, established: bool) {
+    fn send_digits(
+        &self,
+        digits: &str,
+        room: Option<&MediaRoom>,
+        sip_events: bool,
+        call: &Call,
+        established: bool,
+    ) {
         if !established {
             self.refuse("digits can be sent once the call is started");
             return;
@@ -618,10 +625,8 @@ impl CallTask {
         // The first method of the configured order that this call can use.
         for method in &self.gateway.config.media.dtmf_send {
             match (method, room) {
-                (DtmfMethod::Rfc4733, Some(room)) if room.carries_events => {
-                    let _ = room
-                        .commands
-                        .send(RoomCommand::SendDigits(digits.to_string()));
+                (DtmfMethod::Rfc4733, Some(room)) if sip_events => {
+                    room.send_digits(SIP_POINT, digits);
                     return;
                 }
                 (DtmfMethod::Info, _) => {
@@ -629,9 +634,7 @@ impl CallTask {
                     return;
                 }
                 (DtmfMethod::Inband, Some(room)) => {
-                    let _ = room
-                        .commands
-                        .send(RoomCommand::SendTones(digits.to_string()));
+                    room.send_tones(SIP_POINT, digits);
                     return;
                 }
                 _ => {}
@@ -688,6 +691,51 @@ impl CallTask {
             None => ours,
         };
         Ok((answer, lease))
+    }
+
+    /// The SIP leg's point on the call's ports, toward the far end's SDP:
+    /// watched (RTCP, statistics, RTP timeout), with in-band DTMF looked
+    /// for as configured.
+    fn sip_point(
+        &self,
+        lease: &PortLease,
+        remote_sdp: Option<&str>,
+    ) -> Option<(PointConfig, PointIo)> {
+        let remote = match remote_sdp.map(sdp::parse_remote) {
+            Some(Ok(remote)) => remote,
+            Some(Err(error)) => {
+                warn!(%error, "far end SDP unreadable; no media");
+                return None;
+            }
+            None => return None,
+        };
+        let sockets = lease
+            .rtp_socket()
+            .and_then(|rtp| Ok((rtp, lease.rtcp_socket()?)));
+        let (rtp, rtcp) = match sockets {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                warn!(%error, "cannot use the RTP sockets");
+                return None;
+            }
+        };
+        let config = rtp_point(&remote);
+        let detect_tones = match self.gateway.config.media.inband_detection {
+            InbandDetection::Always => true,
+            InbandDetection::Never => false,
+            InbandDetection::Auto => config.telephone_event.is_none(),
+        };
+        let watch = WatchConfig {
+            rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
+            sends: sends_media(remote.direction),
+            rtcp: true,
+        };
+        let io = PointIo {
+            rtp: Some(rtp),
+            rtcp: Some(rtcp),
+            rtmp: None,
+        };
+        Some((config.watched(watch).detecting_tones(detect_tones), io))
     }
 
     fn advertised_ip(&self) -> IpAddr {
@@ -760,45 +808,43 @@ impl CallTask {
     }
 }
 
-/// The SIP side of the room on the call's port, toward the far end's SDP.
-fn sip_side(lease: &PortLease, remote_sdp: Option<&str>) -> Option<(PointSetup, UdpSocket)> {
-    let remote = match remote_sdp.map(sdp::parse_remote) {
-        Some(Ok(remote)) => remote,
-        Some(Err(error)) => {
-            warn!(%error, "far end SDP unreadable; no media");
-            return None;
-        }
-        None => return None,
-    };
-    let sockets = lease
-        .rtp_socket()
-        .and_then(|rtp| Ok((rtp, lease.rtcp_socket()?)));
-    match sockets {
-        Ok((socket, rtcp)) => Some((point_setup(socket, &remote), rtcp)),
-        Err(error) => {
-            warn!(%error, "cannot use the RTP sockets");
-            None
-        }
+/// A client RTP point from its SDP: the first codec the bridge can carry,
+/// and telephone-event at 8 kHz if present.
+fn rtp_point(remote: &sdp::RemoteAudio) -> PointConfig {
+    PointConfig::rtp(
+        SocketAddr::new(remote.address, remote.port),
+        first_bridged(&remote.codecs),
+        telephone_event(&remote.codecs),
+    )
+}
+
+/// What a re-INVITE or UPDATE from the SIP far end changes: the codec in
+/// use stays while the far end still offers it.
+fn sip_update(current: Option<(u8, Codec)>, remote: &sdp::RemoteAudio) -> PointUpdate {
+    let kept = current.and_then(|(_, codec)| {
+        remote.codecs.iter().find_map(|offered| {
+            (bridge_codec(offered) == Some(codec)).then_some((offered.payload_type, codec))
+        })
+    });
+    PointUpdate {
+        remote: SocketAddr::new(remote.address, remote.port),
+        audio: kept.or_else(|| first_bridged(&remote.codecs)),
+        telephone_event: telephone_event(&remote.codecs),
+        sends: sends_media(remote.direction),
     }
 }
 
-/// A side of the room from its negotiated SDP: the first codec the bridge
-/// can carry, and telephone-event at 8 kHz if present.
-fn point_setup(socket: UdpSocket, remote: &sdp::RemoteAudio) -> PointSetup {
-    PointSetup {
-        socket,
-        remote: SocketAddr::new(remote.address, remote.port),
-        audio: remote
-            .codecs
-            .iter()
-            .find_map(|codec| bridge_codec(codec).map(|bridged| (codec.payload_type, bridged))),
-        telephone_event: remote
-            .codecs
-            .iter()
-            .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
-            .map(|codec| codec.payload_type),
-        sends: sends_media(remote.direction),
-    }
+fn first_bridged(codecs: &[sdp::Codec]) -> Option<(u8, Codec)> {
+    codecs
+        .iter()
+        .find_map(|codec| bridge_codec(codec).map(|bridged| (codec.payload_type, bridged)))
+}
+
+fn telephone_event(codecs: &[sdp::Codec]) -> Option<u8> {
+    codecs
+        .iter()
+        .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
+        .map(|codec| codec.payload_type)
 }
 
 /// Whether a far end whose SDP says `direction` sends us media.
@@ -877,6 +923,10 @@ fn flash_codec_name(codec: Codec) -> &'static str {
         _ => "Speex",
     }
 }
+
+/// The call's points in its room: the SIP leg, and the client's own.
+const SIP_POINT: PointId = PointId(0);
+const CLIENT_POINT: PointId = PointId(1);
 
 /// How long each digit sent by SIP INFO says it lasts.
 const DTMF_INFO_DURATION: Duration = Duration::from_millis(160);

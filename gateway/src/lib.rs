@@ -11,7 +11,6 @@ mod call;
 pub mod config;
 mod connection;
 mod http;
-pub mod media;
 mod media_ports;
 mod media_room;
 mod metrics;
@@ -21,7 +20,6 @@ mod rtmpt;
 mod session;
 mod state;
 mod test_lines;
-pub mod webrtc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::rtmp_streams::RtmpStreams;
 use crate::rtmpt::Rtmpt;
 use crate::state::Gateway;
-use crate::webrtc::{WebRtcSettings, WebRtcTimeouts};
+use dialtone_room::webrtc::{WebRtcSettings, WebRtcTimeouts};
 
 /// How long shutdown waits for sessions to unregister.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::media::stats::MediaStatsSnapshot;
 use crate::media_ports::PortPool;
 use crate::metrics::{Metrics, Status};
 use crate::rtmp_streams::RtmpStreams;
 use crate::rtmpt::Rtmpt;
-use crate::webrtc::WebRtcSettings;
+use dialtone_room::stats::MediaStatsSnapshot;
+use dialtone_room::webrtc::WebRtcSettings;
 
 pub struct Gateway {
     pub config: Config,

@@ -6,31 +6,31 @@ use dialtone_codecs::{linear_pcm_to_mono, AacDecoder, Codec, PcmFramer};
 use dialtone_rtmp::{opus_head, AudioTag, AudioTagKind, Bytes, FlvAudioCodec};
 use tracing::{debug, warn};
 
-use crate::media::rtp::RtpHeader;
-use crate::rtmp_streams::{PlayerJoin, ToPlayer};
+use crate::rtp::RtpHeader;
 
 /// The payload type the room gives an RTMP client's frames; RTMP has none.
-pub(super) const RTMP_PAYLOAD_TYPE: u8 = 96;
+pub(crate) const RTMP_PAYLOAD_TYPE: u8 = 96;
 
 /// An RTMP point: frames from its publisher are numbered like RTP for the
 /// jitter buffer; the room's packets go to its players as FLV audio tags.
-pub(super) struct RtmpTransport {
+pub(crate) struct RtmpPoint {
     /// The FLV codec we send in.
     send: FlvAudioCodec,
     players: Vec<Player>,
     /// Where each outgoing tag is written before it is shared.
     tag: Vec<u8>,
-    pub(super) inbound: RtmpInbound,
+    pub(crate) inbound: RtmpInbound,
 }
 
-pub(super) struct Player {
-    join: PlayerJoin,
+struct Player {
+    id: u64,
     /// Our RTP timestamp when it joined: its stream starts at 0 there.
     base: Option<u32>,
 }
 
-impl RtmpTransport {
-    pub(super) fn new(send: Codec) -> Option<RtmpTransport> {
+impl RtmpPoint {
+    /// `None` for a codec FLV cannot carry.
+    pub(crate) fn new(send: Codec) -> Option<RtmpPoint> {
         let send = match send {
             Codec::SpeexWide => FlvAudioCodec::Speex,
             Codec::Pcmu => FlvAudioCodec::G711MuLaw,
@@ -38,7 +38,7 @@ impl RtmpTransport {
             Codec::Opus => FlvAudioCodec::Opus,
             _ => return None,
         };
-        Some(RtmpTransport {
+        Some(RtmpPoint {
             send,
             players: Vec::new(),
             tag: Vec::new(),
@@ -49,28 +49,39 @@ impl RtmpTransport {
         })
     }
 
-    /// A new player; players of Opus need its sequence header first.
-    pub(super) fn join(&mut self, join: PlayerJoin) {
-        if self.send == FlvAudioCodec::Opus {
-            let head = opus_head(1, 0, 48_000);
-            let header = AudioTag {
-                codec: FlvAudioCodec::Opus,
-                kind: AudioTagKind::SequenceHeader,
-                payload: &head,
-            };
-            if let Ok(data) = header.to_bytes() {
-                let _ = join.sender.send(ToPlayer::Audio {
-                    stream_id: join.stream_id,
-                    timestamp: 0,
-                    data: data.into(),
-                });
-            }
+    /// A new player; what it must get first at timestamp 0 (Opus players
+    /// need its sequence header).
+    pub(crate) fn join(&mut self, player: u64) -> Option<Bytes> {
+        self.players.push(Player {
+            id: player,
+            base: None,
+        });
+        if self.send != FlvAudioCodec::Opus {
+            return None;
         }
-        self.players.push(Player { join, base: None });
+        let head = opus_head(1, 0, 48_000);
+        let header = AudioTag {
+            codec: FlvAudioCodec::Opus,
+            kind: AudioTagKind::SequenceHeader,
+            payload: &head,
+        };
+        header.to_bytes().ok().map(Bytes::from)
     }
 
-    /// One of our packets, as an FLV tag to every player.
-    pub(super) fn send(&mut self, header: &RtpHeader, payload: &[u8], clock: u32) {
+    pub(crate) fn leave(&mut self, player: u64) {
+        self.players.retain(|joined| joined.id != player);
+    }
+
+    /// One of our packets as an FLV tag for every player: `emit` gets the
+    /// player, its stream's timestamp (ms) and the tag, one buffer shared
+    /// by all of them.
+    pub(crate) fn send(
+        &mut self,
+        header: &RtpHeader,
+        payload: &[u8],
+        clock: u32,
+        mut emit: impl FnMut(u64, u32, Bytes),
+    ) {
         if self.players.is_empty() {
             return;
         }
@@ -83,42 +94,22 @@ impl RtmpTransport {
         if tag.write_to(&mut self.tag).is_err() {
             return;
         }
-        // One buffer per frame, whatever the number of players.
         let data = Bytes::copy_from_slice(&self.tag);
-        self.players.retain_mut(|player| {
+        for player in &mut self.players {
             let base = *player.base.get_or_insert(header.timestamp);
             let units = u64::from(header.timestamp.wrapping_sub(base));
             let timestamp = (units * 1000 / u64::from(clock.max(1))) as u32;
-            player
-                .join
-                .sender
-                .send(ToPlayer::Audio {
-                    stream_id: player.join.stream_id,
-                    timestamp,
-                    data: data.clone(),
-                })
-                .is_ok()
-        });
-    }
-}
-
-impl Drop for RtmpTransport {
-    /// The call is over: its players' streams end.
-    fn drop(&mut self) {
-        for player in &self.players {
-            let _ = player.join.sender.send(ToPlayer::End {
-                stream_id: player.join.stream_id,
-            });
+            emit(player.id, timestamp, data.clone());
         }
     }
 }
 
 /// 20 ms of 16 kHz L16.
-pub(super) const L16_FRAME_BYTES: usize = 640;
+pub(crate) const L16_FRAME_BYTES: usize = 640;
 
 /// Where a tag's 20 ms frames are.
 #[derive(Clone, Copy)]
-pub(super) enum Payloads {
+pub(crate) enum Payloads {
     /// In the tag, this many bytes each.
     Tag(usize),
     /// Decoded and re-framed, in [`RtmpInbound::decoded`].
@@ -128,9 +119,9 @@ pub(super) enum Payloads {
 /// The 20 ms frames of one tag: their codec, where they are, and the RTP
 /// numbering they get.
 #[derive(Clone, Copy)]
-pub(super) struct InboundFrames {
-    pub(super) codec: Codec,
-    pub(super) payloads: Payloads,
+pub(crate) struct InboundFrames {
+    pub(crate) codec: Codec,
+    pub(crate) payloads: Payloads,
     first_sequence: u16,
     first_timestamp: u32,
     units: u32,
@@ -138,7 +129,7 @@ pub(super) struct InboundFrames {
 
 impl InboundFrames {
     /// The header of frame `index` of the tag.
-    pub(super) fn header(&self, index: usize) -> RtpHeader {
+    pub(crate) fn header(&self, index: usize) -> RtpHeader {
         RtpHeader {
             marker: false,
             payload_type: RTMP_PAYLOAD_TYPE,
@@ -154,7 +145,7 @@ impl InboundFrames {
 /// The publisher's side of an RTMP point: decoders for what does not come
 /// in 20 ms frames, and the numbering the jitter buffer needs.
 #[derive(Default)]
-pub(super) struct RtmpInbound {
+pub(crate) struct RtmpInbound {
     next_sequence: u16,
     aac: Option<AacDecoder>,
     framer: Option<PcmFramer>,
@@ -163,14 +154,14 @@ pub(super) struct RtmpInbound {
     pcm: Vec<i16>,
     /// The L16 frames the last tag completed, back to back; kept between
     /// tags so decoding allocates nothing once it runs.
-    pub(super) decoded: Vec<u8>,
+    pub(crate) decoded: Vec<u8>,
 }
 
 impl RtmpInbound {
     /// The 20 ms frames in one tag (decoded ones in [`Self::decoded`]);
     /// `None` for headers, codecs the bridge does not take, and tags that
     /// do not complete a frame.
-    pub(super) fn frames(
+    pub(crate) fn frames(
         &mut self,
         tag: &AudioTag<'_>,
         timestamp_ms: u32,

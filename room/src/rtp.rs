@@ -215,7 +215,7 @@ struct ForeignMapping {
 /// and a timestamp clock.
 ///
 /// Generated packets take the clock's current value and move it on by the
-/// time they cover. Forwarded packets ([`RtpSender::rewrite`]) keep their
+/// time they cover. Forwarded packets ([`RtpSender::relay`]) keep their
 /// own timing but are renumbered onto our stream, so the far end sees one
 /// source without gaps even when the other leg changes or restarts its
 /// stream, and when we interleave packets of our own (DTMF events).
@@ -317,28 +317,34 @@ impl RtpSender {
         }
     }
 
-    /// Forwards a packet from the other leg (same codec, pass-through):
-    /// writes it into `out` with our SSRC and its sequence number and
-    /// timestamp mapped onto our stream; payload type, marker and payload
-    /// are kept, CSRCs, extension and padding dropped. Returns `None` for a
-    /// packet that must be dropped: a straggler from before the current
-    /// mapping.
+    /// Forwards a packet from another point (same codec, pass-through):
+    /// writes it into `out` with our SSRC, `payload_type`, and its sequence
+    /// number and timestamp mapped onto our stream by offsets, so gaps,
+    /// reordering and the sender's own packet times (any ptime, DTX pauses)
+    /// reach our receiver as they were; marker and payload are kept. Returns
+    /// `None` for a packet that must be dropped: a straggler from before the
+    /// current mapping.
     ///
     /// A new foreign SSRC, or a sequence jump beyond RFC 3550's
     /// MAX_DROPOUT / MAX_MISORDER, starts a new mapping: its first packet
     /// continues our sequence without a gap (so our receiver sees no loss),
     /// continues our clock, and carries the marker bit to flag the timing
     /// discontinuity.
-    pub fn rewrite(&mut self, incoming: &[u8], out: &mut [u8]) -> Result<Option<usize>, RtpError> {
-        let packet = RtpPacket::parse(incoming)?;
-        let needed = RTP_HEADER_LEN + packet.payload.len();
+    pub fn relay(
+        &mut self,
+        foreign: &RtpHeader,
+        payload: &[u8],
+        payload_type: u8,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, RtpError> {
+        let needed = RTP_HEADER_LEN + payload.len();
         if out.len() < needed {
             return Err(RtpError::BufferTooSmall {
                 needed,
                 available: out.len(),
             });
         }
-        let foreign = packet.header;
+        let foreign = *foreign;
         let mut marker = foreign.marker;
         let mapping = match self.foreign {
             Some(mapping) if mapping.ssrc == foreign.ssrc => {
@@ -370,12 +376,12 @@ impl RtpSender {
         let timestamp = foreign.timestamp.wrapping_add(mapping.timestamp_offset);
         let header = RtpHeader {
             marker,
-            payload_type: foreign.payload_type,
+            payload_type,
             sequence,
             timestamp,
             ssrc: self.ssrc,
         };
-        let len = header.write_packet(packet.payload, out)?;
+        let len = header.write_packet(payload, out)?;
 
         let mut mapping = mapping;
         let ahead = foreign.sequence.wrapping_sub(mapping.highest_sequence);
@@ -394,7 +400,7 @@ impl RtpSender {
             self.next_timestamp = timestamp.wrapping_add(self.last_step);
         }
         self.foreign = Some(mapping);
-        self.count(packet.payload.len());
+        self.count(payload.len());
         Ok(Some(len))
     }
 
@@ -639,8 +645,14 @@ mod tests {
 
     fn rewrite(sender: &mut RtpSender, incoming: &[u8]) -> Option<RtpHeader> {
         let mut out = [0u8; 256];
+        let packet = RtpPacket::parse(incoming).unwrap();
         sender
-            .rewrite(incoming, &mut out)
+            .relay(
+                &packet.header,
+                packet.payload,
+                packet.header.payload_type,
+                &mut out,
+            )
             .unwrap()
             .map(|len| RtpPacket::parse(&out[..len]).unwrap().header)
     }
@@ -740,15 +752,13 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_rejects_garbage_and_small_buffers_without_state_change() {
+    fn relay_refuses_small_buffers_without_state_change() {
         let mut sender = RtpSender::new(1, 0, 0);
         let mut out = [0u8; 13];
+        let incoming = packet(false, 0, 1, 1, 1, &[0; 4]);
+        let parsed = RtpPacket::parse(&incoming).unwrap();
         assert_eq!(
-            sender.rewrite(&[0u8; 5], &mut out),
-            Err(RtpError::TooShort(5))
-        );
-        assert_eq!(
-            sender.rewrite(&packet(false, 0, 1, 1, 1, &[0; 4]), &mut out),
+            sender.relay(&parsed.header, parsed.payload, 0, &mut out),
             Err(RtpError::BufferTooSmall {
                 needed: 16,
                 available: 13

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use dialtone_codecs::{new_encoder, voice_like_frames, Codec, Transcoder, MAX_PAYLOAD_LEN};
-use dialtone_gateway::webrtc::{audio_mid, point_config};
+use dialtone_room::webrtc::{audio_mid, point_config};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};

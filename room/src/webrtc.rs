@@ -18,7 +18,7 @@ use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info};
 
-use crate::media::rtp::RtpHeader;
+use crate::rtp::RtpHeader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
@@ -73,10 +73,15 @@ impl WebRtcSettings {
 
     /// An `Rtc` of [`point_config`] with our certificate and a host
     /// candidate on `local`'s port.
-    fn rtc(&self, local: SocketAddr, preferred: &[String]) -> Result<Rtc, WebRtcError> {
+    fn rtc(
+        &self,
+        now: Instant,
+        local: SocketAddr,
+        preferred: &[String],
+    ) -> Result<Rtc, WebRtcError> {
         let mut rtc = point_config(preferred)
             .set_dtls_cert(self.certificate.clone())
-            .build(Instant::now());
+            .build(now);
         let candidate_address = SocketAddr::new(self.candidate_ip, local.port());
         let candidate = Candidate::host(candidate_address, "udp")
             .map_err(|error| WebRtcError::Candidate(error.to_string()))?;
@@ -87,10 +92,11 @@ impl WebRtcSettings {
     /// Our offer for a point on `local` (the client answers it).
     pub fn offer(
         &self,
+        now: Instant,
         local: SocketAddr,
         preferred: &[String],
     ) -> Result<PendingOffer, WebRtcError> {
-        let mut rtc = self.rtc(local, preferred)?;
+        let mut rtc = self.rtc(now, local, preferred)?;
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
         let (offer, pending) = change.apply().ok_or(WebRtcError::NoAudio)?;
@@ -108,17 +114,18 @@ impl WebRtcSettings {
     /// our SDP answer.
     pub fn answer(
         &self,
+        now: Instant,
         local: SocketAddr,
         preferred: &[String],
         offer: &str,
     ) -> Result<(WebRtcPoint, String), WebRtcError> {
-        let mut rtc = self.rtc(local, preferred)?;
+        let mut rtc = self.rtc(now, local, preferred)?;
         let answer = rtc
             .sdp_api()
             .accept_offer(SdpOffer::from_sdp_string(offer)?)?;
         let answer = answer.to_sdp_string();
         let mid = audio_mid(&answer).ok_or(WebRtcError::NoAudio)?;
-        let point = WebRtcPoint::negotiated(rtc, mid, local, self.timeouts)?;
+        let point = WebRtcPoint::negotiated(now, rtc, mid, local, self.timeouts)?;
         Ok((point, answer))
     }
 }
@@ -208,7 +215,7 @@ pub struct PendingOffer {
 }
 
 impl PendingOffer {
-    pub fn accept_answer(self, answer: &str) -> Result<WebRtcPoint, WebRtcError> {
+    pub fn accept_answer(self, now: Instant, answer: &str) -> Result<WebRtcPoint, WebRtcError> {
         let PendingOffer {
             mut rtc,
             mid,
@@ -219,7 +226,7 @@ impl PendingOffer {
         } = self;
         rtc.sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(answer)?)?;
-        WebRtcPoint::negotiated(rtc, mid, local, timeouts)
+        WebRtcPoint::negotiated(now, rtc, mid, local, timeouts)
     }
 }
 
@@ -237,6 +244,7 @@ pub struct WebRtcPoint {
 
 impl WebRtcPoint {
     fn negotiated(
+        now: Instant,
         rtc: Rtc,
         mid: Mid,
         local: SocketAddr,
@@ -267,9 +275,9 @@ impl WebRtcPoint {
                 rtc,
                 mid,
                 local,
-                connect_deadline: Instant::now() + timeouts.connect,
+                connect_deadline: now + timeouts.connect,
                 timeouts,
-                last_received: Instant::now(),
+                last_received: now,
                 ice: IceConnectionState::New,
                 connected: false,
                 timeout: None,
@@ -323,12 +331,12 @@ pub struct WebRtcTransport {
 
 impl WebRtcTransport {
     /// A datagram that arrived on the point's socket.
-    pub fn receive(&mut self, source: SocketAddr, datagram: &[u8]) {
+    pub fn receive(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
         let Ok(contents) = datagram.try_into() else {
             debug!(%source, "datagram str0m does not take");
             return;
         };
-        self.last_received = Instant::now();
+        self.last_received = now;
         let input = Input::Receive(
             self.last_received,
             Receive {
@@ -374,7 +382,7 @@ impl WebRtcTransport {
 
     /// Sends one RTP packet of ours (header and payload as built by the
     /// room's sender) through SRTP.
-    pub fn send_rtp(&mut self, header: &RtpHeader, payload: &[u8]) {
+    pub fn send_rtp(&mut self, now: Instant, header: &RtpHeader, payload: &[u8]) {
         if !self.connected {
             return;
         }
@@ -395,7 +403,7 @@ impl WebRtcTransport {
                 header.payload_type.into(),
                 sequence.into(),
                 header.timestamp,
-                Instant::now(),
+                now,
                 payload,
             )
             .marker(header.marker),

@@ -460,7 +460,7 @@ impl TelephoneEventReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::rtp::{RtpPacket, RtpSender};
+    use crate::rtp::{RtpPacket, RtpSender};
 
     const TICK: Duration = Duration::from_millis(20);
 

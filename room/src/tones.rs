@@ -10,10 +10,10 @@ use dialtone_codecs::{
 };
 
 /// Digits played as tones into a point's audio, one after another.
-pub(super) struct Tones {
+pub(crate) struct Tones {
     encoder: Box<dyn Encoder>,
     rate: SampleRate,
-    pub(super) queue: VecDeque<char>,
+    pub(crate) queue: VecDeque<char>,
     playing: Option<DtmfGenerator>,
     /// Frames of the gap still to wait before the next digit.
     gap_frames: u32,
@@ -21,11 +21,11 @@ pub(super) struct Tones {
     payload: [u8; MAX_PAYLOAD_LEN],
 }
 
-pub(super) const TONE_DURATION: Duration = Duration::from_millis(100);
-pub(super) const TONE_GAP_FRAMES: u32 = 5;
+pub(crate) const TONE_DURATION: Duration = Duration::from_millis(100);
+pub(crate) const TONE_GAP_FRAMES: u32 = 5;
 
 impl Tones {
-    pub(super) fn new(codec: Codec) -> Option<Tones> {
+    pub(crate) fn new(codec: Codec) -> Option<Tones> {
         Some(Tones {
             encoder: new_encoder(codec).ok()?,
             rate: codec.sample_rate(),
@@ -37,7 +37,7 @@ impl Tones {
         })
     }
 
-    pub(super) fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         self.playing.is_some() || !self.queue.is_empty() || self.gap_frames > 0
     }
 
@@ -45,7 +45,7 @@ impl Tones {
     /// silence between and after digits (a far end without other audio
     /// from us still gets a continuous stream, which its jitter buffer
     /// needs to play the last digit out).
-    pub(super) fn next_frame(&mut self) -> Option<&[u8]> {
+    pub(crate) fn next_frame(&mut self) -> Option<&[u8]> {
         let samples = self.rate.frame_samples();
         if self.playing.is_none() && self.gap_frames == 0 {
             let digit = DtmfDigit::from_char(self.queue.pop_front()?)?;
@@ -75,7 +75,7 @@ impl Tones {
 
 /// Decodes a point's audio to find DTMF tones in it; 48 kHz audio (Opus)
 /// is looked at in 8 kHz, which holds every DTMF frequency.
-pub(super) struct ToneDetector {
+pub(crate) struct ToneDetector {
     decoder: Box<dyn Decoder>,
     downsampler: Option<Resampler>,
     detector: DtmfDetector,
@@ -84,7 +84,7 @@ pub(super) struct ToneDetector {
 }
 
 impl ToneDetector {
-    pub(super) fn new(codec: Codec) -> Option<ToneDetector> {
+    pub(crate) fn new(codec: Codec) -> Option<ToneDetector> {
         let rate = codec.sample_rate();
         let (downsampler, detector_rate) = if rate == SampleRate::Hz48000 {
             let downsampler = Resampler::new(rate, SampleRate::Hz8000).ok()?;
@@ -102,7 +102,7 @@ impl ToneDetector {
     }
 
     /// The digit that starts in this payload, if one does.
-    pub(super) fn digit_in(&mut self, payload: &[u8]) -> Option<char> {
+    pub(crate) fn digit_in(&mut self, payload: &[u8]) -> Option<char> {
         let samples = self.decoder.decode(payload, &mut self.pcm).ok()?;
         let audio = match self.downsampler.as_mut() {
             Some(downsampler) => {

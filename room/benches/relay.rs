@@ -1,0 +1,79 @@
+//! Pass-through relay cost per RTP packet, socket I/O excluded: the
+//! numbering alone (parse what arrived, offset-map it into the other
+//! point's stream), and the room's whole path for one datagram (parse,
+//! latch, statistics, routing, relay, the transmit polled out).
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dialtone_codecs::Codec;
+use dialtone_room::rtp::{RtpHeader, RtpPacket, RtpSender};
+use dialtone_room::{Input, Output, PointConfig, PointId, Room, WatchConfig};
+
+const PCMU: Option<(u8, Codec)> = Some((0, Codec::Pcmu));
+
+fn packet(sequence: u16, timestamp: u32, out: &mut [u8]) -> usize {
+    let header = RtpHeader {
+        marker: false,
+        payload_type: 0,
+        sequence,
+        timestamp,
+        ssrc: 0x1234_5678,
+    };
+    header.write_packet(&[0x55u8; 160], out).unwrap_or_default()
+}
+
+fn relay(c: &mut Criterion) {
+    let mut incoming = [0u8; 172];
+    let mut sender = RtpSender::new(0x0bad_cafe, 100, 1000);
+    let mut out = [0u8; 1500];
+    let mut sequence = 0u16;
+    c.bench_function("relay numbering, PCMU 20 ms packet", |b| {
+        b.iter(|| {
+            sequence = sequence.wrapping_add(1);
+            let length = packet(sequence, u32::from(sequence) * 160, &mut incoming);
+            if let Ok(packet) = RtpPacket::parse(black_box(&incoming[..length])) {
+                let _ = black_box(sender.relay(&packet.header, packet.payload, 0, &mut out));
+            }
+        })
+    });
+
+    let start = Instant::now();
+    let client = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let far_end = SocketAddr::from(([127, 0, 0, 1], 40002));
+    let mut room = Room::new();
+    let watch = WatchConfig {
+        rtp_timeout: Duration::from_secs(3600),
+        sends: true,
+        rtcp: true,
+    };
+    let sip = PointConfig::rtp(far_end, PCMU, Some(101)).watched(watch);
+    let _ = room.add_point(start, PointId(0), sip);
+    let _ = room.add_point(start, PointId(1), PointConfig::rtp(client, PCMU, Some(101)));
+    let mut sequence = 0u16;
+    c.bench_function(
+        "room relay path, PCMU 20 ms datagram in, transmit out",
+        |b| {
+            b.iter(|| {
+                sequence = sequence.wrapping_add(1);
+                let length = packet(sequence, u32::from(sequence) * 160, &mut incoming);
+                let input = Input::Datagram {
+                    point: PointId(1),
+                    source: client,
+                    data: &incoming[..length],
+                };
+                room.handle_input(start, input);
+                while let Some(output) = room.poll_output() {
+                    if let Output::Transmit(transmit) = output {
+                        black_box(transmit.data.len());
+                    }
+                }
+            })
+        },
+    );
+}
+
+criterion_group!(benches, relay);
+criterion_main!(benches);

@@ -1,0 +1,391 @@
+//! One point of a room: what it is (its transport), what it sends and
+//! takes, and the per-point state the room keeps for it (our outgoing RTP
+//! stream, DTMF in and out, in-band tones, the route its audio comes by,
+//! and for watched legs RTCP statistics and the inactivity timer).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use dialtone_codecs::{new_encoder, Codec, Transcoder, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN};
+
+use crate::inactivity::{InactivityConfig, InactivityTimer};
+use crate::jitter::{JitterBuffer, JitterConfig};
+use crate::lines::{Line, LinePoint};
+use crate::rtmp_point::{RtmpPoint, RTMP_PAYLOAD_TYPE};
+use crate::rtp::RtpSender;
+use crate::stats::{MediaStats, MediaStatsConfig};
+use crate::symmetric::{LatchConfig, RtpLatch};
+use crate::telephone_event::{
+    DtmfSenderConfig, TelephoneEventReceiver, TelephoneEventSender, DEFAULT_END_TIMEOUT,
+};
+use crate::tones::{ToneDetector, Tones};
+use crate::webrtc::{WebRtcPoint, WebRtcTransport};
+
+/// A point's name in its room, chosen by whoever adds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PointId(pub u32);
+
+impl std::fmt::Display for PointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "point {}", self.0)
+    }
+}
+
+/// What a point is, and how its packets travel.
+pub enum PointKind {
+    /// Plain RTP to wherever its far end sends from (symmetric RTP),
+    /// starting with the address its SDP gave.
+    Rtp { remote: SocketAddr },
+    /// A negotiated WebRTC peer (ICE-lite, DTLS-SRTP) on the point's socket.
+    WebRtc(Box<WebRtcPoint>),
+    /// An RTMP client: what it publishes comes in as FLV tags, what the
+    /// room sends goes to its players as FLV tags in `send`.
+    Rtmp { send: Codec },
+    /// A built-in test line, inside the room.
+    Line(Line),
+}
+
+/// How a point is added to a room.
+pub struct PointConfig {
+    pub kind: PointKind,
+    /// The payload type and codec we send it (and it sends, but for RTMP).
+    pub audio: Option<(u8, Codec)>,
+    /// The payload type of the telephone-events it takes and sends.
+    pub telephone_event: Option<u8>,
+    /// Watch this leg: RTCP reports and statistics, and end it when its
+    /// far end stays silent this long (while it is expected to send).
+    pub watch: Option<WatchConfig>,
+    /// Look for in-band DTMF in its audio.
+    pub detect_tones: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WatchConfig {
+    pub rtp_timeout: Duration,
+    /// Its far end sends media (its SDP is not `recvonly` / `inactive`).
+    pub sends: bool,
+    /// Send RTCP next to its RTP (RTP port + 1).
+    pub rtcp: bool,
+}
+
+impl PointConfig {
+    pub fn rtp(
+        remote: SocketAddr,
+        audio: Option<(u8, Codec)>,
+        telephone_event: Option<u8>,
+    ) -> Self {
+        PointConfig {
+            kind: PointKind::Rtp { remote },
+            audio,
+            telephone_event,
+            watch: None,
+            detect_tones: false,
+        }
+    }
+
+    /// A WebRTC point; digits go to it at its audio's clock, as RFC 4733
+    /// asks.
+    pub fn webrtc(point: WebRtcPoint) -> Self {
+        let clock = point.audio.1.rtp_clock_rate();
+        let telephone_event = point
+            .telephone_events
+            .iter()
+            .find(|(_, events_clock)| *events_clock == clock)
+            .map(|(payload_type, _)| *payload_type);
+        PointConfig {
+            audio: Some(point.audio),
+            telephone_event,
+            kind: PointKind::WebRtc(Box::new(point)),
+            watch: None,
+            detect_tones: false,
+        }
+    }
+
+    pub fn rtmp(send: Codec) -> Self {
+        PointConfig {
+            kind: PointKind::Rtmp { send },
+            audio: Some((RTMP_PAYLOAD_TYPE, send)),
+            telephone_event: None,
+            watch: None,
+            detect_tones: false,
+        }
+    }
+
+    pub fn line(line: Line, audio: Option<(u8, Codec)>, telephone_event: Option<u8>) -> Self {
+        PointConfig {
+            kind: PointKind::Line(line),
+            audio,
+            telephone_event,
+            watch: None,
+            detect_tones: false,
+        }
+    }
+
+    pub fn watched(self, watch: WatchConfig) -> Self {
+        PointConfig {
+            watch: Some(watch),
+            ..self
+        }
+    }
+
+    pub fn detecting_tones(self, detect_tones: bool) -> Self {
+        PointConfig {
+            detect_tones,
+            ..self
+        }
+    }
+}
+
+/// A change of a point's far end (re-INVITE, UPDATE).
+#[derive(Debug, Clone, Copy)]
+pub struct PointUpdate {
+    pub remote: SocketAddr,
+    pub audio: Option<(u8, Codec)>,
+    pub telephone_event: Option<u8>,
+    pub sends: bool,
+}
+
+pub(crate) enum Transport {
+    Rtp(RtpLatch),
+    WebRtc {
+        transport: Box<WebRtcTransport>,
+        /// It failed and was reported; nothing more is asked of it.
+        failed: bool,
+    },
+    Rtmp(Box<RtmpPoint>),
+    Line(Box<LinePoint>),
+}
+
+/// How audio reaches a point from the point it hears.
+pub(crate) enum Route {
+    /// Same codec: packets forwarded as they come, offset-mapped.
+    Relay,
+    /// Different codecs: through a jitter buffer, transcoded every 20 ms.
+    Transcode {
+        jitter: JitterBuffer,
+        transcoder: Box<Transcoder>,
+    },
+}
+
+/// RTCP statistics and the inactivity timer of a watched leg.
+pub(crate) struct Watch {
+    pub(crate) stats: MediaStats,
+    pub(crate) inactivity: InactivityTimer,
+    pub(crate) next_snapshot: Instant,
+    pub(crate) rtcp: bool,
+}
+
+/// One encoded frame of silence in a point's codec, sent where the far end
+/// needs a stream to play out what came before (the end of a digit).
+pub(crate) struct Silence {
+    payload: [u8; MAX_PAYLOAD_LEN],
+    length: usize,
+}
+
+impl Silence {
+    pub(crate) fn new(codec: Codec) -> Option<Silence> {
+        let mut encoder = new_encoder(codec).ok()?;
+        let pcm = [0i16; MAX_FRAME_SAMPLES];
+        let mut payload = [0u8; MAX_PAYLOAD_LEN];
+        let length = encoder
+            .encode(&pcm[..codec.frame_samples()], &mut payload)
+            .ok()?;
+        Some(Silence { payload, length })
+    }
+
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.payload[..self.length]
+    }
+}
+
+/// Frames of silence after the last digit packet when no audio flows.
+pub(crate) const DIGIT_TAIL_FRAMES: u32 = 10;
+
+pub(crate) struct Point {
+    pub(crate) id: PointId,
+    pub(crate) transport: Transport,
+    /// The payload type and codec we send this point.
+    pub(crate) audio: Option<(u8, Codec)>,
+    /// What its far end sends: the same, except for an RTMP publisher,
+    /// whose codec is known from its first frame.
+    pub(crate) receive: Option<(u8, Codec)>,
+    /// The payload type of the events we send this point, if it takes them.
+    pub(crate) telephone_event: Option<u8>,
+    /// The payload types its events arrive with.
+    pub(crate) received_events: Vec<u8>,
+    /// The point whose audio and digits this one gets.
+    pub(crate) hears: Option<PointId>,
+    pub(crate) route: Option<Route>,
+    pub(crate) sender: RtpSender,
+    pub(crate) digits_in: TelephoneEventReceiver,
+    pub(crate) digits_out: TelephoneEventSender,
+    /// Whether an audio packet went to this point since the last tick, so
+    /// the clock is not advanced twice.
+    pub(crate) sent_audio: bool,
+    /// Ticks left in which silence fills in for missing audio after digits.
+    pub(crate) digit_tail: u32,
+    pub(crate) silence: Option<Silence>,
+    /// In-band DTMF toward this point's far end.
+    pub(crate) tones: Option<Tones>,
+    /// Detects in-band DTMF in this point's audio.
+    pub(crate) detector: Option<ToneDetector>,
+    pub(crate) watch: Option<Watch>,
+}
+
+impl Point {
+    pub(crate) fn new(id: PointId, config: PointConfig, now: Instant) -> Point {
+        let PointConfig {
+            kind,
+            audio,
+            telephone_event,
+            watch,
+            detect_tones,
+        } = config;
+        let mut received_events: Vec<u8> = telephone_event.into_iter().collect();
+        let mut receive = audio;
+        let transport = match kind {
+            PointKind::Rtp { remote } => {
+                Transport::Rtp(RtpLatch::new(Some(remote), LatchConfig::default()))
+            }
+            PointKind::WebRtc(point) => {
+                let WebRtcPoint {
+                    transport,
+                    telephone_events,
+                    ..
+                } = *point;
+                received_events = telephone_events.iter().map(|(pt, _)| *pt).collect();
+                Transport::WebRtc {
+                    transport,
+                    failed: false,
+                }
+            }
+            PointKind::Rtmp { send } => {
+                receive = None;
+                match RtmpPoint::new(send) {
+                    Some(rtmp) => Transport::Rtmp(Box::new(rtmp)),
+                    None => {
+                        tracing::warn!(%send, "no FLV form for this codec; the RTMP client gets no audio");
+                        Transport::Rtp(RtpLatch::new(None, LatchConfig::default()))
+                    }
+                }
+            }
+            PointKind::Line(line) => Transport::Line(Box::new(LinePoint::new(line, audio))),
+        };
+        let clock = audio.map_or(8000, |(_, codec)| codec.rtp_clock_rate());
+        let sender = RtpSender::new(rand::random(), rand::random(), rand::random());
+        let watch = watch.map(|config| {
+            let mut stats_config = MediaStatsConfig::new(
+                sender.ssrc(),
+                format!("dialtone-{:08x}", sender.ssrc()),
+                clock,
+            );
+            stats_config.telephone_event_payload_type = telephone_event;
+            let mut inactivity = InactivityTimer::new(
+                InactivityConfig {
+                    start_timeout: config.rtp_timeout,
+                    stop_timeout: config.rtp_timeout,
+                },
+                now,
+            );
+            inactivity.set_expecting_media(config.sends, now);
+            Watch {
+                stats: MediaStats::new(stats_config, now, SystemTime::now()),
+                inactivity,
+                next_snapshot: now,
+                rtcp: config.rtcp,
+            }
+        });
+        let codec = audio.map(|(_, codec)| codec);
+        let is_line = matches!(transport, Transport::Line(_));
+        Point {
+            id,
+            transport,
+            audio,
+            receive,
+            telephone_event,
+            received_events,
+            hears: None,
+            route: None,
+            sender,
+            digits_in: TelephoneEventReceiver::new(8000, DEFAULT_END_TIMEOUT),
+            digits_out: TelephoneEventSender::new(DtmfSenderConfig {
+                clock_rate: clock,
+                ..DtmfSenderConfig::default()
+            }),
+            sent_audio: false,
+            digit_tail: 0,
+            silence: None,
+            tones: codec.filter(|_| !is_line).and_then(Tones::new),
+            detector: codec.filter(|_| detect_tones).and_then(ToneDetector::new),
+            watch,
+        }
+    }
+
+    /// RTP clock of the audio we send it.
+    pub(crate) fn clock(&self) -> u32 {
+        self.audio.map_or(8000, |(_, codec)| codec.rtp_clock_rate())
+    }
+
+    /// RTP timestamp units of one 20 ms frame of its audio.
+    pub(crate) fn frame_units(&self) -> u32 {
+        self.clock() / 50
+    }
+
+    /// Where its far end is, for RTP points.
+    pub(crate) fn destination(&self) -> Option<SocketAddr> {
+        match &self.transport {
+            Transport::Rtp(latch) => latch.destination(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn line(&self) -> Option<Line> {
+        match &self.transport {
+            Transport::Line(line) => Some(line.line),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn tones_busy(&self) -> bool {
+        self.tones.as_ref().is_some_and(Tones::is_busy)
+    }
+
+    /// Whether the room must tick for this point.
+    pub(crate) fn needs_ticks(&self) -> bool {
+        matches!(self.route, Some(Route::Transcode { .. }))
+            || !self.digits_out.is_idle()
+            || self.digit_tail > 0
+            || self.tones_busy()
+            || self.line() == Some(Line::Tone)
+    }
+
+    /// Sets the route from `source`'s codec to ours, keeping a transcoder
+    /// that already does it.
+    pub(crate) fn route_from(&mut self, source: Option<Codec>) {
+        let to = self.audio.map(|(_, codec)| codec);
+        self.route = match (source, to) {
+            (Some(from), Some(to)) if from == to => Some(Route::Relay),
+            (Some(from), Some(to)) => match self.route.take() {
+                Some(Route::Transcode { jitter, transcoder })
+                    if transcoder.from_codec() == from && transcoder.to_codec() == to =>
+                {
+                    Some(Route::Transcode { jitter, transcoder })
+                }
+                _ => match Transcoder::new(from, to) {
+                    Ok(transcoder) => {
+                        tracing::info!(point = self.id.0, %from, %to, "transcoding");
+                        Some(Route::Transcode {
+                            jitter: JitterBuffer::new(JitterConfig::default()),
+                            transcoder: Box::new(transcoder),
+                        })
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %from, %to, "no transcoder");
+                        None
+                    }
+                },
+            },
+            _ => None,
+        };
+    }
+}

@@ -1,0 +1,1055 @@
+//! The room: any number of points, the routes between them, and the 20 ms
+//! tick that transcodes, plays tones and sends digits. See the crate doc
+//! for its inputs and outputs.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dialtone_codecs::MAX_PAYLOAD_LEN;
+use dialtone_rtmp::{AudioTag, Bytes};
+use tracing::{debug, info, warn};
+
+use crate::inactivity::MediaTimeout;
+use crate::jitter::Playout;
+use crate::lines::Line;
+use crate::point::{
+    Point, PointConfig, PointId, PointUpdate, Route, Silence, Transport, DIGIT_TAIL_FRAMES,
+};
+use crate::rtmp_point::{Payloads, L16_FRAME_BYTES, RTMP_PAYLOAD_TYPE};
+use crate::rtp::{RtpHeader, RtpPacket};
+use crate::stats::MediaStatsSnapshot;
+use crate::symmetric::LatchDecision;
+use crate::telephone_event::{DigitEvent, TelephoneEventError};
+use crate::webrtc::Polled;
+
+/// The audio tick: transcoded frames, tones and digit packets go out at it.
+pub const FRAME: Duration = Duration::from_millis(20);
+/// How often a watched leg's statistics are reported.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// Large enough for any RTP packet the room writes (header + payload).
+const PACKET_BUFFER: usize = 1500;
+/// A tick this late is not caught up frame by frame: the clock restarts.
+const MAX_TICK_LAG: Duration = Duration::from_millis(200);
+
+/// Something that happened to the room's I/O, at `now`.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A datagram on a point's RTP socket (for WebRTC, anything: STUN,
+    /// DTLS, SRTP).
+    Datagram {
+        point: PointId,
+        source: SocketAddr,
+        data: &'a [u8],
+    },
+    /// A datagram on a point's RTCP socket.
+    Rtcp {
+        point: PointId,
+        data: &'a [u8],
+    },
+    /// An FLV audio tag body from an RTMP point's publisher, with its RTMP
+    /// timestamp (ms).
+    Flv {
+        point: PointId,
+        timestamp: u32,
+        data: &'a [u8],
+    },
+    /// A player of an RTMP point's stream joined; its tags are addressed to
+    /// `player`.
+    PlayerJoined {
+        point: PointId,
+        player: u64,
+    },
+    PlayerLeft {
+        point: PointId,
+        player: u64,
+    },
+    /// The time [`Room::poll_timeout`] named has come.
+    Timeout,
+}
+
+/// Which of a point's sockets a datagram goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    Rtp,
+    Rtcp,
+}
+
+/// A datagram to send; `data` is valid until the next `poll_output`.
+#[derive(Debug)]
+pub struct Transmit<'a> {
+    pub point: PointId,
+    pub socket: Socket,
+    pub destination: SocketAddr,
+    pub data: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigitMethod {
+    Rfc4733,
+    Inband,
+    Info,
+}
+
+impl DigitMethod {
+    /// The protocol's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigitMethod::Rfc4733 => "RFC4733",
+            DigitMethod::Inband => "INBAND",
+            DigitMethod::Info => "INFO",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A point's far end sent a digit.
+    Digit {
+        point: PointId,
+        digit: char,
+        method: DigitMethod,
+    },
+    /// A digit for `point` that it takes no events for: its signalling may
+    /// carry it (SIP INFO).
+    DigitForSignalling { point: PointId, digit: char },
+    /// A watched leg's far end went silent.
+    MediaTimeout {
+        point: PointId,
+        timeout: MediaTimeout,
+    },
+    /// A WebRTC point could not connect or lost its peer.
+    MediaFailed { point: PointId, problem: String },
+    /// A watched leg's statistics, every second.
+    Stats {
+        point: PointId,
+        snapshot: MediaStatsSnapshot,
+    },
+}
+
+pub enum Output<'a> {
+    Transmit(Transmit<'a>),
+    /// An FLV audio tag for one player of an RTMP point.
+    Flv {
+        point: PointId,
+        player: u64,
+        timestamp: u32,
+        data: Bytes,
+    },
+    Event(Event),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    #[error("{0} is already in the room")]
+    Duplicate(PointId),
+    #[error("{0} is not in the room")]
+    UnknownPoint(PointId),
+    #[error("{0} takes no telephone-events")]
+    NoEvents(PointId),
+    #[error("{0} has no audio to play tones in")]
+    NoAudio(PointId),
+    #[error(transparent)]
+    Digits(#[from] TelephoneEventError),
+}
+
+enum Pending {
+    Transmit {
+        point: PointId,
+        socket: Socket,
+        destination: SocketAddr,
+        data: Vec<u8>,
+    },
+    Flv {
+        point: PointId,
+        player: u64,
+        timestamp: u32,
+        data: Bytes,
+    },
+    Event(Event),
+}
+
+/// The outputs waiting to be polled, and the packet buffers they are
+/// written in, reused so a packet's way through the room allocates nothing.
+#[derive(Default)]
+struct Outputs {
+    queue: VecDeque<Pending>,
+    free: Vec<Vec<u8>>,
+    /// The buffer of the transmit last polled, lent until the next poll.
+    lent: Option<Vec<u8>>,
+}
+
+impl Outputs {
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut buffer = self
+            .free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(PACKET_BUFFER));
+        buffer.resize(PACKET_BUFFER, 0);
+        buffer
+    }
+
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        self.free.push(buffer);
+    }
+
+    fn transmit(&mut self, point: PointId, socket: Socket, destination: SocketAddr, data: Vec<u8>) {
+        self.queue.push_back(Pending::Transmit {
+            point,
+            socket,
+            destination,
+            data,
+        });
+    }
+
+    fn event(&mut self, event: Event) {
+        self.queue.push_back(Pending::Event(event));
+    }
+}
+
+/// A media room of any number of points. Each point hears one other point
+/// (its audio and digits): a room of two is a bridge; a third point hears
+/// the first unless told otherwise. Mixing is for later.
+pub struct Room {
+    points: Vec<Point>,
+    outputs: Outputs,
+    /// When the next 20 ms tick is due, while anything needs ticks.
+    next_tick: Option<Instant>,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room::new()
+    }
+}
+
+impl Room {
+    pub fn new() -> Room {
+        Room {
+            points: Vec::new(),
+            outputs: Outputs::default(),
+            next_tick: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    pub fn points(&self) -> impl Iterator<Item = PointId> + '_ {
+        self.points.iter().map(|point| point.id)
+    }
+
+    /// Adds a point. It hears the room's first point; the first point, if
+    /// it heard nobody, hears it.
+    pub fn add_point(
+        &mut self,
+        now: Instant,
+        id: PointId,
+        config: PointConfig,
+    ) -> Result<(), RoomError> {
+        if self.index(id).is_some() {
+            return Err(RoomError::Duplicate(id));
+        }
+        let mut point = Point::new(id, config, now);
+        point.hears = self.points.first().map(|first| first.id);
+        if let Some(first) = self.points.first_mut() {
+            if first.hears.is_none() {
+                first.hears = Some(id);
+            }
+        }
+        info!(point = id.0, audio = ?point.audio, "point joins the room");
+        self.points.push(point);
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
+    /// Takes a point out; those that heard it hear the first point left
+    /// (other than themselves).
+    pub fn remove_point(&mut self, now: Instant, id: PointId) -> Result<(), RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        self.points.remove(index);
+        let ids: Vec<PointId> = self.points.iter().map(|point| point.id).collect();
+        for point in &mut self.points {
+            if point.hears == Some(id) {
+                point.hears = ids.iter().copied().find(|other| *other != point.id);
+            }
+        }
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
+    /// Makes `id` hear `source` (or nobody).
+    pub fn set_hears(
+        &mut self,
+        now: Instant,
+        id: PointId,
+        source: Option<PointId>,
+    ) -> Result<(), RoomError> {
+        if let Some(source) = source {
+            self.index(source).ok_or(RoomError::UnknownPoint(source))?;
+        }
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        self.points[index].hears = source.filter(|source| *source != id);
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
+    /// The far end of a point changed (re-INVITE, UPDATE): its address,
+    /// codec, events and whether it sends at all (hold).
+    pub fn update_point(
+        &mut self,
+        now: Instant,
+        id: PointId,
+        update: PointUpdate,
+    ) -> Result<(), RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        let point = &mut self.points[index];
+        if let Transport::Rtp(latch) = &mut point.transport {
+            latch.update_signalled(Some(update.remote));
+        }
+        if let Some(watch) = point.watch.as_mut() {
+            // A far end on hold sends nothing: not a dead one.
+            watch.inactivity.set_expecting_media(update.sends, now);
+        }
+        if point.audio != update.audio {
+            info!(point = id.0, from = ?point.audio, to = ?update.audio, "point changes codec");
+            point.audio = update.audio;
+            point.receive = update.audio;
+            point.tones = update
+                .audio
+                .and_then(|(_, codec)| crate::tones::Tones::new(codec));
+            point.silence = None;
+            if point.detector.is_some() {
+                point.detector = update
+                    .audio
+                    .and_then(|(_, codec)| crate::tones::ToneDetector::new(codec));
+            }
+        }
+        point.telephone_event = update.telephone_event;
+        point.received_events = update.telephone_event.into_iter().collect();
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
+    /// An ICE candidate trickled for a WebRTC point.
+    pub fn add_remote_candidate(&mut self, id: PointId, candidate: &str) -> Result<(), RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        if let Transport::WebRtc { transport, .. } = &mut self.points[index].transport {
+            transport.add_remote_candidate(candidate);
+        }
+        Ok(())
+    }
+
+    /// Digits for a point's far end as RFC 4733 events.
+    pub fn send_digits(
+        &mut self,
+        now: Instant,
+        id: PointId,
+        digits: &str,
+    ) -> Result<(), RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        let point = &mut self.points[index];
+        if point.telephone_event.is_none() {
+            return Err(RoomError::NoEvents(id));
+        }
+        point.digits_out.enqueue(digits, now)?;
+        self.after(now);
+        Ok(())
+    }
+
+    /// Digits for a point's far end as in-band tones in its audio.
+    pub fn send_tones(&mut self, now: Instant, id: PointId, digits: &str) -> Result<(), RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        let tones = self.points[index]
+            .tones
+            .as_mut()
+            .ok_or(RoomError::NoAudio(id))?;
+        tones.queue.extend(digits.chars());
+        self.after(now);
+        Ok(())
+    }
+
+    /// A digit a point's far end signalled outside its media (SIP INFO).
+    pub fn digit_from(&mut self, now: Instant, id: PointId, digit: char) -> Result<(), RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        self.route_digit(now, index, digit, DigitMethod::Info, 0);
+        self.after(now);
+        Ok(())
+    }
+
+    /// A watched point's statistics now.
+    pub fn stats(&self, id: PointId) -> Option<MediaStatsSnapshot> {
+        let point = &self.points[self.index(id)?];
+        let watch = point.watch.as_ref()?;
+        Some(watch.stats.snapshot(&point.sender.counters()))
+    }
+
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Datagram {
+                point,
+                source,
+                data,
+            } => {
+                if let Some(index) = self.index(point) {
+                    self.on_datagram(now, index, source, data);
+                }
+            }
+            Input::Rtcp { point, data } => {
+                let watch = self
+                    .index(point)
+                    .and_then(|index| self.points[index].watch.as_mut());
+                if let Some(watch) = watch {
+                    if let Err(error) = watch.stats.on_rtcp(data, now) {
+                        debug!(%error, "unreadable RTCP");
+                    }
+                }
+            }
+            Input::Flv {
+                point,
+                timestamp,
+                data,
+            } => {
+                if let Some(index) = self.index(point) {
+                    self.on_flv(now, index, timestamp, data);
+                }
+            }
+            Input::PlayerJoined { point, player } => {
+                let index = self.index(point);
+                if let Some(Transport::Rtmp(rtmp)) =
+                    index.map(|index| &mut self.points[index].transport)
+                {
+                    if let Some(header) = rtmp.join(player) {
+                        self.outputs.queue.push_back(Pending::Flv {
+                            point,
+                            player,
+                            timestamp: 0,
+                            data: header,
+                        });
+                    }
+                }
+            }
+            Input::PlayerLeft { point, player } => {
+                let index = self.index(point);
+                if let Some(Transport::Rtmp(rtmp)) =
+                    index.map(|index| &mut self.points[index].transport)
+                {
+                    rtmp.leave(player);
+                }
+            }
+            Input::Timeout => self.on_timeout(now),
+        }
+        self.after(now);
+    }
+
+    /// The next output, if any. A transmit's data is lent until the next
+    /// call.
+    pub fn poll_output(&mut self) -> Option<Output<'_>> {
+        if let Some(buffer) = self.outputs.lent.take() {
+            self.outputs.recycle(buffer);
+        }
+        match self.outputs.queue.pop_front()? {
+            Pending::Transmit {
+                point,
+                socket,
+                destination,
+                data,
+            } => {
+                let data = self.outputs.lent.insert(data);
+                Some(Output::Transmit(Transmit {
+                    point,
+                    socket,
+                    destination,
+                    data,
+                }))
+            }
+            Pending::Flv {
+                point,
+                player,
+                timestamp,
+                data,
+            } => Some(Output::Flv {
+                point,
+                player,
+                timestamp,
+                data,
+            }),
+            Pending::Event(event) => Some(Output::Event(event)),
+        }
+    }
+
+    /// When the room next needs [`Input::Timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let points = self.points.iter().flat_map(|point| {
+            let webrtc = match &point.transport {
+                Transport::WebRtc {
+                    transport,
+                    failed: false,
+                } => transport.deadline(),
+                _ => None,
+            };
+            let watch = point.watch.iter().flat_map(|watch| {
+                let report = watch.rtcp.then(|| watch.stats.next_report_deadline());
+                [
+                    watch.inactivity.next_deadline(),
+                    report,
+                    Some(watch.next_snapshot),
+                ]
+            });
+            [point.digits_in.next_deadline(), webrtc]
+                .into_iter()
+                .chain(watch)
+                .flatten()
+        });
+        points.chain(self.next_tick).min()
+    }
+
+    fn index(&self, id: PointId) -> Option<usize> {
+        self.points.iter().position(|point| point.id == id)
+    }
+
+    /// Work every input ends with: WebRTC points drained, ticks armed.
+    fn after(&mut self, now: Instant) {
+        self.drain_webrtc(now);
+        let ticking = self.points.iter().any(Point::needs_ticks);
+        self.next_tick = match (ticking, self.next_tick) {
+            (false, _) => None,
+            (true, None) => Some(now),
+            (true, Some(at)) => Some(at),
+        };
+    }
+
+    /// Sets every point's route from the point it hears.
+    fn reroute(&mut self) {
+        for index in 0..self.points.len() {
+            let source = self.points[index]
+                .hears
+                .and_then(|id| self.index(id))
+                .and_then(|source| self.points[source].receive)
+                .map(|(_, codec)| codec);
+            self.points[index].route_from(source);
+        }
+    }
+
+    fn on_datagram(&mut self, now: Instant, index: usize, source: SocketAddr, data: &[u8]) {
+        let point = &mut self.points[index];
+        let latch = match &mut point.transport {
+            Transport::Rtp(latch) => latch,
+            Transport::WebRtc {
+                transport,
+                failed: false,
+            } => {
+                // Its RTP comes out decrypted when the room drains it.
+                transport.receive(now, source, data);
+                return;
+            }
+            _ => return,
+        };
+        let Ok(packet) = RtpPacket::parse(data) else {
+            return;
+        };
+        if latch.on_packet(source, packet.header.ssrc) == LatchDecision::Reject {
+            return;
+        }
+        if let Some(watch) = point.watch.as_mut() {
+            watch.inactivity.on_packet(now);
+            watch
+                .stats
+                .on_rtp(&packet.header, packet.payload.len(), now);
+        }
+        self.on_rtp(now, index, &packet.header, packet.payload);
+    }
+
+    /// One RTP packet from a point's far end: digits, or audio for the
+    /// points that hear it.
+    fn on_rtp(&mut self, now: Instant, index: usize, header: &RtpHeader, payload: &[u8]) {
+        let point = &mut self.points[index];
+        if point.received_events.contains(&header.payload_type) {
+            let started = point
+                .digits_in
+                .on_packet(header.timestamp, payload, now)
+                .ok()
+                .and_then(|mut events| {
+                    events.find_map(|event| match event {
+                        DigitEvent::DigitStarted(digit) => Some(digit),
+                        _ => None,
+                    })
+                });
+            if let Some(digit) = started {
+                self.route_digit(now, index, digit, DigitMethod::Rfc4733, 0);
+            }
+            return;
+        }
+        if point.receive.map(|(pt, _)| pt) != Some(header.payload_type) {
+            return;
+        }
+        if let Some(digit) = point
+            .detector
+            .as_mut()
+            .and_then(|detector| detector.digit_in(payload))
+        {
+            self.route_digit(now, index, digit, DigitMethod::Inband, 0);
+        }
+        self.route_audio(now, index, header, payload, 0);
+    }
+
+    /// Audio from point `from` to every point that hears it. `hops` stops
+    /// an echo line from echoing what it sent.
+    fn route_audio(
+        &mut self,
+        now: Instant,
+        from: usize,
+        header: &RtpHeader,
+        payload: &[u8],
+        hops: u8,
+    ) {
+        let source = self.points[from].id;
+        for index in 0..self.points.len() {
+            let sink = &mut self.points[index];
+            if index == from || sink.hears != Some(source) {
+                continue;
+            }
+            match sink.line() {
+                Some(Line::Echo) if hops == 0 => {
+                    self.route_audio(now, index, header, payload, 1);
+                    continue;
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            // While digits play as tones toward it, they replace the audio.
+            if sink.tones_busy() {
+                continue;
+            }
+            match sink.route.as_mut() {
+                Some(Route::Relay) => self.relay(now, index, header, payload),
+                Some(Route::Transcode { jitter, .. }) => {
+                    jitter.push(header.sequence, header.timestamp, payload);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// A packet forwarded as it is to point `index`, offset-mapped into
+    /// its stream.
+    fn relay(&mut self, now: Instant, index: usize, header: &RtpHeader, payload: &[u8]) {
+        let Some((payload_type, _)) = self.points[index].audio else {
+            return;
+        };
+        let mut buffer = self.outputs.buffer();
+        match self.points[index]
+            .sender
+            .relay(header, payload, payload_type, &mut buffer)
+        {
+            Ok(Some(length)) => {
+                buffer.truncate(length);
+                self.points[index].sent_audio = true;
+                self.deliver(now, index, buffer);
+            }
+            Ok(None) => self.outputs.recycle(buffer),
+            Err(error) => {
+                warn!(%error, "cannot relay RTP");
+                self.outputs.recycle(buffer);
+            }
+        }
+    }
+
+    /// One generated audio frame in point `index`'s stream.
+    fn send_audio(&mut self, now: Instant, index: usize, payload: &[u8]) {
+        let point = &mut self.points[index];
+        let Some((payload_type, _)) = point.audio else {
+            return;
+        };
+        let units = point.frame_units();
+        // The first packet of a stream, as after silence (RFC 3551 §4.1).
+        let marker = point.sender.counters().packets == 0;
+        let mut buffer = self.outputs.buffer();
+        match self.points[index].sender.next_packet(
+            payload,
+            units,
+            marker,
+            payload_type,
+            &mut buffer,
+        ) {
+            Ok(length) => {
+                buffer.truncate(length);
+                self.points[index].sent_audio = true;
+                self.deliver(now, index, buffer);
+            }
+            Err(error) => {
+                warn!(%error, "cannot build RTP");
+                self.outputs.recycle(buffer);
+            }
+        }
+    }
+
+    /// Hands one RTP packet of ours to point `index`'s transport.
+    fn deliver(&mut self, now: Instant, index: usize, packet: Vec<u8>) {
+        let point = &mut self.points[index];
+        let id = point.id;
+        let clock = point.clock();
+        match &mut point.transport {
+            Transport::Rtp(latch) => {
+                if let Some(destination) = latch.destination() {
+                    self.outputs.transmit(id, Socket::Rtp, destination, packet);
+                    return;
+                }
+            }
+            Transport::WebRtc {
+                transport,
+                failed: false,
+            } => {
+                if let Ok(ours) = RtpPacket::parse(&packet) {
+                    transport.send_rtp(now, &ours.header, ours.payload);
+                }
+            }
+            Transport::Rtmp(rtmp) => {
+                if let Ok(ours) = RtpPacket::parse(&packet) {
+                    let queue = &mut self.outputs.queue;
+                    rtmp.send(
+                        &ours.header,
+                        ours.payload,
+                        clock,
+                        |player, timestamp, data| {
+                            queue.push_back(Pending::Flv {
+                                point: id,
+                                player,
+                                timestamp,
+                                data,
+                            });
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+        self.outputs.recycle(packet);
+    }
+
+    /// A digit from point `from`: reported, and passed to every point that
+    /// hears it, as an event where it takes them.
+    fn route_digit(
+        &mut self,
+        now: Instant,
+        from: usize,
+        digit: char,
+        method: DigitMethod,
+        hops: u8,
+    ) {
+        let source = self.points[from].id;
+        self.outputs.event(Event::Digit {
+            point: source,
+            digit,
+            method,
+        });
+        for index in 0..self.points.len() {
+            let sink = &mut self.points[index];
+            if index == from || sink.hears != Some(source) {
+                continue;
+            }
+            match sink.line() {
+                Some(Line::Digits) if hops == 0 => {
+                    info!(%digit, "digits line sends back a digit");
+                    self.route_digit(now, index, digit, method, 1);
+                    continue;
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            if sink.telephone_event.is_some() {
+                let mut text = [0u8; 4];
+                if let Err(error) = sink.digits_out.enqueue(digit.encode_utf8(&mut text), now) {
+                    warn!(%error, "digit not forwarded");
+                }
+            } else {
+                let sink = sink.id;
+                self.outputs
+                    .event(Event::DigitForSignalling { point: sink, digit });
+            }
+        }
+    }
+
+    fn on_flv(&mut self, now: Instant, index: usize, timestamp: u32, data: &[u8]) {
+        let tag = match AudioTag::parse(data) {
+            Ok(tag) => tag,
+            Err(error) => {
+                debug!(%error, "unreadable FLV audio");
+                return;
+            }
+        };
+        let point = &mut self.points[index];
+        let Transport::Rtmp(rtmp) = &mut point.transport else {
+            return;
+        };
+        let Some(frames) = rtmp.inbound.frames(&tag, timestamp) else {
+            return;
+        };
+        // Taken out while the frames go through the room, given back after.
+        let decoded = std::mem::take(&mut rtmp.inbound.decoded);
+        let codec = frames.codec;
+        if point.receive != Some((RTMP_PAYLOAD_TYPE, codec)) {
+            info!(%codec, "RTMP client publishes");
+            point.receive = Some((RTMP_PAYLOAD_TYPE, codec));
+            self.reroute();
+        }
+        let (payloads, frame_bytes) = match frames.payloads {
+            Payloads::Tag(frame_bytes) => (tag.payload, frame_bytes),
+            Payloads::Decoded => (decoded.as_slice(), L16_FRAME_BYTES),
+        };
+        for (frame, chunk) in payloads.chunks(frame_bytes).enumerate() {
+            self.on_rtp(now, index, &frames.header(frame), chunk);
+        }
+        if let Transport::Rtmp(rtmp) = &mut self.points[index].transport {
+            rtmp.inbound.decoded = decoded;
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if let Some(at) = self.next_tick.filter(|at| *at <= now) {
+            self.tick(now);
+            let next = at + FRAME;
+            self.next_tick = Some(if next + MAX_TICK_LAG < now {
+                now + FRAME
+            } else {
+                next
+            });
+        }
+        for index in 0..self.points.len() {
+            let point = &mut self.points[index];
+            // Digits whose end packets were lost end here; only starts
+            // are reported, so there is nothing more to do with them.
+            while point.digits_in.poll(now).is_some() {}
+            if let Transport::WebRtc {
+                transport,
+                failed: false,
+            } = &mut point.transport
+            {
+                if transport.deadline().is_some_and(|at| at <= now) {
+                    transport.on_deadline(now);
+                }
+            }
+            self.watch(now, index);
+        }
+    }
+
+    /// A watched leg's RTCP report, statistics and inactivity.
+    fn watch(&mut self, now: Instant, index: usize) {
+        let point = &mut self.points[index];
+        let id = point.id;
+        let destination = point.destination();
+        let sent = point.sender.counters();
+        let Some(watch) = point.watch.as_mut() else {
+            return;
+        };
+        if watch.rtcp && watch.stats.report_due(now) {
+            let mut buffer = self.outputs.buffer();
+            match watch.stats.write_report(now, &sent, &mut buffer) {
+                Ok(length) => match destination {
+                    Some(rtp) => {
+                        buffer.truncate(length);
+                        let rtcp = SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1));
+                        self.outputs.transmit(id, Socket::Rtcp, rtcp, buffer);
+                    }
+                    None => self.outputs.recycle(buffer),
+                },
+                Err(error) => {
+                    warn!(%error, "cannot build RTCP");
+                    self.outputs.recycle(buffer);
+                }
+            }
+        }
+        let Some(watch) = self.points[index].watch.as_mut() else {
+            return;
+        };
+        if now >= watch.next_snapshot {
+            watch.next_snapshot = now + SNAPSHOT_INTERVAL;
+            let snapshot = watch.stats.snapshot(&sent);
+            self.outputs.event(Event::Stats {
+                point: id,
+                snapshot,
+            });
+        }
+        if let Some(timeout) = watch.inactivity.poll(now) {
+            info!(point = id.0, ?timeout, "no RTP from the far end");
+            self.outputs
+                .event(Event::MediaTimeout { point: id, timeout });
+        }
+    }
+
+    /// Every 20 ms while anything needs it: transcoded frames, tones, the
+    /// tone line, digit packets, and the clocks of streams that sent
+    /// nothing.
+    fn tick(&mut self, now: Instant) {
+        let mut payload = [0u8; MAX_PAYLOAD_LEN];
+        for index in 0..self.points.len() {
+            if let Some(length) = self.transcoded_frame(index, &mut payload) {
+                self.send_audio(now, index, &payload[..length]);
+            }
+            if let Some(frame) = self.points[index]
+                .tones
+                .as_mut()
+                .and_then(|t| t.next_frame())
+            {
+                let length = frame.len();
+                payload[..length].copy_from_slice(frame);
+                self.send_audio(now, index, &payload[..length]);
+            }
+            if let Transport::Line(line) = &mut self.points[index].transport {
+                if let Some((header, length)) = line.next_tone(&mut payload) {
+                    self.route_audio(now, index, &header, &payload[..length], 0);
+                }
+            }
+        }
+        for index in 0..self.points.len() {
+            let sent_digits = self.send_digit_packets(now, index);
+            let point = &mut self.points[index];
+            if point.sent_audio {
+                point.sent_audio = false;
+                continue;
+            }
+            if point.digit_tail > 0 && !sent_digits {
+                // Keep a stream going after digits: a far end's jitter
+                // buffer plays out the end of the last one only when more
+                // packets follow it.
+                point.digit_tail -= 1;
+                if point.silence.is_none() {
+                    point.silence = point.audio.and_then(|(_, codec)| Silence::new(codec));
+                }
+                if let Some(silence) = point.silence.as_ref() {
+                    let length = silence.payload().len();
+                    payload[..length].copy_from_slice(silence.payload());
+                    self.send_audio(now, index, &payload[..length]);
+                    self.points[index].sent_audio = false;
+                    continue;
+                }
+            }
+            let point = &mut self.points[index];
+            let units = point.frame_units();
+            point.sender.skip(units);
+        }
+    }
+
+    /// Point `index`'s next 20 ms from the point it hears, transcoded.
+    fn transcoded_frame(&mut self, index: usize, out: &mut [u8]) -> Option<usize> {
+        let Some(Route::Transcode { jitter, transcoder }) = self.points[index].route.as_mut()
+        else {
+            return None;
+        };
+        let result = match jitter.tick() {
+            Playout::Frame { payload, .. } => transcoder.transcode(payload, out),
+            Playout::Lost {
+                next_payload: Some(next),
+            } => transcoder.recover_into(next, out),
+            Playout::Lost { next_payload: None } => transcoder.conceal_into(out),
+            Playout::Empty => return None,
+        };
+        match result {
+            Ok(length) => Some(length),
+            Err(error) => {
+                debug!(%error, "frame not transcoded");
+                None
+            }
+        }
+    }
+
+    /// The telephone-event packets due for point `index`; whether any
+    /// went out.
+    fn send_digit_packets(&mut self, now: Instant, index: usize) -> bool {
+        let Some(payload_type) = self.points[index].telephone_event else {
+            return false;
+        };
+        let mut sent = false;
+        loop {
+            let point = &mut self.points[index];
+            let audio_timestamp = point.sender.next_timestamp();
+            let Some(packet) = point.digits_out.poll(now, audio_timestamp) else {
+                return sent;
+            };
+            sent = true;
+            point.digit_tail = DIGIT_TAIL_FRAMES;
+            let mut buffer = self.outputs.buffer();
+            match self.points[index].sender.packet_with_timestamp(
+                &packet.event.to_bytes(),
+                packet.timestamp,
+                packet.marker,
+                payload_type,
+                &mut buffer,
+            ) {
+                Ok(length) => {
+                    buffer.truncate(length);
+                    self.deliver(now, index, buffer);
+                }
+                Err(error) => {
+                    warn!(%error, "cannot build telephone-event");
+                    self.outputs.recycle(buffer);
+                }
+            }
+        }
+    }
+
+    /// Everything str0m has ready: datagrams out, decrypted RTP in.
+    fn drain_webrtc(&mut self, now: Instant) {
+        // RTP from one WebRTC point may be sent to another: a few passes.
+        for _ in 0..4 {
+            let mut progressed = false;
+            for index in 0..self.points.len() {
+                progressed |= self.drain_point(now, index);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Drains one WebRTC point; whether anything came out.
+    fn drain_point(&mut self, now: Instant, index: usize) -> bool {
+        let mut progressed = false;
+        loop {
+            let point = &mut self.points[index];
+            let id = point.id;
+            let Transport::WebRtc {
+                transport,
+                failed: failed @ false,
+            } = &mut point.transport
+            else {
+                return progressed;
+            };
+            match transport.poll(now) {
+                Polled::Idle => return progressed,
+                Polled::Failed(problem) => {
+                    info!(point = id.0, %problem, "WebRTC point failed");
+                    *failed = true;
+                    self.outputs
+                        .event(Event::MediaFailed { point: id, problem });
+                    return true;
+                }
+                Polled::Transmit {
+                    destination,
+                    contents,
+                } => {
+                    let mut buffer = self.outputs.buffer();
+                    buffer.clear();
+                    buffer.extend_from_slice(&contents);
+                    self.outputs.transmit(id, Socket::Rtp, destination, buffer);
+                }
+                Polled::Rtp(packet) => {
+                    let header = RtpHeader {
+                        marker: packet.header.marker,
+                        payload_type: *packet.header.payload_type,
+                        sequence: packet.header.sequence_number,
+                        timestamp: packet.header.timestamp,
+                        ssrc: *packet.header.ssrc,
+                    };
+                    self.on_rtp(now, index, &header, &packet.payload);
+                }
+            }
+            progressed = true;
+        }
+    }
+}
