@@ -577,6 +577,13 @@ impl Baresip {
             .collect()
     }
 
+    /// RFC 4733 events received so far, as baresip logs them (`received event: '1' (end=0)`
+    /// when a digit starts, `(end=1)` when its end packets come): (key, ended) per line, in
+    /// order. SIP INFO digits are not among them (see [`Baresip::received_dtmf`]).
+    pub fn received_events(&self) -> Vec<(char, bool)> {
+        parse_received_events(&self.guard.log_text())
+    }
+
     // ----- recordings -----
 
     /// All WAV files in [`Baresip::rec_dir`], oldest first (by name: they are named by time).
@@ -729,6 +736,19 @@ fn render(template: &str, values: &[(&str, String)]) -> anyhow::Result<String> {
         bail!("baresip template has an unknown placeholder {left}");
     }
     Ok(out)
+}
+
+/// `(key, end)` of each `received event: 'K' (end=N)` line of a baresip log.
+fn parse_received_events(log: &str) -> Vec<(char, bool)> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = line.split_once("received event: '")?.1;
+            let mut chars = rest.chars();
+            let key = chars.next()?;
+            let end = chars.as_str().strip_prefix("' (end=")?.chars().next()?;
+            Some((key, end == '1'))
+        })
+        .collect()
 }
 
 /// Seconds of audio written so far to a WAV file still being recorded (from the file size and
@@ -975,6 +995,18 @@ mod tests {
         let mut bad: &[u8] = b"x:abc,";
         assert!(read_netstring(&mut bad).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn parses_received_event_lines() {
+        let log = "call: received event: '1' (end=0)\n\
+                   audio: received event: '1' (end=1)\n\
+                   call: received DTMF: '5' (duration=250)\n\
+                   received event: '*' (end=0)\n";
+        assert_eq!(
+            parse_received_events(log),
+            [('1', false), ('1', true), ('*', false)]
+        );
     }
 
     #[test]

@@ -48,6 +48,19 @@ pub fn binary_path() -> anyhow::Result<PathBuf> {
 /// Keys written right after it belong to `[sip]`.
 pub const LOOPBACK: &str = "[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\n";
 
+/// A test configuration that sends every call straight to `proxy` (a SIPp callee, say) over
+/// UDP, with a short T1 so finished transactions leave the stack within seconds. `sip_extra`
+/// goes into `[sip]`; other sections may be appended to the result.
+pub fn proxy_config(proxy: SocketAddr, sip_extra: &str) -> String {
+    format!("{LOOPBACK}t1_ms = 100\n{sip_extra}[calls]\nproxy = \"sip:{proxy};transport=udp\"\n")
+}
+
+/// A test configuration that registers sessions at `registrar` (the rig's Kamailio) over UDP,
+/// with a short T1 as in [`proxy_config`]; other sections may be appended to the result.
+pub fn registrar_config(registrar: SocketAddr) -> String {
+    format!("{LOOPBACK}t1_ms = 100\n[registrar]\naddress = \"sip:{registrar};transport=udp\"\n")
+}
+
 /// A running gateway process, stopped by PID on drop.
 ///
 /// Readiness is the log line containing `dialtone ready` with fields `http=IP:PORT` and

@@ -37,6 +37,7 @@ pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod rtp_peer;
+pub mod rtp_stream;
 pub mod sipp;
 pub mod wait;
 pub mod webrtc_peer;

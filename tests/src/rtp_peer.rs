@@ -2,14 +2,31 @@
 //! WebSocket protocol would run. It sends a tone encoded with a real codec
 //! (dialtone-codecs) at real-time pace, optionally dropping packets, and
 //! decodes what it receives so a test can check the frequency it heard.
+//! It also plays [`ScriptedStream`]s and records every packet it receives
+//! ([`RtpPeer::play_and_record`]), as a client or as a SIP far end's media
+//! (see [`crate::sipp::SippOptions::media_port`]), for checks of the relay.
 
 use std::f64::consts::PI;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
 use dialtone_codecs::{new_decoder, new_encoder, Codec, MAX_PAYLOAD_LEN};
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use crate::rtp_stream::{ReceivedRtp, ScriptedStream};
+
+/// Deadline for each gateway reply during call set-up.
+const REPLY: Duration = Duration::from_secs(10);
+
+/// A recording that has sent all it had to send ends once nothing arrived for this long (and
+/// what it waited for did not all come): whatever the relay had in flight has arrived.
+pub const RECORD_QUIET: Duration = Duration::from_secs(1);
+
+/// A recording ends at the latest this long after its own sending ended (or after it started,
+/// when it sends nothing), even while packets keep coming.
+pub const RECORD_LIMIT: Duration = Duration::from_secs(10);
 
 /// The SDP name, clock and payload type the peer answers with for `codec`.
 pub fn sdp_format(codec: Codec) -> (&'static str, u32, u8) {
@@ -27,12 +44,24 @@ pub fn sdp_format(codec: Codec) -> (&'static str, u32, u8) {
 pub struct RtpPeer {
     socket: UdpSocket,
     codec: Codec,
+    /// The `a=ptime` of its SDP answer, if any.
+    ptime_ms: Option<u32>,
 }
 
 impl RtpPeer {
     pub async fn bind(codec: Codec) -> anyhow::Result<RtpPeer> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
-        Ok(RtpPeer { socket, codec })
+        Ok(RtpPeer {
+            socket,
+            codec,
+            ptime_ms: None,
+        })
+    }
+
+    /// Says `a=ptime:<ms>` in its SDP answer (the packet time it sends and wants).
+    pub fn with_ptime(mut self, ms: u32) -> RtpPeer {
+        self.ptime_ms = Some(ms);
+        self
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -49,11 +78,82 @@ impl RtpPeer {
     pub fn answer_sdp(&self) -> anyhow::Result<String> {
         let (name, _, pt) = sdp_format(self.codec);
         let port = self.local_addr()?.port();
+        let ptime = self
+            .ptime_ms
+            .map_or_else(String::new, |ms| format!("a=ptime:{ms}\r\n"));
         Ok(format!(
             "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
              m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {name}\r\n\
-             a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+             a=rtpmap:101 telephone-event/8000\r\n{ptime}a=sendrecv\r\n"
         ))
+    }
+
+    /// Sends `stream` to `to` at its packet time (a missing packet's slot passes in silence)
+    /// while recording every RTP packet that arrives; then records on until `expected`
+    /// packets arrived in all, or none for [`RECORD_QUIET`], or [`RECORD_LIMIT`] passed.
+    pub async fn play_and_record(
+        &self,
+        to: SocketAddr,
+        stream: &ScriptedStream,
+        expected: usize,
+    ) -> anyhow::Result<Vec<ReceivedRtp>> {
+        self.record(Some((to, stream)), |received| received.len() >= expected)
+            .await
+    }
+
+    /// Records every RTP packet that arrives until `done` holds for what arrived, or none
+    /// arrived for [`RECORD_QUIET`], or [`RECORD_LIMIT`] passed.
+    pub async fn record_until(
+        &self,
+        done: impl FnMut(&[ReceivedRtp]) -> bool,
+    ) -> anyhow::Result<Vec<ReceivedRtp>> {
+        self.record(None, done).await
+    }
+
+    async fn record(
+        &self,
+        play: Option<(SocketAddr, &ScriptedStream)>,
+        mut done: impl FnMut(&[ReceivedRtp]) -> bool,
+    ) -> anyhow::Result<Vec<ReceivedRtp>> {
+        let (mut slots, packet_time) = match play {
+            Some((_, stream)) => (stream.slots().into_iter(), stream.packet_time),
+            None => (Vec::new().into_iter(), Duration::from_millis(20)),
+        };
+        let mut playing = play.is_some();
+        let mut ticks = tokio::time::interval(packet_time);
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 2048];
+        let mut quiet_at = Instant::now() + RECORD_QUIET;
+        let mut limit_at = Instant::now() + RECORD_LIMIT;
+        loop {
+            if !playing && done(&received) {
+                return Ok(received);
+            }
+            tokio::select! {
+                _ = ticks.tick(), if playing => match (slots.next(), play) {
+                    (Some(Some(index)), Some((to, stream))) => {
+                        self.socket.send_to(&stream.packet(index), to).await?;
+                    }
+                    (Some(_), _) => {}
+                    (None, _) => {
+                        playing = false;
+                        quiet_at = Instant::now() + RECORD_QUIET;
+                        limit_at = Instant::now() + RECORD_LIMIT;
+                    }
+                },
+                incoming = self.socket.recv_from(&mut buffer) => {
+                    let (length, _) = incoming?;
+                    // Anything else on the socket (a STUN probe, say) is no RTP of the stream.
+                    if let Ok(packet) = ReceivedRtp::parse(&buffer[..length]) {
+                        received.push(packet);
+                    }
+                    quiet_at = Instant::now() + RECORD_QUIET;
+                }
+                _ = tokio::time::sleep_until(quiet_at.min(limit_at)), if !playing => {
+                    return Ok(received);
+                }
+            }
+        }
     }
 
     /// Sends `seconds` of a `hz` tone to `to`, dropping every packet whose
@@ -159,10 +259,43 @@ pub async fn start_rtp_call(
     b_uri: &str,
     peer: &RtpPeer,
 ) -> anyhow::Result<(String, SocketAddr)> {
-    const REPLY: Duration = Duration::from_secs(10);
+    let (call_id, offer_sdp) = offer_rtp_call(ws, session_id, b_uri, peer.label()).await?;
+    let point = sdp_audio_addr(&offer_sdp).context("the gateway's SDP_OFFER")?;
+    ws.send_json(&serde_json::json!({
+        "type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id, "sdp": peer.answer_sdp()?,
+    }))
+    .await?;
+    ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING"], REPLY)
+        .await?;
+    Ok((call_id, point))
+}
+
+/// A call with a client RTP point offering `codec_label` that the client never answers: no
+/// SDP_ANSWER, so the gateway never hears from the client's point. Returns the callId once
+/// CALL_STARTED came.
+pub async fn start_unanswered_rtp_call(
+    ws: &mut crate::ws_client::WsClient,
+    session_id: &str,
+    b_uri: &str,
+    codec_label: &str,
+) -> anyhow::Result<String> {
+    let (call_id, _) = offer_rtp_call(ws, session_id, b_uri, codec_label).await?;
+    ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING"], REPLY)
+        .await?;
+    Ok(call_id)
+}
+
+/// START_CALL with a client RTP point offering `codec_label`, up to the gateway's SDP_OFFER
+/// for that point; returns the callId and the offer.
+async fn offer_rtp_call(
+    ws: &mut crate::ws_client::WsClient,
+    session_id: &str,
+    b_uri: &str,
+    codec_label: &str,
+) -> anyhow::Result<(String, String)> {
     ws.send_json(&serde_json::json!({
         "type": "START_CALL", "sessionId": session_id, "bUri": b_uri,
-        "cc": {"audioCodecs": [peer.label()], "mediaTransport": ["RTP"]},
+        "cc": {"audioCodecs": [codec_label], "mediaTransport": ["RTP"]},
     }))
     .await?;
     let starting = ws.recv_type("CALL_STARTING", REPLY).await?;
@@ -174,29 +307,44 @@ pub async fn start_rtp_call(
     anyhow::ensure!(offer["callId"] == call_id.as_str(), "{offer}");
     let offer_sdp = offer["sdp"].as_str().context("SDP_OFFER without sdp")?;
     anyhow::ensure!(
-        offer_sdp.contains(peer.label()),
-        "offer lacks {}: {offer_sdp}",
-        peer.label()
+        offer_sdp.contains(codec_label),
+        "offer lacks {codec_label}: {offer_sdp}"
     );
-    let port: u16 = offer_sdp
-        .lines()
-        .find_map(|line| line.strip_prefix("m=audio "))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|port| port.parse().ok())
-        .context("offer without m=audio port")?;
-    ws.send_json(&serde_json::json!({
-        "type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id, "sdp": peer.answer_sdp()?,
-    }))
-    .await?;
-    loop {
-        let message = ws.recv_json(REPLY).await?;
-        match message["type"].as_str() {
-            Some("CALL_STARTED") => break,
-            Some("CALL_STARTING") => continue,
-            _ => anyhow::bail!("expected CALL_STARTED, got {message}"),
+    Ok((call_id, offer_sdp.to_owned()))
+}
+
+/// Where an SDP's first audio stream goes: its `m=audio` port at its `c=` address (the
+/// media-level one, else the session's).
+pub fn sdp_audio_addr(sdp: &str) -> anyhow::Result<SocketAddr> {
+    let (mut session_ip, mut media_ip, mut port) = (None, None, None);
+    let (mut in_media, mut in_audio) = (false, false);
+    for line in sdp.lines().map(str::trim) {
+        if let Some(media) = line.strip_prefix("m=") {
+            if port.is_some() {
+                break;
+            }
+            in_media = true;
+            in_audio = media.starts_with("audio ");
+            if in_audio {
+                port = media.split(' ').nth(1).and_then(|p| p.parse::<u16>().ok());
+            }
+        } else if let Some(address) = line.strip_prefix("c=IN IP4 ") {
+            let ip = address
+                .split('/')
+                .next()
+                .and_then(|ip| ip.trim().parse::<Ipv4Addr>().ok());
+            if in_audio {
+                media_ip = ip;
+            } else if !in_media {
+                session_ip = ip;
+            }
         }
     }
-    Ok((call_id, SocketAddr::from(([127, 0, 0, 1], port))))
+    let ip = media_ip
+        .or(session_ip)
+        .with_context(|| format!("no c=IN IP4 address for the audio in {sdp:?}"))?;
+    let port = port.with_context(|| format!("no m=audio port in {sdp:?}"))?;
+    Ok(SocketAddr::from((ip, port)))
 }
 
 /// RMS level of `pcm` in dBFS after its first half second (a full-scale
@@ -306,6 +454,17 @@ pub fn dtmf_in_wav(path: &std::path::Path) -> anyhow::Result<Vec<char>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_audio_address() -> anyhow::Result<()> {
+        let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 9 RTP/AVP 96\r\n\
+                   c=IN IP4 10.0.0.9\r\nm=audio 30002 RTP/AVP 0 101\r\na=sendrecv\r\n";
+        assert_eq!(sdp_audio_addr(sdp)?, "127.0.0.1:30002".parse()?);
+        let media_level = "v=0\nc=IN IP4 127.0.0.1\nm=audio 4000 RTP/AVP 0\nc=IN IP4 127.0.0.2\n";
+        assert_eq!(sdp_audio_addr(media_level)?, "127.0.0.2:4000".parse()?);
+        assert!(sdp_audio_addr("v=0\nm=audio 4000 RTP/AVP 0\n").is_err());
+        Ok(())
+    }
 
     #[test]
     fn dtmf_wav_round_trip() -> anyhow::Result<()> {

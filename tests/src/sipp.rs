@@ -65,10 +65,12 @@ pub enum UasScenario {
     /// Like `Answer` but the SDP has PCMU only (no telephone-event); any number of INFO → 200
     /// (bodies traced) until BYE → 200.
     AnswerNoTelephoneEvent,
+    /// `Answer` with `a=ptime:30` in its SDP: a far end that sends and prefers 30 ms packets.
+    AnswerPtime30,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 10] = [
+    pub const ALL: [UasScenario; 11] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -79,6 +81,7 @@ impl UasScenario {
         UasScenario::AnswerThenInactive,
         UasScenario::AnswerNoTelephoneEvent,
         UasScenario::SessionTimer,
+        UasScenario::AnswerPtime30,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -94,12 +97,21 @@ impl UasScenario {
             UasScenario::AnswerThenInactive => "answer_then_inactive",
             UasScenario::AnswerNoTelephoneEvent => "answer_no_telephone_event",
             UasScenario::SessionTimer => "session_timer",
+            UasScenario::AnswerPtime30 => "answer_ptime30",
         }
     }
 
     fn xml(self) -> Cow<'static, str> {
         const REINVITE: &str = include_str!("../rig/sipp/answer_then_reinvite.xml");
+        const ANSWER: &str = include_str!("../rig/sipp/answer.xml");
         Cow::Borrowed(match self {
+            UasScenario::AnswerPtime30 => {
+                return Cow::Owned(
+                    ANSWER
+                        .replace("a=ptime:20", "a=ptime:30")
+                        .replace("dialtone answer", "dialtone answer_ptime30"),
+                )
+            }
             UasScenario::AnswerThenInactive => {
                 return Cow::Owned(
                     REINVITE
@@ -107,7 +119,7 @@ impl UasScenario {
                         .replace("answer_then_reinvite", "answer_then_inactive"),
                 )
             }
-            UasScenario::Answer => include_str!("../rig/sipp/answer.xml"),
+            UasScenario::Answer => ANSWER,
             UasScenario::Busy => include_str!("../rig/sipp/busy.xml"),
             UasScenario::Decline => include_str!("../rig/sipp/decline.xml"),
             UasScenario::NotFound => include_str!("../rig/sipp/not_found.xml"),
@@ -184,6 +196,10 @@ pub struct SippOptions {
     pub rtp_echo: bool,
     /// Calls to handle before exiting (`-m`).
     pub calls: u32,
+    /// The port a UAS scenario's SDP names for its media (`[media_port]`) instead of SIPp's
+    /// own: a socket the test binds, so the test sees every RTP packet sent to the callee and
+    /// sends the callee's RTP itself. `None`: SIPp's media port.
+    pub media_port: Option<u16>,
 }
 
 impl Default for SippOptions {
@@ -194,6 +210,7 @@ impl Default for SippOptions {
             pause: None,
             rtp_echo: false,
             calls: 1,
+            media_port: None,
         }
     }
 }
@@ -265,7 +282,11 @@ impl Sipp {
             // Retransmitted INVITEs and a CANCEL during the pause must not end the call.
             extra.push("-pause_msg_ign".to_owned());
         }
-        let sipp = Sipp::spawn(scenario.name(), Some(&scenario.xml()), &opts, pause, &extra)?;
+        let mut xml = scenario.xml();
+        if let Some(port) = opts.media_port {
+            xml = Cow::Owned(xml.replace("[media_port]", &port.to_string()));
+        }
+        let sipp = Sipp::spawn(scenario.name(), Some(&xml), &opts, pause, &extra)?;
         if let Err(e) = sipp.wait_listening() {
             let mut sipp = sipp;
             sipp.keep_dir = true;
@@ -354,7 +375,8 @@ impl Sipp {
             dir_path,
             name,
             sip_port,
-            media_port,
+            // SIPp binds its own media port (-mp) even when the SDP names the test's.
+            media_port: opts.media_port.unwrap_or(media_port),
             keep_dir: false,
         })
     }
@@ -390,7 +412,8 @@ impl Sipp {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.sip_port))
     }
 
-    /// Where its SDP says to send RTP (`-mp`; echoed back with [`SippOptions::rtp_echo`]).
+    /// Where its SDP says to send RTP: [`SippOptions::media_port`] if set, else SIPp's own
+    /// (`-mp`; echoed back with [`SippOptions::rtp_echo`]).
     pub fn media_addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.media_port))
     }

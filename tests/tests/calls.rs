@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
-use dialtone_tests::gateway::{Gateway, LOOPBACK};
+use dialtone_tests::gateway::{proxy_config, Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::ports::free_port;
 use dialtone_tests::process::Logged;
@@ -463,14 +463,7 @@ async fn unanswered_call_is_cancelled_after_the_no_answer_timeout() -> anyhow::R
 
 /// Open mode with INVITEs straight to a SIPp callee: no proxy in between.
 fn direct_config(sipp: &Sipp, extra: &str) -> String {
-    format!(
-        r#"
-{LOOPBACK}{FAST_SIP}{extra}
-[calls]
-proxy = "sip:{};transport=udp"
-"#,
-        sipp.sip_addr()
-    )
+    proxy_config(sipp.sip_addr(), extra)
 }
 
 #[tokio::test]

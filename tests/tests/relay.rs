@@ -1,0 +1,235 @@
+//! The media relay as a far end's jitter buffer sees it, end to end: what the gateway forwards
+//! between a client's RTP point and a real SIP far end must keep the sender's timing, its gaps
+//! and its order (sequence numbers and timestamps offset-mapped into the gateway's stream), and
+//! digits sent with SEND_DTMF_SIGNAL must end even when the client sends no audio at all.
+//!
+//! The SIP far end is a SIPp callee whose SDP names a socket this test owns
+//! ([`SippOptions::media_port`]), so the test sees every packet the gateway sends it and sends
+//! the far end's own stream; or baresip through Kamailio, for what a softphone makes of digits.
+//!
+//! Why a digit can fail to end although its end packets were sent: a far end with a jitter
+//! buffer (baresip, most phones) plays a packet out only when later packets push it through.
+//! A gateway that sends the digits' events and then nothing, because the client sends no
+//! audio, leaves the last digit's end packets in that buffer: the far end never sees the end.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use dialtone_codecs::Codec;
+use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
+use dialtone_tests::gateway::{proxy_config, registrar_config, Gateway};
+use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
+use dialtone_tests::rtp_peer::{
+    sdp_audio_addr, start_rtp_call, start_unanswered_rtp_call, RtpPeer,
+};
+use dialtone_tests::rtp_stream::{
+    check_telephone_events, ReceivedRtp, RelayReport, ScriptedStream, TelephoneEvent,
+};
+use dialtone_tests::sipp::{Sipp, SippOptions, UasScenario};
+use dialtone_tests::wait::wait_until;
+use dialtone_tests::ws_client::WsClient;
+use serde_json::json;
+
+const REPLY: Duration = Duration::from_secs(10);
+const PEER: Duration = Duration::from_secs(10);
+
+/// The digits of the DTMF tests; the last one, `*`, is the one whose end went missing.
+const DIGITS: &str = "1234#*";
+
+/// A SIPp callee running `scenario` whose media is `far_end`'s socket, and a gateway that
+/// sends its calls straight to it.
+fn sipp_far_end(scenario: UasScenario, far_end: &RtpPeer) -> anyhow::Result<(Sipp, Gateway)> {
+    let sipp = Sipp::uas(
+        scenario,
+        SippOptions {
+            media_port: Some(far_end.local_addr()?.port()),
+            ..Default::default()
+        },
+    )?;
+    let gateway = Gateway::start(&proxy_config(sipp.sip_addr(), ""))?;
+    Ok((sipp, gateway))
+}
+
+/// Where the gateway's SIP side listens for the far end's RTP: the SDP of its INVITE.
+fn gateway_sip_point(sipp: &Sipp) -> anyhow::Result<std::net::SocketAddr> {
+    let invite = sipp.wait_for_message("INVITE sip:", PEER)?;
+    sdp_audio_addr(invite.body()).context("the gateway's INVITE")
+}
+
+async fn hang_up(
+    ws: &mut WsClient,
+    session_id: &str,
+    call_id: &str,
+    sipp: &Sipp,
+) -> anyhow::Result<()> {
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type_skipping("CALL_FINISHED", &["DTMF_RECEIVED"], REPLY)
+        .await?;
+    sipp.wait_success(PEER)
+}
+
+/// Same codec on both sides (PCMU), so the gateway relays packet by packet: each direction
+/// must arrive as the sender made it, in the gateway's numbering (offset-mapped sequence
+/// numbers and timestamps, one SSRC), with 240-sample steps, the sender's gaps and order, the
+/// marker on the first packet, and the payloads intact.
+#[tokio::test]
+async fn ptime_30_relay_keeps_timing_gaps_and_order_both_ways() -> anyhow::Result<()> {
+    let far_end = RtpPeer::bind(Codec::Pcmu).await?;
+    let (sipp, gateway) = sipp_far_end(UasScenario::AnswerPtime30, &far_end)?;
+    let client = RtpPeer::bind(Codec::Pcmu).await?.with_ptime(30);
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    let (call_id, client_point) = start_rtp_call(&mut ws, &session_id, "3000", &client).await?;
+    let sip_point = gateway_sip_point(&sipp)?;
+
+    // Each side a real sender at ptime 30 with every 10th packet lost on the way and one pair
+    // overtaking each other; the far end's numbers wrap (16-bit sequence, 32-bit timestamp)
+    // within the stream, as a randomly started stream's may.
+    let up = ScriptedStream::pcmu_ptime_30(0x00c1_1e47, 1000, 160_000);
+    let down = ScriptedStream::pcmu_ptime_30(0x0fa7_e4d0, 65_500, u32::MAX - 4800);
+    let (heard_by_client, heard_by_far_end) = tokio::try_join!(
+        client.play_and_record(client_point, &up, down.sent_order().len()),
+        far_end.play_and_record(sip_point, &down, up.sent_order().len()),
+    )?;
+    let upstream = RelayReport::check(&up, &heard_by_far_end);
+    let downstream = RelayReport::check(&down, &heard_by_client);
+    ensure!(
+        upstream.is_faithful() && downstream.is_faithful(),
+        "the relay is not faithful to the sender's stream\n\
+         client → far end (faithful: {}):\n{upstream}\
+         far end → client (faithful: {}):\n{downstream}",
+        upstream.is_faithful(),
+        downstream.is_faithful(),
+    );
+    hang_up(&mut ws, &session_id, &call_id, &sipp).await
+}
+
+/// A softphone as the far end must see every digit start and end, in order, when the client
+/// never answers its point (so it never sends audio).
+#[tokio::test]
+async fn last_digit_ends_at_baresip_without_client_audio() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let callee = Baresip::start(BaresipOptions {
+        account: Some(BaresipAccount::rig_user("2000", kamailio.sip_addr())?),
+        auto_answer: true,
+        ..Default::default()
+    })?;
+    let gateway = Gateway::start(&registrar_config(kamailio.sip_addr()))?;
+    let (mut ws, session_id) =
+        WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
+    // The client's point is offered and never answered: no client audio ever reaches the room.
+    let call_id = start_unanswered_rtp_call(&mut ws, &session_id, "2000", "PCMU/8000").await?;
+    callee.wait_call_established(PEER)?;
+    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": call_id, "dtmfString": DIGITS}))
+        .await?;
+
+    let keys: Vec<char> = DIGITS.chars().collect();
+    let ended = |events: &[(char, bool)]| -> Vec<char> {
+        events
+            .iter()
+            .filter(|(_, end)| *end)
+            .map(|(key, _)| *key)
+            .collect()
+    };
+    // Each digit takes about 200 ms; the deadline is ample. A timeout is no failure by itself:
+    // the checks below say what arrived.
+    let _ = wait_until(PEER, || {
+        Ok(ended(&callee.received_events()).len() >= keys.len())
+    });
+    let events = callee.received_events();
+    let started: Vec<char> = events
+        .iter()
+        .filter(|(_, end)| !*end)
+        .map(|(key, _)| *key)
+        .collect();
+    ensure!(
+        callee.received_dtmf() == keys && started == keys && ended(&events) == keys,
+        "baresip got the digits {:?} (CALL_DTMF_START), started {started:?}, ended {:?}; \
+         want {keys:?} each started and ended; its event lines (key, end): {events:?}",
+        callee.received_dtmf(),
+        ended(&events),
+    );
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    callee.wait_call_closed(PEER)?;
+    Ok(())
+}
+
+/// Audio packets a far end must get after the last digit's end packets, at least: a receiver
+/// with a jitter buffer plays a packet out only once later ones push it through (baresip holds
+/// up to 10, `jitter_buffer_delay 5-10`), so an end with nothing after it is never seen.
+const PACKETS_AFTER_LAST_DIGIT: usize = 10;
+
+/// SEND_DTMF_SIGNAL [`DIGITS`] in a call whose client point is never answered, to a SIPp far
+/// end whose media is the test's; returns every RTP packet the far end got, once the call is
+/// hung up.
+async fn digits_at_the_far_end_without_client_audio() -> anyhow::Result<Vec<ReceivedRtp>> {
+    let far_end = RtpPeer::bind(Codec::Pcmu).await?;
+    // SIPp's callee answers with PCMU and telephone-event/101.
+    let (sipp, gateway) = sipp_far_end(UasScenario::Answer, &far_end)?;
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    let call_id = start_unanswered_rtp_call(&mut ws, &session_id, "3000", "PCMU/8000").await?;
+    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": call_id, "dtmfString": DIGITS}))
+        .await?;
+    // Done once every digit's three end packets came and enough packets followed them; else
+    // the recording stops when the gateway falls silent.
+    let received = far_end
+        .record_until(|received| {
+            after_the_ends(received).is_some_and(|after| after.len() >= PACKETS_AFTER_LAST_DIGIT)
+        })
+        .await?;
+    hang_up(&mut ws, &session_id, &call_id, &sipp).await?;
+    Ok(received)
+}
+
+/// The packets after the last of the end packets of all [`DIGITS`] (three per digit), once
+/// they all came.
+fn after_the_ends(received: &[ReceivedRtp]) -> Option<&[ReceivedRtp]> {
+    let last_end = received
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.payload_type == 101)
+        .filter(|(_, p)| TelephoneEvent::parse(&p.payload).is_ok_and(|e| e.end))
+        .nth(3 * DIGITS.len() - 1)?
+        .0;
+    received.get(last_end + 1..)
+}
+
+/// The telephone-event packets themselves, as the far end receives them with no client audio:
+/// RFC 4733's marker, one timestamp per digit, rising durations, three end packets, and
+/// contiguous sequence numbers.
+#[tokio::test]
+async fn digits_without_client_audio_reach_the_far_end_as_complete_rfc_4733_events(
+) -> anyhow::Result<()> {
+    let received = digits_at_the_far_end_without_client_audio().await?;
+    check_telephone_events(&received, 101, DIGITS).map_err(|problems| {
+        anyhow::anyhow!("the far end's telephone-events for {DIGITS:?} are wrong:\n{problems}")
+    })
+}
+
+/// With no client audio, the SIP side's stream must go on after the last digit (silence in the
+/// call's codec), so a far end's jitter buffer lets the last end packets through: see the
+/// module doc.
+#[tokio::test]
+async fn far_end_gets_audio_after_the_last_digit_without_client_audio() -> anyhow::Result<()> {
+    let received = digits_at_the_far_end_without_client_audio().await?;
+    let after = after_the_ends(&received).unwrap_or_default();
+    let audio_after = after.iter().filter(|p| p.payload_type == 0).count();
+    // Payload types in arrival order, run-length: [(101, 42)] is 42 events and nothing else.
+    let mut runs: Vec<(u8, usize)> = Vec::new();
+    for packet in &received {
+        match runs.last_mut() {
+            Some((kind, count)) if *kind == packet.payload_type => *count += 1,
+            _ => runs.push((packet.payload_type, 1)),
+        }
+    }
+    ensure!(
+        audio_after >= PACKETS_AFTER_LAST_DIGIT,
+        "{audio_after} PCMU packets followed the last digit's end packets, want at least \
+         {PACKETS_AFTER_LAST_DIGIT} so a far end's jitter buffer plays the end out; \
+         all {} packets received as (payload type, count) in order: {runs:?}",
+        received.len(),
+    );
+    Ok(())
+}
