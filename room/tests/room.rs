@@ -1,0 +1,633 @@
+//! The room driven as its drivers drive it, with simulated time and no
+//! sockets: datagrams in with `now`, transmits and events polled out.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dialtone_codecs::Codec;
+use dialtone_room::rtp::{RtpHeader, RtpPacket};
+use dialtone_room::telephone_event::TelephoneEvent;
+use dialtone_room::{
+    DigitMethod, Event, Input, Line, Output, PointConfig, PointId, PointUpdate, Room, RoomError,
+    Socket, WatchConfig, FRAME,
+};
+
+const SIP: PointId = PointId(0);
+const CLIENT: PointId = PointId(1);
+const THIRD: PointId = PointId(2);
+const PCMU: Option<(u8, Codec)> = Some((0, Codec::Pcmu));
+const PCMA: Option<(u8, Codec)> = Some((8, Codec::Pcma));
+const G722: Option<(u8, Codec)> = Some((9, Codec::G722));
+const EVENTS: Option<u8> = Some(101);
+
+fn address(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+const SIP_FAR_END: u16 = 40_000;
+const CLIENT_END: u16 = 40_100;
+const THIRD_END: u16 = 40_200;
+
+/// A packet as it left the room.
+#[derive(Debug, Clone)]
+struct Sent {
+    point: PointId,
+    socket: Socket,
+    destination: SocketAddr,
+    header: RtpHeader,
+    payload: Vec<u8>,
+}
+
+/// A room under test and its simulated clock.
+struct Harness {
+    room: Room,
+    now: Instant,
+    sent: Vec<Sent>,
+    events: Vec<Event>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            room: Room::new(),
+            now: Instant::now(),
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// A SIP leg (watched) and a client RTP point, both `audio`.
+    fn bridge(sip: Option<(u8, Codec)>, client: Option<(u8, Codec)>) -> Harness {
+        let mut harness = Harness::new();
+        harness.add(SIP, sip_leg(sip, true));
+        harness.add(
+            CLIENT,
+            PointConfig::rtp(address(CLIENT_END), client, EVENTS),
+        );
+        harness
+    }
+
+    fn add(&mut self, id: PointId, config: PointConfig) {
+        self.room
+            .add_point(self.now, id, config)
+            .expect("a new point");
+        self.drain();
+    }
+
+    fn input(&mut self, input: Input<'_>) {
+        self.room.handle_input(self.now, input);
+        self.drain();
+    }
+
+    fn datagram(&mut self, point: PointId, from: u16, data: &[u8]) {
+        self.input(Input::Datagram {
+            point,
+            source: address(from),
+            data,
+        });
+    }
+
+    /// Moves the clock on to `until`, firing every timeout on the way.
+    fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        while let Some(at) = self.room.poll_timeout().filter(|at| *at <= until) {
+            self.now = self.now.max(at);
+            self.input(Input::Timeout);
+        }
+        self.now = until;
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.room.poll_output() {
+            match output {
+                Output::Transmit(transmit) => {
+                    let (header, payload) = match RtpPacket::parse(transmit.data) {
+                        Ok(packet) => (packet.header, packet.payload.to_vec()),
+                        // RTCP: only its destination matters here.
+                        Err(_) => (
+                            RtpHeader {
+                                marker: false,
+                                payload_type: 0,
+                                sequence: 0,
+                                timestamp: 0,
+                                ssrc: 0,
+                            },
+                            transmit.data.to_vec(),
+                        ),
+                    };
+                    self.sent.push(Sent {
+                        point: transmit.point,
+                        socket: transmit.socket,
+                        destination: transmit.destination,
+                        header,
+                        payload,
+                    });
+                }
+                Output::Flv { .. } => {}
+                Output::Event(event) => self.events.push(event),
+            }
+        }
+    }
+
+    /// RTP packets sent to `point` so far, taken out.
+    fn take_rtp(&mut self, point: PointId) -> Vec<Sent> {
+        let (taken, kept) = std::mem::take(&mut self.sent)
+            .into_iter()
+            .partition(|sent| sent.point == point && sent.socket == Socket::Rtp);
+        self.sent = kept;
+        taken
+    }
+
+    fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+fn sip_leg(audio: Option<(u8, Codec)>, sends: bool) -> PointConfig {
+    PointConfig::rtp(address(SIP_FAR_END), audio, EVENTS).watched(WatchConfig {
+        rtp_timeout: Duration::from_secs(5),
+        sends,
+        rtcp: true,
+    })
+}
+
+fn rtp(header: RtpHeader, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 12 + payload.len()];
+    let length = header.write_packet(payload, &mut out).expect("room for it");
+    out.truncate(length);
+    out
+}
+
+fn header(payload_type: u8, sequence: u16, timestamp: u32, ssrc: u32) -> RtpHeader {
+    RtpHeader {
+        marker: false,
+        payload_type,
+        sequence,
+        timestamp,
+        ssrc,
+    }
+}
+
+/// A far end's PCMU stream as a real one sends it: `ptime` ms packets of
+/// `ptime * 8` samples; the indexes in `missing` never sent.
+fn pcmu_stream(ptime: u32, count: u16, missing: &[u16]) -> Vec<(RtpHeader, Vec<u8>)> {
+    (0..count)
+        .filter(|index| !missing.contains(index))
+        .map(|index| {
+            let mut header = header(
+                0,
+                60_000u16.wrapping_add(index),
+                1000 + u32::from(index) * ptime * 8,
+                0xfeed,
+            );
+            header.marker = index == 0;
+            (header, vec![index as u8; (ptime * 8) as usize])
+        })
+        .collect()
+}
+
+#[test]
+fn relay_keeps_gaps_order_ptime_and_marker_in_both_directions() {
+    for (from, from_port, to) in [(CLIENT, CLIENT_END, SIP), (SIP, SIP_FAR_END, CLIENT)] {
+        let mut room = Harness::bridge(PCMU, PCMU);
+        let mut stream = pcmu_stream(30, 40, &[10, 20, 30]);
+        stream.swap(15, 16);
+        for (header, payload) in &stream {
+            room.datagram(from, from_port, &rtp(*header, payload));
+            room.now += Duration::from_millis(30);
+        }
+        let received = room.take_rtp(to);
+        assert_eq!(received.len(), stream.len(), "every packet relayed");
+        assert!(
+            received[0].header.marker,
+            "the first packet keeps its marker"
+        );
+        assert!(received.iter().skip(1).all(|sent| !sent.header.marker));
+        for (sent, (original, payload)) in received.iter().zip(&stream) {
+            assert_eq!(&sent.payload, payload, "payload as it came");
+            let sequence_offset = sent.header.sequence.wrapping_sub(original.sequence);
+            let timestamp_offset = sent.header.timestamp.wrapping_sub(original.timestamp);
+            assert_eq!(
+                sequence_offset,
+                received[0]
+                    .header
+                    .sequence
+                    .wrapping_sub(stream[0].0.sequence),
+                "sequence numbers offset-mapped, gaps and order kept"
+            );
+            assert_eq!(
+                timestamp_offset,
+                received[0]
+                    .header
+                    .timestamp
+                    .wrapping_sub(stream[0].0.timestamp),
+                "timestamps offset-mapped: 240 per 30 ms packet"
+            );
+        }
+        let ssrcs: std::collections::HashSet<u32> =
+            received.iter().map(|s| s.header.ssrc).collect();
+        assert_eq!(ssrcs.len(), 1);
+    }
+}
+
+#[test]
+fn relay_keeps_dtx_pauses_and_follows_a_new_sender_ssrc_without_stepping_back() {
+    let mut room = Harness::bridge(Some((111, Codec::Opus)), Some((111, Codec::Opus)));
+    // Opus with DTX: 20 ms packets, then 400 ms of nothing, then more.
+    let mut timestamps = vec![0u32, 960, 1920];
+    timestamps.extend([21_120, 22_080]);
+    for (index, timestamp) in timestamps.iter().enumerate() {
+        let packet = rtp(
+            header(111, 7 + index as u16, *timestamp, 0xaaaa),
+            &[1, 2, 3],
+        );
+        room.datagram(CLIENT, CLIENT_END, &packet);
+    }
+    // The client restarts its stream with a new SSRC and numbering.
+    room.datagram(CLIENT, CLIENT_END, &rtp(header(111, 5, 77, 0xbbbb), &[4]));
+    room.datagram(
+        CLIENT,
+        CLIENT_END,
+        &rtp(header(111, 6, 77 + 960, 0xbbbb), &[5]),
+    );
+    let received = room.take_rtp(SIP);
+    let steps: Vec<u32> = received
+        .windows(2)
+        .map(|pair| {
+            pair[1]
+                .header
+                .timestamp
+                .wrapping_sub(pair[0].header.timestamp)
+        })
+        .collect();
+    assert_eq!(&steps[..4], &[960, 960, 19_200, 960], "the DTX pause kept");
+    assert!(
+        (steps[4] as i32) > 0,
+        "the new SSRC does not step back in time"
+    );
+    assert_eq!(steps[5], 960);
+    let sequences: Vec<u16> = received.iter().map(|s| s.header.sequence).collect();
+    for pair in sequences.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0].wrapping_add(1),
+            "one stream, no gap at the restart"
+        );
+    }
+    assert!(received[5].header.marker, "the restart is flagged");
+}
+
+#[test]
+fn different_codecs_are_transcoded_on_the_20_ms_tick() {
+    let mut room = Harness::bridge(PCMA, PCMU);
+    for (header, payload) in pcmu_stream(20, 25, &[]) {
+        room.datagram(CLIENT, CLIENT_END, &rtp(header, &payload));
+        room.advance(FRAME);
+    }
+    room.advance(Duration::from_millis(200));
+    let received = room.take_rtp(SIP);
+    assert!(received.len() >= 20, "{} frames transcoded", received.len());
+    assert!(received.iter().all(|sent| sent.header.payload_type == 8));
+    assert!(received.iter().all(|sent| sent.payload.len() == 160));
+    for pair in received.windows(2) {
+        assert_eq!(
+            pair[1].header.sequence,
+            pair[0].header.sequence.wrapping_add(1)
+        );
+        assert_eq!(
+            pair[1]
+                .header
+                .timestamp
+                .wrapping_sub(pair[0].header.timestamp),
+            160
+        );
+    }
+    assert!(received[0].header.marker);
+}
+
+/// The telephone-events among `sent`: their timestamp, event and end bit.
+fn events(sent: &[Sent]) -> Vec<(u32, TelephoneEvent, bool)> {
+    sent.iter()
+        .filter(|sent| Some(sent.header.payload_type) == EVENTS)
+        .filter_map(|sent| {
+            let event = TelephoneEvent::parse(&sent.payload).ok()?;
+            Some((sent.header.timestamp, event, sent.header.marker))
+        })
+        .collect()
+}
+
+#[test]
+fn every_digit_ends_and_silence_follows_when_no_audio_flows() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.room
+        .send_digits(room.now, SIP, "1*")
+        .expect("digits queued");
+    room.advance(Duration::from_secs(2));
+    let sent = room.take_rtp(SIP);
+    let digit_events = events(&sent);
+    for code in [1u8, 10] {
+        let of_digit: Vec<_> = digit_events
+            .iter()
+            .filter(|(_, e, _)| e.event == code)
+            .collect();
+        assert!(of_digit[0].2, "marker on the first packet of event {code}");
+        assert!(of_digit.iter().skip(1).all(|(_, _, marker)| !marker));
+        let timestamps: std::collections::HashSet<u32> =
+            of_digit.iter().map(|(ts, _, _)| *ts).collect();
+        assert_eq!(timestamps.len(), 1, "one timestamp per event");
+        let ends = of_digit.iter().filter(|(_, e, _)| e.end).count();
+        assert_eq!(ends, 3, "three end packets for event {code}");
+        assert!(of_digit.last().is_some_and(|(_, e, _)| e.end));
+    }
+    let last_end = sent
+        .iter()
+        .rposition(|sent| Some(sent.header.payload_type) == EVENTS)
+        .expect("events");
+    let after: Vec<_> = sent[last_end + 1..].iter().collect();
+    assert!(
+        after.len() >= 10,
+        "silence after the last digit: {} packets",
+        after.len()
+    );
+    assert!(after
+        .iter()
+        .all(|sent| sent.header.payload_type == 0 && sent.payload == [0xff; 160]));
+    for pair in sent.windows(2) {
+        assert_eq!(
+            pair[1].header.sequence,
+            pair[0].header.sequence.wrapping_add(1)
+        );
+    }
+    room.advance(Duration::from_secs(1));
+    assert!(
+        room.take_rtp(SIP).is_empty(),
+        "the stream stops once digits are done"
+    );
+}
+
+#[test]
+fn digits_interleave_with_relayed_audio_and_still_end() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.room.send_digits(room.now, SIP, "5").expect("queued");
+    for (header, payload) in pcmu_stream(20, 40, &[]) {
+        room.datagram(CLIENT, CLIENT_END, &rtp(header, &payload));
+        room.advance(FRAME);
+    }
+    let sent = room.take_rtp(SIP);
+    let digit_events = events(&sent);
+    assert_eq!(digit_events.iter().filter(|(_, e, _)| e.end).count(), 3);
+    for pair in sent.windows(2) {
+        assert_eq!(
+            pair[1].header.sequence,
+            pair[0].header.sequence.wrapping_add(1),
+            "no gap, no duplicate"
+        );
+    }
+}
+
+#[test]
+fn digits_cross_the_room_as_events_or_for_signalling() {
+    let mut room = Harness::new();
+    room.add(SIP, sip_leg(PCMU, true));
+    // The client's point takes no events: the digit is for its signalling.
+    room.add(CLIENT, PointConfig::rtp(address(CLIENT_END), PCMU, None));
+    let mut start = header(101, 1, 500, 0x5151);
+    start.marker = true;
+    room.datagram(SIP, SIP_FAR_END, &rtp(start, &[5, 10, 0, 160]));
+    let events = room.take_events();
+    assert!(events.contains(&Event::Digit {
+        point: SIP,
+        digit: '5',
+        method: DigitMethod::Rfc4733
+    }));
+    assert!(events.contains(&Event::DigitForSignalling {
+        point: CLIENT,
+        digit: '5'
+    }));
+    // A digit by INFO goes on as an event to a point that takes them.
+    room.room
+        .digit_from(room.now, CLIENT, '7')
+        .expect("known point");
+    room.drain();
+    room.advance(Duration::from_millis(500));
+    let to_sip = events_of(&room.take_rtp(SIP));
+    assert!(to_sip.iter().any(|e| e.event == 7 && e.end));
+    assert_eq!(
+        room.room.send_digits(room.now, CLIENT, "1"),
+        Err(RoomError::NoEvents(CLIENT))
+    );
+}
+
+fn events_of(sent: &[Sent]) -> Vec<TelephoneEvent> {
+    events(sent)
+        .into_iter()
+        .map(|(_, event, _)| event)
+        .collect()
+}
+
+#[test]
+fn media_goes_where_the_far_end_sends_from() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    let behind_nat = 41_000;
+    room.datagram(SIP, behind_nat, &rtp(header(0, 1, 0, 0x77), &[0; 160]));
+    room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 1, 0, 0x88), &[0; 160]));
+    let to_sip = room.take_rtp(SIP);
+    assert_eq!(to_sip[0].destination, address(behind_nat), "latched");
+    // Someone else with the latched SSRC cannot take the media away.
+    room.datagram(SIP, 41_500, &rtp(header(0, 2, 160, 0x77), &[0; 160]));
+    room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 2, 160, 0x88), &[0; 160]));
+    assert_eq!(room.take_rtp(SIP)[0].destination, address(behind_nat));
+    // RTCP goes next to where RTP goes.
+    room.advance(Duration::from_secs(12));
+    let rtcp: Vec<_> = room
+        .sent
+        .iter()
+        .filter(|s| s.socket == Socket::Rtcp)
+        .collect();
+    assert!(!rtcp.is_empty(), "RTCP reports sent");
+    assert!(rtcp
+        .iter()
+        .all(|s| s.destination == address(behind_nat + 1)));
+}
+
+#[test]
+fn a_silent_far_end_times_out_but_not_while_on_hold() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.advance(Duration::from_secs(6));
+    assert!(room
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::MediaTimeout { point: SIP, .. })));
+
+    let mut room = Harness::new();
+    room.add(SIP, sip_leg(PCMU, false));
+    room.advance(Duration::from_secs(30));
+    assert!(
+        !room
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::MediaTimeout { .. })),
+        "on hold is not dead"
+    );
+    let resume = PointUpdate {
+        remote: address(SIP_FAR_END),
+        audio: PCMU,
+        telephone_event: EVENTS,
+        sends: true,
+    };
+    room.room
+        .update_point(room.now, SIP, resume)
+        .expect("known point");
+    room.advance(Duration::from_secs(6));
+    assert!(
+        room.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::MediaTimeout { point: SIP, .. })),
+        "off hold and silent"
+    );
+}
+
+#[test]
+fn a_codec_change_from_the_far_end_reroutes_the_room() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    for (header, payload) in pcmu_stream(20, 5, &[]) {
+        room.datagram(CLIENT, CLIENT_END, &rtp(header, &payload));
+    }
+    let before = room.take_rtp(SIP);
+    assert!(before.iter().all(|s| s.header.payload_type == 0));
+    // A re-INVITE moves the far end to G.722 at a new address.
+    let moved = PointUpdate {
+        remote: address(SIP_FAR_END + 10),
+        audio: G722,
+        telephone_event: EVENTS,
+        sends: true,
+    };
+    room.room
+        .update_point(room.now, SIP, moved)
+        .expect("known point");
+    for (header, payload) in pcmu_stream(20, 30, &[]).into_iter().skip(5) {
+        room.datagram(CLIENT, CLIENT_END, &rtp(header, &payload));
+        room.advance(FRAME);
+    }
+    let after = room.take_rtp(SIP);
+    assert!(after.len() >= 20);
+    assert!(
+        after.iter().all(|s| s.header.payload_type == 9),
+        "now G.722"
+    );
+    assert!(after
+        .iter()
+        .all(|s| s.destination == address(SIP_FAR_END + 10)));
+    let ssrcs: std::collections::HashSet<u32> =
+        before.iter().chain(&after).map(|s| s.header.ssrc).collect();
+    assert_eq!(ssrcs.len(), 1, "one stream across the change");
+    // The G.722 far end's audio reaches the PCMU client transcoded.
+    for index in 0..10u16 {
+        room.datagram(
+            SIP,
+            SIP_FAR_END + 10,
+            &rtp(header(9, index, u32::from(index) * 160, 3), &[0; 160]),
+        );
+        room.advance(FRAME);
+    }
+    let to_client = room.take_rtp(CLIENT);
+    assert!(!to_client.is_empty());
+    assert!(to_client.iter().all(|s| s.header.payload_type == 0));
+}
+
+#[test]
+fn a_third_point_hears_the_first_and_removal_rewires_the_rest() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.add(THIRD, PointConfig::rtp(address(THIRD_END), PCMU, None));
+    room.datagram(SIP, SIP_FAR_END, &rtp(header(0, 1, 0, 1), &[1; 160]));
+    room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 1, 0, 2), &[2; 160]));
+    room.datagram(THIRD, THIRD_END, &rtp(header(0, 1, 0, 3), &[3; 160]));
+    let payloads = |sent: Vec<Sent>| -> Vec<u8> { sent.iter().map(|s| s.payload[0]).collect() };
+    assert_eq!(
+        payloads(room.take_rtp(CLIENT)),
+        vec![1],
+        "the client hears the SIP leg"
+    );
+    assert_eq!(
+        payloads(room.take_rtp(SIP)),
+        vec![2],
+        "the SIP leg hears the client, not the third"
+    );
+    assert_eq!(
+        payloads(room.take_rtp(THIRD)),
+        vec![1],
+        "the third listens to the first point"
+    );
+    // The client leaves: the SIP leg hears the third point instead.
+    room.room
+        .remove_point(room.now, CLIENT)
+        .expect("known point");
+    room.datagram(THIRD, THIRD_END, &rtp(header(0, 2, 160, 3), &[3; 160]));
+    assert_eq!(payloads(room.take_rtp(SIP)), vec![3]);
+    // And anyone may be told whom to hear.
+    room.room
+        .set_hears(room.now, THIRD, None)
+        .expect("known point");
+    room.datagram(SIP, SIP_FAR_END, &rtp(header(0, 2, 160, 1), &[1; 160]));
+    assert!(room.take_rtp(THIRD).is_empty());
+    assert_eq!(
+        room.room.remove_point(room.now, CLIENT),
+        Err(RoomError::UnknownPoint(CLIENT))
+    );
+}
+
+#[test]
+fn test_lines_are_points_of_the_room() {
+    let mut room = Harness::new();
+    room.add(SIP, PointConfig::rtp(address(SIP_FAR_END), PCMU, EVENTS));
+    room.add(CLIENT, PointConfig::line(Line::Echo, PCMU, EVENTS));
+    room.datagram(SIP, SIP_FAR_END, &rtp(header(0, 9, 900, 1), &[42; 160]));
+    let echoed = room.take_rtp(SIP);
+    assert_eq!(echoed.len(), 1);
+    assert_eq!(echoed[0].payload, vec![42; 160]);
+
+    let mut room = Harness::new();
+    room.add(SIP, PointConfig::rtp(address(SIP_FAR_END), PCMU, EVENTS));
+    room.add(CLIENT, PointConfig::line(Line::Digits, PCMU, EVENTS));
+    let mut start = header(101, 1, 500, 1);
+    start.marker = true;
+    room.datagram(SIP, SIP_FAR_END, &rtp(start, &[3, 10, 0, 160]));
+    room.advance(Duration::from_millis(500));
+    assert!(events_of(&room.take_rtp(SIP))
+        .iter()
+        .any(|e| e.event == 3 && e.end));
+
+    let mut room = Harness::new();
+    room.add(SIP, PointConfig::rtp(address(SIP_FAR_END), PCMU, EVENTS));
+    room.add(CLIENT, PointConfig::line(Line::Tone, PCMU, EVENTS));
+    room.advance(Duration::from_millis(1000));
+    let tone = room.take_rtp(SIP);
+    assert!(
+        (45..=55).contains(&tone.len()),
+        "{} tone frames in a second",
+        tone.len()
+    );
+}
+
+#[test]
+fn garbage_and_unknown_points_change_nothing() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    for garbage in [&[][..], &[0x80][..], &[0xff; 12][..], &[0x80, 0, 0, 1][..]] {
+        room.datagram(CLIENT, CLIENT_END, garbage);
+        room.input(Input::Flv {
+            point: CLIENT,
+            timestamp: 0,
+            data: garbage,
+        });
+        room.input(Input::Rtcp {
+            point: SIP,
+            data: garbage,
+        });
+    }
+    room.datagram(PointId(99), CLIENT_END, &rtp(header(0, 1, 0, 1), &[0; 160]));
+    assert!(room.take_rtp(SIP).is_empty());
+    assert_eq!(
+        room.room.add_point(room.now, SIP, sip_leg(PCMU, true)),
+        Err(RoomError::Duplicate(SIP))
+    );
+}
