@@ -68,9 +68,7 @@ impl Harness {
     }
 
     fn add(&mut self, id: PointId, config: PointConfig) {
-        self.room
-            .add_point(self.now, id, config)
-            .expect("a new point");
+        assert_eq!(self.room.add_point(self.now, id, config), Ok(()));
         self.drain();
     }
 
@@ -153,7 +151,7 @@ fn sip_leg(audio: Option<(u8, Codec)>, sends: bool) -> PointConfig {
 
 fn rtp(header: RtpHeader, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; 12 + payload.len()];
-    let length = header.write_packet(payload, &mut out).expect("room for it");
+    let length = header.write_packet(payload, &mut out).unwrap_or_default();
     out.truncate(length);
     out
 }
