@@ -1,11 +1,12 @@
 //! The Dialtone gateway: configuration, client sessions, the HTTP server
 //! (WebSocket, the web page, RTMPT, status, metrics), the RTMP listeners,
-//! each call's media room with its points (SIP RTP, and the client's RTP,
-//! WebRTC or RTMP point) and the wiring between the protocol crates.
+//! the driver task of each call's media room (its sockets, streams and
+//! timer) and the wiring between the protocol crates.
 //!
 //! Protocol details live in the `dialtone-ws` (client protocol) and
-//! `dialtone-sip` (SIP) crates; this crate decides what a session is and
-//! what happens when a client comes and goes.
+//! `dialtone-sip` (SIP) crates, media logic in `dialtone-room`; this crate
+//! decides what a session is and what happens when a client comes and
+//! goes, and it owns every socket and clock read.
 
 mod call;
 pub mod config;
