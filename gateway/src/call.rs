@@ -959,3 +959,38 @@ fn reject_status(reason: RejectReason) -> u16 {
         RejectReason::Unavailable => 480,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(sdp: &str) -> sdp::RemoteAudio {
+        let text = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{sdp}"
+        );
+        sdp::parse_remote(&text).unwrap()
+    }
+
+    #[test]
+    fn a_re_invite_keeps_the_codec_in_use_while_it_is_offered() {
+        let g722_first = offer(
+            "m=audio 4000 RTP/AVP 9 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n",
+        );
+        let update = sip_update(Some((0, Codec::Pcmu)), &g722_first);
+        assert_eq!(update.audio, Some((0, Codec::Pcmu)));
+        assert_eq!(update.telephone_event, Some(101));
+        assert!(update.sends);
+        assert_eq!(update.remote, SocketAddr::from(([127, 0, 0, 1], 4000)));
+    }
+
+    #[test]
+    fn a_re_invite_without_the_codec_in_use_moves_the_leg_and_hold_is_seen() {
+        let g722_only = offer("m=audio 4002 RTP/AVP 9\r\na=sendonly\r\n");
+        let update = sip_update(Some((0, Codec::Pcmu)), &g722_only);
+        assert_eq!(update.audio, Some((9, Codec::G722)));
+        assert_eq!(update.telephone_event, None);
+        assert!(update.sends, "sendonly: music on hold comes");
+        let inactive = offer("m=audio 4002 RTP/AVP 0\r\na=inactive\r\n");
+        assert!(!sip_update(Some((0, Codec::Pcmu)), &inactive).sends);
+    }
+}
