@@ -271,7 +271,7 @@ impl CallTask {
                         CallEvent::Progress { status: 180, .. } if outgoing => self.send_stage(CallStage::Ringing),
                         CallEvent::Progress { status: 181..=183, .. } if outgoing => self.send_stage(CallStage::SessionProgress),
                         CallEvent::Progress { .. } => {}
-                        CallEvent::Established { sdp } => {
+                        CallEvent::Established { sdp, .. } => {
                             established = true;
                             info!("call established");
                             let remote = sdp.or_else(|| incoming_offer.clone().flatten());
@@ -289,7 +289,7 @@ impl CallTask {
                                 client_call_id: self.ids.client_call_id.clone(),
                             });
                         }
-                        CallEvent::MediaChanged { sdp } => {
+                        CallEvent::MediaChanged { sdp, .. } => {
                             info!("far end changed the media");
                             if let (Some(room), Ok(remote)) = (&room, sdp::parse_remote(&sdp)) {
                                 let changed = RoomCommand::RemoteChanged {
