@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dialtone_codecs::Codec;
 use dialtone_rtmp::{FlashMedia, FlashSdp};
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
-use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, OutgoingCall};
+use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, NegotiatedMedia, OutgoingCall};
 use dialtone_ws::{
     CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError,
     RejectReason, SdpExchange, ServerMessage,
@@ -233,9 +233,8 @@ impl CallTask {
         let mut gave_up = false;
         let mut media_failed = None;
         let mut room: Option<MediaRoom> = None;
-        // What the SIP far end takes: telephone-events, and its codec.
+        // The SIP far end takes telephone-events.
         let mut sip_events = false;
-        let mut sip_audio = None;
         if let Some(ClientPoint::Rtmp { waiting, .. }) = client_point.as_mut() {
             // An RTMP client needs no answer: it connects and publishes or
             // plays whenever it likes, before or after the far end answers.
@@ -276,13 +275,11 @@ impl CallTask {
                         CallEvent::Progress { status: 180, .. } if outgoing => self.send_stage(CallStage::Ringing),
                         CallEvent::Progress { status: 181..=183, .. } if outgoing => self.send_stage(CallStage::SessionProgress),
                         CallEvent::Progress { .. } => {}
-                        CallEvent::Established { sdp } => {
+                        CallEvent::Established { media, .. } => {
                             established = true;
                             info!("call established");
-                            let remote = sdp.or_else(|| incoming_offer.clone().flatten());
-                            if let Some((config, io)) = self.sip_point(&lease, remote.as_deref()) {
+                            if let Some((config, io)) = media.and_then(|media| self.sip_point(&lease, &media)) {
                                 sip_events = config.telephone_event.is_some();
-                                sip_audio = config.audio;
                                 self.room(&mut room).add_point(SIP_POINT, config, io);
                             }
                             self.outbox.send(ServerMessage::CallStarted {
@@ -291,12 +288,11 @@ impl CallTask {
                                 client_call_id: self.ids.client_call_id.clone(),
                             });
                         }
-                        CallEvent::MediaChanged { sdp } => {
-                            info!("far end changed the media");
-                            if let (Some(room), Ok(remote)) = (&room, sdp::parse_remote(&sdp)) {
-                                let update = sip_update(sip_audio, &remote);
-                                sip_events = update.telephone_event.is_some();
-                                sip_audio = update.audio;
+                        CallEvent::MediaChanged { media, changes, .. } => {
+                            info!(?changes, "far end changed the media");
+                            let update = sip_update(&media);
+                            sip_events = update.telephone_event.is_some();
+                            if let Some(room) = &room {
                                 room.update_point(SIP_POINT, update);
                             }
                         }
@@ -699,16 +695,8 @@ impl CallTask {
     fn sip_point(
         &self,
         lease: &PortLease,
-        remote_sdp: Option<&str>,
+        media: &NegotiatedMedia,
     ) -> Option<(PointConfig, PointIo)> {
-        let remote = match remote_sdp.map(sdp::parse_remote) {
-            Some(Ok(remote)) => remote,
-            Some(Err(error)) => {
-                warn!(%error, "far end SDP unreadable; no media");
-                return None;
-            }
-            None => return None,
-        };
         let sockets = lease
             .rtp_socket()
             .and_then(|rtp| Ok((rtp, lease.rtcp_socket()?)));
@@ -719,7 +707,7 @@ impl CallTask {
                 return None;
             }
         };
-        let config = rtp_point(&remote);
+        let config = PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event);
         let detect_tones = match self.gateway.config.media.inband_detection {
             InbandDetection::Always => true,
             InbandDetection::Never => false,
@@ -727,7 +715,7 @@ impl CallTask {
         };
         let watch = WatchConfig {
             rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
-            sends: sends_media(remote.direction),
+            sends: media.remote_sends(),
             rtcp: true,
         };
         let io = PointIo {
@@ -818,26 +806,22 @@ fn rtp_point(remote: &sdp::RemoteAudio) -> PointConfig {
     )
 }
 
-/// What a re-INVITE or UPDATE from the SIP far end changes: the codec in
-/// use stays while the far end still offers it.
-fn sip_update(current: Option<(u8, Codec)>, remote: &sdp::RemoteAudio) -> PointUpdate {
-    let kept = current.and_then(|(_, codec)| {
-        remote.codecs.iter().find_map(|offered| {
-            (bridge_codec(offered) == Some(codec)).then_some((offered.payload_type, codec))
-        })
-    });
+/// The SIP leg's point after a re-INVITE or UPDATE, as negotiated.
+fn sip_update(media: &NegotiatedMedia) -> PointUpdate {
     PointUpdate {
-        remote: SocketAddr::new(remote.address, remote.port),
-        audio: kept.or_else(|| first_bridged(&remote.codecs)),
-        telephone_event: telephone_event(&remote.codecs),
-        sends: sends_media(remote.direction),
+        remote: media.remote,
+        audio: bridged(&media.codec),
+        telephone_event: media.telephone_event,
+        sends: media.remote_sends(),
     }
 }
 
+fn bridged(codec: &sdp::Codec) -> Option<(u8, Codec)> {
+    bridge_codec(codec).map(|bridged| (codec.payload_type, bridged))
+}
+
 fn first_bridged(codecs: &[sdp::Codec]) -> Option<(u8, Codec)> {
-    codecs
-        .iter()
-        .find_map(|codec| bridge_codec(codec).map(|bridged| (codec.payload_type, bridged)))
+    codecs.iter().find_map(bridged)
 }
 
 fn telephone_event(codecs: &[sdp::Codec]) -> Option<u8> {
@@ -845,11 +829,6 @@ fn telephone_event(codecs: &[sdp::Codec]) -> Option<u8> {
         .iter()
         .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
         .map(|codec| codec.payload_type)
-}
-
-/// Whether a far end whose SDP says `direction` sends us media.
-fn sends_media(direction: Direction) -> bool {
-    matches!(direction, Direction::SendRecv | Direction::SendOnly)
 }
 
 /// The bridge's codec for an SDP codec.
@@ -957,40 +936,5 @@ fn reject_status(reason: RejectReason) -> u16 {
         RejectReason::Busy => 486,
         RejectReason::Decline => 603,
         RejectReason::Unavailable => 480,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn offer(sdp: &str) -> sdp::RemoteAudio {
-        let text = format!(
-            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{sdp}"
-        );
-        sdp::parse_remote(&text).unwrap()
-    }
-
-    #[test]
-    fn a_re_invite_keeps_the_codec_in_use_while_it_is_offered() {
-        let g722_first = offer(
-            "m=audio 4000 RTP/AVP 9 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n",
-        );
-        let update = sip_update(Some((0, Codec::Pcmu)), &g722_first);
-        assert_eq!(update.audio, Some((0, Codec::Pcmu)));
-        assert_eq!(update.telephone_event, Some(101));
-        assert!(update.sends);
-        assert_eq!(update.remote, SocketAddr::from(([127, 0, 0, 1], 4000)));
-    }
-
-    #[test]
-    fn a_re_invite_without_the_codec_in_use_moves_the_leg_and_hold_is_seen() {
-        let g722_only = offer("m=audio 4002 RTP/AVP 9\r\na=sendonly\r\n");
-        let update = sip_update(Some((0, Codec::Pcmu)), &g722_only);
-        assert_eq!(update.audio, Some((9, Codec::G722)));
-        assert_eq!(update.telephone_event, None);
-        assert!(update.sends, "sendonly: music on hold comes");
-        let inactive = offer("m=audio 4002 RTP/AVP 0\r\na=inactive\r\n");
-        assert!(!sip_update(Some((0, Codec::Pcmu)), &inactive).sends);
     }
 }

@@ -93,8 +93,14 @@ impl Session {
                 return;
             }
         };
-        let mut registration =
-            registration.map(|r| (r, Held::new(&self.gateway.metrics.registrations)));
+        let registered = registration
+            .as_ref()
+            .map(|_| Held::new(&self.gateway.metrics.registrations));
+        let mut registration = registration;
+        // A refresh runs as a task of its own (up to `registrar.timeout_ms`)
+        // and hands the registration back: commands, incoming calls and the
+        // stop signal are served meanwhile.
+        let mut refreshing: Option<JoinHandle<(Registration, Result<(), RegisterError>)>> = None;
         let _session = Held::new(&self.gateway.metrics.sessions);
         self.gateway.metrics.sessions_started.inc();
         info!("session started");
@@ -104,13 +110,28 @@ impl Session {
             ice_servers: self.gateway.config.webrtc.ice_servers.clone(),
         });
 
-        let mut refresh = Refresh::new(registration.as_ref().map(|(r, _)| r.refresh_after()));
+        let mut refresh = Refresh::new(registration.as_ref().map(Registration::refresh_after));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = refresh.due() => {
-                    if let Some((registration, _)) = registration.as_mut() {
-                        refresh.after(registration.refresh().await, registration.refresh_after());
+                _ = refresh.due(), if refreshing.is_none() => {
+                    match registration.take() {
+                        Some(taken) => refreshing = Some(self.gateway.tasks.spawn(taken.refreshed())),
+                        None => refresh.at = None,
+                    }
+                }
+                outcome = finished(&mut refreshing), if refreshing.is_some() => {
+                    refreshing = None;
+                    match outcome {
+                        Ok((back, outcome)) => {
+                            refresh.after(outcome, back.refresh_after());
+                            registration = Some(back);
+                        }
+                        // Only a panic gets here; the binding expires on its own.
+                        Err(error) => {
+                            warn!(%error, "registration refresh task failed; no more refreshes");
+                            refresh.at = None;
+                        }
                     }
                 }
                 command = commands.recv() => match command {
@@ -126,11 +147,20 @@ impl Session {
 
         drop(incoming);
         self.end_calls().await;
-        if let Some((registration, _held)) = registration {
+        // A refresh in flight is let finish (bounded by its timeout), so the
+        // binding it may create is the one we remove.
+        if let Some(in_flight) = refreshing {
+            match in_flight.await {
+                Ok((back, _)) => registration = Some(back),
+                Err(error) => warn!(%error, "registration refresh task failed"),
+            }
+        }
+        if let Some(registration) = registration {
             if let Err(error) = registration.unregister().await {
                 warn!(%error, "unregistration failed; the binding will expire on its own");
             }
         }
+        drop(registered);
         info!("session closed");
         self.outbox.send(ServerMessage::SessionClosed {
             session_id: self.session_id.clone(),
@@ -365,6 +395,13 @@ impl Refresh {
             }
         };
         self.at = Some(Instant::now() + wait);
+    }
+}
+
+async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 

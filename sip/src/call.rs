@@ -4,7 +4,7 @@
 //! [`CallControl`] commands, and answers what the far end asks inside the
 //! dialog (re-INVITE, UPDATE, OPTIONS, INFO) without involving the caller.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,13 +18,15 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::headers::untyped::ContentType;
-use rsipstack::sip::{Header, Headers, Method, Request, StatusCode, StatusCodeKind, Uri};
+use rsipstack::sip::{Header, Headers, Method, Request, Response, StatusCode, StatusCodeKind, Uri};
 use rsipstack::transaction::key::TransactionRole;
 use rsipstack::transport::SipAddr;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
+use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
+use crate::peer_numbers::{self, Refresher};
 use crate::sdp::{self, LocalAudio};
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
@@ -53,10 +55,23 @@ pub enum CallEvent {
     /// A provisional response to our INVITE: 100, 180, 183 (with early SDP).
     Progress { status: u16, sdp: Option<String> },
     /// Outgoing: 2xx received and ACKed. Incoming: our 2xx was ACKed.
-    Established { sdp: Option<String> },
+    Established {
+        /// What was negotiated; `None` when no usable SDP was exchanged
+        /// (an answer without SDP or with nothing we offered, an incoming
+        /// INVITE without an offer).
+        media: Option<NegotiatedMedia>,
+        /// The far end's SDP: the 2xx's answer (outgoing) or the INVITE's
+        /// offer (incoming).
+        sdp: Option<String>,
+    },
     /// The far end changed the media (re-INVITE / UPDATE with SDP), already
-    /// answered.
-    MediaChanged { sdp: String },
+    /// answered with `media`; only sent when something did change.
+    MediaChanged {
+        media: NegotiatedMedia,
+        changes: MediaChanges,
+        /// The far end's offer.
+        sdp: String,
+    },
     /// An in-dialog INFO (DTMF relay arrives this way), already answered.
     Info { content_type: String, body: String },
     /// The call never started.
@@ -237,7 +252,8 @@ impl UserAgent {
             .dialogs
             .do_invite_async(option, state_sender)
             .map_err(|e| DialError::Stack(e.to_string()))?;
-        Ok(self.drive(dialog, states, Some(invite), Some(request.offer)))
+        let negotiation = Negotiation::offered(request.offer);
+        Ok(self.drive(dialog, states, Some(invite), Some(negotiation)))
     }
 
     /// Routes INVITEs whose Request-URI user is `contact_user` to the
@@ -327,24 +343,30 @@ impl UserAgent {
         dialog: InviteDialog,
         states: DialogStateReceiver,
         invite: Option<JoinHandle<InviteAsyncResult>>,
-        local: Option<LocalAudio>,
+        negotiation: Option<Negotiation>,
     ) -> Call {
         let (command_sender, commands) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
+        let (done_sender, done) = mpsc::unbounded_channel();
         let driver = Driver {
             dialogs: self.dialogs.clone(),
             role: dialog.role(),
             dialog,
             events: event_sender,
-            local,
+            negotiation,
             established: false,
             keepalive: self.keepalive,
+            next_probe: None,
             transaction_timeout: self.transaction_timeout,
             hung_up_at: None,
             session_interval: None,
             session_expiry: None,
+            done: done_sender,
+            infos: VecDeque::new(),
+            info_in_flight: None,
+            hangup_in_flight: false,
         };
-        self.tasks.spawn(driver.run(states, commands, invite));
+        self.tasks.spawn(driver.run(states, commands, done, invite));
         Call {
             control: CallControl(command_sender),
             events,
@@ -367,13 +389,15 @@ struct Driver {
     dialog: InviteDialog,
     role: TransactionRole,
     events: mpsc::UnboundedSender<CallEvent>,
-    /// Our current SDP: the offer (outgoing) or the answer (incoming, once
-    /// accepted).
-    local: Option<LocalAudio>,
+    /// Offer/answer: set by our offer (outgoing) or our answer (incoming,
+    /// once accepted).
+    negotiation: Option<Negotiation>,
     established: bool,
     /// How often an established call asks the far end whether the dialog
     /// still exists (in-dialog OPTIONS).
     keepalive: Duration,
+    /// When the next in-dialog OPTIONS goes out (established calls only).
+    next_probe: Option<Instant>,
     /// 64 × T1: how long a CANCELled INVITE may wait for its final response
     /// before we stop waiting (RFC 3261 section 9.1).
     transaction_timeout: Duration,
@@ -382,6 +406,27 @@ struct Driver {
     /// RFC 4028 session interval, when the far end is the refresher.
     session_interval: Option<Duration>,
     session_expiry: Option<Instant>,
+    /// SIP transactions (INFO, BYE / CANCEL, our responses) run in tasks of
+    /// their own, never awaited inside the loop; their outcomes come back
+    /// to the loop through this channel.
+    done: mpsc::UnboundedSender<Done>,
+    /// INFO bodies not yet sent: one INFO at a time, so digits keep their
+    /// order (RFC 6086 allows one INFO transaction per dialog at a time in
+    /// practice: many peers answer a second with 500).
+    infos: VecDeque<(String, String)>,
+    info_in_flight: Option<AbortHandle>,
+    hangup_in_flight: bool,
+}
+
+/// A SIP transaction of the driver that finished.
+enum Done {
+    Info(rsipstack::Result<Option<Response>>),
+    Hangup(rsipstack::Result<()>),
+    /// A response to an in-dialog request went to its transaction.
+    Replied {
+        method: Method,
+        sent: bool,
+    },
 }
 
 impl Driver {
@@ -389,6 +434,7 @@ impl Driver {
         mut self,
         mut states: DialogStateReceiver,
         mut commands: mpsc::UnboundedReceiver<CallCommand>,
+        mut done: mpsc::UnboundedReceiver<Done>,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
     ) {
         let mut confirmed_id = None;
@@ -396,17 +442,18 @@ impl Driver {
         let mut commands_open = true;
         let last = loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.keepalive), if self.established && probe.is_none() => {
+                _ = sleep_until(self.next_probe), if probe.is_none() => {
+                    self.next_probe = None;
                     probe = Some(tokio::spawn(far_end_answers(self.dialog.clone())));
                 }
                 answered = finished(&mut probe), if probe.is_some() => {
                     probe = None;
                     if !matches!(answered, Ok(true)) {
                         info!("the far end no longer answers in the dialog; hanging up");
-                        let dialog = self.dialog.clone();
-                        tokio::spawn(async move { let _ = dialog.hangup().await; });
+                        self.start_hangup();
                         break CallEvent::Ended { reason: EndReason::Timeout };
                     }
+                    self.next_probe = Some(Instant::now() + self.keepalive);
                 }
                 state = states.recv() => {
                     let Some(state) = state else {
@@ -415,7 +462,7 @@ impl Driver {
                     if let DialogState::Confirmed(id, _) = &state {
                         confirmed_id = Some(id.clone());
                     }
-                    if let Some(last) = self.on_state(state).await {
+                    if let Some(last) = self.on_state(state) {
                         break last;
                     }
                 }
@@ -425,10 +472,11 @@ impl Driver {
                         break last;
                     }
                 }
+                // Never `None`: the driver holds a sender.
+                Some(done) = done.recv() => self.on_done(done),
                 _ = sleep_until(self.session_expiry) => {
                     info!("the far end did not refresh the session timer; hanging up");
-                    let dialog = self.dialog.clone();
-                    tokio::spawn(async move { let _ = dialog.hangup().await; });
+                    self.start_hangup();
                     break CallEvent::Ended { reason: EndReason::Timeout };
                 }
                 _ = sleep_until(self.cancel_deadline()) => {
@@ -441,13 +489,18 @@ impl Driver {
                         commands_open = false;
                         CallCommand::Hangup
                     });
-                    self.on_command(command).await;
+                    self.on_command(command);
                 }
             }
         };
         if let Some(probe) = probe {
             probe.abort();
         }
+        // Digits for a call that is over are of no use to anyone.
+        if let Some(info) = self.info_in_flight.take() {
+            info.abort();
+        }
+        // A BYE or a response in flight finishes on its own.
         // An INVITE still waiting for its final response (a CANCEL the far
         // end never answered) would hold its transaction until the proxy's
         // own timer fires.
@@ -461,7 +514,7 @@ impl Driver {
         }
     }
 
-    async fn on_state(&mut self, state: DialogState) -> Option<CallEvent> {
+    fn on_state(&mut self, state: DialogState) -> Option<CallEvent> {
         match state {
             DialogState::Trying(_) => self.emit(CallEvent::Progress {
                 status: 100,
@@ -475,46 +528,51 @@ impl Driver {
             }
             DialogState::Confirmed(_, response) if !self.established => {
                 self.established = true;
+                self.next_probe = Some(Instant::now() + self.keepalive);
                 let (sdp, session_timer) = match self.role {
                     TransactionRole::Client => (
                         body_text(&response.body),
-                        peer_refreshed_interval(&response.headers, "uas"),
+                        peer_refreshed_interval(&response.headers, Refresher::Uas),
                     ),
-                    TransactionRole::Server => (
-                        None,
-                        peer_refreshed_interval(&self.dialog.initial_request().headers, "uac"),
-                    ),
+                    TransactionRole::Server => {
+                        let invite = self.dialog.initial_request();
+                        (
+                            body_text(&invite.body),
+                            peer_refreshed_interval(&invite.headers, Refresher::Uac),
+                        )
+                    }
                 };
                 self.session_interval = session_timer;
                 self.restart_session_timer();
-                self.emit(CallEvent::Established { sdp });
+                let media = self.established_media(sdp.as_deref());
+                self.emit(CallEvent::Established { media, sdp });
             }
             DialogState::Updated(_, request, handle) => {
                 let peer = match self.role {
-                    TransactionRole::Client => "uas",
-                    TransactionRole::Server => "uac",
+                    TransactionRole::Client => Refresher::Uas,
+                    TransactionRole::Server => Refresher::Uac,
                 };
                 if let Some(interval) = peer_refreshed_interval(&request.headers, peer) {
                     self.session_interval = Some(interval);
                 }
                 self.restart_session_timer();
-                self.answer_offer(request, handle).await
+                self.answer_offer(request, handle);
             }
             DialogState::Info(_, request, handle) => {
                 let content_type = content_type(&request);
-                let _ = handle.reply(StatusCode::OK).await;
+                self.reply(Method::Info, handle, StatusCode::OK, None);
                 self.emit(CallEvent::Info {
                     content_type,
                     body: String::from_utf8_lossy(&request.body).into_owned(),
                 });
             }
-            DialogState::Options(_, _, handle)
-            | DialogState::Message(_, _, handle)
-            | DialogState::Notify(_, _, handle) => {
-                let _ = handle.reply(StatusCode::OK).await;
+            DialogState::Options(_, request, handle)
+            | DialogState::Message(_, request, handle)
+            | DialogState::Notify(_, request, handle) => {
+                self.reply(request.method, handle, StatusCode::OK, None);
             }
-            DialogState::Refer(_, _, handle) | DialogState::Publish(_, _, handle) => {
-                let _ = handle.reply(StatusCode::MethodNotAllowed).await;
+            DialogState::Refer(_, request, handle) | DialogState::Publish(_, request, handle) => {
+                self.reply(request.method, handle, StatusCode::MethodNotAllowed, None);
             }
             DialogState::Terminated(_, reason) => return Some(self.terminated(reason)),
             _ => {}
@@ -522,42 +580,84 @@ impl Driver {
         None
     }
 
-    /// A re-INVITE or UPDATE: answer its offer from our media (hold, unhold,
-    /// new address), or offer our media when it carries none.
-    async fn answer_offer(&mut self, request: Request, handle: TransactionHandle) {
-        let Some(current) = self.local.clone() else {
-            let _ = handle.reply(StatusCode::NotAcceptableHere).await;
+    /// The media agreed when the call is established: the far end's answer
+    /// read against our offer (outgoing), or what we answered (incoming).
+    fn established_media(&mut self, remote_sdp: Option<&str>) -> Option<NegotiatedMedia> {
+        let negotiation = self.negotiation.as_mut()?;
+        match (self.role, remote_sdp) {
+            (TransactionRole::Client, Some(answer)) => match negotiation.on_remote_answer(answer) {
+                Ok(media) => Some(media),
+                Err(error) => {
+                    warn!(%error, "the far end's answer is unusable; no media");
+                    None
+                }
+            },
+            _ => negotiation.media().cloned(),
+        }
+    }
+
+    /// A re-INVITE or UPDATE: answer its offer consistently with the media
+    /// in use (hold, unhold, new address, a codec change only when the codec
+    /// in use is gone), or offer our media when it carries none.
+    fn answer_offer(&mut self, request: Request, handle: TransactionHandle) {
+        let method = request.method;
+        let Some(negotiation) = self.negotiation.as_mut() else {
+            self.reply(method, handle, StatusCode::NotAcceptableHere, None);
             return;
         };
-        let offer = body_text(&request.body);
-        let reply = match offer.as_deref().map(sdp::parse_remote) {
-            None => Ok(current),
-            Some(Ok(remote)) => sdp::answer(&remote, &current).map(|answer| LocalAudio {
-                version: current.version + 1,
-                ..answer
-            }),
-            Some(Err(error)) => Err(error),
+        let Some(offer) = body_text(&request.body) else {
+            let ours = negotiation.offer();
+            self.reply(method, handle, StatusCode::OK, Some(ours.render()));
+            return;
         };
-        match reply {
-            Ok(local) => {
-                let body = local.render();
-                self.local = Some(local);
-                let _ = handle
-                    .respond(
-                        StatusCode::OK,
-                        Some(vec![sdp_content_type()]),
-                        Some(body.into_bytes()),
-                    )
-                    .await;
-                if let Some(sdp) = offer {
-                    self.emit(CallEvent::MediaChanged { sdp });
+        match negotiation.on_remote_offer(&offer) {
+            Ok(result) => {
+                self.reply(method, handle, StatusCode::OK, Some(result.answer.render()));
+                if result.changes.any() {
+                    info!(
+                        codec = %result.media.codec.label(),
+                        remote = %result.media.remote,
+                        direction = ?result.media.remote_direction,
+                        changes = ?result.changes,
+                        "the far end changed the media"
+                    );
+                    self.emit(CallEvent::MediaChanged {
+                        media: result.media,
+                        changes: result.changes,
+                        sdp: offer,
+                    });
                 }
             }
             Err(error) => {
-                info!(%error, method = %request.method, "refusing an in-dialog offer");
-                let _ = handle.reply(StatusCode::NotAcceptableHere).await;
+                info!(%error, %method, "refusing an in-dialog offer");
+                self.reply(method, handle, StatusCode::NotAcceptableHere, None);
             }
         }
+    }
+
+    /// Answers an in-dialog request without waiting for the transaction to
+    /// take the response.
+    fn reply(
+        &mut self,
+        method: Method,
+        handle: TransactionHandle,
+        status: StatusCode,
+        sdp: Option<String>,
+    ) {
+        self.spawn_transaction(async move {
+            let sent = match sdp {
+                Some(body) => handle
+                    .respond(
+                        status,
+                        Some(vec![sdp_content_type()]),
+                        Some(body.into_bytes()),
+                    )
+                    .await
+                    .is_ok(),
+                None => handle.reply(status).await.is_ok(),
+            };
+            Done::Replied { method, sent }
+        });
     }
 
     fn on_invite_outcome(
@@ -588,12 +688,12 @@ impl Driver {
         }
     }
 
-    async fn on_command(&mut self, command: CallCommand) {
+    fn on_command(&mut self, command: CallCommand) {
         let result = match command {
             CallCommand::Ring => self.dialog.ringing(None, None),
             CallCommand::Accept(answer) => {
                 let body = answer.render();
-                self.local = Some(answer);
+                self.negotiation = Some(self.answered(answer));
                 self.dialog
                     .accept(Some(vec![sdp_content_type()]), Some(body.into_bytes()))
             }
@@ -602,19 +702,17 @@ impl Driver {
                 self.dialog
                     .reject(Some(StatusCode::TemporarilyUnavailable), None)
             }
-            CallCommand::Info { content_type, body } => self
-                .dialog
-                .info(
-                    Some(vec![Header::ContentType(ContentType::new(content_type))]),
-                    Some(body.into_bytes()),
-                )
-                .await
-                .map(drop),
+            CallCommand::Info { content_type, body } => {
+                self.infos.push_back((content_type, body));
+                self.next_info();
+                Ok(())
+            }
             CallCommand::Hangup => {
                 if !self.established && self.hung_up_at.is_none() {
                     self.hung_up_at = Some(Instant::now());
                 }
-                self.dialog.hangup().await
+                self.start_hangup();
+                Ok(())
             }
         };
         if let Err(error) = result {
@@ -622,13 +720,103 @@ impl Driver {
         }
     }
 
-    /// A refresh (or the start) of a session the far end refreshes: it must
-    /// refresh again before the interval less min(32 s, interval / 3) passes
-    /// (RFC 4028 section 10).
+    /// The negotiation of an incoming call we accept with `answer`.
+    fn answered(&self, answer: LocalAudio) -> Negotiation {
+        let offer = body_text(&self.dialog.initial_request().body);
+        let Some(offer) = offer else {
+            // No offer in the INVITE: our 200 carries the offer.
+            return Negotiation::offered(answer);
+        };
+        match sdp::parse_remote(&offer)
+            .and_then(|remote| Negotiation::answered(sdp::sip_codecs(), &remote, answer.clone()))
+        {
+            Ok(negotiation) => negotiation,
+            Err(error) => {
+                warn!(%error, "our answer does not fit the caller's offer");
+                Negotiation::offered(answer)
+            }
+        }
+    }
+
+    /// Sends the next queued INFO unless one is in flight.
+    fn next_info(&mut self) {
+        if self.info_in_flight.is_some() || self.hangup_in_flight {
+            return;
+        }
+        let Some((content_type, body)) = self.infos.pop_front() else {
+            return;
+        };
+        let dialog = self.dialog.clone();
+        self.info_in_flight = Some(self.spawn_transaction(async move {
+            Done::Info(
+                dialog
+                    .info(
+                        Some(vec![Header::ContentType(ContentType::new(content_type))]),
+                        Some(body.into_bytes()),
+                    )
+                    .await,
+            )
+        }));
+    }
+
+    /// BYE, or CANCEL before an answer; the dialog reports its end.
+    fn start_hangup(&mut self) {
+        if self.hangup_in_flight {
+            return;
+        }
+        self.hangup_in_flight = true;
+        self.infos.clear();
+        let dialog = self.dialog.clone();
+        self.spawn_transaction(async move { Done::Hangup(dialog.hangup().await) });
+    }
+
+    /// Runs one SIP transaction beside the loop; its outcome comes back as
+    /// an input.
+    fn spawn_transaction(
+        &self,
+        transaction: impl std::future::Future<Output = Done> + Send + 'static,
+    ) -> AbortHandle {
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let _ = done.send(transaction.await);
+        })
+        .abort_handle()
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Info(result) => {
+                self.info_in_flight = None;
+                match result {
+                    Ok(Some(response))
+                        if response.status_code.kind() != StatusCodeKind::Successful =>
+                    {
+                        info!(status = %response.status_code, "INFO refused by the far end");
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, "INFO failed"),
+                }
+                self.next_info();
+            }
+            Done::Hangup(result) => {
+                self.hangup_in_flight = false;
+                if let Err(error) = result {
+                    warn!(%error, "hanging up failed");
+                }
+            }
+            Done::Replied { method, sent } => {
+                if !sent {
+                    debug!(%method, "the transaction was gone before our response");
+                }
+            }
+        }
+    }
+
+    /// A refresh (or the start) of a session the far end refreshes.
     fn restart_session_timer(&mut self) {
-        self.session_expiry = self.session_interval.map(|interval| {
-            Instant::now() + interval - (interval / 3).min(Duration::from_secs(32))
-        });
+        self.session_expiry = self
+            .session_interval
+            .and_then(|interval| peer_numbers::session_expiry(Instant::now(), interval));
     }
 
     fn cancel_deadline(&self) -> Option<Instant> {
@@ -733,18 +921,15 @@ async fn far_end_answers(dialog: InviteDialog) -> bool {
 }
 
 /// The session interval of an RFC 4028 `Session-Expires` header whose
-/// refresher is `peer_role` (`uac` / `uas`): the timers we must watch.
-fn peer_refreshed_interval(headers: &Headers, peer_role: &str) -> Option<Duration> {
+/// refresher is `peer` (clamped, see [`peer_numbers`]): the timer we must
+/// watch.
+fn peer_refreshed_interval(headers: &Headers, peer: Refresher) -> Option<Duration> {
     let value = headers.iter().find_map(|header| match header {
         Header::SessionExpires(session_expires) => Some(session_expires.value().to_string()),
         _ => None,
     })?;
-    let mut parts = value.split(';');
-    let seconds: u64 = parts.next()?.trim().parse().ok()?;
-    let refresher = parts
-        .find_map(|param| param.trim().strip_prefix("refresher="))?
-        .trim();
-    (refresher.eq_ignore_ascii_case(peer_role) && seconds > 0).then(|| Duration::from_secs(seconds))
+    let session_expires = peer_numbers::parse_session_expires(&value)?;
+    (session_expires.refresher == Some(peer)).then_some(session_expires.interval)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -800,18 +985,32 @@ mod tests {
     #[test]
     fn only_a_session_timer_the_peer_refreshes_is_watched() {
         assert_eq!(
-            peer_refreshed_interval(&headers("90;refresher=uas"), "uas"),
+            peer_refreshed_interval(&headers("90;refresher=uas"), Refresher::Uas),
             Some(Duration::from_secs(90))
         );
         assert_eq!(
-            peer_refreshed_interval(&headers("90;refresher=uac"), "uas"),
+            peer_refreshed_interval(&headers("90;refresher=uac"), Refresher::Uas),
             None
         );
-        assert_eq!(peer_refreshed_interval(&headers("90"), "uas"), None);
         assert_eq!(
-            peer_refreshed_interval(&headers("soon;refresher=uas"), "uas"),
+            peer_refreshed_interval(&headers("90"), Refresher::Uas),
             None
         );
-        assert_eq!(peer_refreshed_interval(&Headers(vec![]), "uac"), None);
+        assert_eq!(
+            peer_refreshed_interval(&headers("soon;refresher=uas"), Refresher::Uas),
+            None
+        );
+        assert_eq!(
+            peer_refreshed_interval(&Headers(vec![]), Refresher::Uac),
+            None
+        );
+        // The overflow of issue 10: clamped to a day, not a panic.
+        assert_eq!(
+            peer_refreshed_interval(
+                &headers("18446744073709551615;refresher=uas"),
+                Refresher::Uas
+            ),
+            Some(peer_numbers::MAX_SESSION_INTERVAL)
+        );
     }
 }

@@ -8,6 +8,8 @@
 
 mod call;
 mod digest_names;
+pub mod negotiation;
+pub mod peer_numbers;
 mod registration;
 pub mod sdp;
 mod target;
@@ -16,6 +18,7 @@ mod user_agent;
 pub use call::{
     Call, CallControl, CallEvent, DialError, EndReason, IncomingCall, IncomingCalls, OutgoingCall,
 };
+pub use negotiation::{MediaChanges, NegotiatedMedia, Negotiation, OfferAnswer};
 pub use registration::{Account, RegisterError, Registration};
 pub use target::{SipTarget, TargetError, TransportKind};
 pub use user_agent::{SipStats, UserAgent, UserAgentConfig, UserAgentError};

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::dialog::registration::{refresh_interval, Registration as StackRegistration};
+use rsipstack::dialog::registration::Registration as StackRegistration;
 use rsipstack::sip::typed::Contact;
 use rsipstack::sip::{Auth, HostWithPort, Param, Scheme, StatusCodeKind, Transport, Uri};
 use tracing::debug;
 
+use crate::peer_numbers;
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
 
@@ -113,14 +114,16 @@ impl UserAgent {
 }
 
 impl Registration {
-    /// How long the registrar granted, in seconds.
+    /// How long the registrar granted, in seconds, within
+    /// [`peer_numbers::MIN_REGISTRATION_SECS`]..=[`peer_numbers::MAX_REGISTRATION_SECS`]
+    /// whatever it said (`Expires` / Contact `expires`).
     pub fn granted_expires(&self) -> u32 {
-        self.stack.granted_expires.unwrap_or(self.requested_expires)
+        peer_numbers::registration_lifetime(self.stack.granted_expires, self.requested_expires)
     }
 
-    /// When to refresh: three quarters of the granted time, at least a second.
+    /// When to refresh: three quarters of the granted time.
     pub fn refresh_after(&self) -> Duration {
-        refresh_interval(self.granted_expires())
+        peer_numbers::registration_refresh(self.granted_expires())
     }
 
     /// The Contact URI the registrar holds for us.
@@ -134,6 +137,13 @@ impl Registration {
 
     pub async fn refresh(&mut self) -> Result<(), RegisterError> {
         self.send(self.requested_expires).await
+    }
+
+    /// [`Registration::refresh`] by value, for a task beside an event loop:
+    /// the registration comes back with the outcome.
+    pub async fn refreshed(mut self) -> (Registration, Result<(), RegisterError>) {
+        let outcome = self.refresh().await;
+        (self, outcome)
     }
 
     /// Removes our binding (REGISTER with Expires: 0).

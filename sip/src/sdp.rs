@@ -36,7 +36,7 @@ impl Codec {
         }
     }
 
-    fn same_format(&self, other: &Codec) -> bool {
+    pub(crate) fn same_format(&self, other: &Codec) -> bool {
         self.name.eq_ignore_ascii_case(&other.name) && self.clock_rate == other.clock_rate
     }
 
@@ -101,7 +101,7 @@ impl Direction {
     }
 
     /// The answer's direction for an offer's (RFC 3264 section 6.1).
-    fn answer(self) -> Direction {
+    pub(crate) fn answer(self) -> Direction {
         match self {
             Direction::SendOnly => Direction::RecvOnly,
             Direction::RecvOnly => Direction::SendOnly,

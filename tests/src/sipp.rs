@@ -67,10 +67,19 @@ pub enum UasScenario {
     AnswerNoTelephoneEvent,
     /// `Answer` with `a=ptime:30` in its SDP: a far end that sends and prefers 30 ms packets.
     AnswerPtime30,
+    /// Like `AnswerThenReinvite`, with `Session-Expires: 18446744073709551615;refresher=uas`
+    /// in the 200 and in the re-INVITE (same SDP, sendrecv): a session timer that overflows
+    /// any clock.
+    SessionExpiresOverflow,
+    /// `SessionExpiresOverflow` without the header in the 200: only the re-INVITE has it.
+    ReinviteSessionExpiresOverflow,
+    /// Like `AnswerThenReinvite`, the re-INVITE offering G.722 before PCMU (`9 0 101`,
+    /// sendrecv) once the call runs on PCMU.
+    ReinviteG722First,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 11] = [
+    pub const ALL: [UasScenario; 14] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -82,6 +91,9 @@ impl UasScenario {
         UasScenario::AnswerNoTelephoneEvent,
         UasScenario::SessionTimer,
         UasScenario::AnswerPtime30,
+        UasScenario::SessionExpiresOverflow,
+        UasScenario::ReinviteSessionExpiresOverflow,
+        UasScenario::ReinviteG722First,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -98,12 +110,16 @@ impl UasScenario {
             UasScenario::AnswerNoTelephoneEvent => "answer_no_telephone_event",
             UasScenario::SessionTimer => "session_timer",
             UasScenario::AnswerPtime30 => "answer_ptime30",
+            UasScenario::SessionExpiresOverflow => "session_expires_overflow",
+            UasScenario::ReinviteSessionExpiresOverflow => "reinvite_session_expires_overflow",
+            UasScenario::ReinviteG722First => "reinvite_g722_first",
         }
     }
 
     fn xml(self) -> Cow<'static, str> {
         const REINVITE: &str = include_str!("../rig/sipp/answer_then_reinvite.xml");
         const ANSWER: &str = include_str!("../rig/sipp/answer.xml");
+        const OVERFLOW: &str = include_str!("../rig/sipp/session_expires_overflow.xml");
         Cow::Borrowed(match self {
             UasScenario::AnswerPtime30 => {
                 return Cow::Owned(
@@ -112,6 +128,23 @@ impl UasScenario {
                         .replace("dialtone answer", "dialtone answer_ptime30"),
                 )
             }
+            UasScenario::ReinviteSessionExpiresOverflow => {
+                // The first occurrence is the 200's header.
+                return Cow::Owned(
+                    OVERFLOW
+                        .replacen(
+                            "      Session-Expires: 18446744073709551615;refresher=uas\n",
+                            "",
+                            1,
+                        )
+                        .replace(
+                            "dialtone session_expires_overflow",
+                            "dialtone reinvite_session_expires_overflow",
+                        ),
+                );
+            }
+            UasScenario::SessionExpiresOverflow => OVERFLOW,
+            UasScenario::ReinviteG722First => include_str!("../rig/sipp/reinvite_g722_first.xml"),
             UasScenario::AnswerThenInactive => {
                 return Cow::Owned(
                     REINVITE
@@ -137,9 +170,11 @@ impl UasScenario {
     fn default_pause(self) -> Option<Duration> {
         match self {
             UasScenario::Silent => Some(Duration::from_secs(10)),
-            UasScenario::AnswerThenReinvite | UasScenario::AnswerThenInactive => {
-                Some(Duration::from_millis(500))
-            }
+            UasScenario::AnswerThenReinvite
+            | UasScenario::AnswerThenInactive
+            | UasScenario::SessionExpiresOverflow
+            | UasScenario::ReinviteSessionExpiresOverflow
+            | UasScenario::ReinviteG722First => Some(Duration::from_millis(500)),
             _ => None,
         }
     }

@@ -1,0 +1,217 @@
+//! SIP input that must neither kill a call nor confuse its media (issue 10),
+//! against SIPp callees reached directly (no proxy): a session timer that
+//! overflows every clock, in the 200 and in a re-INVITE; a re-INVITE that
+//! puts another codec before the one in use.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use dialtone_codecs::Codec;
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
+use dialtone_tests::rtp_peer::{dominant_hz, start_rtp_call, RtpPeer};
+use dialtone_tests::sipp::{Sipp, SippOptions, TracedMessage, UasScenario};
+use dialtone_tests::wait::wait_until;
+use dialtone_tests::ws_client::WsClient;
+use serde_json::{json, Value};
+
+const REPLY: Duration = Duration::from_secs(10);
+const PEER: Duration = Duration::from_secs(10);
+const CLEANUP: Duration = Duration::from_secs(30);
+const TONE_HZ: f64 = 1000.0;
+
+/// Open mode, small T1, INVITEs straight to the SIPp callee.
+fn direct_config(sipp: &Sipp) -> String {
+    format!(
+        "{LOOPBACK}t1_ms = 100\n[calls]\nproxy = \"sip:{};transport=udp\"\n",
+        sipp.sip_addr()
+    )
+}
+
+struct Client {
+    ws: WsClient,
+    session_id: String,
+}
+
+impl Client {
+    async fn start(gateway: &Gateway) -> anyhow::Result<Client> {
+        let (ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+        Ok(Client { ws, session_id })
+    }
+
+    async fn send(&mut self, mut message: Value) -> anyhow::Result<()> {
+        message["sessionId"] = json!(self.session_id);
+        self.ws.send_json(&message).await
+    }
+
+    /// START_CALL to `3000` until CALL_STARTED; returns the callId.
+    async fn started_call(&mut self) -> anyhow::Result<String> {
+        self.send(json!({"type": "START_CALL", "bUri": "3000"}))
+            .await?;
+        let call_id = self.ws.recv_type("CALL_STARTING", REPLY).await?["callId"]
+            .as_str()
+            .context("CALL_STARTING without callId")?
+            .to_string();
+        loop {
+            let message = self.ws.recv_json(REPLY).await.context("no CALL_STARTED")?;
+            match message["type"].as_str() {
+                Some("CALL_STARTING") => continue,
+                Some("CALL_STARTED") if message["callId"] == call_id.as_str() => {
+                    return Ok(call_id)
+                }
+                _ => anyhow::bail!("expected CALL_STARTED, got {message}"),
+            }
+        }
+    }
+
+    async fn hang_up(&mut self, call_id: &str) -> anyhow::Result<()> {
+        self.send(json!({"type": "HANGUP_CALL", "callId": call_id}))
+            .await?;
+        let finished = self.ws.recv_type("CALL_FINISHED", REPLY).await?;
+        ensure!(finished["callId"] == call_id, "{finished}");
+        Ok(())
+    }
+}
+
+/// SIPp ACKed the gateway's 200 to its re-INVITE (SIPp sends no other ACK
+/// as a callee): the re-INVITE was answered.
+fn wait_reinvite_answered(sipp: &Sipp, nth: usize) -> anyhow::Result<()> {
+    wait_until(PEER, || {
+        Ok(sipp
+            .messages()
+            .iter()
+            .filter(|m| m.sent && m.is_request("ACK"))
+            .count()
+            >= nth)
+    })
+    .context("the gateway did not answer SIPp's re-INVITE")
+}
+
+fn wait_byes(sipp: &Sipp, count: usize) -> anyhow::Result<()> {
+    wait_until(PEER, || Ok(sipp.received_requests("BYE").len() >= count)).context("SIPp got no BYE")
+}
+
+fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
+    let keys = [
+        "calls",
+        "sipDialogs",
+        "mediaPorts",
+        "sessions",
+        "tasks",
+        "sipTransactions",
+    ];
+    gateway.wait_released(&keys, CLEANUP)
+}
+
+#[tokio::test]
+async fn session_expires_overflow_in_a_200_leaves_the_gateway_serving_and_ends_with_bye(
+) -> anyhow::Result<()> {
+    // Two calls on one gateway, each answered with Session-Expires 2^64-1
+    // and refreshed with a re-INVITE carrying it again.
+    let sipp = Sipp::uas(
+        UasScenario::SessionExpiresOverflow,
+        SippOptions {
+            calls: 2,
+            pause: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    )?;
+    let gateway = Gateway::start(&direct_config(&sipp))?;
+    let mut client = Client::start(&gateway).await?;
+    for call in 1..=2 {
+        let call_id = client
+            .started_call()
+            .await
+            .with_context(|| format!("call {call}"))?;
+        wait_reinvite_answered(&sipp, call)?;
+        ensure!(gateway.status()?["calls"] == 1, "call {call} is not held");
+        client.hang_up(&call_id).await?;
+        wait_byes(&sipp, call).with_context(|| format!("call {call}"))?;
+    }
+    sipp.wait_success(PEER)?;
+    // The gateway still takes new sessions.
+    let (other, _) = WsClient::start_session(&gateway.ws_url(), "bob", "x").await?;
+    other.close().await?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+#[tokio::test]
+async fn session_expires_overflow_in_a_reinvite_is_answered_and_the_call_ends_with_bye(
+) -> anyhow::Result<()> {
+    let sipp = Sipp::uas(
+        UasScenario::ReinviteSessionExpiresOverflow,
+        SippOptions {
+            pause: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    )?;
+    let gateway = Gateway::start(&direct_config(&sipp))?;
+    let mut client = Client::start(&gateway).await?;
+    let call_id = client.started_call().await?;
+    wait_reinvite_answered(&sipp, 1)?;
+    ensure!(gateway.status()?["calls"] == 1);
+    client.hang_up(&call_id).await?;
+    wait_byes(&sipp, 1)?;
+    sipp.wait_success(PEER)?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
+
+/// The audio payload types of the `m=audio` line of `message`'s SDP.
+fn audio_formats(message: &TracedMessage) -> Vec<String> {
+    message
+        .body()
+        .lines()
+        .find_map(|line| line.strip_prefix("m=audio "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .skip(2)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn reinvite_offering_g722_first_is_answered_with_the_codec_in_use_and_audio_flows(
+) -> anyhow::Result<()> {
+    // SIPp answers PCMU, echoes our RTP, then re-offers G.722 before PCMU.
+    let sipp = Sipp::uas(
+        UasScenario::ReinviteG722First,
+        SippOptions {
+            pause: Some(Duration::from_millis(300)),
+            rtp_echo: true,
+            ..Default::default()
+        },
+    )?;
+    let gateway = Gateway::start(&direct_config(&sipp))?;
+    let peer = RtpPeer::bind(Codec::Pcmu).await?;
+    let mut client = Client::start(&gateway).await?;
+    let (call_id, gateway_point) =
+        start_rtp_call(&mut client.ws, &client.session_id, "3000", &peer).await?;
+    wait_reinvite_answered(&sipp, 1)?;
+    // The only 200 with SDP SIPp receives is the answer to its re-INVITE.
+    let answer = sipp
+        .messages()
+        .into_iter()
+        .find(|m| !m.sent && m.status() == Some(200) && m.body().contains("m=audio"))
+        .context("no SDP answer to the re-INVITE")?;
+    let formats = audio_formats(&answer);
+    ensure!(
+        formats.first().map(String::as_str) == Some("0") && !formats.iter().any(|f| f == "9"),
+        "the answer should keep PCMU (0), the codec in use, and not take G.722 (9): {formats:?}\n{}",
+        answer.text
+    );
+    // After the re-INVITE the tone still makes the round trip through SIPp's echo.
+    let heard = peer.exchange(gateway_point, TONE_HZ, 2.5, 0).await?;
+    let heard_hz = dominant_hz(&heard, 8000)?;
+    ensure!(
+        (heard_hz - TONE_HZ).abs() < 15.0,
+        "the client heard {heard_hz} Hz after the re-INVITE"
+    );
+    client.hang_up(&call_id).await?;
+    wait_byes(&sipp, 1)?;
+    sipp.wait_success(PEER)?;
+    client.ws.close().await?;
+    assert_nothing_held(&gateway)
+}
