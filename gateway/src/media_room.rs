@@ -394,7 +394,7 @@ fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-async fn sleep_until(deadline: Option<std::time::Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
         None => std::future::pending().await,

@@ -137,7 +137,7 @@ impl PointConfig {
 }
 
 /// A change of a point's far end (re-INVITE, UPDATE).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PointUpdate {
     pub remote: SocketAddr,
     pub audio: Option<(u8, Codec)>,

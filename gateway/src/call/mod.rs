@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dialtone_codecs::Codec;
 use dialtone_rtmp::{FlashMedia, FlashSdp};
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
-use dialtone_sip::{Call, CallEvent, EndReason, IncomingCall, NegotiatedMedia, OutgoingCall};
+use dialtone_sip::{Call, IncomingCall, NegotiatedMedia, OutgoingCall};
 use dialtone_ws::{
     CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError,
     RejectReason, SdpExchange, ServerMessage,
@@ -18,15 +18,19 @@ use dialtone_ws::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{DtmfMethod, InbandDetection};
+mod machine;
+
+use machine::{CallInput, CallMachine, CallOutput, CallSettings};
+
+use crate::config::InbandDetection;
 use crate::media_ports::PortLease;
-use crate::media_room::{MediaRoom, PointIo};
+use crate::media_room::{sleep_until, MediaRoom, PointIo};
 use crate::metrics::Held;
 use crate::rtmp_streams::{RoomStreams, StreamRegistration};
 use crate::state::{Gateway, MediaStatsWatch};
-use dialtone_room::dtmf_relay::{build_dtmf_relay, parse_dtmf_info, DTMF_RELAY_CONTENT_TYPE};
+use dialtone_room::dtmf_relay::{build_dtmf_relay, DTMF_RELAY_CONTENT_TYPE};
 use dialtone_room::webrtc::PendingOffer;
-use dialtone_room::{Event as RoomEvent, PointConfig, PointId, PointUpdate, WatchConfig};
+use dialtone_room::{Event as RoomEvent, PointConfig, PointId, WatchConfig};
 
 /// What the client asks of one of its calls.
 #[derive(Debug)]
@@ -61,6 +65,16 @@ enum ClientPoint {
         _names: StreamRegistration,
         waiting: Option<(RoomStreams, Codec)>,
     },
+}
+
+/// What a call holds for its media: its ports, the client's point, and
+/// the room once started.
+#[derive(Default)]
+struct CallMedia {
+    /// The SIP leg's ports (RTP, RTCP).
+    lease: Option<PortLease>,
+    client_point: Option<ClientPoint>,
+    room: Option<MediaRoom>,
 }
 
 /// The names a call's messages carry.
@@ -121,7 +135,9 @@ impl CallTask {
     ) {
         // The first CALL_STARTING goes out at once: it tells the client the
         // callId before anything else can happen.
-        self.send_stage(CallStage::Trying);
+        let mut machine = CallMachine::outgoing(Instant::now(), self.settings());
+        let mut media = CallMedia::default();
+        self.carry_out(&mut machine, &mut media, None);
         let Some(lease) = self.gateway.ports.lease() else {
             self.fail(CallFailReason::MediaFailed, None, "no free media port");
             return;
@@ -136,13 +152,13 @@ impl CallTask {
                 return;
             }
         };
-        let no_answer = Duration::from_millis(self.gateway.config.calls.no_answer_timeout_ms);
-        self.follow(call, lease, client_point, no_answer, None)
-            .await;
+        media.lease = Some(lease);
+        media.client_point = client_point;
+        self.follow(machine, call, media, None).await;
     }
 
     /// Offers an incoming call to the client and follows it to its end.
-    pub async fn run_incoming(mut self, incoming: IncomingCall) {
+    pub async fn run_incoming(self, incoming: IncomingCall) {
         let IncomingCall {
             caller,
             offer,
@@ -155,210 +171,201 @@ impl CallTask {
             a_uri: caller.clone(),
             sdp: offer.clone().unwrap_or_default(),
         });
-        call.control.ring();
         info!(%caller, "incoming call offered to the client");
-        let decision = Duration::from_millis(self.gateway.config.calls.incoming_answer_timeout_ms);
-        let deadline = tokio::time::sleep(decision);
-        tokio::pin!(deadline);
-        let mut events = call.events;
-        let (lease, client_point) = loop {
-            tokio::select! {
-                request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
-                    CallRequest::Accept(cc) => match self.answer(offer.as_deref(), cc.as_ref()) {
-                        Ok((answer, lease)) => {
-                            call.control.accept(answer);
-                            break (lease, self.offer_client_point(cc.as_ref()));
-                        }
-                        Err(problem) => {
-                            call.control.reject(488);
-                            self.fail(CallFailReason::MediaFailed, Some(488), &problem);
-                            return;
-                        }
-                    },
-                    CallRequest::Reject(reason) => {
-                        call.control.reject(reject_status(reason));
-                        self.finish();
-                        return;
-                    }
-                    CallRequest::Hangup => {
-                        call.control.reject(480);
-                        self.finish();
-                        return;
-                    }
-                    CallRequest::SendDtmf(_)
-                    | CallRequest::SdpAnswer(_)
-                    | CallRequest::SdpOffer(_)
-                    | CallRequest::IceCandidate(_) => {
-                        self.refuse("this applies once the call is accepted")
-                    }
-                },
-                event = events.recv() => {
-                    // Before an answer only the caller giving up can happen.
-                    if matches!(event, None | Some(CallEvent::Ended { .. }) | Some(CallEvent::Failed { .. })) {
-                        self.finish();
-                        return;
-                    }
-                }
-                _ = &mut deadline => {
-                    call.control.reject(480);
-                    self.fail(CallFailReason::Unavailable, Some(480), "the client did not answer in time");
-                    return;
-                }
-            }
-        };
-        let call = Call {
-            control: call.control,
-            events,
-        };
-        self.follow(call, lease, client_point, decision, Some(offer))
+        let machine = CallMachine::incoming(Instant::now(), self.settings());
+        self.follow(machine, call, CallMedia::default(), Some(offer))
             .await;
     }
 
-    /// Follows a call until it ends. Outgoing calls (no `incoming_offer`)
-    /// report their progress and are cancelled when `setup_limit` passes
-    /// without an answer.
+    /// What the call's machine needs to know of the configuration.
+    fn settings(&self) -> CallSettings {
+        let config = &self.gateway.config;
+        CallSettings {
+            dtmf_send: config.media.dtmf_send.clone(),
+            detect_tones: match config.media.inband_detection {
+                InbandDetection::Always => Some(true),
+                InbandDetection::Never => Some(false),
+                InbandDetection::Auto => None,
+            },
+            no_answer: Duration::from_millis(config.calls.no_answer_timeout_ms),
+            decision: Duration::from_millis(config.calls.incoming_answer_timeout_ms),
+        }
+    }
+
+    /// Feeds the machine what happens to the call until it is over, and
+    /// carries out what it decides. `incoming_offer` is the caller's SDP
+    /// offer of an incoming call.
     async fn follow(
         mut self,
+        mut machine: CallMachine,
         mut call: Call,
-        lease: PortLease,
-        mut client_point: Option<ClientPoint>,
-        setup_limit: Duration,
+        mut media: CallMedia,
         incoming_offer: Option<Option<String>>,
     ) {
-        let outgoing = incoming_offer.is_none();
-        let deadline = tokio::time::sleep(setup_limit);
-        tokio::pin!(deadline);
-        let mut established = false;
-        let mut hanging_up = false;
-        let mut gave_up = false;
-        let mut media_failed = None;
-        let mut room: Option<MediaRoom> = None;
-        // The SIP far end takes telephone-events.
-        let mut sip_events = false;
-        if let Some(ClientPoint::Rtmp { waiting, .. }) = client_point.as_mut() {
-            // An RTMP client needs no answer: it connects and publishes or
-            // plays whenever it likes, before or after the far end answers.
+        self.start_rtmp_point(&mut media);
+        loop {
+            self.carry_out(&mut machine, &mut media, Some(&call));
+            if machine.is_over() {
+                self.stop_taking_requests();
+                return;
+            }
+            let input = tokio::select! {
+                Some(event) = room_event(&mut media.room) => CallInput::Room(event),
+                event = call.events.recv() => event.map_or(CallInput::SipGone, CallInput::Sip),
+                request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
+                    CallRequest::Hangup => CallInput::Hangup,
+                    CallRequest::Reject(reason) => CallInput::Reject(reason),
+                    CallRequest::SendDtmf(digits) => CallInput::SendDtmf(digits),
+                    CallRequest::Accept(cc) if machine.is_offered() => {
+                        let offer = incoming_offer.clone().flatten();
+                        self.accept(&call, offer.as_deref(), cc.as_ref(), &mut media)
+                    }
+                    CallRequest::Accept(_) => CallInput::Accepted,
+                    request if machine.is_offered() => {
+                        drop(request);
+                        self.refuse("this applies once the call is accepted");
+                        continue;
+                    }
+                    CallRequest::SdpAnswer(answer) => {
+                        media.client_point = self.on_client_answer(media.client_point.take(), &answer, &mut media.room);
+                        continue;
+                    }
+                    CallRequest::SdpOffer(offer) => {
+                        media.client_point = self.on_client_offer(media.client_point.take(), &offer, &mut media.room);
+                        continue;
+                    }
+                    CallRequest::IceCandidate(candidate) => {
+                        self.on_candidate(&media, candidate);
+                        continue;
+                    }
+                },
+                _ = sleep_until(machine.poll_timeout()) => CallInput::Timeout,
+            };
+            machine.handle(Instant::now(), input);
+        }
+    }
+
+    /// ACCEPT_CALL: our answer on fresh ports, and the client's own point.
+    fn accept(
+        &mut self,
+        call: &Call,
+        offer: Option<&str>,
+        cc: Option<&Capabilities>,
+        media: &mut CallMedia,
+    ) -> CallInput {
+        match self.answer(offer, cc) {
+            Ok((answer, lease)) => {
+                call.control.accept(answer);
+                media.lease = Some(lease);
+                media.client_point = self.offer_client_point(cc);
+                self.start_rtmp_point(media);
+                CallInput::Accepted
+            }
+            Err(problem) => CallInput::AcceptFailed(problem),
+        }
+    }
+
+    /// An RTMP client needs no answer: it connects and publishes or plays
+    /// whenever it likes, before or after the far end answers.
+    fn start_rtmp_point(&mut self, media: &mut CallMedia) {
+        if let Some(ClientPoint::Rtmp { waiting, .. }) = media.client_point.as_mut() {
             if let Some((streams, send)) = waiting.take() {
                 let io = PointIo {
                     rtmp: Some(streams),
                     ..PointIo::default()
                 };
-                self.room(&mut room)
+                self.room(&mut media.room)
                     .add_point(CLIENT_POINT, PointConfig::rtmp(send), io);
             }
         }
-        loop {
-            tokio::select! {
-                Some(event) = room_event(&mut room) => match event {
-                    RoomEvent::Digit { point: SIP_POINT, digit, method } => self.report_digit(digit, method.as_str()),
-                    RoomEvent::DigitForSignalling { point: SIP_POINT, digit } => self.send_digits_by_info(&digit.to_string(), &call),
-                    RoomEvent::Digit { .. } | RoomEvent::DigitForSignalling { .. } | RoomEvent::Stats { .. } => {}
-                    RoomEvent::MediaTimeout { timeout, .. } => {
-                        media_failed = Some(format!("no RTP from the far end for {:?}", timeout.silent_for));
-                        room = None;
-                        hanging_up = true;
-                        call.control.hangup();
-                    }
-                    RoomEvent::MediaFailed { problem, .. } => {
-                        media_failed = Some(problem);
-                        room = None;
-                        hanging_up = true;
-                        call.control.hangup();
-                    }
+    }
+
+    fn on_candidate(&self, media: &CallMedia, candidate: String) {
+        match (&media.client_point, &media.room) {
+            (Some(ClientPoint::InRoom { webrtc: true, .. }), Some(room)) => {
+                room.add_remote_candidate(CLIENT_POINT, candidate);
+            }
+            // Before the answer: ICE-lite learns the client's address from
+            // its checks anyway.
+            (Some(ClientPoint::WebRtcOffered { .. }), _) => {}
+            _ => self.refuse_field("this call has no WebRTC point", "candidate"),
+        }
+    }
+
+    /// Carries out what the machine decided.
+    fn carry_out(&mut self, machine: &mut CallMachine, media: &mut CallMedia, call: Option<&Call>) {
+        let CallMedia { lease, room, .. } = media;
+        while let Some(output) = machine.poll_output() {
+            match output {
+                CallOutput::Stage(stage) => self.send_stage(stage),
+                CallOutput::Started => self.outbox.send(ServerMessage::CallStarted {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    client_call_id: self.ids.client_call_id.clone(),
+                }),
+                CallOutput::Failed {
+                    reason,
+                    sip_status,
+                    detail,
+                } => self.fail(reason, sip_status, &detail),
+                CallOutput::Finished => self.finish(),
+                CallOutput::Refused(message) => self.refuse(message),
+                CallOutput::Digit { digit, method } => self.report_digit(digit, method),
+                CallOutput::DigitByInfo(digit) => match room.as_ref() {
+                    // The room reports it and passes it on to the client's point.
+                    Some(room) => room.digit_from(SIP_POINT, digit),
+                    None => self.report_digit(digit, "INFO"),
                 },
-                event = call.events.recv() => {
-                    let Some(event) = event else {
-                        self.finish();
-                        return;
-                    };
-                    match event {
-                        CallEvent::Progress { status: 180, .. } if outgoing => self.send_stage(CallStage::Ringing),
-                        CallEvent::Progress { status: 181..=183, .. } if outgoing => self.send_stage(CallStage::SessionProgress),
-                        CallEvent::Progress { .. } => {}
-                        CallEvent::Established { media, .. } => {
-                            established = true;
-                            info!("call established");
-                            if let Some((config, io)) = media.and_then(|media| self.sip_point(&lease, &media)) {
-                                sip_events = config.telephone_event.is_some();
-                                self.room(&mut room).add_point(SIP_POINT, config, io);
-                            }
-                            self.outbox.send(ServerMessage::CallStarted {
-                                session_id: self.ids.session_id.clone(),
-                                call_id: self.ids.call_id.clone(),
-                                client_call_id: self.ids.client_call_id.clone(),
-                            });
-                        }
-                        CallEvent::MediaChanged { media, changes, .. } => {
-                            info!(?changes, "far end changed the media");
-                            let update = sip_update(&media);
-                            sip_events = update.telephone_event.is_some();
-                            if let Some(room) = &room {
-                                room.update_point(SIP_POINT, update);
-                            }
-                        }
-                        CallEvent::Info { content_type, body } => match parse_dtmf_info(&content_type, body.as_bytes()) {
-                            // The room reports it and passes it on to the client's point.
-                            Ok(info) => match &room {
-                                Some(room) => room.digit_from(SIP_POINT, info.digit),
-                                None => self.report_digit(info.digit, "INFO"),
-                            },
-                            Err(error) => info!(%content_type, %error, "INFO without a digit"),
-                        },
-                        CallEvent::Failed { status, reason } => {
-                            match media_failed.take() {
-                                Some(problem) => self.fail(CallFailReason::MediaFailed, None, &problem),
-                                None => self.fail(CallFailReason::from_sip_status(status), Some(status), &reason),
-                            }
-                            return;
-                        }
-                        CallEvent::Ended { reason } => {
-                            if let Some(problem) = media_failed.take() {
-                                self.fail(CallFailReason::MediaFailed, None, &problem);
-                            } else if gave_up && !established {
-                                self.fail(CallFailReason::Unavailable, Some(408), "no answer");
-                            } else if reason == EndReason::Timeout && !established {
-                                self.fail(CallFailReason::Unavailable, Some(408), "the far end stopped answering");
-                            } else {
-                                info!(?reason, "call ended");
-                                self.finish();
-                            }
-                            return;
-                        }
+                CallOutput::AddSipPoint {
+                    media: negotiated,
+                    detect_tones,
+                } => {
+                    let point = lease
+                        .as_ref()
+                        .and_then(|lease| self.sip_point(lease, &negotiated));
+                    if let Some((config, io)) = point {
+                        self.room(room).add_point(
+                            SIP_POINT,
+                            config.detecting_tones(detect_tones),
+                            io,
+                        );
                     }
                 }
-                request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
-                    CallRequest::Hangup if hanging_up => self.refuse("the call is already being hung up"),
-                    CallRequest::Hangup => {
-                        hanging_up = true;
+                CallOutput::UpdateSipPoint(update) => {
+                    if let Some(room) = room.as_ref() {
+                        room.update_point(SIP_POINT, update);
+                    }
+                }
+                CallOutput::SendEvents(digits) => {
+                    if let Some(room) = room.as_ref() {
+                        room.send_digits(SIP_POINT, &digits);
+                    }
+                }
+                CallOutput::SendTones(digits) => {
+                    if let Some(room) = room.as_ref() {
+                        room.send_tones(SIP_POINT, &digits);
+                    }
+                }
+                CallOutput::StopMedia => *room = None,
+                CallOutput::Ring => {
+                    if let Some(call) = call {
+                        call.control.ring();
+                    }
+                }
+                CallOutput::Reject(status) => {
+                    if let Some(call) = call {
+                        call.control.reject(status);
+                    }
+                }
+                CallOutput::Hangup => {
+                    if let Some(call) = call {
                         call.control.hangup();
                     }
-                    CallRequest::SendDtmf(digits) => {
-                        let room = room.as_ref().filter(|_| established);
-                        self.send_digits(&digits, room, sip_events, &call, established);
+                }
+                CallOutput::SendInfo(digits) => {
+                    if let Some(call) = call {
+                        send_digits_by_info(&digits, call);
                     }
-                    CallRequest::SdpAnswer(answer) => {
-                        client_point = self.on_client_answer(client_point, &answer, &mut room);
-                    }
-                    CallRequest::SdpOffer(offer) => {
-                        client_point = self.on_client_offer(client_point, &offer, &mut room);
-                    }
-                    CallRequest::IceCandidate(candidate) => match (&client_point, &room) {
-                        (Some(ClientPoint::InRoom { webrtc: true, .. }), Some(room)) => {
-                            room.add_remote_candidate(CLIENT_POINT, candidate);
-                        }
-                        // Before the answer: ICE-lite learns the client's
-                        // address from its checks anyway.
-                        (Some(ClientPoint::WebRtcOffered { .. }), _) => {}
-                        _ => self.refuse_field("this call has no WebRTC point", "candidate"),
-                    },
-                    CallRequest::Accept(_) | CallRequest::Reject(_) => {
-                        self.refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered")
-                    }
-                },
-                _ = &mut deadline, if outgoing && !established && !hanging_up => {
-                    gave_up = true;
-                    hanging_up = true;
-                    call.control.hangup();
                 }
             }
         }
@@ -604,50 +611,6 @@ impl CallTask {
         }
     }
 
-    /// SEND_DTMF_SIGNAL: RFC 4733 events when the far end negotiated
-    /// telephone-event, else one SIP INFO (dtmf-relay) per digit.
-    fn send_digits(
-        &self,
-        digits: &str,
-        room: Option<&MediaRoom>,
-        sip_events: bool,
-        call: &Call,
-        established: bool,
-    ) {
-        if !established {
-            self.refuse("digits can be sent once the call is started");
-            return;
-        }
-        // The first method of the configured order that this call can use.
-        for method in &self.gateway.config.media.dtmf_send {
-            match (method, room) {
-                (DtmfMethod::Rfc4733, Some(room)) if sip_events => {
-                    room.send_digits(SIP_POINT, digits);
-                    return;
-                }
-                (DtmfMethod::Info, _) => {
-                    self.send_digits_by_info(digits, call);
-                    return;
-                }
-                (DtmfMethod::Inband, Some(room)) => {
-                    room.send_tones(SIP_POINT, digits);
-                    return;
-                }
-                _ => {}
-            }
-        }
-        self.refuse("no configured DTMF method (media.dtmf_send) applies to this call");
-    }
-
-    fn send_digits_by_info(&self, digits: &str, call: &Call) {
-        for digit in digits.chars() {
-            match build_dtmf_relay(digit, DTMF_INFO_DURATION) {
-                Ok(body) => call.control.send_info(DTMF_RELAY_CONTENT_TYPE, body),
-                Err(error) => warn!(%error, %digit, "digit not sendable"),
-            }
-        }
-    }
-
     fn watch_media(&mut self, stats: MediaStatsWatch) {
         self.gateway
             .call_media
@@ -806,17 +769,7 @@ fn rtp_point(remote: &sdp::RemoteAudio) -> PointConfig {
     )
 }
 
-/// The SIP leg's point after a re-INVITE or UPDATE, as negotiated.
-fn sip_update(media: &NegotiatedMedia) -> PointUpdate {
-    PointUpdate {
-        remote: media.remote,
-        audio: bridged(&media.codec),
-        telephone_event: media.telephone_event,
-        sends: media.remote_sends(),
-    }
-}
-
-fn bridged(codec: &sdp::Codec) -> Option<(u8, Codec)> {
+pub(crate) fn bridged(codec: &sdp::Codec) -> Option<(u8, Codec)> {
     bridge_codec(codec).map(|bridged| (codec.payload_type, bridged))
 }
 
@@ -904,8 +857,18 @@ fn flash_codec_name(codec: Codec) -> &'static str {
 }
 
 /// The call's points in its room: the SIP leg, and the client's own.
-const SIP_POINT: PointId = PointId(0);
+pub(crate) const SIP_POINT: PointId = PointId(0);
 const CLIENT_POINT: PointId = PointId(1);
+
+/// One SIP INFO (dtmf-relay) per digit.
+fn send_digits_by_info(digits: &str, call: &Call) {
+    for digit in digits.chars() {
+        match build_dtmf_relay(digit, DTMF_INFO_DURATION) {
+            Ok(body) => call.control.send_info(DTMF_RELAY_CONTENT_TYPE, body),
+            Err(error) => warn!(%error, %digit, "digit not sendable"),
+        }
+    }
+}
 
 /// How long each digit sent by SIP INFO says it lasts.
 const DTMF_INFO_DURATION: Duration = Duration::from_millis(160);
@@ -928,13 +891,5 @@ fn local_audio(ip: IpAddr, lease: &PortLease, cc: Option<&Capabilities>) -> Loca
         direction: Direction::SendRecv,
         session_id: u64::from(lease.rtp_port()),
         version: 1,
-    }
-}
-
-fn reject_status(reason: RejectReason) -> u16 {
-    match reason {
-        RejectReason::Busy => 486,
-        RejectReason::Decline => 603,
-        RejectReason::Unavailable => 480,
     }
 }

@@ -1,0 +1,886 @@
+//! A call's state, sans-IO: what the SIP side reported, what the client
+//! asked, what the room saw and the call's timers go in with `now`; what
+//! to tell the client, to do in SIP and to ask of the room comes out. The
+//! call's task ([`super::CallTask`]) owns the SIP call, the room and the
+//! ports and carries the outputs out; nothing here awaits or reads the
+//! clock, so every path is unit-tested with simulated time.
+//!
+//! The SDP of the SIP leg is negotiated in one place, `dialtone_sip`'s
+//! `Negotiation` (it answers re-INVITEs with the codec in use); this
+//! machine turns what it negotiated into the room's SIP point.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use dialtone_room::{Event as RoomEvent, PointUpdate};
+use dialtone_sip::{CallEvent, EndReason, NegotiatedMedia};
+use dialtone_ws::{CallFailReason, CallStage, RejectReason};
+use tracing::info;
+
+use super::{bridged, SIP_POINT};
+use crate::config::DtmfMethod;
+
+/// What the machine is told.
+#[derive(Debug)]
+pub(crate) enum CallInput {
+    Sip(CallEvent),
+    /// The SIP call's events ended without a last event.
+    SipGone,
+    Hangup,
+    Reject(RejectReason),
+    /// Incoming: the client accepted, and our answer went out.
+    Accepted,
+    /// Incoming: the client accepted, but no answer could be made.
+    AcceptFailed(String),
+    SendDtmf(String),
+    Room(RoomEvent),
+    /// The time [`CallMachine::poll_timeout`] named has come.
+    Timeout,
+}
+
+/// What the call's task is to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CallOutput {
+    /// CALL_STARTING with this stage.
+    Stage(CallStage),
+    /// CALL_STARTED.
+    Started,
+    /// CALL_FAILED; the call is over.
+    Failed {
+        reason: CallFailReason,
+        sip_status: Option<u16>,
+        detail: String,
+    },
+    /// CALL_FINISHED; the call is over.
+    Finished,
+    /// The client's request does not apply now (INVALID_STATE).
+    Refused(&'static str),
+    /// DTMF_RECEIVED: a digit from the SIP far end.
+    Digit { digit: char, method: &'static str },
+    /// SIP: 180 Ringing to an incoming call.
+    Ring,
+    /// SIP: a final error response to an incoming call.
+    Reject(u16),
+    /// SIP: CANCEL or BYE, however far the call got.
+    Hangup,
+    /// SIP: these digits by INFO, one each.
+    SendInfo(String),
+    /// The room: the SIP leg's point, as negotiated; look for in-band
+    /// DTMF in its audio when `detect_tones`.
+    AddSipPoint {
+        media: NegotiatedMedia,
+        detect_tones: bool,
+    },
+    /// The room: the SIP far end changed (re-INVITE, UPDATE).
+    UpdateSipPoint(PointUpdate),
+    /// The room: digits to the SIP far end as RFC 4733 events.
+    SendEvents(String),
+    /// The room: digits to the SIP far end as in-band tones.
+    SendTones(String),
+    /// The room: a digit the SIP far end sent by INFO, for the client's
+    /// point; reported to the client by the room, or here when there is
+    /// no room.
+    DigitByInfo(char),
+    /// The room is of no more use: its media failed.
+    StopMedia,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+/// How the machine decides what it is not told.
+#[derive(Debug, Clone)]
+pub(crate) struct CallSettings {
+    /// Digits go by the first of these the call can use.
+    pub(crate) dtmf_send: Vec<DtmfMethod>,
+    /// Look for in-band DTMF in the SIP leg's audio when it has no
+    /// telephone-event (`None`: never; `Some(true)`: always).
+    pub(crate) detect_tones: Option<bool>,
+    /// Outgoing: cancelled when not answered in this time.
+    pub(crate) no_answer: Duration,
+    /// Incoming: rejected with 480 when the client has not decided in this
+    /// time.
+    pub(crate) decision: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    /// Incoming, offered to the client, not yet accepted.
+    Offered,
+    /// Outgoing before an answer, or incoming accepted before the ACK.
+    Setup,
+    Established,
+    /// We asked SIP to end the call, for this reason.
+    Ending {
+        why: Ending,
+        was_established: bool,
+    },
+    /// CALL_FAILED or CALL_FINISHED went out.
+    Over,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ending {
+    ClientHangup,
+    NoAnswer,
+    MediaFailed(String),
+}
+
+pub(crate) struct CallMachine {
+    direction: Direction,
+    settings: CallSettings,
+    phase: Phase,
+    /// Outgoing: when to give up without an answer. Incoming: when the
+    /// client's decision is due.
+    deadline: Option<Instant>,
+    /// The room has the SIP leg's point.
+    sip_point: bool,
+    /// The SIP far end takes telephone-events.
+    sip_events: bool,
+    outputs: VecDeque<CallOutput>,
+}
+
+impl CallMachine {
+    /// An outgoing call whose INVITE is out: CALL_STARTING TRYING first.
+    pub(crate) fn outgoing(now: Instant, settings: CallSettings) -> CallMachine {
+        let mut machine = CallMachine::new(Direction::Outgoing, settings, Phase::Setup);
+        machine.deadline = now.checked_add(machine.settings.no_answer);
+        machine.emit(CallOutput::Stage(CallStage::Trying));
+        machine
+    }
+
+    /// An incoming call offered to the client (INCOMING_CALL is out): the
+    /// caller hears ringing.
+    pub(crate) fn incoming(now: Instant, settings: CallSettings) -> CallMachine {
+        let mut machine = CallMachine::new(Direction::Incoming, settings, Phase::Offered);
+        machine.deadline = now.checked_add(machine.settings.decision);
+        machine.emit(CallOutput::Ring);
+        machine
+    }
+
+    fn new(direction: Direction, settings: CallSettings, phase: Phase) -> CallMachine {
+        CallMachine {
+            direction,
+            settings,
+            phase,
+            deadline: None,
+            sip_point: false,
+            sip_events: false,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Whether the client has yet to accept or reject the call.
+    pub(crate) fn is_offered(&self) -> bool {
+        self.phase == Phase::Offered
+    }
+
+    pub(crate) fn is_over(&self) -> bool {
+        self.phase == Phase::Over
+    }
+
+    pub(crate) fn poll_output(&mut self) -> Option<CallOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Offered => self.deadline,
+            Phase::Setup if self.direction == Direction::Outgoing => self.deadline,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn handle(&mut self, now: Instant, input: CallInput) {
+        if self.phase == Phase::Over {
+            return;
+        }
+        if self.phase == Phase::Offered {
+            self.offered(now, input);
+            return;
+        }
+        match input {
+            CallInput::Sip(event) => self.on_sip(event),
+            CallInput::SipGone => self.finish(),
+            CallInput::Hangup => match self.phase {
+                Phase::Ending { .. } => self.refuse("the call is already being hung up"),
+                _ => self.end(Ending::ClientHangup),
+            },
+            CallInput::Reject(_) | CallInput::Accepted | CallInput::AcceptFailed(_) => self
+                .refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"),
+            CallInput::SendDtmf(digits) => self.send_digits(digits),
+            CallInput::Room(event) => self.on_room(event),
+            CallInput::Timeout => {
+                let due = self.poll_timeout().is_some_and(|at| at <= now);
+                if due {
+                    info!("no answer in time; hanging up");
+                    self.end(Ending::NoAnswer);
+                }
+            }
+        }
+    }
+
+    /// Before the client decides on an incoming call.
+    fn offered(&mut self, now: Instant, input: CallInput) {
+        match input {
+            CallInput::Accepted => {
+                self.phase = Phase::Setup;
+                self.deadline = None;
+            }
+            CallInput::AcceptFailed(problem) => {
+                self.emit(CallOutput::Reject(488));
+                self.fail(CallFailReason::MediaFailed, Some(488), problem);
+            }
+            CallInput::Reject(reason) => {
+                self.emit(CallOutput::Reject(reject_status(reason)));
+                self.finish();
+            }
+            CallInput::Hangup => {
+                self.emit(CallOutput::Reject(480));
+                self.finish();
+            }
+            CallInput::SendDtmf(_) => self.refuse("this applies once the call is accepted"),
+            // Before an answer only the caller giving up can happen.
+            CallInput::SipGone
+            | CallInput::Sip(CallEvent::Ended { .. } | CallEvent::Failed { .. }) => self.finish(),
+            CallInput::Sip(_) | CallInput::Room(_) => {}
+            CallInput::Timeout => {
+                if self.deadline.is_some_and(|at| at <= now) {
+                    self.emit(CallOutput::Reject(480));
+                    self.fail(
+                        CallFailReason::Unavailable,
+                        Some(480),
+                        "the client did not answer in time".to_string(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_sip(&mut self, event: CallEvent) {
+        let outgoing = self.direction == Direction::Outgoing;
+        match event {
+            CallEvent::Progress { status: 180, .. } if outgoing => {
+                self.emit(CallOutput::Stage(CallStage::Ringing));
+            }
+            CallEvent::Progress {
+                status: 181..=183, ..
+            } if outgoing => self.emit(CallOutput::Stage(CallStage::SessionProgress)),
+            CallEvent::Progress { .. } => {}
+            CallEvent::Established { media, .. } => {
+                if self.phase == Phase::Setup {
+                    self.phase = Phase::Established;
+                }
+                info!("call established");
+                if let Some(media) = media {
+                    self.sip_events = media.telephone_event.is_some();
+                    self.sip_point = true;
+                    let detect_tones = self.settings.detect_tones.unwrap_or(!self.sip_events);
+                    self.emit(CallOutput::AddSipPoint {
+                        media,
+                        detect_tones,
+                    });
+                }
+                self.emit(CallOutput::Started);
+            }
+            CallEvent::MediaChanged { media, changes, .. } => {
+                info!(?changes, "far end changed the media");
+                self.sip_events = media.telephone_event.is_some();
+                if self.sip_point {
+                    self.emit(CallOutput::UpdateSipPoint(PointUpdate {
+                        remote: media.remote,
+                        audio: bridged(&media.codec),
+                        telephone_event: media.telephone_event,
+                        sends: media.remote_sends(),
+                    }));
+                }
+            }
+            CallEvent::Info { content_type, body } => {
+                match dialtone_room::dtmf_relay::parse_dtmf_info(&content_type, body.as_bytes()) {
+                    Ok(info) => self.emit(CallOutput::DigitByInfo(info.digit)),
+                    Err(error) => info!(%content_type, %error, "INFO without a digit"),
+                }
+            }
+            CallEvent::Failed { status, reason } => match self.media_failure() {
+                Some(problem) => self.fail(CallFailReason::MediaFailed, None, problem),
+                None => self.fail(
+                    CallFailReason::from_sip_status(status),
+                    Some(status),
+                    reason,
+                ),
+            },
+            CallEvent::Ended { reason } => self.ended(reason),
+        }
+    }
+
+    fn ended(&mut self, reason: EndReason) {
+        let established = match &self.phase {
+            Phase::Ending {
+                was_established, ..
+            } => *was_established,
+            phase => *phase == Phase::Established,
+        };
+        let gave_up = matches!(
+            self.phase,
+            Phase::Ending {
+                why: Ending::NoAnswer,
+                ..
+            }
+        );
+        if let Some(problem) = self.media_failure() {
+            self.fail(CallFailReason::MediaFailed, None, problem);
+        } else if gave_up && !established {
+            self.fail(
+                CallFailReason::Unavailable,
+                Some(408),
+                "no answer".to_string(),
+            );
+        } else if reason == EndReason::Timeout && !established {
+            self.fail(
+                CallFailReason::Unavailable,
+                Some(408),
+                "the far end stopped answering".to_string(),
+            );
+        } else {
+            info!(?reason, "call ended");
+            self.finish();
+        }
+    }
+
+    fn on_room(&mut self, event: RoomEvent) {
+        match event {
+            RoomEvent::Digit {
+                point: SIP_POINT,
+                digit,
+                method,
+            } => self.emit(CallOutput::Digit {
+                digit,
+                method: method.as_str(),
+            }),
+            RoomEvent::DigitForSignalling {
+                point: SIP_POINT,
+                digit,
+            } if self.phase == Phase::Established => {
+                self.emit(CallOutput::SendInfo(digit.to_string()));
+            }
+            RoomEvent::MediaTimeout { timeout, .. } => {
+                let problem = format!("no RTP from the far end for {:?}", timeout.silent_for);
+                self.media_failed(problem);
+            }
+            RoomEvent::MediaFailed { problem, .. } => self.media_failed(problem),
+            RoomEvent::Digit { .. }
+            | RoomEvent::DigitForSignalling { .. }
+            | RoomEvent::Stats { .. } => {}
+        }
+    }
+
+    fn media_failed(&mut self, problem: String) {
+        if matches!(
+            self.phase,
+            Phase::Ending {
+                why: Ending::MediaFailed(_),
+                ..
+            }
+        ) {
+            return;
+        }
+        self.emit(CallOutput::StopMedia);
+        match &mut self.phase {
+            // Already ending: the failure is what the client hears of.
+            Phase::Ending { why, .. } => *why = Ending::MediaFailed(problem),
+            _ => self.end(Ending::MediaFailed(problem)),
+        }
+    }
+
+    /// SEND_DTMF_SIGNAL: the first configured method the call can use.
+    fn send_digits(&mut self, digits: String) {
+        if self.phase != Phase::Established {
+            self.refuse("digits can be sent once the call is started");
+            return;
+        }
+        let methods = self.settings.dtmf_send.clone();
+        for method in methods {
+            match method {
+                DtmfMethod::Rfc4733 if self.sip_point && self.sip_events => {
+                    self.emit(CallOutput::SendEvents(digits));
+                    return;
+                }
+                DtmfMethod::Info => {
+                    self.emit(CallOutput::SendInfo(digits));
+                    return;
+                }
+                DtmfMethod::Inband if self.sip_point => {
+                    self.emit(CallOutput::SendTones(digits));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.refuse("no configured DTMF method (media.dtmf_send) applies to this call");
+    }
+
+    fn end(&mut self, why: Ending) {
+        let was_established = self.phase == Phase::Established;
+        self.phase = Phase::Ending {
+            why,
+            was_established,
+        };
+        self.emit(CallOutput::Hangup);
+    }
+
+    fn media_failure(&self) -> Option<String> {
+        match &self.phase {
+            Phase::Ending {
+                why: Ending::MediaFailed(problem),
+                ..
+            } => Some(problem.clone()),
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self, reason: CallFailReason, sip_status: Option<u16>, detail: String) {
+        info!(?reason, ?sip_status, %detail, "call failed");
+        self.phase = Phase::Over;
+        self.emit(CallOutput::Failed {
+            reason,
+            sip_status,
+            detail,
+        });
+    }
+
+    fn finish(&mut self) {
+        self.phase = Phase::Over;
+        self.emit(CallOutput::Finished);
+    }
+
+    fn refuse(&mut self, message: &'static str) {
+        self.emit(CallOutput::Refused(message));
+    }
+
+    fn emit(&mut self, output: CallOutput) {
+        self.outputs.push_back(output);
+    }
+}
+
+fn reject_status(reason: RejectReason) -> u16 {
+    match reason {
+        RejectReason::Busy => 486,
+        RejectReason::Decline => 603,
+        RejectReason::Unavailable => 480,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use dialtone_codecs::Codec;
+    use dialtone_room::inactivity::{MediaTimeout, MediaTimeoutReason};
+    use dialtone_room::{DigitMethod, PointId};
+    use dialtone_sip::sdp::{self, Direction as SdpDirection};
+    use dialtone_sip::MediaChanges;
+
+    use super::*;
+
+    const NO_ANSWER: Duration = Duration::from_secs(30);
+    const DECISION: Duration = Duration::from_secs(60);
+
+    fn settings(dtmf_send: Vec<DtmfMethod>) -> CallSettings {
+        CallSettings {
+            dtmf_send,
+            detect_tones: None,
+            no_answer: NO_ANSWER,
+            decision: DECISION,
+        }
+    }
+
+    fn media(name: &str, payload_type: u8, telephone_event: Option<u8>) -> NegotiatedMedia {
+        NegotiatedMedia {
+            remote: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            codec: sdp::Codec {
+                payload_type,
+                name: name.to_string(),
+                clock_rate: 8000,
+                channels: 1,
+            },
+            telephone_event,
+            remote_direction: SdpDirection::SendRecv,
+            local_direction: SdpDirection::SendRecv,
+        }
+    }
+
+    fn established(media: Option<NegotiatedMedia>) -> CallInput {
+        CallInput::Sip(CallEvent::Established { media, sdp: None })
+    }
+
+    fn outputs(machine: &mut CallMachine) -> Vec<CallOutput> {
+        std::iter::from_fn(|| machine.poll_output()).collect()
+    }
+
+    /// An outgoing call, answered with PCMU and telephone-event.
+    fn answered(start: Instant, dtmf_send: Vec<DtmfMethod>) -> CallMachine {
+        let mut machine = CallMachine::outgoing(start, settings(dtmf_send));
+        machine.handle(start, established(Some(media("PCMU", 0, Some(101)))));
+        outputs(&mut machine);
+        machine
+    }
+
+    #[test]
+    fn an_outgoing_call_reports_its_progress_and_its_answer() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![DtmfMethod::Rfc4733]));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Stage(CallStage::Trying)]
+        );
+        for status in [100, 180, 183] {
+            let progress = CallEvent::Progress { status, sdp: None };
+            machine.handle(start, CallInput::Sip(progress));
+        }
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::Stage(CallStage::Ringing),
+                CallOutput::Stage(CallStage::SessionProgress)
+            ]
+        );
+        let pcmu = media("PCMU", 0, Some(101));
+        machine.handle(start, established(Some(pcmu.clone())));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::AddSipPoint {
+                    media: pcmu,
+                    detect_tones: false
+                },
+                CallOutput::Started
+            ]
+        );
+        assert_eq!(machine.poll_timeout(), None, "no setup timer once answered");
+    }
+
+    #[test]
+    fn an_unanswered_call_is_given_up_once_and_fails_with_408() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        outputs(&mut machine);
+        assert_eq!(machine.poll_timeout(), Some(start + NO_ANSWER));
+        machine.handle(start + NO_ANSWER / 2, CallInput::Timeout);
+        assert!(outputs(&mut machine).is_empty(), "not yet");
+        machine.handle(start + NO_ANSWER, CallInput::Timeout);
+        assert_eq!(outputs(&mut machine), [CallOutput::Hangup]);
+        machine.handle(start + NO_ANSWER, CallInput::Hangup);
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Refused("the call is already being hung up")]
+        );
+        let ended = CallEvent::Ended {
+            reason: EndReason::Local,
+        };
+        machine.handle(start + NO_ANSWER, CallInput::Sip(ended));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Failed {
+                reason: CallFailReason::Unavailable,
+                sip_status: Some(408),
+                detail: "no answer".to_string()
+            }]
+        );
+        assert!(machine.is_over());
+        machine.handle(start, CallInput::Hangup);
+        assert!(outputs(&mut machine).is_empty(), "nothing after the end");
+    }
+
+    #[test]
+    fn sip_failures_and_ends_map_to_what_the_client_is_told() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        let busy = CallEvent::Failed {
+            status: 486,
+            reason: "Busy Here".to_string(),
+        };
+        machine.handle(start, CallInput::Sip(busy));
+        assert_eq!(
+            outputs(&mut machine).last(),
+            Some(&CallOutput::Failed {
+                reason: CallFailReason::Busy,
+                sip_status: Some(486),
+                detail: "Busy Here".to_string()
+            })
+        );
+
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        let timeout = CallEvent::Ended {
+            reason: EndReason::Timeout,
+        };
+        machine.handle(start, CallInput::Sip(timeout.clone()));
+        assert_eq!(
+            outputs(&mut machine).last(),
+            Some(&CallOutput::Failed {
+                reason: CallFailReason::Unavailable,
+                sip_status: Some(408),
+                detail: "the far end stopped answering".to_string()
+            })
+        );
+
+        let mut machine = answered(start, vec![]);
+        machine.handle(start, CallInput::Sip(timeout));
+        assert_eq!(outputs(&mut machine), [CallOutput::Finished]);
+
+        let mut machine = answered(start, vec![]);
+        machine.handle(start, CallInput::Hangup);
+        machine.handle(
+            start,
+            CallInput::Sip(CallEvent::Ended {
+                reason: EndReason::Local,
+            }),
+        );
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Hangup, CallOutput::Finished]
+        );
+    }
+
+    #[test]
+    fn a_media_failure_hangs_up_and_is_what_the_client_hears() {
+        let start = Instant::now();
+        let mut machine = answered(start, vec![]);
+        let timeout = MediaTimeout {
+            reason: MediaTimeoutReason::Stopped,
+            silent_for: Duration::from_secs(30),
+        };
+        let silent = RoomEvent::MediaTimeout {
+            point: SIP_POINT,
+            timeout,
+        };
+        machine.handle(start, CallInput::Room(silent.clone()));
+        machine.handle(start, CallInput::Room(silent));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::StopMedia, CallOutput::Hangup],
+            "once"
+        );
+        machine.handle(
+            start,
+            CallInput::Sip(CallEvent::Ended {
+                reason: EndReason::Local,
+            }),
+        );
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Failed {
+                reason: CallFailReason::MediaFailed,
+                sip_status: None,
+                detail: "no RTP from the far end for 30s".to_string()
+            }]
+        );
+
+        // A client hanging up whose WebRTC point then fails hears of the failure.
+        let mut machine = answered(start, vec![]);
+        machine.handle(start, CallInput::Hangup);
+        let failed = RoomEvent::MediaFailed {
+            point: PointId(1),
+            problem: "DTLS: closed".to_string(),
+        };
+        machine.handle(start, CallInput::Room(failed));
+        machine.handle(
+            start,
+            CallInput::Sip(CallEvent::Ended {
+                reason: EndReason::Local,
+            }),
+        );
+        assert_eq!(
+            outputs(&mut machine).last(),
+            Some(&CallOutput::Failed {
+                reason: CallFailReason::MediaFailed,
+                sip_status: None,
+                detail: "DTLS: closed".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn digits_go_by_the_first_configured_method_the_call_can_use() {
+        let start = Instant::now();
+        let order = vec![DtmfMethod::Rfc4733, DtmfMethod::Info];
+        let mut machine = CallMachine::outgoing(start, settings(order.clone()));
+        outputs(&mut machine);
+        machine.handle(start, CallInput::SendDtmf("1".to_string()));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Refused(
+                "digits can be sent once the call is started"
+            )]
+        );
+        let mut machine = answered(start, order.clone());
+        machine.handle(start, CallInput::SendDtmf("12#".to_string()));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::SendEvents("12#".to_string())]
+        );
+        // A re-INVITE without telephone-event: digits go by INFO from then on.
+        let changed = CallEvent::MediaChanged {
+            media: media("PCMA", 8, None),
+            changes: MediaChanges::default(),
+            sdp: String::new(),
+        };
+        machine.handle(start, CallInput::Sip(changed));
+        machine.handle(start, CallInput::SendDtmf("3".to_string()));
+        let out = outputs(&mut machine);
+        assert_eq!(out.last(), Some(&CallOutput::SendInfo("3".to_string())));
+
+        let mut machine = answered(start, vec![DtmfMethod::Inband]);
+        machine.handle(start, CallInput::SendDtmf("4".to_string()));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::SendTones("4".to_string())]
+        );
+
+        let mut machine = CallMachine::outgoing(start, settings(vec![DtmfMethod::Rfc4733]));
+        machine.handle(start, established(None));
+        outputs(&mut machine);
+        machine.handle(start, CallInput::SendDtmf("5".to_string()));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Refused(
+                "no configured DTMF method (media.dtmf_send) applies to this call"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_re_invite_reconfigures_the_sip_point_as_negotiated() {
+        let start = Instant::now();
+        let mut machine = answered(start, vec![]);
+        let mut held = media("G722", 9, Some(101));
+        held.remote_direction = SdpDirection::Inactive;
+        held.remote = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let changed = CallEvent::MediaChanged {
+            media: held,
+            changes: MediaChanges::default(),
+            sdp: String::new(),
+        };
+        machine.handle(start, CallInput::Sip(changed));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::UpdateSipPoint(PointUpdate {
+                remote: SocketAddr::from(([127, 0, 0, 1], 5000)),
+                audio: Some((9, Codec::G722)),
+                telephone_event: Some(101),
+                sends: false,
+            })]
+        );
+    }
+
+    #[test]
+    fn digits_from_the_far_end_reach_the_client_and_the_client_point() {
+        let start = Instant::now();
+        let mut machine = answered(start, vec![]);
+        let digit = RoomEvent::Digit {
+            point: SIP_POINT,
+            digit: '7',
+            method: DigitMethod::Rfc4733,
+        };
+        let from_client = RoomEvent::Digit {
+            point: PointId(1),
+            digit: '8',
+            method: DigitMethod::Rfc4733,
+        };
+        let for_info = RoomEvent::DigitForSignalling {
+            point: SIP_POINT,
+            digit: '9',
+        };
+        for event in [digit, from_client, for_info] {
+            machine.handle(start, CallInput::Room(event));
+        }
+        let info = CallEvent::Info {
+            content_type: "application/dtmf-relay".to_string(),
+            body: "Signal=5\r\nDuration=160\r\n".to_string(),
+        };
+        machine.handle(start, CallInput::Sip(info));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::Digit {
+                    digit: '7',
+                    method: "RFC4733"
+                },
+                CallOutput::SendInfo("9".to_string()),
+                CallOutput::DigitByInfo('5'),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_incoming_call_waits_for_the_client_then_runs_like_any_other() {
+        let start = Instant::now();
+        let mut machine = CallMachine::incoming(start, settings(vec![]));
+        assert_eq!(outputs(&mut machine), [CallOutput::Ring]);
+        assert!(machine.is_offered());
+        machine.handle(start, CallInput::SendDtmf("1".to_string()));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Refused(
+                "this applies once the call is accepted"
+            )]
+        );
+        machine.handle(start + DECISION, CallInput::Timeout);
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::Reject(480),
+                CallOutput::Failed {
+                    reason: CallFailReason::Unavailable,
+                    sip_status: Some(480),
+                    detail: "the client did not answer in time".to_string()
+                }
+            ]
+        );
+
+        for (reason, status) in [(RejectReason::Busy, 486), (RejectReason::Decline, 603)] {
+            let mut machine = CallMachine::incoming(start, settings(vec![]));
+            machine.handle(start, CallInput::Reject(reason));
+            let out = outputs(&mut machine);
+            assert_eq!(
+                &out[1..],
+                [CallOutput::Reject(status), CallOutput::Finished]
+            );
+        }
+
+        let mut machine = CallMachine::incoming(start, settings(vec![]));
+        machine.handle(
+            start,
+            CallInput::AcceptFailed("no free media port".to_string()),
+        );
+        let out = outputs(&mut machine);
+        assert_eq!(out[1], CallOutput::Reject(488));
+
+        let mut machine = CallMachine::incoming(start, settings(vec![]));
+        let cancelled = CallEvent::Ended {
+            reason: EndReason::CallerCancelled,
+        };
+        machine.handle(start, CallInput::Sip(cancelled));
+        assert_eq!(outputs(&mut machine).last(), Some(&CallOutput::Finished));
+
+        let mut machine = CallMachine::incoming(start, settings(vec![]));
+        machine.handle(start, CallInput::Accepted);
+        assert_eq!(machine.poll_timeout(), None, "no timer once accepted");
+        machine.handle(start, established(Some(media("PCMU", 0, None))));
+        let out = outputs(&mut machine);
+        assert!(out.contains(&CallOutput::AddSipPoint {
+            media: media("PCMU", 0, None),
+            detect_tones: true
+        }));
+        assert_eq!(out.last(), Some(&CallOutput::Started));
+        machine.handle(start, CallInput::Reject(RejectReason::Busy));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Refused(
+                "ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"
+            )]
+        );
+    }
+}
