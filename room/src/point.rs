@@ -225,7 +225,7 @@ pub(crate) struct Point {
     /// Ticks left in which silence fills in for missing audio after digits.
     pub(crate) digit_tail: u32,
     pub(crate) silence: Option<Silence>,
-    /// In-band DTMF toward this point's far end.
+    /// In-band DTMF toward this point's far end, made on first use.
     pub(crate) tones: Option<Tones>,
     /// Detects in-band DTMF in this point's audio.
     pub(crate) detector: Option<ToneDetector>,
@@ -296,7 +296,6 @@ impl Point {
             }
         });
         let codec = audio.map(|(_, codec)| codec);
-        let is_line = matches!(transport, Transport::Line(_));
         Point {
             id,
             transport,
@@ -315,7 +314,7 @@ impl Point {
             sent_audio: false,
             digit_tail: 0,
             silence: None,
-            tones: codec.filter(|_| !is_line).and_then(Tones::new),
+            tones: None,
             detector: codec.filter(|_| detect_tones).and_then(ToneDetector::new),
             watch,
         }

@@ -21,6 +21,7 @@ use crate::rtp::{RtpHeader, RtpPacket};
 use crate::stats::MediaStatsSnapshot;
 use crate::symmetric::LatchDecision;
 use crate::telephone_event::{DigitEvent, TelephoneEventError};
+use crate::tones::{ToneDetector, Tones};
 use crate::webrtc::Polled;
 
 /// The audio tick: transcoded frames, tones and digit packets go out at it.
@@ -319,14 +320,12 @@ impl Room {
             info!(point = id.0, from = ?point.audio, to = ?update.audio, "point changes codec");
             point.audio = update.audio;
             point.receive = update.audio;
-            point.tones = update
-                .audio
-                .and_then(|(_, codec)| crate::tones::Tones::new(codec));
+            if point.tones.is_some() {
+                point.tones = update.audio.and_then(|(_, codec)| Tones::new(codec));
+            }
             point.silence = None;
             if point.detector.is_some() {
-                point.detector = update
-                    .audio
-                    .and_then(|(_, codec)| crate::tones::ToneDetector::new(codec));
+                point.detector = update.audio.and_then(|(_, codec)| ToneDetector::new(codec));
             }
         }
         point.telephone_event = update.telephone_event;
@@ -365,10 +364,11 @@ impl Room {
     /// Digits for a point's far end as in-band tones in its audio.
     pub fn send_tones(&mut self, now: Instant, id: PointId, digits: &str) -> Result<(), RoomError> {
         let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
-        let tones = self.points[index]
-            .tones
-            .as_mut()
-            .ok_or(RoomError::NoAudio(id))?;
+        let point = &mut self.points[index];
+        if point.tones.is_none() && point.line().is_none() {
+            point.tones = point.audio.and_then(|(_, codec)| Tones::new(codec));
+        }
+        let tones = point.tones.as_mut().ok_or(RoomError::NoAudio(id))?;
         tones.queue.extend(digits.chars());
         self.after(now);
         Ok(())
