@@ -25,9 +25,10 @@ pub const MIN_SESSION_INTERVAL: Duration = Duration::from_secs(1);
 /// anyway.
 pub const MAX_SESSION_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The shortest registration lifetime we act on: a registrar granting 1 s
-/// would otherwise have us refresh every second.
-pub const MIN_REGISTRATION_SECS: u32 = 10;
+/// The shortest registration lifetime we act on. A registrar's grant is
+/// honoured however short (refreshing later than it says loses the
+/// binding); only a grant below a second is read as one.
+pub const MIN_REGISTRATION_SECS: u32 = 1;
 
 /// The longest registration lifetime we act on: a binding is refreshed at
 /// least every 18 h (three quarters of a day), whatever the registrar says.
@@ -170,7 +171,7 @@ mod tests {
         assert_eq!(registration_lifetime(Some(3600), 600), 3600);
         assert_eq!(registration_lifetime(Some(0), 600), 600);
         assert_eq!(registration_lifetime(None, 600), 600);
-        assert_eq!(registration_lifetime(Some(1), 600), MIN_REGISTRATION_SECS);
+        assert_eq!(registration_lifetime(Some(2), 600), 2, "a short grant is honoured");
         assert_eq!(
             registration_lifetime(Some(u32::MAX), 600),
             MAX_REGISTRATION_SECS
