@@ -328,37 +328,21 @@ async fn receive(io: &mut [DriverIo], buffer: &mut [u8], first: usize) -> Receiv
         for offset in 0..count {
             let io = &mut io[(first + offset) % count];
             let point = io.point;
-            if let Some(socket) = io.rtp.as_ref() {
-                let mut read = ReadBuf::new(buffer);
-                match socket.poll_recv_from(cx, &mut read) {
-                    Poll::Ready(Ok(source)) => {
-                        let length = read.filled().len();
-                        return Poll::Ready(Received::Rtp {
-                            point,
-                            source,
-                            length,
-                        });
-                    }
-                    Poll::Ready(Err(error)) => {
-                        debug!(%error, "RTP receive failed");
-                        return Poll::Ready(Received::Nothing);
-                    }
-                    Poll::Pending => {}
-                }
+            if let Poll::Ready(received) = poll_datagram(io.rtp.as_ref(), cx, buffer) {
+                return Poll::Ready(match received {
+                    Some((source, length)) => Received::Rtp {
+                        point,
+                        source,
+                        length,
+                    },
+                    None => Received::Nothing,
+                });
             }
-            if let Some(socket) = io.rtcp.as_ref() {
-                let mut read = ReadBuf::new(buffer);
-                match socket.poll_recv_from(cx, &mut read) {
-                    Poll::Ready(Ok(_)) => {
-                        let length = read.filled().len();
-                        return Poll::Ready(Received::Rtcp { point, length });
-                    }
-                    Poll::Ready(Err(error)) => {
-                        debug!(%error, "RTCP receive failed");
-                        return Poll::Ready(Received::Nothing);
-                    }
-                    Poll::Pending => {}
-                }
+            if let Poll::Ready(received) = poll_datagram(io.rtcp.as_ref(), cx, buffer) {
+                return Poll::Ready(match received {
+                    Some((_, length)) => Received::Rtcp { point, length },
+                    None => Received::Nothing,
+                });
             }
             if let Some(published) = io.published.as_mut() {
                 match published.poll_recv(cx) {
@@ -388,6 +372,27 @@ async fn receive(io: &mut [DriverIo], buffer: &mut [u8], first: usize) -> Receiv
         Poll::Pending
     })
     .await
+}
+
+/// A datagram on `socket` if one is there: its source and length, or
+/// `None` for a failed receive.
+fn poll_datagram(
+    socket: Option<&UdpSocket>,
+    cx: &mut std::task::Context<'_>,
+    buffer: &mut [u8],
+) -> Poll<Option<(SocketAddr, usize)>> {
+    let Some(socket) = socket else {
+        return Poll::Pending;
+    };
+    let mut read = ReadBuf::new(buffer);
+    match socket.poll_recv_from(cx, &mut read) {
+        Poll::Ready(Ok(source)) => Poll::Ready(Some((source, read.filled().len()))),
+        Poll::Ready(Err(error)) => {
+            debug!(%error, "receive failed");
+            Poll::Ready(None)
+        }
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 fn now() -> std::time::Instant {
