@@ -171,7 +171,11 @@ mod tests {
         assert_eq!(registration_lifetime(Some(3600), 600), 3600);
         assert_eq!(registration_lifetime(Some(0), 600), 600);
         assert_eq!(registration_lifetime(None, 600), 600);
-        assert_eq!(registration_lifetime(Some(2), 600), 2, "a short grant is honoured");
+        assert_eq!(
+            registration_lifetime(Some(2), 600),
+            2,
+            "a short grant is honoured"
+        );
         assert_eq!(
             registration_lifetime(Some(u32::MAX), 600),
             MAX_REGISTRATION_SECS
