@@ -20,7 +20,9 @@ use crate::rtmp_point::{Payloads, L16_FRAME_BYTES, RTMP_PAYLOAD_TYPE};
 use crate::rtp::{RtpHeader, RtpPacket};
 use crate::stats::MediaStatsSnapshot;
 use crate::symmetric::LatchDecision;
-use crate::telephone_event::{DigitEvent, TelephoneEventError};
+use crate::telephone_event::{
+    DigitEvent, DtmfSenderConfig, TelephoneEventError, TelephoneEventSender,
+};
 use crate::tones::{ToneDetector, Tones};
 use crate::webrtc::Polled;
 
@@ -318,8 +320,17 @@ impl Room {
         }
         if point.audio != update.audio {
             info!(point = id.0, from = ?point.audio, to = ?update.audio, "point changes codec");
+            let clock = point.clock();
             point.audio = update.audio;
             point.receive = update.audio;
+            if point.clock() != clock {
+                // Events are timed at the audio's clock (RFC 4733); digits
+                // still queued at the old one are dropped with it.
+                point.digits_out = TelephoneEventSender::new(DtmfSenderConfig {
+                    clock_rate: point.clock(),
+                    ..DtmfSenderConfig::default()
+                });
+            }
             if point.tones.is_some() {
                 point.tones = update.audio.and_then(|(_, codec)| Tones::new(codec));
             }

@@ -629,3 +629,24 @@ fn garbage_and_unknown_points_change_nothing() {
         Err(RoomError::Duplicate(SIP))
     );
 }
+
+#[test]
+fn digits_after_a_move_to_opus_are_timed_at_48_khz() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    let opus = PointUpdate {
+        remote: address(SIP_FAR_END),
+        audio: Some((111, Codec::Opus)),
+        telephone_event: EVENTS,
+        sends: true,
+    };
+    room.room
+        .update_point(room.now, SIP, opus)
+        .expect("known point");
+    room.room.send_digits(room.now, SIP, "1").expect("queued");
+    room.advance(Duration::from_millis(500));
+    let last = events_of(&room.take_rtp(SIP))
+        .into_iter()
+        .rfind(|event| event.end)
+        .expect("the digit ended");
+    assert_eq!(last.duration, 4800, "100 ms at 48 kHz");
+}
