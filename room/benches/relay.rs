@@ -1,7 +1,9 @@
-//! Pass-through relay cost per RTP packet, socket I/O excluded: the
-//! numbering alone (parse what arrived, offset-map it into the other
-//! point's stream), and the room's whole path for one datagram (parse,
-//! latch, statistics, routing, relay, the transmit polled out).
+//! The room's cost per packet, socket I/O excluded: the relay's numbering
+//! alone (parse what arrived, offset-map it into the other point's
+//! stream); the room's whole relay path for one datagram (parse, latch,
+//! statistics, routing, relay, the transmit polled out); and the room's
+//! transcoding path for one 20 ms frame (a PCMU datagram in, jitter buffer,
+//! decode, resample, Opus encode on the tick, the transmit polled out).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -75,5 +77,44 @@ fn relay(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, relay);
+fn transcode(c: &mut Criterion) {
+    let start = Instant::now();
+    let client = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let far_end = SocketAddr::from(([127, 0, 0, 1], 40002));
+    let mut room = Room::new();
+    let opus = Some((111, Codec::Opus));
+    let _ = room.add_point(
+        start,
+        PointId(0),
+        PointConfig::rtp(far_end, opus, Some(101)),
+    );
+    let _ = room.add_point(start, PointId(1), PointConfig::rtp(client, PCMU, Some(101)));
+    let mut incoming = [0u8; 172];
+    let mut sequence = 0u16;
+    let mut now = start;
+    c.bench_function(
+        "room transcode path, PCMU datagram in, Opus frame out",
+        |b| {
+            b.iter(|| {
+                sequence = sequence.wrapping_add(1);
+                let length = packet(sequence, u32::from(sequence) * 160, &mut incoming);
+                let input = Input::Datagram {
+                    point: PointId(1),
+                    source: client,
+                    data: &incoming[..length],
+                };
+                room.handle_input(now, input);
+                now += Duration::from_millis(20);
+                room.handle_input(now, Input::Timeout);
+                while let Some(output) = room.poll_output() {
+                    if let Output::Transmit(transmit) = output {
+                        black_box(transmit.data.len());
+                    }
+                }
+            })
+        },
+    );
+}
+
+criterion_group!(benches, relay, transcode);
 criterion_main!(benches);
