@@ -10,37 +10,39 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dialtone_codecs::Codec;
+use dialtone_codecs::{new_encoder, voice_like_frames, Codec};
 use dialtone_room::rtp::{RtpHeader, RtpPacket, RtpSender};
 use dialtone_room::{Input, Output, PointConfig, PointId, Room, WatchConfig};
 
 const PCMU: Option<(u8, Codec)> = Some((0, Codec::Pcmu));
 
-fn packet(sequence: u16, timestamp: u32, out: &mut [u8]) -> usize {
-    let header = RtpHeader {
-        marker: false,
-        payload_type: 0,
-        sequence,
-        timestamp,
-        ssrc: 0x1234_5678,
-    };
-    header.write_packet(&[0x55u8; 160], out).unwrap_or_default()
-}
-
-/// The next packet of a PCMU stream, written over the last one in place
-/// as a socket receive would: only its sequence number and timestamp
-/// change.
+/// A PCMU stream whose next packet is written over an earlier one in
+/// place, as a socket receive would: a few packets' payloads (one for the
+/// relay, voice-like 20 ms frames for transcoding) and the numbering.
 struct Stream {
-    packet: [u8; 172],
+    packets: Vec<[u8; 172]>,
     sequence: u16,
 }
 
 impl Stream {
-    fn new() -> Stream {
-        let mut packet = [0u8; 172];
-        self::packet(0, 0, &mut packet);
+    fn new(payloads: &[Vec<u8>]) -> Stream {
+        let packets = payloads
+            .iter()
+            .map(|payload| {
+                let mut packet = [0u8; 172];
+                let header = RtpHeader {
+                    marker: false,
+                    payload_type: 0,
+                    sequence: 0,
+                    timestamp: 0,
+                    ssrc: 0x1234_5678,
+                };
+                let _ = header.write_packet(payload, &mut packet);
+                packet
+            })
+            .collect();
         Stream {
-            packet,
+            packets,
             sequence: 0,
         }
     }
@@ -48,14 +50,34 @@ impl Stream {
     fn next(&mut self) -> &[u8] {
         self.sequence = self.sequence.wrapping_add(1);
         let timestamp = u32::from(self.sequence).wrapping_mul(160);
-        self.packet[2..4].copy_from_slice(&self.sequence.to_be_bytes());
-        self.packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
-        &self.packet
+        let index = usize::from(self.sequence) % self.packets.len().max(1);
+        let Some(packet) = self.packets.get_mut(index) else {
+            return &[];
+        };
+        packet[2..4].copy_from_slice(&self.sequence.to_be_bytes());
+        packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        packet
     }
 }
 
+/// 20 ms PCMU frames of a voice-like signal, so the encoder does real work.
+fn voice_payloads() -> Vec<Vec<u8>> {
+    let Ok(mut encoder) = new_encoder(Codec::Pcmu) else {
+        return vec![vec![0x55; 160]];
+    };
+    voice_like_frames(Codec::Pcmu, 50)
+        .iter()
+        .filter_map(|pcm| {
+            let mut payload = vec![0u8; 160];
+            let length = encoder.encode(pcm, &mut payload).ok()?;
+            payload.truncate(length);
+            Some(payload)
+        })
+        .collect()
+}
+
 fn relay(c: &mut Criterion) {
-    let mut stream = Stream::new();
+    let mut stream = Stream::new(&[vec![0x55; 160]]);
     let mut sender = RtpSender::new(0x0bad_cafe, 100, 1000);
     let mut out = [0u8; 1500];
     c.bench_function("relay numbering, PCMU 20 ms packet", |b| {
@@ -78,7 +100,7 @@ fn relay(c: &mut Criterion) {
     let sip = PointConfig::rtp(far_end, PCMU, Some(101)).watched(watch);
     let _ = room.add_point(start, PointId(0), sip);
     let _ = room.add_point(start, PointId(1), PointConfig::rtp(client, PCMU, Some(101)));
-    let mut stream = Stream::new();
+    let mut stream = Stream::new(&[vec![0x55; 160]]);
     c.bench_function(
         "room relay path, PCMU 20 ms datagram in, transmit out",
         |b| {
@@ -111,19 +133,16 @@ fn transcode(c: &mut Criterion) {
         PointConfig::rtp(far_end, opus, Some(101)),
     );
     let _ = room.add_point(start, PointId(1), PointConfig::rtp(client, PCMU, Some(101)));
-    let mut incoming = [0u8; 172];
-    let mut sequence = 0u16;
+    let mut stream = Stream::new(&voice_payloads());
     let mut now = start;
     c.bench_function(
         "room transcode path, PCMU datagram in, Opus frame out",
         |b| {
             b.iter(|| {
-                sequence = sequence.wrapping_add(1);
-                let length = packet(sequence, u32::from(sequence) * 160, &mut incoming);
                 let input = Input::Datagram {
                     point: PointId(1),
                     source: client,
-                    data: &incoming[..length],
+                    data: stream.next(),
                 };
                 room.handle_input(now, input);
                 now += Duration::from_millis(20);
