@@ -4,13 +4,13 @@
 //! SIP leg on PCMU.
 //!
 //! Two str0m `Rtc`s are connected in memory: the "gateway" (ICE-lite, RTP
-//! mode, configured as `gateway/src/webrtc.rs` does) offers, the "browser"
+//! mode, configured as `room/src/webrtc.rs` does) offers, the "browser"
 //! (full ICE, RTP mode, Opus) answers; ICE and DTLS run to `Connected` over
 //! fake 127.0.0.1 addresses. Each timed iteration is one 20 ms frame: the
 //! simulated clock moves on by 20 ms, and only the gateway's work is timed
 //! (what the browser does, and carrying datagrams between the two, is not).
 //!
-//! Run with `cargo bench -p dialtone-gateway --bench webrtc_path`.
+//! Run with `cargo bench -p dialtone-room --bench webrtc_path`.
 
 use std::error::Error;
 use std::hint::black_box;
