@@ -96,6 +96,13 @@ pub struct MediaConfig {
     pub dtmf_send: Vec<DtmfMethod>,
     /// When to look for DTMF tones in the SIP side's audio.
     pub inband_detection: InbandDetection,
+    /// Strict source on RTP points (the SIP leg, a client's plain RTP
+    /// point): where the far end is, is learnt from its first packets and
+    /// for 2 s after; from then on only that address is heard, so a
+    /// stranger who finds the port cannot take the call's media over by
+    /// sending with an SSRC of its own. Off: a new SSRC from anywhere moves
+    /// the media at any time (loose symmetric RTP).
+    pub strict_source: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -258,6 +265,7 @@ impl Default for MediaConfig {
             rtp_timeout_ms: 30_000,
             dtmf_send: vec![DtmfMethod::Rfc4733, DtmfMethod::Info, DtmfMethod::Inband],
             inband_detection: InbandDetection::Auto,
+            strict_source: true,
         }
     }
 }
@@ -484,6 +492,7 @@ mod tests {
         let config = Config::load(None, no_env).unwrap();
         assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.auth_mode(), AuthMode::Open);
+        assert!(config.media.strict_source, "safe by default");
     }
 
     #[test]

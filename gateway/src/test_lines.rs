@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dialtone_room::symmetric::LatchConfig;
 use dialtone_room::{Line, PointConfig, PointId};
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
 use dialtone_sip::{CallEvent, IncomingCall, IncomingCalls};
@@ -107,7 +108,10 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
         rtp: Some(socket),
         ..PointIo::default()
     };
-    room.add_point(CALLER, PointConfig::rtp(caller, audio, telephone_event), io);
+    // The caller's leg is a SIP leg like any other: strict source as configured.
+    let leg = PointConfig::rtp(caller, audio, telephone_event)
+        .latching(LatchConfig::strict(gateway.config.media.strict_source));
+    room.add_point(CALLER, leg, io);
     room.add_point(
         LINE,
         PointConfig::line(line, audio, telephone_event),

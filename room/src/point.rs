@@ -57,6 +57,9 @@ pub struct PointConfig {
     pub watch: Option<WatchConfig>,
     /// Look for in-band DTMF in its audio.
     pub detect_tones: bool,
+    /// How an RTP point learns where its far end is (strict source by
+    /// default); other kinds ignore it.
+    pub latch: LatchConfig,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +83,7 @@ impl PointConfig {
             telephone_event,
             watch: None,
             detect_tones: false,
+            latch: LatchConfig::default(),
         }
     }
 
@@ -98,6 +102,7 @@ impl PointConfig {
             kind: PointKind::WebRtc(Box::new(point)),
             watch: None,
             detect_tones: false,
+            latch: LatchConfig::default(),
         }
     }
 
@@ -108,6 +113,7 @@ impl PointConfig {
             telephone_event: None,
             watch: None,
             detect_tones: false,
+            latch: LatchConfig::default(),
         }
     }
 
@@ -118,6 +124,7 @@ impl PointConfig {
             telephone_event,
             watch: None,
             detect_tones: false,
+            latch: LatchConfig::default(),
         }
     }
 
@@ -133,6 +140,10 @@ impl PointConfig {
             detect_tones,
             ..self
         }
+    }
+
+    pub fn latching(self, latch: LatchConfig) -> Self {
+        PointConfig { latch, ..self }
     }
 }
 
@@ -240,13 +251,12 @@ impl Point {
             telephone_event,
             watch,
             detect_tones,
+            latch,
         } = config;
         let mut received_events: Vec<u8> = telephone_event.into_iter().collect();
         let mut receive = audio;
         let transport = match kind {
-            PointKind::Rtp { remote } => {
-                Transport::Rtp(RtpLatch::new(Some(remote), LatchConfig::default()))
-            }
+            PointKind::Rtp { remote } => Transport::Rtp(RtpLatch::new(Some(remote), latch)),
             PointKind::WebRtc(point) => {
                 let WebRtcPoint {
                     transport,
@@ -265,7 +275,7 @@ impl Point {
                     Some(rtmp) => Transport::Rtmp(Box::new(rtmp)),
                     None => {
                         tracing::warn!(%send, "no FLV form for this codec; the RTMP client gets no audio");
-                        Transport::Rtp(RtpLatch::new(None, LatchConfig::default()))
+                        Transport::Rtp(RtpLatch::new(None, latch))
                     }
                 }
             }

@@ -564,8 +564,14 @@ impl Room {
         let Ok(packet) = RtpPacket::parse(data) else {
             return;
         };
-        if latch.on_packet(source, packet.header.ssrc) == LatchDecision::Reject {
-            return;
+        match latch.on_packet(now, source, packet.header.ssrc) {
+            // Not logged: whoever sprays a port would fill the log.
+            LatchDecision::Reject => return,
+            LatchDecision::Latched {
+                previous,
+                destination,
+            } => debug!(point = point.id.0, ?previous, %destination, "media latched"),
+            LatchDecision::Accept => {}
         }
         if let Some(watch) = point.watch.as_mut() {
             watch.inactivity.on_packet(now);

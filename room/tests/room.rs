@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use dialtone_codecs::Codec;
 use dialtone_room::rtp::{RtpHeader, RtpPacket};
+use dialtone_room::symmetric::LatchConfig;
 use dialtone_room::telephone_event::TelephoneEvent;
 use dialtone_room::{
     DigitMethod, Event, Input, Line, Output, PointConfig, PointId, PointUpdate, Room, RoomError,
@@ -649,4 +650,186 @@ fn digits_after_a_move_to_opus_are_timed_at_48_khz() {
         .rfind(|event| event.end)
         .expect("the digit ended");
     assert_eq!(last.duration, 4800, "100 ms at 48 kHz");
+}
+
+/// Who sends in the strict-source tests, by the byte their payloads are made of.
+const FAR_END_BYTE: u8 = 0x11;
+const CLIENT_BYTE: u8 = 0x22;
+const ATTACKER_BYTE: u8 = 0xee;
+const ATTACKER: u16 = 45_000;
+
+/// One 20 ms frame: the far end (from `far_end`, SSRC `far_ssrc`) and the client each send a
+/// packet, then the clock moves on.
+fn both_talk(room: &mut Harness, frame: u16, far_end: u16, far_ssrc: u32) {
+    let timestamp = u32::from(frame) * 160;
+    room.datagram(
+        SIP,
+        far_end,
+        &rtp(header(0, frame, timestamp, far_ssrc), &[FAR_END_BYTE; 160]),
+    );
+    room.datagram(
+        CLIENT,
+        CLIENT_END,
+        &rtp(header(0, frame, timestamp, 0x88), &[CLIENT_BYTE; 160]),
+    );
+    room.advance(FRAME);
+}
+
+/// An attacker's packet with an SSRC of its own to both points.
+fn attack(room: &mut Harness, frame: u16) {
+    let packet = rtp(
+        header(0, frame, u32::from(frame) * 160, 0xbad),
+        &[ATTACKER_BYTE; 160],
+    );
+    room.datagram(SIP, ATTACKER, &packet);
+    room.datagram(CLIENT, ATTACKER, &packet);
+}
+
+/// Where packets went (in order, repeats folded) and whose payloads they carried (by the
+/// byte they are made of).
+fn destinations_and_senders(sent: &[Sent]) -> (Vec<SocketAddr>, Vec<u8>) {
+    let mut destinations: Vec<SocketAddr> = sent.iter().map(|s| s.destination).collect();
+    destinations.dedup();
+    let mut senders: Vec<u8> = sent
+        .iter()
+        .filter_map(|s| s.payload.first().copied())
+        .collect();
+    senders.sort_unstable();
+    senders.dedup();
+    (destinations, senders)
+}
+
+#[test]
+fn after_the_learning_window_an_attacker_with_its_own_ssrc_takes_nothing() {
+    for strict in [true, false] {
+        let mut room = Harness::new();
+        room.add(
+            SIP,
+            sip_leg(PCMU, true).latching(LatchConfig::strict(strict)),
+        );
+        room.add(
+            CLIENT,
+            PointConfig::rtp(address(CLIENT_END), PCMU, EVENTS)
+                .latching(LatchConfig::strict(strict)),
+        );
+        // Three seconds of media both ways: the window (2 s) has closed.
+        for frame in 0..150 {
+            both_talk(&mut room, frame, SIP_FAR_END, 0x77);
+        }
+        room.take_rtp(SIP);
+        room.take_rtp(CLIENT);
+        for frame in 150..250 {
+            attack(&mut room, frame);
+            both_talk(&mut room, frame, SIP_FAR_END, 0x77);
+        }
+        let to_far_end = destinations_and_senders(&room.take_rtp(SIP));
+        let to_client = destinations_and_senders(&room.take_rtp(CLIENT));
+        if strict {
+            assert_eq!(to_far_end, (vec![address(SIP_FAR_END)], vec![CLIENT_BYTE]));
+            assert_eq!(to_client, (vec![address(CLIENT_END)], vec![FAR_END_BYTE]));
+        } else {
+            // Loose symmetric RTP, kept for who asks for it: the attacker's first packets
+            // move both points to it, the real ends are refused from then on (theirs are
+            // now the retired SSRCs), and the attacker hears itself through the room.
+            assert_eq!(to_far_end.0.last(), Some(&address(ATTACKER)));
+            assert_eq!(to_client.0.last(), Some(&address(ATTACKER)));
+            assert_eq!(
+                (to_far_end.1, to_client.1),
+                (vec![ATTACKER_BYTE], vec![ATTACKER_BYTE])
+            );
+        }
+    }
+}
+
+#[test]
+fn within_the_learning_window_a_far_end_moving_with_a_new_ssrc_is_followed() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    // Behind NAT: its first packets by one mapping, its steady stream by another (a relay or
+    // a second NAT taking over), a second later and with a new SSRC.
+    let first_mapping = 41_000;
+    let steady_mapping = 41_002;
+    for frame in 0..50 {
+        both_talk(&mut room, frame, first_mapping, 0x77);
+    }
+    assert_eq!(
+        room.take_rtp(SIP).last().map(|s| s.destination),
+        Some(address(first_mapping))
+    );
+    for frame in 50..200 {
+        both_talk(&mut room, frame, steady_mapping, 0x78);
+    }
+    let to_far_end = destinations_and_senders(&room.take_rtp(SIP));
+    assert_eq!(
+        to_far_end,
+        (vec![address(steady_mapping)], vec![CLIENT_BYTE])
+    );
+    let to_client = destinations_and_senders(&room.take_rtp(CLIENT));
+    assert_eq!(to_client, (vec![address(CLIENT_END)], vec![FAR_END_BYTE]));
+    // Its window has closed since: another move is refused.
+    attack(&mut room, 200);
+    both_talk(&mut room, 200, steady_mapping, 0x78);
+    assert_eq!(
+        destinations_and_senders(&room.take_rtp(SIP)).0,
+        vec![address(steady_mapping)]
+    );
+}
+
+#[test]
+fn a_reinvite_reopens_learning_for_the_far_end_s_new_stream() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    for frame in 0..150 {
+        both_talk(&mut room, frame, SIP_FAR_END, 0x77);
+    }
+    room.take_rtp(SIP);
+    room.take_rtp(CLIENT);
+    // Long after the window, a re-INVITE: the far end moved (a transfer, a new relay), and
+    // its new stream comes through a NAT mapping its SDP does not show.
+    let moved = PointUpdate {
+        remote: address(SIP_FAR_END + 10),
+        audio: PCMU,
+        telephone_event: EVENTS,
+        sends: true,
+    };
+    room.room
+        .update_point(room.now, SIP, moved)
+        .expect("known point");
+    // The client talks on; the far end's new stream starts a little later.
+    for frame in 150..155 {
+        room.datagram(
+            CLIENT,
+            CLIENT_END,
+            &rtp(
+                header(0, frame, u32::from(frame) * 160, 0x88),
+                &[CLIENT_BYTE; 160],
+            ),
+        );
+        room.advance(FRAME);
+    }
+    let behind_nat = SIP_FAR_END + 20;
+    for frame in 155..300 {
+        both_talk(&mut room, frame, behind_nat, 0x99);
+    }
+    let to_far_end = destinations_and_senders(&room.take_rtp(SIP));
+    // The client's packets right after the re-INVITE went to the new SDP address, until
+    // the far end's first packet latched.
+    assert_eq!(
+        to_far_end,
+        (
+            vec![address(SIP_FAR_END + 10), address(behind_nat)],
+            vec![CLIENT_BYTE]
+        )
+    );
+    // Learning has closed again: the attacker is refused.
+    for frame in 300..350 {
+        attack(&mut room, frame);
+        both_talk(&mut room, frame, behind_nat, 0x99);
+    }
+    assert_eq!(
+        destinations_and_senders(&room.take_rtp(SIP)),
+        (vec![address(behind_nat)], vec![CLIENT_BYTE])
+    );
+    assert_eq!(
+        destinations_and_senders(&room.take_rtp(CLIENT)),
+        (vec![address(CLIENT_END)], vec![FAR_END_BYTE])
+    );
 }

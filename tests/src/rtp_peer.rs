@@ -97,8 +97,25 @@ impl RtpPeer {
         stream: &ScriptedStream,
         expected: usize,
     ) -> anyhow::Result<Vec<ReceivedRtp>> {
-        self.record(Some((to, stream)), |received| received.len() >= expected)
-            .await
+        self.record(Some((to, stream)), None, |received| {
+            received.len() >= expected
+        })
+        .await
+    }
+
+    /// [`RtpPeer::play_and_record`], telling `progress` how many packets arrived so far, so
+    /// that a test can act on the media flowing (an event, not a guess at a delay).
+    pub async fn play_and_record_reporting(
+        &self,
+        to: SocketAddr,
+        stream: &ScriptedStream,
+        expected: usize,
+        progress: &tokio::sync::watch::Sender<usize>,
+    ) -> anyhow::Result<Vec<ReceivedRtp>> {
+        self.record(Some((to, stream)), Some(progress), |received| {
+            received.len() >= expected
+        })
+        .await
     }
 
     /// Records every RTP packet that arrives until `done` holds for what arrived, or none
@@ -107,12 +124,13 @@ impl RtpPeer {
         &self,
         done: impl FnMut(&[ReceivedRtp]) -> bool,
     ) -> anyhow::Result<Vec<ReceivedRtp>> {
-        self.record(None, done).await
+        self.record(None, None, done).await
     }
 
     async fn record(
         &self,
         play: Option<(SocketAddr, &ScriptedStream)>,
+        progress: Option<&tokio::sync::watch::Sender<usize>>,
         mut done: impl FnMut(&[ReceivedRtp]) -> bool,
     ) -> anyhow::Result<Vec<ReceivedRtp>> {
         let (mut slots, packet_time) = match play {
@@ -146,6 +164,9 @@ impl RtpPeer {
                     // Anything else on the socket (a STUN probe, say) is no RTP of the stream.
                     if let Ok(packet) = ReceivedRtp::parse(&buffer[..length]) {
                         received.push(packet);
+                        if let Some(progress) = progress {
+                            progress.send_replace(received.len());
+                        }
                     }
                     quiet_at = Instant::now() + RECORD_QUIET;
                 }

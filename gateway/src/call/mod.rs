@@ -29,6 +29,7 @@ use crate::metrics::Held;
 use crate::rtmp_streams::{RoomStreams, StreamRegistration};
 use crate::state::{Gateway, MediaStatsWatch};
 use dialtone_room::dtmf_relay::{build_dtmf_relay, DTMF_RELAY_CONTENT_TYPE};
+use dialtone_room::symmetric::LatchConfig;
 use dialtone_room::webrtc::PendingOffer;
 use dialtone_room::{Event as RoomEvent, PointConfig, PointId, WatchConfig};
 
@@ -492,7 +493,7 @@ impl CallTask {
                     .map_err(|e| e.to_string())
                     .and_then(|remote| {
                         let socket = lease.rtp_socket().map_err(|e| e.to_string())?;
-                        Ok((rtp_point(&remote), socket))
+                        Ok((rtp_point(&remote).latching(self.latch_config()), socket))
                     });
                 match setup {
                     Ok((config, socket)) => (config, socket, lease, false),
@@ -670,7 +671,8 @@ impl CallTask {
                 return None;
             }
         };
-        let config = PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event);
+        let config = PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event)
+            .latching(self.latch_config());
         let detect_tones = match self.gateway.config.media.inband_detection {
             InbandDetection::Always => true,
             InbandDetection::Never => false,
@@ -687,6 +689,12 @@ impl CallTask {
             rtmp: None,
         };
         Some((config.watched(watch).detecting_tones(detect_tones), io))
+    }
+
+    /// How the call's RTP points (the SIP leg, a client's plain RTP point)
+    /// learn their far end: strict source as configured.
+    fn latch_config(&self) -> LatchConfig {
+        LatchConfig::strict(self.gateway.config.media.strict_source)
     }
 
     fn advertised_ip(&self) -> IpAddr {
