@@ -93,9 +93,10 @@ impl Session {
                 return;
             }
         };
-        let registered = registration
+        let mut registered = registration
             .as_ref()
             .map(|_| Held::new(&self.gateway.metrics.registrations));
+        let mut binding = Binding::new(registration.as_ref());
         let mut registration = registration;
         // A refresh runs as a task of its own (up to `registrar.timeout_ms`)
         // and hands the registration back: commands, incoming calls and the
@@ -124,6 +125,15 @@ impl Session {
                     refreshing = None;
                     match outcome {
                         Ok((back, outcome)) => {
+                            match &outcome {
+                                Ok(()) => {
+                                    if binding.renewed(&back) {
+                                        self.registration_restored();
+                                        registered = Some(Held::new(&self.gateway.metrics.registrations));
+                                    }
+                                }
+                                Err(error) => binding.last_failure = Some(Failure::from(error)),
+                            }
                             refresh.after(outcome, back.refresh_after());
                             registration = Some(back);
                         }
@@ -142,6 +152,11 @@ impl Session {
                 Some(call_id) = self.ended_calls.1.recv() => {
                     self.calls.remove(&call_id);
                 }
+                _ = binding.lapses() => {
+                    self.registration_lost(binding.lost());
+                    // /status counts bindings the registrar holds.
+                    registered = None;
+                }
             }
         }
 
@@ -149,13 +164,20 @@ impl Session {
         self.end_calls().await;
         // A refresh in flight is let finish (bounded by its timeout), so the
         // binding it may create is the one we remove.
+        let mut bound = !binding.is_lost();
         if let Some(in_flight) = refreshing {
             match in_flight.await {
-                Ok((back, _)) => registration = Some(back),
+                Ok((back, outcome)) => {
+                    bound |= outcome.is_ok();
+                    registration = Some(back);
+                }
                 Err(error) => warn!(%error, "registration refresh task failed"),
             }
         }
-        if let Some(registration) = registration {
+        // A binding that lapsed is gone from the registrar, which is most
+        // likely unreachable too: no REGISTER to remove it, and no wait of
+        // `registrar.timeout_ms` before SESSION_CLOSED.
+        if let Some(registration) = registration.filter(|_| bound) {
             if let Err(error) = registration.unregister().await {
                 warn!(%error, "unregistration failed; the binding will expire on its own");
             }
@@ -330,9 +352,31 @@ impl Session {
                     )
                     .await
                     .map(Some)
-                    .map_err(Failure::from)
+                    .map_err(|error| Failure::from(&error))
             }
         }
+    }
+
+    /// REGISTRATION_LOST: the binding's granted time passed without a
+    /// successful refresh. The session stays: its calls go on and the
+    /// refreshes go on being retried.
+    fn registration_lost(&self, failure: Failure) {
+        warn!(reason = ?failure.reason, sip_status = ?failure.sip_status, detail = %failure.detail, "registration lapsed");
+        self.outbox.send(ServerMessage::RegistrationLost {
+            session_id: self.session_id.clone(),
+            client_id: self.client_id.clone(),
+            reason: failure.reason,
+            sip_status: failure.sip_status,
+            detail: Some(failure.detail),
+        });
+    }
+
+    fn registration_restored(&self) {
+        info!("registration restored");
+        self.outbox.send(ServerMessage::RegistrationRestored {
+            session_id: self.session_id.clone(),
+            client_id: self.client_id.clone(),
+        });
     }
 
     fn fail(&self, failure: Failure) {
@@ -398,6 +442,65 @@ impl Refresh {
     }
 }
 
+/// Whether the registrar still holds our binding, as far as the gateway
+/// can tell: a binding lapses when the time its last 2xx granted passes
+/// without a successful refresh (a refresh is due at three quarters of
+/// it, then retried), and the client is told once, when it does.
+struct Binding {
+    /// When the binding of the last successful REGISTER lapses; `None`
+    /// without a registration, or once lapsed.
+    until: Option<Instant>,
+    lost: bool,
+    /// Why the last refresh failed.
+    last_failure: Option<Failure>,
+}
+
+impl Binding {
+    fn new(registration: Option<&Registration>) -> Binding {
+        Binding {
+            until: registration.and_then(Binding::lifetime_from_now),
+            lost: false,
+            last_failure: None,
+        }
+    }
+
+    /// Counted from the 2xx's arrival, a little after the registrar
+    /// started its own count: we never call a binding lost too early.
+    fn lifetime_from_now(registration: &Registration) -> Option<Instant> {
+        Instant::now().checked_add(Duration::from_secs(u64::from(
+            registration.granted_expires(),
+        )))
+    }
+
+    /// A refresh succeeded; true when the binding had lapsed before.
+    fn renewed(&mut self, registration: &Registration) -> bool {
+        self.until = Binding::lifetime_from_now(registration);
+        self.last_failure = None;
+        std::mem::replace(&mut self.lost, false)
+    }
+
+    /// Resolves when the binding lapses (never once it has, until renewed).
+    async fn lapses(&self) {
+        match self.until {
+            Some(at) if !self.lost => tokio::time::sleep_until(at).await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Marks the binding lost; what the client is told of why.
+    fn lost(&mut self) -> Failure {
+        self.lost = true;
+        self.until = None;
+        self.last_failure.take().unwrap_or_else(|| {
+            Failure::timeout("no answer to the refresh before the binding expired")
+        })
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost
+    }
+}
+
 async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
     match task {
         Some(handle) => handle.await,
@@ -457,10 +560,10 @@ impl Failure {
     }
 }
 
-impl From<RegisterError> for Failure {
-    fn from(error: RegisterError) -> Failure {
+impl From<&RegisterError> for Failure {
+    fn from(error: &RegisterError) -> Failure {
         let detail = error.to_string();
-        match error {
+        match *error {
             // Credentials refused: the challenge was answered and answered
             // again, or the registrar refused outright.
             RegisterError::Rejected { status, .. } if matches!(status, 401 | 403 | 404 | 407) => {

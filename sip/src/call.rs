@@ -136,7 +136,11 @@ impl CallControl {
     }
 }
 
-/// A call's control and its events.
+/// A call's control and its events. The call's driver outlives this: once
+/// every [`CallControl`] is dropped it hangs up (CANCEL, BYE, or 480 /
+/// a BYE after the ACK for an incoming call) and keeps running until the
+/// dialog has ended, then removes it, so a caller may drop the call as soon
+/// as it asked to hang up.
 pub struct Call {
     pub control: CallControl,
     pub events: mpsc::UnboundedReceiver<CallEvent>,
@@ -365,6 +369,7 @@ impl UserAgent {
             infos: VecDeque::new(),
             info_in_flight: None,
             hangup_in_flight: false,
+            hangup_after_ack: false,
         };
         self.tasks.spawn(driver.run(states, commands, done, invite));
         Call {
@@ -416,6 +421,8 @@ struct Driver {
     infos: VecDeque<(String, String)>,
     info_in_flight: Option<AbortHandle>,
     hangup_in_flight: bool,
+    /// Incoming: hung up between our 200 and the caller's ACK.
+    hangup_after_ack: bool,
 }
 
 /// A SIP transaction of the driver that finished.
@@ -546,6 +553,9 @@ impl Driver {
                 self.restart_session_timer();
                 let media = self.established_media(sdp.as_deref());
                 self.emit(CallEvent::Established { media, sdp });
+                if self.hangup_after_ack {
+                    self.start_hangup();
+                }
             }
             DialogState::Updated(_, request, handle) => {
                 let peer = match self.role {
@@ -698,6 +708,17 @@ impl Driver {
                     .accept(Some(vec![sdp_content_type()]), Some(body.into_bytes()))
             }
             CallCommand::Reject(status) => self.dialog.reject(Some(StatusCode::from(status)), None),
+            // Accepted, the caller's ACK not yet in: a BYE must wait for it
+            // (RFC 3261 section 15), and a 480 after our 200 would end
+            // nothing. The BYE goes when the dialog is confirmed.
+            CallCommand::Hangup
+                if self.role == TransactionRole::Server
+                    && !self.established
+                    && self.negotiation.is_some() =>
+            {
+                self.hangup_after_ack = true;
+                Ok(())
+            }
             CallCommand::Hangup if self.role == TransactionRole::Server && !self.established => {
                 self.dialog
                     .reject(Some(StatusCode::TemporarilyUnavailable), None)

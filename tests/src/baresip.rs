@@ -671,6 +671,15 @@ impl Baresip {
         Ok(self.guard.try_wait()?.is_none())
     }
 
+    /// Kills baresip at once by PID (SIGKILL): a phone that dies mid-call, sending no BYE,
+    /// no un-REGISTER and no more RTP. Returns the exit status; drop does nothing more.
+    pub fn kill_hard(&mut self) -> anyhow::Result<ExitStatus> {
+        self.stopped = true;
+        let status = self.guard.kill_hard();
+        self.ctrl.shutdown();
+        status
+    }
+
     /// Stops baresip: `quit` over ctrl_tcp (it un-REGISTERs and exits), then SIGTERM and
     /// SIGKILL by PID if it is still there after [`STOP_GRACE`] each. Returns the exit status.
     /// Idempotent; drop calls it too.

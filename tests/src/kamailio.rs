@@ -83,6 +83,9 @@ pub struct KamailioOptions {
     /// Challenge REGISTER with 407 Proxy-Authenticate instead of 401, as
     /// some proxies in front of registrars do.
     pub register_with_407: bool,
+    /// Listen on this SIP port instead of a free one: a registrar restarted where the gateway
+    /// still sends its REGISTERs (the port must be free again by then).
+    pub sip_port: Option<u16>,
 }
 
 /// One registered contact, as Kamailio's location table holds it.
@@ -132,7 +135,7 @@ impl Kamailio {
         }
         let dir = crate::instance_dir("kam-")?;
         let dir_path = dir.path().to_owned();
-        let port = crate::free_port();
+        let port = opts.sip_port.unwrap_or_else(crate::free_port);
         let cfg = render_config(&opts, port, &dir_path)?;
         let cfg_path = dir_path.join("kamailio.cfg");
         std::fs::write(&cfg_path, cfg).context("writing kamailio.cfg")?;
@@ -694,6 +697,7 @@ mod tests {
             algorithm: DigestAlgorithm::Sha256,
             fixed_callee: Some("127.0.0.1:6000".parse()?),
             register_with_407: true,
+            sip_port: None,
         };
         let cfg = render_config(&opts, 15060, Path::new("/tmp/x"))?;
         assert!(cfg.contains("listen=udp:127.0.0.1:15060"));

@@ -76,10 +76,13 @@ pub enum UasScenario {
     /// Like `AnswerThenReinvite`, the re-INVITE offering G.722 before PCMU (`9 0 101`,
     /// sendrecv) once the call runs on PCMU.
     ReinviteG722First,
+    /// INVITE → 100, 180; waits for the CANCEL, then answers the CANCEL 200 and the INVITE 200
+    /// (SDP as `Answer`): a 200 that crossed the CANCEL. Expects ACK, then BYE → 200.
+    AnswerCrossingCancel,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 14] = [
+    pub const ALL: [UasScenario; 15] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -94,6 +97,7 @@ impl UasScenario {
         UasScenario::SessionExpiresOverflow,
         UasScenario::ReinviteSessionExpiresOverflow,
         UasScenario::ReinviteG722First,
+        UasScenario::AnswerCrossingCancel,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -113,6 +117,7 @@ impl UasScenario {
             UasScenario::SessionExpiresOverflow => "session_expires_overflow",
             UasScenario::ReinviteSessionExpiresOverflow => "reinvite_session_expires_overflow",
             UasScenario::ReinviteG722First => "reinvite_g722_first",
+            UasScenario::AnswerCrossingCancel => "answer_crossing_cancel",
         }
     }
 
@@ -163,6 +168,9 @@ impl UasScenario {
                 include_str!("../rig/sipp/answer_no_telephone_event.xml")
             }
             UasScenario::SessionTimer => include_str!("../rig/sipp/session_timer.xml"),
+            UasScenario::AnswerCrossingCancel => {
+                include_str!("../rig/sipp/answer_crossing_cancel.xml")
+            }
         })
     }
 

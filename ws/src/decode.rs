@@ -60,6 +60,8 @@ const SERVER_ONLY_TYPES: &[&str] = &[
     "SESSION_STARTED",
     "SESSION_FAILED",
     "SESSION_CLOSED",
+    "REGISTRATION_LOST",
+    "REGISTRATION_RESTORED",
     "INCOMING_CALL",
     "CALL_STARTING",
     "CALL_STARTED",
@@ -329,6 +331,29 @@ mod tests {
         assert_eq!(value["reason"], "FORBIDDEN");
         assert_eq!(value["sipStatus"], 403);
         assert!(value.get("detail").is_none());
+        let lost = ServerMessage::RegistrationLost {
+            session_id: "s".into(),
+            client_id: "c".into(),
+            reason: Some(SessionFailReason::Timeout),
+            sip_status: None,
+            detail: Some("no answer".into()),
+        };
+        let value: serde_json::Value = serde_json::from_str(&lost.to_json()).unwrap();
+        assert_eq!(value["type"], "REGISTRATION_LOST");
+        assert_eq!(value["reason"], "TIMEOUT");
+        assert_eq!(value["sessionId"], "s");
+        assert!(value.get("sipStatus").is_none());
+        let restored = ServerMessage::RegistrationRestored {
+            session_id: "s".into(),
+            client_id: "c".into(),
+        };
+        let value: serde_json::Value = serde_json::from_str(&restored.to_json()).unwrap();
+        assert_eq!(value["type"], "REGISTRATION_RESTORED");
+        assert_eq!(value["clientId"], "c");
+        assert_eq!(
+            refused(r#"{"type":"REGISTRATION_LOST"}"#).code,
+            ErrorCode::UnknownType
+        );
         let offer = ServerMessage::SdpOffer(SdpExchange {
             session_id: "s".into(),
             call_id: "c".into(),

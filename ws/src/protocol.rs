@@ -316,7 +316,7 @@ pub enum ErrorCode {
     UnknownSession,
     UnknownCall,
     /// The call is not in a state where the message applies (ACCEPT_CALL of
-    /// an outgoing call, a second HANGUP_CALL, ...).
+    /// an outgoing call, SEND_DTMF_SIGNAL before the call started, ...).
     InvalidState,
     SessionLimit,
     NotSupported,
@@ -355,6 +355,27 @@ pub enum ServerMessage {
     },
     #[serde(rename_all = "camelCase")]
     SessionClosed {
+        session_id: String,
+        client_id: String,
+    },
+    /// Extension: the session's binding at the registrar lapsed (its
+    /// granted time passed without a successful refresh): incoming calls
+    /// cannot reach the session. The session stays started, its calls go
+    /// on and refreshes are retried; `reason`, `sipStatus` and `detail`
+    /// say why the last refresh failed, as in SESSION_FAILED.
+    #[serde(rename_all = "camelCase")]
+    RegistrationLost {
+        session_id: String,
+        client_id: String,
+        reason: Option<SessionFailReason>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sip_status: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// Extension: a refresh succeeded again after REGISTRATION_LOST.
+    #[serde(rename_all = "camelCase")]
+    RegistrationRestored {
         session_id: String,
         client_id: String,
     },

@@ -5,6 +5,13 @@
 //! ports and carries the outputs out; nothing here awaits or reads the
 //! clock, so every path is unit-tested with simulated time.
 //!
+//! When the gateway decides to end a call (the client hung up, nobody
+//! answered in time, the media failed) the client is told at once: the
+//! BYE or CANCEL is handed to the SIP call's driver, which outlives the
+//! call's task and completes it on its own, so a far end that no longer
+//! answers costs the client nothing (up to 64 × T1 before). What SIP
+//! reports afterwards is of no interest to the client any more.
+//!
 //! The SDP of the SIP leg is negotiated in one place, `dialtone_sip`'s
 //! `Negotiation` (it answers re-INVITEs with the codec in use); this
 //! machine turns what it negotiated into the room's SIP point.
@@ -61,7 +68,8 @@ pub(crate) enum CallOutput {
     Ring,
     /// SIP: a final error response to an incoming call.
     Reject(u16),
-    /// SIP: CANCEL or BYE, however far the call got.
+    /// SIP: CANCEL or BYE, however far the call got; the SIP side
+    /// completes it without the call's task.
     Hangup,
     /// SIP: these digits by INFO, one each.
     SendInfo(String),
@@ -113,15 +121,12 @@ enum Phase {
     /// Outgoing before an answer, or incoming accepted before the ACK.
     Setup,
     Established,
-    /// We asked SIP to end the call, for this reason.
-    Ending {
-        why: Ending,
-        was_established: bool,
-    },
-    /// CALL_FAILED or CALL_FINISHED went out.
+    /// CALL_FAILED or CALL_FINISHED went out. There is no phase between
+    /// asking SIP to end the call and this one: the client is told at once.
     Over,
 }
 
+/// Why the gateway ends a call itself.
 #[derive(Debug, Clone, PartialEq)]
 enum Ending {
     ClientHangup,
@@ -205,10 +210,7 @@ impl CallMachine {
         match input {
             CallInput::Sip(event) => self.on_sip(event),
             CallInput::SipGone => self.finish(),
-            CallInput::Hangup => match self.phase {
-                Phase::Ending { .. } => self.refuse("the call is already being hung up"),
-                _ => self.end(Ending::ClientHangup),
-            },
+            CallInput::Hangup => self.end(Ending::ClientHangup),
             CallInput::Reject(_) | CallInput::Accepted | CallInput::AcceptFailed(_) => self
                 .refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"),
             CallInput::SendDtmf(digits) => self.send_digits(digits),
@@ -304,41 +306,18 @@ impl CallMachine {
                     Err(error) => info!(%content_type, %error, "INFO without a digit"),
                 }
             }
-            CallEvent::Failed { status, reason } => match self.media_failure() {
-                Some(problem) => self.fail(CallFailReason::MediaFailed, None, problem),
-                None => self.fail(
-                    CallFailReason::from_sip_status(status),
-                    Some(status),
-                    reason,
-                ),
-            },
+            CallEvent::Failed { status, reason } => self.fail(
+                CallFailReason::from_sip_status(status),
+                Some(status),
+                reason,
+            ),
             CallEvent::Ended { reason } => self.ended(reason),
         }
     }
 
+    /// SIP ended a call the gateway had not decided to end.
     fn ended(&mut self, reason: EndReason) {
-        let established = match &self.phase {
-            Phase::Ending {
-                was_established, ..
-            } => *was_established,
-            phase => *phase == Phase::Established,
-        };
-        let gave_up = matches!(
-            self.phase,
-            Phase::Ending {
-                why: Ending::NoAnswer,
-                ..
-            }
-        );
-        if let Some(problem) = self.media_failure() {
-            self.fail(CallFailReason::MediaFailed, None, problem);
-        } else if gave_up && !established {
-            self.fail(
-                CallFailReason::Unavailable,
-                Some(408),
-                "no answer".to_string(),
-            );
-        } else if reason == EndReason::Timeout && !established {
+        if reason == EndReason::Timeout && self.phase != Phase::Established {
             self.fail(
                 CallFailReason::Unavailable,
                 Some(408),
@@ -378,21 +357,10 @@ impl CallMachine {
     }
 
     fn media_failed(&mut self, problem: String) {
-        if matches!(
-            self.phase,
-            Phase::Ending {
-                why: Ending::MediaFailed(_),
-                ..
-            }
-        ) {
-            return;
-        }
+        // The room is of no more use, and the client hears of the failure
+        // now rather than after the BYE to a far end that may be dead.
         self.emit(CallOutput::StopMedia);
-        match &mut self.phase {
-            // Already ending: the failure is what the client hears of.
-            Phase::Ending { why, .. } => *why = Ending::MediaFailed(problem),
-            _ => self.end(Ending::MediaFailed(problem)),
-        }
+        self.end(Ending::MediaFailed(problem));
     }
 
     /// SEND_DTMF_SIGNAL: the first configured method the call can use.
@@ -422,22 +390,22 @@ impl CallMachine {
         self.refuse("no configured DTMF method (media.dtmf_send) applies to this call");
     }
 
+    /// The gateway ends the call: SIP is asked to hang up, and the client
+    /// is told at once, without waiting for the BYE or CANCEL transaction
+    /// (the SIP side completes it on its own, a 200 crossing our CANCEL
+    /// included).
     fn end(&mut self, why: Ending) {
-        let was_established = self.phase == Phase::Established;
-        self.phase = Phase::Ending {
-            why,
-            was_established,
-        };
         self.emit(CallOutput::Hangup);
-    }
-
-    fn media_failure(&self) -> Option<String> {
-        match &self.phase {
-            Phase::Ending {
-                why: Ending::MediaFailed(problem),
-                ..
-            } => Some(problem.clone()),
-            _ => None,
+        match why {
+            Ending::ClientHangup => self.finish(),
+            Ending::NoAnswer => self.fail(
+                CallFailReason::Unavailable,
+                Some(408),
+                "no answer".to_string(),
+            ),
+            Ending::MediaFailed(problem) => {
+                self.fail(CallFailReason::MediaFailed, None, problem);
+            }
         }
     }
 
@@ -562,8 +530,26 @@ mod tests {
         assert_eq!(machine.poll_timeout(), None, "no setup timer once answered");
     }
 
+    fn ended(reason: EndReason) -> CallInput {
+        CallInput::Sip(CallEvent::Ended { reason })
+    }
+
+    fn silent_for(silent_for: Duration) -> CallInput {
+        CallInput::Room(RoomEvent::MediaTimeout {
+            point: SIP_POINT,
+            timeout: MediaTimeout {
+                reason: MediaTimeoutReason::Stopped,
+                silent_for,
+            },
+        })
+    }
+
+    /// 64 × T1 with the default T1: how long a BYE or CANCEL to a far end
+    /// that no longer answers takes to time out.
+    const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
+
     #[test]
-    fn an_unanswered_call_is_given_up_once_and_fails_with_408() {
+    fn an_unanswered_call_is_given_up_once_and_fails_with_408_at_once() {
         let start = Instant::now();
         let mut machine = CallMachine::outgoing(start, settings(vec![]));
         outputs(&mut machine);
@@ -571,26 +557,26 @@ mod tests {
         machine.handle(start + NO_ANSWER / 2, CallInput::Timeout);
         assert!(outputs(&mut machine).is_empty(), "not yet");
         machine.handle(start + NO_ANSWER, CallInput::Timeout);
-        assert_eq!(outputs(&mut machine), [CallOutput::Hangup]);
-        machine.handle(start + NO_ANSWER, CallInput::Hangup);
+        // The CANCEL goes out and the client hears at once: a callee (or a
+        // proxy) that never answers the CANCEL does not delay CALL_FAILED.
         assert_eq!(
             outputs(&mut machine),
-            [CallOutput::Refused("the call is already being hung up")]
-        );
-        let ended = CallEvent::Ended {
-            reason: EndReason::Local,
-        };
-        machine.handle(start + NO_ANSWER, CallInput::Sip(ended));
-        assert_eq!(
-            outputs(&mut machine),
-            [CallOutput::Failed {
-                reason: CallFailReason::Unavailable,
-                sip_status: Some(408),
-                detail: "no answer".to_string()
-            }]
+            [
+                CallOutput::Hangup,
+                CallOutput::Failed {
+                    reason: CallFailReason::Unavailable,
+                    sip_status: Some(408),
+                    detail: "no answer".to_string()
+                }
+            ]
         );
         assert!(machine.is_over());
-        machine.handle(start, CallInput::Hangup);
+        assert_eq!(machine.poll_timeout(), None);
+        // What SIP reports later is nobody's business any more.
+        let later = start + NO_ANSWER + TRANSACTION_TIMEOUT;
+        machine.handle(later, ended(EndReason::Local));
+        machine.handle(later, CallInput::Hangup);
+        machine.handle(later, established(Some(media("PCMU", 0, None))));
         assert!(outputs(&mut machine).is_empty(), "nothing after the end");
     }
 
@@ -613,10 +599,7 @@ mod tests {
         );
 
         let mut machine = CallMachine::outgoing(start, settings(vec![]));
-        let timeout = CallEvent::Ended {
-            reason: EndReason::Timeout,
-        };
-        machine.handle(start, CallInput::Sip(timeout.clone()));
+        machine.handle(start, ended(EndReason::Timeout));
         assert_eq!(
             outputs(&mut machine).last(),
             Some(&CallOutput::Failed {
@@ -626,18 +609,97 @@ mod tests {
             })
         );
 
+        // The keepalive found the far end gone: the driver hangs up itself.
         let mut machine = answered(start, vec![]);
-        machine.handle(start, CallInput::Sip(timeout));
+        machine.handle(start, ended(EndReason::Timeout));
         assert_eq!(outputs(&mut machine), [CallOutput::Finished]);
 
         let mut machine = answered(start, vec![]);
-        machine.handle(start, CallInput::Hangup);
-        machine.handle(
-            start,
-            CallInput::Sip(CallEvent::Ended {
-                reason: EndReason::Local,
-            }),
+        machine.handle(start, ended(EndReason::Remote));
+        assert_eq!(outputs(&mut machine), [CallOutput::Finished]);
+    }
+
+    #[test]
+    fn a_dead_far_end_is_reported_when_the_media_timeout_fires_not_after_the_bye() {
+        let start = Instant::now();
+        let rtp_timeout = Duration::from_secs(30);
+        let mut machine = answered(start, vec![]);
+        let fired = start + rtp_timeout;
+        machine.handle(fired, silent_for(rtp_timeout));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::StopMedia,
+                CallOutput::Hangup,
+                CallOutput::Failed {
+                    reason: CallFailReason::MediaFailed,
+                    sip_status: None,
+                    detail: "no RTP from the far end for 30s".to_string()
+                }
+            ],
+            "the client hears when the timeout fires, the BYE goes out beside it"
         );
+        assert!(machine.is_over());
+        // The room may still report before it is dropped, and the BYE to
+        // the dead far end ends 64 × T1 later: neither says anything more.
+        machine.handle(fired, silent_for(rtp_timeout));
+        machine.handle(fired + TRANSACTION_TIMEOUT, ended(EndReason::Local));
+        assert!(outputs(&mut machine).is_empty());
+    }
+
+    #[test]
+    fn hanging_up_toward_a_far_end_that_stopped_answering_finishes_at_once() {
+        let start = Instant::now();
+        let mut machine = answered(start, vec![]);
+        let hangup = start + Duration::from_secs(5);
+        machine.handle(hangup, CallInput::Hangup);
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Hangup, CallOutput::Finished]
+        );
+        // Before, the call waited for the BYE's end, and the media timeout
+        // firing meanwhile turned CALL_FINISHED into CALL_FAILED.
+        machine.handle(
+            hangup + Duration::from_secs(30),
+            silent_for(Duration::from_secs(30)),
+        );
+        machine.handle(hangup + TRANSACTION_TIMEOUT, ended(EndReason::Timeout));
+        assert!(outputs(&mut machine).is_empty());
+        machine.handle(hangup, CallInput::Hangup);
+        assert!(
+            outputs(&mut machine).is_empty(),
+            "a second HANGUP finds no call"
+        );
+    }
+
+    #[test]
+    fn hanging_up_before_the_answer_finishes_at_once_whatever_sip_answers_later() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        let progress = CallEvent::Progress {
+            status: 180,
+            sdp: None,
+        };
+        machine.handle(start, CallInput::Sip(progress));
+        outputs(&mut machine);
+        machine.handle(start, CallInput::Hangup);
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::Hangup, CallOutput::Finished]
+        );
+        assert_eq!(machine.poll_timeout(), None, "no no-answer timer left");
+        // A 200 crossing the CANCEL: the SIP side ACKs and BYEs it; the
+        // client, told already, hears of no start and no failure.
+        machine.handle(start, established(Some(media("PCMU", 0, None))));
+        machine.handle(start + NO_ANSWER, CallInput::Timeout);
+        machine.handle(start, ended(EndReason::Local));
+        assert!(outputs(&mut machine).is_empty());
+
+        // Incoming, accepted, hung up before the caller's ACK.
+        let mut machine = CallMachine::incoming(start, settings(vec![]));
+        machine.handle(start, CallInput::Accepted);
+        outputs(&mut machine);
+        machine.handle(start, CallInput::Hangup);
         assert_eq!(
             outputs(&mut machine),
             [CallOutput::Hangup, CallOutput::Finished]
@@ -645,61 +707,29 @@ mod tests {
     }
 
     #[test]
-    fn a_media_failure_hangs_up_and_is_what_the_client_hears() {
+    fn a_media_failure_before_the_answer_cancels_and_fails_at_once() {
         let start = Instant::now();
-        let mut machine = answered(start, vec![]);
-        let timeout = MediaTimeout {
-            reason: MediaTimeoutReason::Stopped,
-            silent_for: Duration::from_secs(30),
-        };
-        let silent = RoomEvent::MediaTimeout {
-            point: SIP_POINT,
-            timeout,
-        };
-        machine.handle(start, CallInput::Room(silent.clone()));
-        machine.handle(start, CallInput::Room(silent));
-        assert_eq!(
-            outputs(&mut machine),
-            [CallOutput::StopMedia, CallOutput::Hangup],
-            "once"
-        );
-        machine.handle(
-            start,
-            CallInput::Sip(CallEvent::Ended {
-                reason: EndReason::Local,
-            }),
-        );
-        assert_eq!(
-            outputs(&mut machine),
-            [CallOutput::Failed {
-                reason: CallFailReason::MediaFailed,
-                sip_status: None,
-                detail: "no RTP from the far end for 30s".to_string()
-            }]
-        );
-
-        // A client hanging up whose WebRTC point then fails hears of the failure.
-        let mut machine = answered(start, vec![]);
-        machine.handle(start, CallInput::Hangup);
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        outputs(&mut machine);
         let failed = RoomEvent::MediaFailed {
             point: PointId(1),
             problem: "DTLS: closed".to_string(),
         };
         machine.handle(start, CallInput::Room(failed));
-        machine.handle(
-            start,
-            CallInput::Sip(CallEvent::Ended {
-                reason: EndReason::Local,
-            }),
-        );
         assert_eq!(
-            outputs(&mut machine).last(),
-            Some(&CallOutput::Failed {
-                reason: CallFailReason::MediaFailed,
-                sip_status: None,
-                detail: "DTLS: closed".to_string()
-            })
+            outputs(&mut machine),
+            [
+                CallOutput::StopMedia,
+                CallOutput::Hangup,
+                CallOutput::Failed {
+                    reason: CallFailReason::MediaFailed,
+                    sip_status: None,
+                    detail: "DTLS: closed".to_string()
+                }
+            ]
         );
+        machine.handle(start, ended(EndReason::Local));
+        assert!(outputs(&mut machine).is_empty());
     }
 
     #[test]

@@ -208,6 +208,9 @@ impl CallTask {
             self.carry_out(&mut machine, &mut media, Some(&call));
             if machine.is_over() {
                 self.stop_taking_requests();
+                // Dropping `call` leaves the SIP side to its driver, which
+                // completes a BYE or CANCEL in flight (and ends a 200 that
+                // crosses it) by itself; the ports and the room go now.
                 return;
             }
             let input = tokio::select! {

@@ -648,6 +648,19 @@
         break;
       }
 
+      // The session stays logged in: calls go on and the gateway keeps
+      // retrying; only incoming calls cannot reach us meanwhile.
+      case 'REGISTRATION_LOST':
+        if (msg.sessionId !== state.sessionId) break;
+        setSession('logged-in', 'Registration lost (' + (msg.reason || 'error') +
+          (msg.detail ? ' \u2014 ' + msg.detail : '') + '): no incoming calls until it is back; retrying.');
+        break;
+
+      case 'REGISTRATION_RESTORED':
+        if (msg.sessionId !== state.sessionId) break;
+        setSession('logged-in', 'Registered again as ' + ui.username.value.trim() + '.');
+        break;
+
       case 'SESSION_CLOSED':
         if (msg.sessionId !== state.sessionId) break;
         if (call) endCall('finished', 'The session closed.');
