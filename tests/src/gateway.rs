@@ -184,6 +184,22 @@ impl Gateway {
         .with_context(|| format!("gateway still holds resources: {last}"))
     }
 
+    /// Waits until the gateway holds nothing a session with calls takes:
+    /// no call, dialog, media port, session, registration, task or SIP
+    /// transaction.
+    pub fn wait_all_released(&self, timeout: Duration) -> anyhow::Result<()> {
+        let keys = [
+            "calls",
+            "sipDialogs",
+            "mediaPorts",
+            "sessions",
+            "registrations",
+            "tasks",
+            "sipTransactions",
+        ];
+        self.wait_released(&keys, timeout)
+    }
+
     pub fn metrics_text(&self) -> anyhow::Result<String> {
         let (code, body) = self.http_get("/metrics")?;
         if code != 200 {

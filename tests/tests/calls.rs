@@ -121,16 +121,7 @@ async fn hang_up_with_sipp(
 }
 
 fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
-    let keys = [
-        "calls",
-        "sipDialogs",
-        "mediaPorts",
-        "sessions",
-        "registrations",
-        "tasks",
-        "sipTransactions",
-    ];
-    gateway.wait_released(&keys, CLEANUP)
+    gateway.wait_all_released(CLEANUP)
 }
 
 /// Kamailio, one baresip registered as `peer_user`, and a gateway with a

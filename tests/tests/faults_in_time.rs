@@ -49,16 +49,7 @@ rtp_timeout_ms = {}
 }
 
 fn assert_nothing_held(gateway: &Gateway) -> anyhow::Result<()> {
-    let keys = [
-        "calls",
-        "sipDialogs",
-        "mediaPorts",
-        "sessions",
-        "registrations",
-        "tasks",
-        "sipTransactions",
-    ];
-    gateway.wait_released(&keys, CLEANUP)
+    gateway.wait_all_released(CLEANUP)
 }
 
 /// A started call from session 1001 to baresip 2000 (through Kamailio)
