@@ -94,14 +94,8 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
         }
     };
     // The caller's leg and the line, as two points of one room.
-    let audio = answer.codecs.iter().find_map(|codec| {
-        crate::call::bridge_codec(codec).map(|bridged| (codec.payload_type, bridged))
-    });
-    let telephone_event = answer
-        .codecs
-        .iter()
-        .find(|codec| codec.is_telephone_event())
-        .map(|codec| codec.payload_type);
+    let audio = crate::call::first_bridged(&answer.codecs);
+    let telephone_event = crate::call::telephone_event(&answer.codecs);
     let mut room = MediaRoom::start(CALLER, &gateway.tasks);
     let caller = SocketAddr::new(remote.address, remote.port);
     let io = PointIo {

@@ -657,8 +657,8 @@ impl CallTask {
     }
 
     /// The SIP leg's point on the call's ports, toward the far end's SDP:
-    /// watched (RTCP, statistics, RTP timeout), with in-band DTMF looked
-    /// for as configured.
+    /// watched (RTCP, statistics, RTP timeout); whether to look for in-band
+    /// DTMF is the call machine's decision.
     fn sip_point(
         &self,
         lease: &PortLease,
@@ -676,11 +676,6 @@ impl CallTask {
         };
         let config = PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event)
             .latching(self.latch_config());
-        let detect_tones = match self.gateway.config.media.inband_detection {
-            InbandDetection::Always => true,
-            InbandDetection::Never => false,
-            InbandDetection::Auto => config.telephone_event.is_none(),
-        };
         let watch = WatchConfig {
             rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
             sends: media.remote_sends(),
@@ -691,7 +686,7 @@ impl CallTask {
             rtcp: Some(rtcp),
             rtmp: None,
         };
-        Some((config.watched(watch).detecting_tones(detect_tones), io))
+        Some((config.watched(watch), io))
     }
 
     /// How the call's RTP points (the SIP leg, a client's plain RTP point)
@@ -784,11 +779,11 @@ pub(crate) fn bridged(codec: &sdp::Codec) -> Option<(u8, Codec)> {
     bridge_codec(codec).map(|bridged| (codec.payload_type, bridged))
 }
 
-fn first_bridged(codecs: &[sdp::Codec]) -> Option<(u8, Codec)> {
+pub(crate) fn first_bridged(codecs: &[sdp::Codec]) -> Option<(u8, Codec)> {
     codecs.iter().find_map(bridged)
 }
 
-fn telephone_event(codecs: &[sdp::Codec]) -> Option<u8> {
+pub(crate) fn telephone_event(codecs: &[sdp::Codec]) -> Option<u8> {
     codecs
         .iter()
         .find(|codec| codec.is_telephone_event() && codec.clock_rate == 8000)
