@@ -314,16 +314,11 @@ async fn offer_rtp_call(
     b_uri: &str,
     codec_label: &str,
 ) -> anyhow::Result<(String, String)> {
-    ws.send_json(&serde_json::json!({
+    let start = serde_json::json!({
         "type": "START_CALL", "sessionId": session_id, "bUri": b_uri,
         "cc": {"audioCodecs": [codec_label], "mediaTransport": ["RTP"]},
-    }))
-    .await?;
-    let starting = ws.recv_type("CALL_STARTING", REPLY).await?;
-    let call_id = starting["callId"]
-        .as_str()
-        .context("CALL_STARTING without callId")?
-        .to_string();
+    });
+    let call_id = ws.start_call(&start, REPLY).await?;
     let offer = ws.recv_type("SDP_OFFER", REPLY).await?;
     anyhow::ensure!(offer["callId"] == call_id.as_str(), "{offer}");
     let offer_sdp = offer["sdp"].as_str().context("SDP_OFFER without sdp")?;

@@ -171,6 +171,21 @@ impl WsClient {
         Ok(value)
     }
 
+    /// Sends `start_call` (a START_CALL) and returns the callId of the first CALL_STARTING,
+    /// which must be the next message.
+    pub async fn start_call(
+        &mut self,
+        start_call: &Value,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.send_json(start_call).await?;
+        let starting = self.recv_type("CALL_STARTING", timeout).await?;
+        starting["callId"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("CALL_STARTING without callId: {starting}"))
+    }
+
     /// The next message of `type_name`, passing over those of the `skipped` types (call
     /// progress, say); a message of any other type first is an error that shows it.
     pub async fn recv_type_skipping(

@@ -76,13 +76,12 @@ impl DeadCallee {
         let gateway = Gateway::start(&config(&kamailio, rtp_timeout, ""))?;
         let (mut ws, session_id) =
             WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
-        ws.send_json(&json!({"type": "START_CALL", "sessionId": session_id, "bUri": "2000"}))
+        let call_id = ws
+            .start_call(
+                &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "2000"}),
+                REPLY,
+            )
             .await?;
-        let starting = ws.recv_type("CALL_STARTING", REPLY).await?;
-        let call_id = starting["callId"]
-            .as_str()
-            .context("CALL_STARTING without callId")?
-            .to_string();
         let started = ws
             .recv_type_skipping("CALL_STARTED", &["CALL_STARTING"], REPLY)
             .await?;
@@ -314,13 +313,12 @@ async fn a_200_crossing_the_cancel_still_gets_its_ack_and_bye() -> anyhow::Resul
     let gateway = Gateway::start(&config(&kamailio, Duration::from_secs(30), ""))?;
     let (mut ws, session_id) =
         WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
-    ws.send_json(&json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000"}))
+    let call_id = ws
+        .start_call(
+            &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000"}),
+            REPLY,
+        )
         .await?;
-    let trying = ws.recv_type("CALL_STARTING", REPLY).await?;
-    let call_id = trying["callId"]
-        .as_str()
-        .context("CALL_STARTING without callId")?
-        .to_string();
     let ringing = ws.recv_type("CALL_STARTING", REPLY).await?;
     ensure!(ringing["stage"] == "RINGING", "{ringing}");
     ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))

@@ -45,12 +45,8 @@ impl Client {
 
     /// START_CALL to `3000` until CALL_STARTED; returns the callId.
     async fn started_call(&mut self) -> anyhow::Result<String> {
-        self.send(json!({"type": "START_CALL", "bUri": "3000"}))
-            .await?;
-        let call_id = self.ws.recv_type("CALL_STARTING", REPLY).await?["callId"]
-            .as_str()
-            .context("CALL_STARTING without callId")?
-            .to_string();
+        let start = json!({"type": "START_CALL", "sessionId": self.session_id, "bUri": "3000"});
+        let call_id = self.ws.start_call(&start, REPLY).await?;
         loop {
             let message = self.ws.recv_json(REPLY).await.context("no CALL_STARTED")?;
             match message["type"].as_str() {
