@@ -76,6 +76,15 @@ fn voice_payloads() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Takes every output out, as a driver would.
+fn drain(room: &mut Room) {
+    while let Some(output) = room.poll_output() {
+        if let Output::Transmit(transmit) = output {
+            black_box(transmit.data.len());
+        }
+    }
+}
+
 fn relay(c: &mut Criterion) {
     let mut stream = Stream::new(&[vec![0x55; 160]]);
     let mut sender = RtpSender::new(0x0bad_cafe, 100, 1000);
@@ -111,11 +120,7 @@ fn relay(c: &mut Criterion) {
                     data: stream.next(),
                 };
                 room.handle_input(start, input);
-                while let Some(output) = room.poll_output() {
-                    if let Output::Transmit(transmit) = output {
-                        black_box(transmit.data.len());
-                    }
-                }
+                drain(&mut room);
             })
         },
     );
@@ -147,11 +152,7 @@ fn transcode(c: &mut Criterion) {
                 room.handle_input(now, input);
                 now += Duration::from_millis(20);
                 room.handle_input(now, Input::Timeout);
-                while let Some(output) = room.poll_output() {
-                    if let Output::Transmit(transmit) = output {
-                        black_box(transmit.data.len());
-                    }
-                }
+                drain(&mut room);
             })
         },
     );

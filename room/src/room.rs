@@ -16,7 +16,7 @@ use crate::lines::Line;
 use crate::point::{
     Point, PointConfig, PointId, PointUpdate, Route, Silence, Transport, DIGIT_TAIL_FRAMES,
 };
-use crate::rtmp_point::{Payloads, L16_FRAME_BYTES, RTMP_PAYLOAD_TYPE};
+use crate::rtmp_point::{Payloads, RtmpPoint, L16_FRAME_BYTES, RTMP_PAYLOAD_TYPE};
 use crate::rtp::{RtpHeader, RtpPacket};
 use crate::stats::MediaStatsSnapshot;
 use crate::symmetric::LatchDecision;
@@ -431,10 +431,7 @@ impl Room {
                 }
             }
             Input::PlayerJoined { point, player } => {
-                let index = self.index(point);
-                if let Some(Transport::Rtmp(rtmp)) =
-                    index.map(|index| &mut self.points[index].transport)
-                {
+                if let Some(rtmp) = self.rtmp_point(point) {
                     if let Some(header) = rtmp.join(player) {
                         self.outputs.queue.push_back(Pending::Flv {
                             point,
@@ -446,10 +443,7 @@ impl Room {
                 }
             }
             Input::PlayerLeft { point, player } => {
-                let index = self.index(point);
-                if let Some(Transport::Rtmp(rtmp)) =
-                    index.map(|index| &mut self.points[index].transport)
-                {
+                if let Some(rtmp) = self.rtmp_point(point) {
                     rtmp.leave(player);
                 }
             }
@@ -522,6 +516,14 @@ impl Room {
 
     fn index(&self, id: PointId) -> Option<usize> {
         self.points.iter().position(|point| point.id == id)
+    }
+
+    fn rtmp_point(&mut self, id: PointId) -> Option<&mut RtmpPoint> {
+        let index = self.index(id)?;
+        match &mut self.points[index].transport {
+            Transport::Rtmp(rtmp) => Some(rtmp),
+            _ => None,
+        }
     }
 
     /// Work every input ends with: WebRTC points drained, ticks armed.
