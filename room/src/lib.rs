@@ -3,10 +3,14 @@
 //! A [`Room`] holds any number of points: SIP legs and client RTP
 //! endpoints (plain RTP, symmetric latching), WebRTC peers (str0m in RTP
 //! mode), RTMP clients (FLV audio tags in and out) and the built-in test
-//! lines. Each point hears one other point; two points with one codec are
-//! a relay that keeps the sender's sequence gaps, order, timestamps and
-//! marker bits (offset-mapped onto our stream), anything else goes through
-//! a jitter buffer and is transcoded every 20 ms. Digits cross as RFC 4733
+//! lines. Each point hears the others its [`Role`] lets it hear. A point
+//! that hears one other with its own codec gets a relay that keeps the
+//! sender's sequence gaps, order, timestamps and marker bits
+//! (offset-mapped onto our stream); with another codec the audio goes
+//! through a jitter buffer and is transcoded every 20 ms; a point that
+//! hears several gets their N−1 mix ([`mixer`]). Points move between rooms
+//! with their streams intact ([`Room::take_point`], [`Room::insert_point`]),
+//! and a room records its public mix on request. Digits cross as RFC 4733
 //! events where the receiving point takes them, else they come out as an
 //! event for its signalling (SIP INFO), or go as in-band tones on request.
 //!
@@ -39,6 +43,7 @@ pub mod dtmf_relay;
 pub mod inactivity;
 pub mod jitter;
 mod lines;
+pub mod mixer;
 mod point;
 mod room;
 pub mod rtcp;
@@ -51,5 +56,9 @@ mod tones;
 pub mod webrtc;
 
 pub use lines::{Line, TONE_HZ};
+pub use mixer::Role;
 pub use point::{PointConfig, PointId, PointKind, PointUpdate, WatchConfig};
-pub use room::{DigitMethod, Event, Input, Output, Room, RoomError, Socket, Transmit, FRAME};
+pub use room::{
+    DetachedPoint, DigitMethod, Event, Input, Output, Room, RoomError, Socket, Transmit, FRAME,
+    RECORDING_RATE,
+};

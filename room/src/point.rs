@@ -11,6 +11,7 @@ use dialtone_codecs::{new_encoder, Codec, Transcoder, MAX_FRAME_SAMPLES, MAX_PAY
 use crate::inactivity::{InactivityConfig, InactivityTimer};
 use crate::jitter::{JitterBuffer, JitterConfig};
 use crate::lines::{Line, LinePoint};
+use crate::mixer::{MixInput, MixOutput, Role};
 use crate::rtmp_point::{RtmpPoint, RTMP_PAYLOAD_TYPE};
 use crate::rtp::RtpSender;
 use crate::stats::{MediaStats, MediaStatsConfig};
@@ -60,6 +61,8 @@ pub struct PointConfig {
     /// How an RTP point learns where its far end is (strict source by
     /// default); other kinds ignore it.
     pub latch: LatchConfig,
+    /// Who hears it.
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +87,7 @@ impl PointConfig {
             watch: None,
             detect_tones: false,
             latch: LatchConfig::default(),
+            role: Role::Full,
         }
     }
 
@@ -103,6 +107,7 @@ impl PointConfig {
             watch: None,
             detect_tones: false,
             latch: LatchConfig::default(),
+            role: Role::Full,
         }
     }
 
@@ -114,6 +119,7 @@ impl PointConfig {
             watch: None,
             detect_tones: false,
             latch: LatchConfig::default(),
+            role: Role::Full,
         }
     }
 
@@ -125,6 +131,7 @@ impl PointConfig {
             watch: None,
             detect_tones: false,
             latch: LatchConfig::default(),
+            role: Role::Full,
         }
     }
 
@@ -144,6 +151,10 @@ impl PointConfig {
 
     pub fn latching(self, latch: LatchConfig) -> Self {
         PointConfig { latch, ..self }
+    }
+
+    pub fn with_role(self, role: Role) -> Self {
+        PointConfig { role, ..self }
     }
 }
 
@@ -176,6 +187,8 @@ pub(crate) enum Route {
         jitter: JitterBuffer,
         transcoder: Box<Transcoder>,
     },
+    /// Several points heard at once: the room's mix, encoded for it.
+    Mix(Box<MixOutput>),
 }
 
 /// RTCP statistics and the inactivity timer of a watched leg.
@@ -224,9 +237,13 @@ pub(crate) struct Point {
     pub(crate) telephone_event: Option<u8>,
     /// The payload types its events arrive with.
     pub(crate) received_events: Vec<u8>,
-    /// The point whose audio and digits this one gets.
-    pub(crate) hears: Option<PointId>,
+    /// Who hears it.
+    pub(crate) role: Role,
+    /// The points whose audio and digits this one gets.
+    pub(crate) sources: Vec<PointId>,
     pub(crate) route: Option<Route>,
+    /// Its audio on the way into the mix, while someone mixes it.
+    pub(crate) mix_input: Option<MixInput>,
     pub(crate) sender: RtpSender,
     pub(crate) digits_in: TelephoneEventReceiver,
     pub(crate) digits_out: TelephoneEventSender,
@@ -252,6 +269,7 @@ impl Point {
             watch,
             detect_tones,
             latch,
+            role,
         } = config;
         let mut received_events: Vec<u8> = telephone_event.into_iter().collect();
         let mut receive = audio;
@@ -313,8 +331,10 @@ impl Point {
             receive,
             telephone_event,
             received_events,
-            hears: None,
+            role,
+            sources: Vec::new(),
             route: None,
+            mix_input: None,
             sender,
             digits_in: TelephoneEventReceiver::new(8000, DEFAULT_END_TIMEOUT),
             digits_out: TelephoneEventSender::new(DtmfSenderConfig {
@@ -361,11 +381,38 @@ impl Point {
 
     /// Whether the room must tick for this point.
     pub(crate) fn needs_ticks(&self) -> bool {
-        matches!(self.route, Some(Route::Transcode { .. }))
+        matches!(self.route, Some(Route::Transcode { .. } | Route::Mix(_)))
+            || self.mix_input.is_some()
             || !self.digits_out.is_idle()
             || self.digit_tail > 0
             || self.tones_busy()
             || self.line() == Some(Line::Tone)
+    }
+
+    /// Whether it hears `source`.
+    pub(crate) fn hears(&self, source: PointId) -> bool {
+        self.sources.contains(&source)
+    }
+
+    /// Sets the route of a point that hears several others: the mix at
+    /// `mix_rate`, in its codec.
+    pub(crate) fn route_mix(&mut self, mix_rate: dialtone_codecs::SampleRate) {
+        let Some((_, codec)) = self.audio else {
+            self.route = None;
+            return;
+        };
+        if let Some(Route::Mix(output)) = &self.route {
+            if output.fits(codec, mix_rate) {
+                return;
+            }
+        }
+        self.route = match MixOutput::new(codec, mix_rate) {
+            Ok(output) => Some(Route::Mix(Box::new(output))),
+            Err(error) => {
+                tracing::warn!(%error, %codec, "cannot mix for this codec");
+                None
+            }
+        };
     }
 
     /// Sets the route from `source`'s codec to ours, keeping a transcoder

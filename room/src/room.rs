@@ -6,13 +6,14 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dialtone_codecs::MAX_PAYLOAD_LEN;
+use dialtone_codecs::{Codec, Resampler, SampleRate, MAX_PAYLOAD_LEN};
 use dialtone_rtmp::{AudioTag, Bytes};
 use tracing::{debug, info, warn};
 
 use crate::inactivity::MediaTimeout;
 use crate::jitter::Playout;
 use crate::lines::Line;
+use crate::mixer::{self, MixBuffers, MixInput, Role};
 use crate::point::{
     Point, PointConfig, PointId, PointUpdate, Route, Silence, Transport, DIGIT_TAIL_FRAMES,
 };
@@ -34,6 +35,8 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 const PACKET_BUFFER: usize = 1500;
 /// A tick this late is not caught up frame by frame: the clock restarts.
 const MAX_TICK_LAG: Duration = Duration::from_millis(200);
+/// Recordings come out at this rate, whatever the room mixes at.
+pub const RECORDING_RATE: SampleRate = SampleRate::Hz16000;
 
 /// Something that happened to the room's I/O, at `now`.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +143,13 @@ pub enum Output<'a> {
         data: Bytes,
     },
     Event(Event),
+    /// 20 ms of a recording: the room's public mix, mono at
+    /// [`RECORDING_RATE`], silence included, so its length is the time
+    /// it ran.
+    Recorded {
+        recording: u32,
+        samples: Vec<i16>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +164,10 @@ pub enum RoomError {
     NoAudio(PointId),
     #[error(transparent)]
     Digits(#[from] TelephoneEventError),
+    #[error("recording {0} is already running")]
+    DuplicateRecording(u32),
+    #[error("no recording {0}")]
+    UnknownRecording(u32),
 }
 
 enum Pending {
@@ -170,6 +184,10 @@ enum Pending {
         data: Bytes,
     },
     Event(Event),
+    Recorded {
+        recording: u32,
+        samples: Vec<i16>,
+    },
 }
 
 /// The outputs waiting to be polled, and the packet buffers they are
@@ -210,14 +228,25 @@ impl Outputs {
     }
 }
 
-/// A media room of any number of points. Each point hears one other point
-/// (its audio and digits): a room of two is a bridge; a third point hears
-/// the first unless told otherwise. Mixing is for later.
+/// A point taken out of a room with its transport, its RTP stream and
+/// its statistics, to be put into another ([`Room::take_point`],
+/// [`Room::insert_point`]): its far end sees one unbroken stream.
+pub struct DetachedPoint(Box<Point>);
+
+/// A media room of any number of points. Every point hears every other
+/// point its [`Role`] lets it hear (its audio and digits): a point that
+/// hears one other gets its packets relayed (or transcoded), one that hears
+/// several gets the mix of them, never its own voice.
 pub struct Room {
     points: Vec<Point>,
     outputs: Outputs,
     /// When the next 20 ms tick is due, while anything needs ticks.
     next_tick: Option<Instant>,
+    mix_rate: SampleRate,
+    mix: Box<MixBuffers>,
+    recordings: Vec<u32>,
+    /// From the mix rate to [`RECORDING_RATE`], while recording.
+    recording_resampler: Option<Resampler>,
 }
 
 impl Default for Room {
@@ -232,6 +261,10 @@ impl Room {
             points: Vec::new(),
             outputs: Outputs::default(),
             next_tick: None,
+            mix_rate: SampleRate::Hz8000,
+            mix: Box::default(),
+            recordings: Vec::new(),
+            recording_resampler: None,
         }
     }
 
@@ -243,8 +276,7 @@ impl Room {
         self.points.iter().map(|point| point.id)
     }
 
-    /// Adds a point. It hears the room's first point; the first point, if
-    /// it heard nobody, hears it.
+    /// Adds a point.
     pub fn add_point(
         &mut self,
         now: Instant,
@@ -254,48 +286,82 @@ impl Room {
         if self.index(id).is_some() {
             return Err(RoomError::Duplicate(id));
         }
-        let mut point = Point::new(id, config, now);
-        point.hears = self.points.first().map(|first| first.id);
-        if let Some(first) = self.points.first_mut() {
-            if first.hears.is_none() {
-                first.hears = Some(id);
-            }
-        }
-        info!(point = id.0, audio = ?point.audio, "point joins the room");
-        self.points.push(point);
-        self.reroute();
-        self.after(now);
-        Ok(())
+        self.insert_point(
+            now,
+            id,
+            DetachedPoint(Box::new(Point::new(id, config, now))),
+        )
     }
 
-    /// Takes a point out; those that heard it hear the first point left
-    /// (other than themselves).
-    pub fn remove_point(&mut self, now: Instant, id: PointId) -> Result<(), RoomError> {
-        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
-        self.points.remove(index);
-        let ids: Vec<PointId> = self.points.iter().map(|point| point.id).collect();
-        for point in &mut self.points {
-            if point.hears == Some(id) {
-                point.hears = ids.iter().copied().find(|other| *other != point.id);
-            }
-        }
-        self.reroute();
-        self.after(now);
-        Ok(())
-    }
-
-    /// Makes `id` hear `source` (or nobody).
-    pub fn set_hears(
+    /// Puts a point taken out of a room (this one or another) in, under
+    /// the name `id`.
+    pub fn insert_point(
         &mut self,
         now: Instant,
         id: PointId,
-        source: Option<PointId>,
+        point: DetachedPoint,
     ) -> Result<(), RoomError> {
-        if let Some(source) = source {
-            self.index(source).ok_or(RoomError::UnknownPoint(source))?;
+        if self.index(id).is_some() {
+            return Err(RoomError::Duplicate(id));
+        }
+        let mut point = point.0;
+        point.id = id;
+        info!(point = id.0, audio = ?point.audio, role = ?point.role, "point joins the room");
+        self.points.push(*point);
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
+    /// Takes a point out, to end it or to put it into another room.
+    pub fn take_point(&mut self, now: Instant, id: PointId) -> Result<DetachedPoint, RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        let mut point = self.points.remove(index);
+        // What it heard here, it does not hear there.
+        point.sources.clear();
+        point.route = None;
+        point.mix_input = None;
+        info!(point = id.0, "point leaves the room");
+        self.reroute();
+        self.after(now);
+        Ok(DetachedPoint(Box::new(point)))
+    }
+
+    /// Takes a point out and ends it.
+    pub fn remove_point(&mut self, now: Instant, id: PointId) -> Result<(), RoomError> {
+        self.take_point(now, id).map(drop)
+    }
+
+    /// Changes who hears point `id`.
+    pub fn set_role(&mut self, now: Instant, id: PointId, role: Role) -> Result<(), RoomError> {
+        if let Role::Whisper(target) = role {
+            self.index(target).ok_or(RoomError::UnknownPoint(target))?;
         }
         let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
-        self.points[index].hears = source.filter(|source| *source != id);
+        self.points[index].role = role;
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
+    /// Starts recording the room's public mix as [`Output::Recorded`].
+    pub fn start_recording(&mut self, now: Instant, recording: u32) -> Result<(), RoomError> {
+        if self.recordings.contains(&recording) {
+            return Err(RoomError::DuplicateRecording(recording));
+        }
+        self.recordings.push(recording);
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
+    pub fn stop_recording(&mut self, now: Instant, recording: u32) -> Result<(), RoomError> {
+        let index = self
+            .recordings
+            .iter()
+            .position(|running| *running == recording)
+            .ok_or(RoomError::UnknownRecording(recording))?;
+        self.recordings.remove(index);
         self.reroute();
         self.after(now);
         Ok(())
@@ -485,6 +551,9 @@ impl Room {
                 data,
             }),
             Pending::Event(event) => Some(Output::Event(event)),
+            Pending::Recorded { recording, samples } => {
+                Some(Output::Recorded { recording, samples })
+            }
         }
     }
 
@@ -529,7 +598,7 @@ impl Room {
     /// Work every input ends with: WebRTC points drained, ticks armed.
     fn after(&mut self, now: Instant) {
         self.drain_webrtc(now);
-        let ticking = self.points.iter().any(Point::needs_ticks);
+        let ticking = !self.recordings.is_empty() || self.points.iter().any(Point::needs_ticks);
         self.next_tick = match (ticking, self.next_tick) {
             (false, _) => None,
             (true, None) => Some(now),
@@ -537,16 +606,65 @@ impl Room {
         };
     }
 
-    /// Sets every point's route from the point it hears.
+    /// Sets who hears whom from the roles, every point's route (relay or
+    /// transcode from its one audible source, else the mix) and the mix
+    /// inputs of the speakers someone mixes or records.
     fn reroute(&mut self) {
-        for index in 0..self.points.len() {
-            let source = self.points[index]
-                .hears
-                .and_then(|id| self.index(id))
-                .and_then(|source| self.points[source].receive)
-                .map(|(_, codec)| codec);
-            self.points[index].route_from(source);
+        let speakers: Vec<(PointId, Role, Option<Codec>)> = self
+            .points
+            .iter()
+            .map(|point| (point.id, point.role, point.receive.map(|(_, codec)| codec)))
+            .collect();
+        let codecs = self
+            .points
+            .iter()
+            .flat_map(|point| [point.audio, point.receive])
+            .flatten()
+            .map(|(_, codec)| codec);
+        let mix_rate = mixer::mix_rate(codecs);
+        self.mix_rate = mix_rate;
+        let mut mixed: Vec<PointId> = Vec::new();
+        for point in &mut self.points {
+            let listener = point.id;
+            point.sources = speakers
+                .iter()
+                .filter(|(id, role, _)| *id != listener && role.heard_by(listener))
+                .map(|(id, ..)| *id)
+                .collect();
+            let audible: Vec<(PointId, Codec)> = speakers
+                .iter()
+                .filter(|(id, ..)| point.sources.contains(id))
+                .filter_map(|(id, _, codec)| codec.map(|codec| (*id, codec)))
+                .collect();
+            match audible.as_slice() {
+                [] => point.route_from(None),
+                [(_, codec)] => point.route_from(Some(*codec)),
+                several => {
+                    point.route_mix(mix_rate);
+                    mixed.extend(several.iter().map(|(id, _)| *id));
+                }
+            }
         }
+        let recording = !self.recordings.is_empty();
+        for point in &mut self.points {
+            let wanted = point
+                .receive
+                .filter(|_| mixed.contains(&point.id) || (recording && point.role == Role::Full));
+            point.mix_input = match (wanted, point.mix_input.take()) {
+                (Some((_, codec)), Some(input)) if input.fits(codec, mix_rate) => Some(input),
+                (Some((_, codec)), _) => MixInput::new(codec, mix_rate)
+                    .map_err(|error| warn!(%error, %codec, "cannot mix this codec"))
+                    .ok(),
+                (None, _) => None,
+            };
+        }
+        self.recording_resampler = match self.recording_resampler.take() {
+            _ if !recording => None,
+            Some(resampler) if resampler.from_rate() == mix_rate => Some(resampler),
+            _ => Resampler::new(mix_rate, RECORDING_RATE)
+                .map_err(|error| warn!(%error, "cannot resample the recording"))
+                .ok(),
+        };
     }
 
     fn on_datagram(&mut self, now: Instant, index: usize, source: SocketAddr, data: &[u8]) {
@@ -628,9 +746,12 @@ impl Room {
         hops: u8,
     ) {
         let source = self.points[from].id;
+        if let Some(input) = self.points[from].mix_input.as_mut() {
+            input.push(header.sequence, header.timestamp, payload);
+        }
         for index in 0..self.points.len() {
             let sink = &mut self.points[index];
-            if index == from || sink.hears != Some(source) {
+            if index == from || !sink.hears(source) {
                 continue;
             }
             match sink.line() {
@@ -650,7 +771,7 @@ impl Room {
                 Some(Route::Transcode { jitter, .. }) => {
                     jitter.push(header.sequence, header.timestamp, payload);
                 }
-                None => {}
+                Some(Route::Mix(_)) | None => {}
             }
         }
     }
@@ -769,7 +890,7 @@ impl Room {
         });
         for index in 0..self.points.len() {
             let sink = &mut self.points[index];
-            if index == from || sink.hears != Some(source) {
+            if index == from || !sink.hears(source) {
                 continue;
             }
             match sink.line() {
@@ -905,6 +1026,7 @@ impl Room {
     /// tone line, digit packets, and the clocks of streams that sent
     /// nothing.
     fn tick(&mut self, now: Instant) {
+        self.mix(now);
         let mut payload = [0u8; MAX_PAYLOAD_LEN];
         for index in 0..self.points.len() {
             if let Some(length) = self.transcoded_frame(index, &mut payload) {
@@ -951,6 +1073,100 @@ impl Room {
             let point = &mut self.points[index];
             let units = point.frame_units();
             point.sender.skip(units);
+        }
+    }
+
+    /// One tick of mixing: every mixed speaker's frame played out, the
+    /// recordings' share, and each mixing listener's frame (everyone it
+    /// hears, never itself).
+    fn mix(&mut self, now: Instant) {
+        if self.recordings.is_empty() && self.points.iter().all(|point| point.mix_input.is_none()) {
+            return;
+        }
+        let samples = self.mix_rate.frame_samples();
+        for point in &mut self.points {
+            if let Some(input) = point.mix_input.as_mut() {
+                input.tick();
+            }
+        }
+        let buffers = &mut *self.mix;
+        let total = &mut buffers.total[..samples];
+        total.fill(0);
+        let mut speaking = 0usize;
+        for point in &self.points {
+            if let Some(input) = point.mix_input.as_ref().filter(|input| input.active) {
+                if point.role == Role::Full {
+                    mixer::add(total, &input.frame);
+                    speaking += 1;
+                }
+            }
+        }
+        self.record();
+        let mut payload = [0u8; MAX_PAYLOAD_LEN];
+        for index in 0..self.points.len() {
+            let point = &self.points[index];
+            if !matches!(point.route, Some(Route::Mix(_)))
+                || point.line().is_some()
+                || point.tones_busy()
+            {
+                continue;
+            }
+            let buffers = &mut *self.mix;
+            let heard = &mut buffers.listener[..samples];
+            heard.copy_from_slice(&buffers.total[..samples]);
+            let mut voices = speaking;
+            if let Some(own) = point.mix_input.as_ref().filter(|input| input.active) {
+                if point.role == Role::Full {
+                    mixer::subtract(heard, &own.frame);
+                    voices -= 1;
+                }
+            }
+            for other in &self.points {
+                let whispers = other.role == Role::Whisper(point.id);
+                if let Some(input) = other.mix_input.as_ref().filter(|input| input.active) {
+                    if whispers {
+                        mixer::add(heard, &input.frame);
+                        voices += 1;
+                    }
+                }
+            }
+            if voices == 0 {
+                continue;
+            }
+            let limited = &mut buffers.limited[..samples];
+            mixer::limit(heard, limited);
+            let Some(Route::Mix(output)) = self.points[index].route.as_mut() else {
+                continue;
+            };
+            match output.encode(limited, &mut payload) {
+                Ok(length) => self.send_audio(now, index, &payload[..length]),
+                Err(error) => debug!(%error, "mix not encoded"),
+            }
+        }
+    }
+
+    /// This tick's public mix for every running recording.
+    fn record(&mut self) {
+        if self.recordings.is_empty() {
+            return;
+        }
+        let samples = self.mix_rate.frame_samples();
+        let buffers = &mut *self.mix;
+        let limited = &mut buffers.limited[..samples];
+        mixer::limit(&buffers.total[..samples], limited);
+        let Some(resampler) = self.recording_resampler.as_mut() else {
+            return;
+        };
+        let mut recorded = vec![0i16; RECORDING_RATE.frame_samples()];
+        if let Err(error) = resampler.process(limited, &mut recorded) {
+            debug!(%error, "recording frame lost");
+            return;
+        }
+        for recording in &self.recordings {
+            self.outputs.queue.push_back(Pending::Recorded {
+                recording: *recording,
+                samples: recorded.clone(),
+            });
         }
     }
 

@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dialtone_codecs::Codec;
+use dialtone_codecs::{linear_to_ulaw, ulaw_to_linear, Codec};
 use dialtone_room::rtp::{RtpHeader, RtpPacket};
 use dialtone_room::symmetric::LatchConfig;
 use dialtone_room::telephone_event::TelephoneEvent;
 use dialtone_room::{
-    DigitMethod, Event, Input, Line, Output, PointConfig, PointId, PointUpdate, Room, RoomError,
-    Socket, WatchConfig, FRAME,
+    DigitMethod, Event, Input, Line, Output, PointConfig, PointId, PointUpdate, Role, Room,
+    RoomError, Socket, WatchConfig, FRAME, RECORDING_RATE,
 };
 
 const SIP: PointId = PointId(0);
@@ -45,6 +45,7 @@ struct Harness {
     now: Instant,
     sent: Vec<Sent>,
     events: Vec<Event>,
+    recorded: Vec<i16>,
 }
 
 impl Harness {
@@ -54,6 +55,7 @@ impl Harness {
             now: Instant::now(),
             sent: Vec::new(),
             events: Vec::new(),
+            recorded: Vec::new(),
         }
     }
 
@@ -124,6 +126,7 @@ impl Harness {
                 }
                 Output::Flv { .. } => {}
                 Output::Event(event) => self.events.push(event),
+                Output::Recorded { samples, .. } => self.recorded.extend(samples),
             }
         }
     }
@@ -534,45 +537,243 @@ fn a_codec_change_from_the_far_end_reroutes_the_room() {
     assert!(to_client.iter().all(|s| s.header.payload_type == 0));
 }
 
+/// 20 ms of a PCMU tone at `hz`, frame `index` of its stream.
+fn pcmu_tone(hz: f64, index: u32) -> Vec<u8> {
+    (0..160u32)
+        .map(|n| {
+            let t = f64::from(index * 160 + n) / 8000.0;
+            let sample = (std::f64::consts::TAU * hz * t).sin() * 6000.0;
+            linear_to_ulaw(sample as i16)
+        })
+        .collect()
+}
+
+/// The power of `hz` in 8 kHz `samples` (Goertzel).
+fn power_at(samples: &[i16], hz: f64, rate: f64) -> f64 {
+    let coefficient = 2.0 * (std::f64::consts::TAU * hz / rate).cos();
+    let (mut previous, mut before) = (0.0f64, 0.0f64);
+    for sample in samples {
+        let current = f64::from(*sample) + coefficient * previous - before;
+        before = previous;
+        previous = current;
+    }
+    previous * previous + before * before - coefficient * previous * before
+}
+
+/// The tones of `hz` heard in what a point received, as powers relative to
+/// the loudest.
+fn heard(sent: &[Sent], tones: &[f64]) -> Vec<f64> {
+    let samples: Vec<i16> = sent
+        .iter()
+        .filter(|s| s.header.payload_type == 0)
+        .flat_map(|s| s.payload.iter().map(|code| ulaw_to_linear(*code)))
+        .collect();
+    let powers: Vec<f64> = tones
+        .iter()
+        .map(|hz| power_at(&samples, *hz, 8000.0))
+        .collect();
+    let loudest = powers.iter().copied().fold(f64::MIN, f64::max).max(1.0);
+    powers.iter().map(|power| power / loudest).collect()
+}
+
+/// Every point of `room` sends its tone for `frames` frames of 20 ms.
+fn all_send(room: &mut Harness, speakers: &[(PointId, u16, f64)], frames: u32) {
+    for frame in 0..frames {
+        for (index, (point, port, hz)) in speakers.iter().enumerate() {
+            let ssrc = 100 + index as u32;
+            let packet = rtp(
+                header(0, frame as u16, frame * 160, ssrc),
+                &pcmu_tone(*hz, frame),
+            );
+            room.datagram(*point, *port, &packet);
+        }
+        room.advance(FRAME);
+    }
+}
+
+const SPEAKERS: [(PointId, u16, f64); 3] = [
+    (SIP, SIP_FAR_END, 1000.0),
+    (CLIENT, CLIENT_END, 440.0),
+    (THIRD, THIRD_END, 700.0),
+];
+const TONES: [f64; 3] = [1000.0, 440.0, 700.0];
+
 #[test]
-fn a_third_point_hears_the_first_and_removal_rewires_the_rest() {
+fn three_points_each_hear_the_other_two_and_never_themselves() {
     let mut room = Harness::bridge(PCMU, PCMU);
     room.add(THIRD, PointConfig::rtp(address(THIRD_END), PCMU, None));
-    room.datagram(SIP, SIP_FAR_END, &rtp(header(0, 1, 0, 1), &[1; 160]));
-    room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 1, 0, 2), &[2; 160]));
-    room.datagram(THIRD, THIRD_END, &rtp(header(0, 1, 0, 3), &[3; 160]));
-    let payloads = |sent: Vec<Sent>| -> Vec<u8> { sent.iter().map(|s| s.payload[0]).collect() };
-    assert_eq!(
-        payloads(room.take_rtp(CLIENT)),
-        vec![1],
-        "the client hears the SIP leg"
+    all_send(&mut room, &SPEAKERS, 100);
+    for (own, (point, ..)) in SPEAKERS.iter().enumerate() {
+        let sent = room.take_rtp(*point);
+        let powers = heard(&sent, &TONES);
+        for (tone, power) in powers.iter().enumerate() {
+            if tone == own {
+                assert!(*power < 0.001, "{point} hears itself: {powers:?}");
+            } else {
+                assert!(
+                    *power > 0.3,
+                    "{point} misses {} Hz: {powers:?}",
+                    TONES[tone]
+                );
+            }
+        }
+        // One mixed frame per tick, numbered without gaps, 160 units apart.
+        assert!(sent.len() >= 90, "{point}: {} frames", sent.len());
+        for pair in sent.windows(2) {
+            assert_eq!(
+                pair[1].header.sequence,
+                pair[0].header.sequence.wrapping_add(1)
+            );
+            assert_eq!(
+                pair[1].header.timestamp,
+                pair[0].header.timestamp.wrapping_add(160)
+            );
+            assert_eq!(pair[1].header.ssrc, pair[0].header.ssrc);
+        }
+    }
+}
+
+#[test]
+fn a_listen_only_point_hears_both_and_is_heard_by_none() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.add(
+        THIRD,
+        PointConfig::rtp(address(THIRD_END), PCMU, None).with_role(Role::ListenOnly),
     );
-    assert_eq!(
-        payloads(room.take_rtp(SIP)),
-        vec![2],
-        "the SIP leg hears the client, not the third"
+    all_send(&mut room, &SPEAKERS, 100);
+    let to_sip = heard(&room.take_rtp(SIP), &TONES);
+    let to_client = heard(&room.take_rtp(CLIENT), &TONES);
+    let to_third = heard(&room.take_rtp(THIRD), &TONES);
+    assert!(
+        to_sip[1] > 0.99 && to_sip[0] < 0.001 && to_sip[2] < 0.001,
+        "{to_sip:?}"
     );
-    assert_eq!(
-        payloads(room.take_rtp(THIRD)),
-        vec![1],
-        "the third listens to the first point"
+    assert!(
+        to_client[0] > 0.99 && to_client[1] < 0.001 && to_client[2] < 0.001,
+        "{to_client:?}"
     );
-    // The client leaves: the SIP leg hears the third point instead.
-    room.room
-        .remove_point(room.now, CLIENT)
+    assert!(
+        to_third[0] > 0.3 && to_third[1] > 0.3 && to_third[2] < 0.001,
+        "{to_third:?}"
+    );
+}
+
+#[test]
+fn a_whisper_reaches_its_target_only() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.add(
+        THIRD,
+        PointConfig::rtp(address(THIRD_END), PCMU, None).with_role(Role::Whisper(CLIENT)),
+    );
+    all_send(&mut room, &SPEAKERS, 100);
+    let to_sip = heard(&room.take_rtp(SIP), &TONES);
+    let to_client = heard(&room.take_rtp(CLIENT), &TONES);
+    let to_third = heard(&room.take_rtp(THIRD), &TONES);
+    assert!(
+        to_sip[2] < 0.001 && to_sip[1] > 0.99,
+        "the far end never hears the coach: {to_sip:?}"
+    );
+    assert!(to_client[0] > 0.3 && to_client[2] > 0.3, "{to_client:?}");
+    assert!(to_third[0] > 0.3 && to_third[1] > 0.3, "{to_third:?}");
+}
+
+#[test]
+fn loud_voices_are_scaled_down_rather_than_clipped() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.add(THIRD, PointConfig::rtp(address(THIRD_END), PCMU, None));
+    // Two full-scale square waves in phase would wrap or clip if summed
+    // naively.
+    let loud = [0x80u8; 160]; // µ-law for +32124
+    for frame in 0..20u32 {
+        for (index, (point, port, _)) in SPEAKERS[..2].iter().enumerate() {
+            let packet = rtp(
+                header(0, frame as u16, frame * 160, 7 + index as u32),
+                &loud,
+            );
+            room.datagram(*point, *port, &packet);
+        }
+        room.advance(FRAME);
+    }
+    let to_third = room.take_rtp(THIRD);
+    assert!(!to_third.is_empty());
+    for sent in &to_third {
+        for code in &sent.payload {
+            assert!(ulaw_to_linear(*code) > 0, "wrapped round to negative");
+        }
+    }
+}
+
+#[test]
+fn a_point_moves_between_rooms_with_its_stream_unbroken() {
+    let mut first = Harness::bridge(PCMU, PCMU);
+    first.datagram(SIP, SIP_FAR_END, &rtp(header(0, 1, 0, 1), &[1; 160]));
+    let before = first.take_rtp(CLIENT);
+    let moved = first
+        .room
+        .take_point(first.now, CLIENT)
         .expect("known point");
-    room.datagram(THIRD, THIRD_END, &rtp(header(0, 2, 160, 3), &[3; 160]));
-    assert_eq!(payloads(room.take_rtp(SIP)), vec![3]);
-    // And anyone may be told whom to hear.
-    room.room
-        .set_hears(room.now, THIRD, None)
-        .expect("known point");
-    room.datagram(SIP, SIP_FAR_END, &rtp(header(0, 2, 160, 1), &[1; 160]));
-    assert!(room.take_rtp(THIRD).is_empty());
+    first.datagram(SIP, SIP_FAR_END, &rtp(header(0, 2, 160, 1), &[1; 160]));
+    assert!(
+        first.take_rtp(CLIENT).is_empty(),
+        "gone from the first room"
+    );
+
+    let mut second = Harness::new();
+    second.now = first.now;
+    second.add(THIRD, PointConfig::rtp(address(THIRD_END), PCMU, None));
     assert_eq!(
-        room.room.remove_point(room.now, CLIENT),
+        second.room.insert_point(second.now, PointId(7), moved),
+        Ok(())
+    );
+    second.datagram(THIRD, THIRD_END, &rtp(header(0, 1, 0, 3), &[3; 160]));
+    let after = second.take_rtp(PointId(7));
+    assert_eq!(after.len(), 1, "it hears the second room");
+    assert_eq!(after[0].destination, address(CLIENT_END));
+    assert_eq!(
+        after[0].header.ssrc, before[0].header.ssrc,
+        "the same stream"
+    );
+    assert_eq!(
+        after[0].header.sequence,
+        before[0].header.sequence.wrapping_add(1),
+        "numbered on without a gap"
+    );
+    second.datagram(
+        PointId(7),
+        CLIENT_END,
+        &rtp(header(0, 9, 900, 2), &[2; 160]),
+    );
+    assert_eq!(second.take_rtp(THIRD).len(), 1, "and is heard there");
+    assert_eq!(
+        first.room.remove_point(first.now, CLIENT),
         Err(RoomError::UnknownPoint(CLIENT))
     );
+}
+
+#[test]
+fn a_recording_holds_every_voice_and_the_time_it_ran() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.add(THIRD, PointConfig::rtp(address(THIRD_END), PCMU, None));
+    assert_eq!(room.room.start_recording(room.now, 1), Ok(()));
+    assert_eq!(
+        room.room.start_recording(room.now, 1),
+        Err(RoomError::DuplicateRecording(1))
+    );
+    all_send(&mut room, &SPEAKERS, 100);
+    // A second of nobody speaking is recorded as silence.
+    room.advance(Duration::from_secs(1));
+    assert_eq!(room.room.stop_recording(room.now, 1), Ok(()));
+    room.advance(Duration::from_secs(1));
+    let samples = std::mem::take(&mut room.recorded);
+    let seconds = samples.len() as f64 / f64::from(RECORDING_RATE.hz());
+    assert!((1.9..=3.1).contains(&seconds), "{seconds} s recorded");
+    let voiced = &samples[..samples.len() / 2];
+    for hz in TONES {
+        let power = power_at(voiced, hz, f64::from(RECORDING_RATE.hz()));
+        let other = power_at(voiced, 1234.0, f64::from(RECORDING_RATE.hz()));
+        assert!(power > 1000.0 * other, "{hz} Hz missing from the recording");
+    }
+    assert!(samples[samples.len() - 4000..].iter().all(|s| s.abs() < 50));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use dialtone_room::rtcp::{self, RtcpPacket};
 use dialtone_room::rtp::{RtpHeader, RtpPacket};
 use dialtone_room::telephone_event::TelephoneEvent;
 use dialtone_room::{
-    Input, Line, Output, PointConfig, PointId, PointUpdate, Room, Socket, WatchConfig,
+    Input, Line, Output, PointConfig, PointId, PointUpdate, Role, Room, Socket, WatchConfig,
 };
 use dialtone_rtmp::{opus_head, AudioTag, AudioTagKind, FlvAudioCodec};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
@@ -140,7 +140,7 @@ impl Harness {
                 Output::Flv { data, .. } => {
                     assert!(AudioTag::parse(&data).is_ok(), "our own FLV tag unreadable");
                 }
-                Output::Event(_) => {}
+                Output::Event(_) | Output::Recorded { .. } => {}
             }
         }
     }
@@ -413,7 +413,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             break;
         }
         let now = harness.now;
-        match u.int_in_range(0..=17)? {
+        match u.int_in_range(0..=19)? {
             0..=3 => {
                 let point = point_id(u)?;
                 let source = *u.choose(&sources())?;
@@ -519,12 +519,36 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
             16 => {
                 let point = point_id(u)?;
-                let source = if u.ratio(7, 8)? {
-                    Some(point_id(u)?)
-                } else {
-                    None
+                let role = match u.int_in_range(0..=2u8)? {
+                    0 => Role::Full,
+                    1 => Role::ListenOnly,
+                    _ => Role::Whisper(point_id(u)?),
                 };
-                let _ = harness.room.set_hears(now, point, source);
+                let _ = harness.room.set_role(now, point, role);
+                harness.drain();
+            }
+            17 => {
+                let recording = u.int_in_range(0..=2u32)?;
+                if u.ratio(1, 2)? {
+                    let _ = harness.room.start_recording(now, recording);
+                } else {
+                    let _ = harness.room.stop_recording(now, recording);
+                }
+                harness.drain();
+            }
+            18 => {
+                // Out and back in under another name: nothing may be left
+                // pointing at the old one.
+                let point = point_id(u)?;
+                let renamed = point_id(u)?;
+                if let Ok(detached) = harness.room.take_point(now, point) {
+                    let audio = harness.audio.remove(&point);
+                    if harness.room.insert_point(now, renamed, detached).is_ok() {
+                        if let Some(audio) = audio {
+                            harness.audio.insert(renamed, audio);
+                        }
+                    }
+                }
                 harness.drain();
             }
             _ => {
