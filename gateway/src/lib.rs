@@ -15,6 +15,7 @@ mod http;
 mod media_ports;
 mod media_room;
 mod metrics;
+pub mod recording;
 mod rtmp_server;
 mod rtmp_streams;
 mod rtmpt;

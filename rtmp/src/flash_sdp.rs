@@ -34,21 +34,19 @@ const MEDIA_PROTOCOL: &str = "FLASH/RTMP";
 /// t=0 0
 /// m=audio 0 FLASH/RTMP Speex
 /// i=<audio.publish_stream>
-/// a=sendonly
+/// a=recvonly
 /// m=audio 0 FLASH/RTMP Speex
 /// i=<audio.play_stream>
-/// a=recvonly
+/// a=sendonly
 /// ```
 ///
 /// # Telling the two stream names apart
 ///
 /// Each direction gets its own `m=` line with its `i=` stream name and a
-/// direction attribute. The attribute is read **from the client's point of
-/// view**, like the rest of the adapted form (the `c=` lines are where the
-/// client connects): `a=sendonly` marks the stream the client publishes,
-/// `a=recvonly` the stream it plays. (This is the reverse of RFC 3264, where
-/// the attribute speaks for the SDP's author; the adapted form was never an
-/// offer/answer exchange.)
+/// direction attribute. As in any SDP offer (RFC 3264), the attribute speaks
+/// for the SDP's author, the gateway: `a=recvonly` marks the stream the
+/// gateway receives, i.e. the one the client publishes to; `a=sendonly` the
+/// stream the gateway sends, i.e. the one the client plays.
 ///
 /// An `m=` line without a direction attribute (or with `a=sendrecv`) names a
 /// stream used both ways: the client publishes to and plays that one name, as
@@ -108,7 +106,7 @@ pub enum FlashSdpError {
     UnrenderableField { field: &'static str, value: String },
 }
 
-/// Which way one `m=` section's stream flows, from the client's side.
+/// What the client does with one `m=` section's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     ClientPublishes,
@@ -117,10 +115,12 @@ enum Direction {
 }
 
 impl Direction {
+    /// The attribute says what the gateway, the SDP's author, does with the
+    /// stream (RFC 3264): it receives what the client publishes.
     fn attribute(self) -> Option<&'static str> {
         match self {
-            Direction::ClientPublishes => Some("sendonly"),
-            Direction::ClientPlays => Some("recvonly"),
+            Direction::ClientPublishes => Some("recvonly"),
+            Direction::ClientPlays => Some("sendonly"),
             Direction::Both => None,
         }
     }
@@ -213,8 +213,8 @@ impl FlashSdp {
                     section.stream = Some(value.to_owned());
                 }
                 ('a', Some(section)) => match value {
-                    "sendonly" => section.direction = Direction::ClientPublishes,
-                    "recvonly" => section.direction = Direction::ClientPlays,
+                    "recvonly" => section.direction = Direction::ClientPublishes,
+                    "sendonly" => section.direction = Direction::ClientPlays,
                     "sendrecv" => section.direction = Direction::Both,
                     _ => {}
                 },
@@ -435,11 +435,23 @@ mod tests {
              t=0 0\r\n\
              m=audio 0 FLASH/RTMP Speex\r\n\
              i=up-4b1d9e\r\n\
-             a=sendonly\r\n\
+             a=recvonly\r\n\
              m=audio 0 FLASH/RTMP Speex\r\n\
              i=down-c20a77\r\n\
-             a=recvonly\r\n"
+             a=sendonly\r\n"
         );
+    }
+
+    #[test]
+    fn directions_are_the_gateways() {
+        // The gateway receives (recvonly) what the client publishes, and
+        // sends (sendonly) what it plays, whatever the order of the lines.
+        let text = "v=0\ns=c\ni=s\n\
+                    m=audio 0 FLASH/RTMP PCMU\ni=speaker\na=sendonly\n\
+                    m=audio 0 FLASH/RTMP PCMU\ni=microphone\na=recvonly\n";
+        let audio = FlashSdp::parse(text).unwrap().audio.unwrap();
+        assert_eq!(audio.publish_stream, "microphone");
+        assert_eq!(audio.play_stream, "speaker");
     }
 
     #[test]
@@ -552,7 +564,7 @@ mod tests {
             ),
             (
                 valid.replace(
-                    "i=down-c20a77\r\na=recvonly\r\n",
+                    "i=down-c20a77\r\na=sendonly\r\n",
                     "i=down-c20a77\r\na=sendrecv\r\n",
                 ),
                 FlashSdpError::DuplicateDirection { media: "audio" },
@@ -565,7 +577,7 @@ mod tests {
 
     #[test]
     fn a_single_directed_stream_is_missing_its_other_half() {
-        let text = "v=0\ns=c\ni=s\nm=audio 0 FLASH/RTMP Speex\ni=up\na=sendonly\n";
+        let text = "v=0\ns=c\ni=s\nm=audio 0 FLASH/RTMP Speex\ni=up\na=recvonly\n";
         assert_eq!(
             FlashSdp::parse(text),
             Err(FlashSdpError::MissingPlayStream { media: "audio" })

@@ -46,8 +46,8 @@ impl FlashOffer {
 }
 
 /// Reads the adapted SDP by its documented form: `c=` endpoints, and the
-/// `i=` names after the `m=audio` lines, told apart by the client's
-/// direction (`a=sendonly`: it publishes, `a=recvonly`: it plays).
+/// `i=` names after the `m=audio` lines, told apart by the gateway's
+/// direction (`a=recvonly`: the client publishes, `a=sendonly`: it plays).
 fn parse_flash_sdp(call_id: &str, sdp: &str) -> anyhow::Result<FlashOffer> {
     let mut endpoints = Vec::new();
     let (mut publish, mut play, mut name) = (None, None, None);
@@ -58,9 +58,9 @@ fn parse_flash_sdp(call_id: &str, sdp: &str) -> anyhow::Result<FlashOffer> {
             name = None;
         } else if let Some(id) = line.strip_prefix("i=") {
             name = Some(id.to_string());
-        } else if line == "a=sendonly" {
-            publish = name.clone();
         } else if line == "a=recvonly" {
+            publish = name.clone();
+        } else if line == "a=sendonly" {
             play = name.clone();
         }
     }
