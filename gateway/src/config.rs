@@ -25,7 +25,44 @@ pub struct Config {
     pub media: MediaConfig,
     pub webrtc: WebRtcConfig,
     pub rtmp: RtmpConfig,
+    pub rooms: RoomsConfig,
+    pub recording: RecordingConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// CREATE_MEDIA_POINT points a session may hold at once.
+    pub max_points_per_session: usize,
+    /// Members (JOIN_ROOM points and calls placed into a room) per room.
+    pub max_members: usize,
+    /// Conference rooms (CREATE_ROOM) on the gateway at once; a call's
+    /// own room is not counted.
+    pub max_rooms: usize,
+    /// Who may join a room: `same_user` (sessions of the room owner's user,
+    /// and users the owner invited with INVITE_TO_ROOM) or `anyone` (any
+    /// session that knows the 128-bit roomId).
+    pub join_policy: JoinPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinPolicy {
+    SameUser,
+    Anyone,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Where recordings are written (WAV, 16 kHz mono); recording is off
+    /// when unset.
+    pub directory: Option<std::path::PathBuf>,
+    /// A recording stops (RECORDING_STOPPED `SIZE_LIMIT`) at this size.
+    pub max_bytes: u64,
+    /// Recordings running at once on the gateway.
+    pub max_recordings: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +249,28 @@ fn default_expires() -> u32 {
 
 fn default_register_timeout() -> u64 {
     5_000
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            max_points_per_session: 4,
+            max_members: 16,
+            max_rooms: 100,
+            join_policy: JoinPolicy::SameUser,
+        }
+    }
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            directory: None,
+            // An hour of 16 kHz mono is 115 MB.
+            max_bytes: 512 * 1024 * 1024,
+            max_recordings: 16,
+        }
+    }
 }
 
 impl Default for HttpConfig {

@@ -86,6 +86,7 @@ impl ClientConnection {
             self.gateway.clone(),
             session_id.clone(),
             client_id,
+            request.username.clone(),
             self.outbox.clone(),
         );
         let span = info_span!("session", session_id = %session_id, user = %request.username);
@@ -144,27 +145,24 @@ impl ConnectionHandler for ClientConnection {
             }
             ClientMessage::StartCall(request) => SessionCommand::StartCall(request),
             ClientMessage::HangupCall(m) => call(m.call_id, CallRequest::Hangup),
-            ClientMessage::AcceptCall(m) => call(m.call_id, CallRequest::Accept(m.cc)),
+            ClientMessage::AcceptCall(m) => SessionCommand::AcceptCall(m),
             ClientMessage::SendDtmfSignal(m) => {
                 call(m.call_id, CallRequest::SendDtmf(m.dtmf_string))
             }
-            ClientMessage::SdpAnswer(m) => call(m.call_id, CallRequest::SdpAnswer(m.sdp)),
-            ClientMessage::SdpOffer(m) => call(m.call_id, CallRequest::SdpOffer(m.sdp)),
-            ClientMessage::IceCandidate(m) => {
-                call(m.call_id, CallRequest::IceCandidate(m.candidate))
+            ClientMessage::SdpAnswer(m) if m.point_id.is_none() => {
+                call(m.call_id.unwrap_or_default(), CallRequest::SdpAnswer(m.sdp))
             }
+            ClientMessage::SdpOffer(m) if m.point_id.is_none() => {
+                call(m.call_id.unwrap_or_default(), CallRequest::SdpOffer(m.sdp))
+            }
+            ClientMessage::IceCandidate(m) if m.point_id.is_none() => call(
+                m.call_id.unwrap_or_default(),
+                CallRequest::IceCandidate(m.candidate),
+            ),
             ClientMessage::RejectCall(m) => call(m.call_id, CallRequest::Reject(m.reason)),
-            other => {
-                self.refuse(
-                    ProtocolError::new(
-                        ErrorCode::NotSupported,
-                        format!("{} is not supported by this gateway yet", other.type_name()),
-                    )
-                    .for_request(other.type_name())
-                    .with_session(&session_id),
-                );
-                return;
-            }
+            // Already handled above.
+            ClientMessage::StartSession(_) | ClientMessage::Disconnected(_) => return,
+            other => SessionCommand::Media(other),
         };
         // A session that ended between the check and now drops the command;
         // its end was already reported.

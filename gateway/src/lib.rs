@@ -9,13 +9,16 @@
 //! goes, and it owns every socket and clock read.
 
 mod call;
+mod client_point;
 pub mod config;
 mod connection;
 mod http;
+mod media_points;
 mod media_ports;
 mod media_room;
 mod metrics;
-pub mod recording;
+mod recording;
+mod rooms;
 mod rtmp_server;
 mod rtmp_streams;
 mod rtmpt;
@@ -35,6 +38,7 @@ use tracing::{info, warn};
 use crate::config::{AuthMode, Config};
 use crate::media_ports::PortPool;
 use crate::metrics::Metrics;
+use crate::rooms::Rooms;
 use crate::rtmp_streams::RtmpStreams;
 use crate::rtmpt::Rtmpt;
 use crate::state::Gateway;
@@ -114,7 +118,9 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         [rtmp_addr, rtmps_addr, rtmp_addr.map(|_| http_addr)],
         sip.advertised_addr().ip(),
     );
+    let rooms = Arc::new(Rooms::new(metrics.clone(), config.rooms.max_rooms));
     let gateway = Arc::new(Gateway {
+        rooms,
         config,
         webrtc,
         rtmp_addr,

@@ -1,24 +1,32 @@
-//! The driver of a call's [`Room`]: one task that owns the room's sockets,
-//! its RTMP streams and its timer, feeds the room what arrives with the
-//! time it arrived, and carries out what the room puts out. All media
-//! logic is in `dialtone_room`; nothing here decides anything.
+//! The driver of a [`Room`]: one task that owns the room's sockets, its
+//! RTMP streams, its timer and its recordings' files, feeds the room what
+//! arrives with the time it arrived, and carries out what the room puts
+//! out. All media logic is in `dialtone_room`; nothing here decides
+//! anything.
+//!
+//! Each point is added with a [`PointSink`]: the room's events about the
+//! point go there (to the call or session that owns it), and when the room
+//! ends with the point still in it, the point itself goes back there with
+//! its sockets and streams ([`PointNews::Evicted`]), to live on elsewhere.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
-use dialtone_room::stats::MediaStatsSnapshot;
 use dialtone_room::{
-    Event, Input, Output, PointConfig, PointId, PointUpdate, Room, Socket, Transmit,
+    DetachedPoint, Event, Input, Output, PointConfig, PointId, PointUpdate, Role, Room, Socket,
+    Transmit, RECORDING_RATE,
 };
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::recording::{FinishedRecording, Recorder, RecordingError};
 use crate::rtmp_streams::{FlvFrame, PlayerJoin, RoomStreams, ToPlayer};
 
 /// The I/O of one point: its sockets, or an RTMP client's streams.
@@ -29,49 +37,148 @@ pub struct PointIo {
     pub rtmp: Option<RoomStreams>,
 }
 
+/// What a room tells the owner of one of its points.
+#[derive(Debug)]
+pub enum PointNews {
+    Event(Event),
+    /// The room ended with the point in it: here it is, to be put in
+    /// another room or dropped.
+    Evicted(Box<MovedPoint>),
+}
+
+pub type PointSink = mpsc::UnboundedSender<PointNews>;
+
+/// A point on its way between two rooms: its state and its I/O.
+pub struct MovedPoint {
+    pub id: PointId,
+    point: DetachedPoint,
+    io: DriverIo,
+}
+
+impl std::fmt::Debug for MovedPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MovedPoint({})", self.id)
+    }
+}
+
+/// A recording a room writes, and what to do when it ends.
+pub struct RecordingJob {
+    pub recorder: Recorder,
+    pub on_end: Box<dyn FnOnce(RecordingEnd) + Send>,
+}
+
+/// How a recording ended: its file as finished, or why writing failed.
+pub struct RecordingEnd {
+    pub finished: Result<FinishedRecording, RecordingError>,
+    /// `STOPPED`, `ROOM_ENDED`, or the write error's reason.
+    pub reason: &'static str,
+}
+
 enum RoomCommand {
-    AddPoint(PointId, Box<PointConfig>, PointIo),
+    AddPoint(PointId, Box<PointConfig>, PointIo, PointSink),
+    Insert(Box<MovedPoint>, Role),
+    Take(PointId, oneshot::Sender<Option<Box<MovedPoint>>>),
+    RemovePoint(PointId),
     UpdatePoint(PointId, PointUpdate),
     SendDigits(PointId, String),
     SendTones(PointId, String),
     DigitFrom(PointId, char),
     Candidate(PointId, String),
+    StartRecording(u32, Box<RecordingJob>),
+    /// One recording, or all of them.
+    StopRecording(Option<u32>),
+    Close,
 }
 
-/// A call's handle on its room; dropping it ends the room.
-pub struct MediaRoom {
+/// A handle on a room: anyone holding one can add, move and command
+/// points. The room lives until its [`MediaRoom`] owner drops it.
+#[derive(Clone)]
+pub struct RoomHandle {
     commands: mpsc::UnboundedSender<RoomCommand>,
-    pub events: mpsc::UnboundedReceiver<Event>,
-    /// The statistics of the room's watched leg, every second and once more
-    /// when the room ends.
-    pub stats: watch::Receiver<Option<MediaStatsSnapshot>>,
+}
+
+/// The owner's handle: dropping it ends the room, and every point still in
+/// it goes back to its sink.
+pub struct MediaRoom {
+    handle: RoomHandle,
+}
+
+impl std::ops::Deref for MediaRoom {
+    type Target = RoomHandle;
+
+    fn deref(&self) -> &RoomHandle {
+        &self.handle
+    }
+}
+
+impl Drop for MediaRoom {
+    fn drop(&mut self) {
+        self.handle.send(RoomCommand::Close);
+    }
 }
 
 impl MediaRoom {
-    /// Starts an empty room; `watched` is the point whose statistics
-    /// [`MediaRoom::stats`] follows.
-    pub fn start(watched: PointId, tasks: &TaskTracker) -> MediaRoom {
+    /// Starts an empty room.
+    pub fn start(tasks: &TaskTracker) -> MediaRoom {
         let (commands, command_receiver) = mpsc::unbounded_channel();
-        let (event_sender, events) = mpsc::unbounded_channel();
-        let (stats_sender, stats) = watch::channel(None);
         let driver = Driver {
             room: Room::new(),
             io: Vec::new(),
-            watched,
-            events: event_sender,
-            stats: stats_sender,
-            next_player: 0,
+            recordings: HashMap::new(),
         };
         tasks.spawn(driver.run(command_receiver).in_current_span());
         MediaRoom {
-            commands,
-            events,
-            stats,
+            handle: RoomHandle { commands },
         }
     }
 
-    pub fn add_point(&self, id: PointId, config: PointConfig, io: PointIo) {
-        self.send(RoomCommand::AddPoint(id, Box::new(config), io));
+    pub fn handle(&self) -> RoomHandle {
+        self.handle.clone()
+    }
+}
+
+impl RoomHandle {
+    /// Adds a point; what the room says of it goes to `sink`.
+    pub fn add_point(&self, id: PointId, config: PointConfig, io: PointIo, sink: PointSink) {
+        self.send(RoomCommand::AddPoint(id, Box::new(config), io, sink));
+    }
+
+    /// Puts a point taken from another room in, as `role`.
+    pub fn insert(&self, point: Box<MovedPoint>, role: Role) -> Result<(), Box<MovedPoint>> {
+        match self.commands.send(RoomCommand::Insert(point, role)) {
+            Ok(()) => Ok(()),
+            Err(refused) => match refused.0 {
+                RoomCommand::Insert(point, _) => Err(point),
+                // What comes back is what was sent.
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Takes a point out with its I/O; `None` when it is not in the room
+    /// (or the room has ended).
+    pub async fn take(&self, id: PointId) -> Option<Box<MovedPoint>> {
+        let (reply, taken) = oneshot::channel();
+        self.send(RoomCommand::Take(id, reply));
+        taken.await.ok().flatten()
+    }
+
+    /// Takes a point out and ends it.
+    pub fn remove_point(&self, id: PointId) {
+        self.send(RoomCommand::RemovePoint(id));
+    }
+
+    pub fn start_recording(&self, recording: u32, job: RecordingJob) {
+        self.send(RoomCommand::StartRecording(recording, Box::new(job)));
+    }
+
+    pub fn stop_recording(&self, recording: Option<u32>) {
+        self.send(RoomCommand::StopRecording(recording));
+    }
+
+    /// Whether the room has ended.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
     }
 
     pub fn update_point(&self, id: PointId, update: PointUpdate) {
@@ -104,7 +211,7 @@ impl MediaRoom {
     }
 }
 
-/// One point's I/O as the driver keeps it.
+/// One point's I/O as the driver keeps it, and where its news goes.
 struct DriverIo {
     point: PointId,
     rtp: Option<UdpSocket>,
@@ -112,6 +219,27 @@ struct DriverIo {
     published: Option<mpsc::UnboundedReceiver<FlvFrame>>,
     joins: Option<mpsc::UnboundedReceiver<PlayerJoin>>,
     players: HashMap<u64, PlayerJoin>,
+    sink: PointSink,
+}
+
+impl Drop for DriverIo {
+    /// A point that ends ends its RTMP players' streams.
+    fn drop(&mut self) {
+        for join in self.players.values() {
+            let _ = join.sender.send(ToPlayer::End {
+                stream_id: join.stream_id,
+            });
+        }
+    }
+}
+
+/// Players get names unique in the process: they move between rooms with
+/// their point.
+static NEXT_PLAYER: AtomicU64 = AtomicU64::new(0);
+
+/// A recording being written.
+struct Writing {
+    job: RecordingJob,
 }
 
 enum Received {
@@ -141,10 +269,7 @@ const MAX_DATAGRAM: usize = 1500;
 struct Driver {
     room: Room,
     io: Vec<DriverIo>,
-    watched: PointId,
-    events: mpsc::UnboundedSender<Event>,
-    stats: watch::Sender<Option<MediaStatsSnapshot>>,
-    next_player: u64,
+    recordings: HashMap<u32, Writing>,
 }
 
 impl Driver {
@@ -165,22 +290,37 @@ impl Driver {
                     self.room.handle_input(now(), Input::Timeout);
                 }
                 command = commands.recv() => match command {
+                    Some(RoomCommand::Close) | None => break,
                     Some(command) => self.on_command(command),
-                    None => break,
                 },
             }
         }
-        // The call ended: a last snapshot for its quality report, and the
-        // end of every RTMP player's stream.
-        if let Some(snapshot) = self.room.stats(self.watched) {
-            let _ = self.stats.send(Some(snapshot));
+        self.end();
+    }
+
+    /// The room ends: recordings are finished, each point's owner gets a
+    /// last statistics snapshot and the point back.
+    fn end(&mut self) {
+        self.drain();
+        for (_, writing) in self.recordings.drain() {
+            finish(writing, "ROOM_ENDED");
         }
-        for io in &self.io {
-            for join in io.players.values() {
-                let _ = join.sender.send(ToPlayer::End {
-                    stream_id: join.stream_id,
-                });
+        let now = now();
+        for io in std::mem::take(&mut self.io) {
+            let id = io.point;
+            if let Some(snapshot) = self.room.stats(id) {
+                let _ = io.sink.send(PointNews::Event(Event::Stats {
+                    point: id,
+                    snapshot,
+                }));
             }
+            let Ok(point) = self.room.take_point(now, id) else {
+                continue;
+            };
+            let sink = io.sink.clone();
+            let moved = MovedPoint { id, point, io };
+            // An owner that is gone drops it, ending its streams.
+            let _ = sink.send(PointNews::Evicted(Box::new(moved)));
         }
     }
 
@@ -215,8 +355,7 @@ impl Driver {
                 },
             ),
             Received::Player { point, join } => {
-                let player = self.next_player;
-                self.next_player += 1;
+                let player = NEXT_PLAYER.fetch_add(1, Ordering::Relaxed);
                 if let Some(io) = self.io.iter_mut().find(|io| io.point == point) {
                     io.players.insert(player, join);
                 }
@@ -230,7 +369,7 @@ impl Driver {
     fn on_command(&mut self, command: RoomCommand) {
         let now = now();
         let result = match command {
-            RoomCommand::AddPoint(id, config, io) => {
+            RoomCommand::AddPoint(id, config, io, sink) => {
                 let result = self.room.add_point(now, id, *config);
                 if result.is_ok() {
                     let (published, joins) = match io.rtmp {
@@ -246,10 +385,61 @@ impl Driver {
                         published,
                         joins,
                         players: HashMap::new(),
+                        sink,
                     });
                 }
                 result
             }
+            RoomCommand::Insert(moved, role) => {
+                let MovedPoint { id, point, io } = *moved;
+                let players: Vec<u64> = io.players.keys().copied().collect();
+                let result = self
+                    .room
+                    .insert_point(now, id, point)
+                    .and_then(|()| self.room.set_role(now, id, role));
+                if result.is_ok() {
+                    self.io.push(io);
+                    for player in players {
+                        self.room
+                            .handle_input(now, Input::PlayerJoined { point: id, player });
+                    }
+                }
+                result
+            }
+            RoomCommand::Take(id, reply) => {
+                let index = self.io.iter().position(|io| io.point == id);
+                let taken = index.and_then(|index| {
+                    let point = self.room.take_point(now, id).ok()?;
+                    let io = self.io.remove(index);
+                    Some(Box::new(MovedPoint { id, point, io }))
+                });
+                let _ = reply.send(taken);
+                Ok(())
+            }
+            RoomCommand::RemovePoint(id) => {
+                self.io.retain(|io| io.point != id);
+                self.room.remove_point(now, id)
+            }
+            RoomCommand::StartRecording(recording, job) => {
+                match self.room.start_recording(now, recording) {
+                    Ok(()) => {
+                        self.recordings.insert(recording, Writing { job: *job });
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            RoomCommand::StopRecording(which) => {
+                let stopping: Vec<u32> = match which {
+                    Some(recording) => vec![recording],
+                    None => self.recordings.keys().copied().collect(),
+                };
+                for recording in stopping {
+                    self.stop_recording(now, recording, "STOPPED");
+                }
+                Ok(())
+            }
+            RoomCommand::Close => Ok(()),
             RoomCommand::UpdatePoint(id, update) => self.room.update_point(now, id, update),
             RoomCommand::SendDigits(id, digits) => self.room.send_digits(now, id, &digits),
             RoomCommand::SendTones(id, digits) => self.room.send_tones(now, id, &digits),
@@ -264,6 +454,7 @@ impl Driver {
     /// Carries out everything the room has put out.
     fn drain(&mut self) {
         let mut departed = Vec::new();
+        let mut stopped = Vec::new();
         while let Some(output) = self.room.poll_output() {
             match output {
                 Output::Transmit(transmit) => send(&self.io, &transmit),
@@ -286,15 +477,25 @@ impl Driver {
                         departed.push((point, player));
                     }
                 }
-                Output::Event(Event::Stats { point, snapshot }) => {
-                    if point == self.watched {
-                        let _ = self.stats.send(Some(snapshot));
+                Output::Event(event) => {
+                    let point = event_point(&event);
+                    if let Some(io) = self.io.iter().find(|io| io.point == point) {
+                        let _ = io.sink.send(PointNews::Event(event));
                     }
                 }
-                Output::Event(event) => {
-                    let _ = self.events.send(event);
+                Output::Recorded { recording, samples } => {
+                    let failed = self
+                        .recordings
+                        .get_mut(&recording)
+                        .and_then(|writing| writing.job.recorder.write(&samples).err());
+                    if let Some(error) = failed {
+                        stopped.push((recording, error.reason()));
+                    }
                 }
             }
+        }
+        for (recording, reason) in stopped {
+            self.stop_recording(now(), recording, reason);
         }
         for (point, player) in departed {
             if let Some(io) = self.io.iter_mut().find(|io| io.point == point) {
@@ -305,6 +506,37 @@ impl Driver {
         }
     }
 }
+
+impl Driver {
+    fn stop_recording(&mut self, now: std::time::Instant, recording: u32, reason: &'static str) {
+        let _ = self.room.stop_recording(now, recording);
+        if let Some(writing) = self.recordings.remove(&recording) {
+            finish(writing, reason);
+        }
+    }
+}
+
+/// Closes a recording's file and tells whoever started it.
+fn finish(writing: Writing, reason: &'static str) {
+    let RecordingJob { recorder, on_end } = writing.job;
+    info!(reason, "recording ends");
+    let finished = recorder.finish();
+    on_end(RecordingEnd { finished, reason });
+}
+
+/// The point an event is about.
+fn event_point(event: &Event) -> PointId {
+    match event {
+        Event::Digit { point, .. }
+        | Event::DigitForSignalling { point, .. }
+        | Event::MediaTimeout { point, .. }
+        | Event::MediaFailed { point, .. }
+        | Event::Stats { point, .. } => *point,
+    }
+}
+
+/// Recordings are written at this rate.
+pub const RECORDING_SAMPLE_RATE: u32 = RECORDING_RATE.hz();
 
 /// Sends a datagram without waiting: a socket that cannot take it now
 /// loses it, as a congested network would.

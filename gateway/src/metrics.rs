@@ -34,9 +34,23 @@ pub struct Metrics {
     pub sip_dialogs: Gauge,
     pub calls: Gauge,
     pub media_ports: Gauge,
+    pub rooms: Gauge,
+    pub room_members: Gauge,
+    pub media_points: Gauge,
+    pub recordings: Gauge,
     pub sessions_started: Counter,
     pub sessions_failed: Family<ReasonLabel, Counter>,
     pub protocol_errors: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_points_per_session: usize,
+    pub max_members: usize,
+    pub max_rooms: usize,
+    pub max_recordings: usize,
+    pub max_recording_bytes: u64,
 }
 
 /// The `/status` document.
@@ -53,6 +67,15 @@ pub struct Status {
     pub sip_dialogs: i64,
     pub calls: i64,
     pub media_ports: i64,
+    /// Conference rooms (CREATE_ROOM).
+    pub rooms: i64,
+    /// JOIN_ROOM points and calls placed into rooms.
+    pub room_members: i64,
+    /// CREATE_MEDIA_POINT points.
+    pub media_points: i64,
+    pub recordings: i64,
+    /// The configured limits the counts above run into.
+    pub limits: Limits,
     /// RTP statistics of each call whose media flows, by callId.
     pub media: BTreeMap<String, MediaStatsSnapshot>,
 }
@@ -70,12 +93,16 @@ impl Metrics {
             sip_dialogs: Gauge::default(),
             calls: Gauge::default(),
             media_ports: Gauge::default(),
+            rooms: Gauge::default(),
+            room_members: Gauge::default(),
+            media_points: Gauge::default(),
+            recordings: Gauge::default(),
             sessions_started: Counter::default(),
             sessions_failed: Family::default(),
             protocol_errors: Family::default(),
             registry: Registry::default(),
         };
-        let gauges: [(&str, &str, &Gauge); 9] = [
+        let gauges: [(&str, &str, &Gauge); 13] = [
             (
                 "ws_connections",
                 "Open client WebSockets",
@@ -108,6 +135,22 @@ impl Metrics {
                 "media_ports",
                 "RTP/RTCP port pairs leased",
                 &metrics.media_ports,
+            ),
+            ("rooms", "Conference rooms (CREATE_ROOM)", &metrics.rooms),
+            (
+                "room_members",
+                "Points and calls that joined a room",
+                &metrics.room_members,
+            ),
+            (
+                "media_points",
+                "Media points of CREATE_MEDIA_POINT",
+                &metrics.media_points,
+            ),
+            (
+                "recordings",
+                "Recordings being written",
+                &metrics.recordings,
             ),
         ];
         for (name, help, gauge) in gauges {
@@ -153,6 +196,11 @@ impl Metrics {
             sip_dialogs: self.sip_dialogs.get(),
             calls: self.calls.get(),
             media_ports: self.media_ports.get(),
+            rooms: self.rooms.get(),
+            room_members: self.room_members.get(),
+            media_points: self.media_points.get(),
+            recordings: self.recordings.get(),
+            limits: Limits::default(),
             media: BTreeMap::new(),
         }
     }

@@ -143,6 +143,7 @@ impl Recorder {
         }
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -12,7 +12,8 @@ use dialtone_sip::{
     Account, IncomingCall, IncomingCalls, OutgoingCall, RegisterError, Registration,
 };
 use dialtone_ws::{
-    ErrorCode, Outbox, ProtocolError, ServerMessage, SessionFailReason, StartCall, StartSession,
+    AcceptCall, ClientMessage, ErrorCode, MediaTarget, Outbox, ProtocolError, ServerMessage,
+    SessionFailReason, StartCall, StartSession,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -20,9 +21,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::call::{CallIds, CallRequest, CallTask};
+use crate::call::{CallIds, CallRequest, CallTask, RoomTarget};
 use crate::config::AuthMode;
+use crate::media_points::SessionMedia;
 use crate::metrics::{Held, ReasonLabel};
+use crate::rooms::{refusal, SessionRef};
 use crate::state::Gateway;
 
 /// A refresh that fails is retried this soon at first, doubling up to the
@@ -33,6 +36,10 @@ const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
 /// What the connection asks of one of its sessions.
 pub enum SessionCommand {
     StartCall(StartCall),
+    AcceptCall(AcceptCall),
+    /// A media point or room message (CREATE_MEDIA_POINT, JOIN_ROOM, an
+    /// SDP or ICE message naming a pointId, ...).
+    Media(ClientMessage),
     Call {
         call_id: String,
         request: CallRequest,
@@ -51,6 +58,9 @@ pub struct Session {
     session_id: String,
     client_id: String,
     outbox: Outbox,
+    /// The session's user, as rooms see it.
+    me: SessionRef,
+    media: SessionMedia,
     calls: HashMap<String, ActiveCall>,
     /// Call tasks report their id here as they end.
     ended_calls: (
@@ -64,9 +74,17 @@ impl Session {
         gateway: Arc<Gateway>,
         session_id: String,
         client_id: String,
+        username: String,
         outbox: Outbox,
     ) -> Session {
+        let me = SessionRef {
+            session_id: session_id.clone(),
+            username,
+            outbox: outbox.clone(),
+        };
         Session {
+            media: SessionMedia::new(gateway.clone(), me.clone()),
+            me,
             gateway,
             session_id,
             client_id,
@@ -145,9 +163,10 @@ impl Session {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command, &credentials),
+                    Some(command) => self.on_command(command, &credentials).await,
                     None => break,
                 },
+                Some(news) = self.media.news.recv() => self.media.on_news(news),
                 Some(call) = next_incoming(&mut incoming) => self.take_incoming(call),
                 Some(call_id) = self.ended_calls.1.recv() => {
                     self.calls.remove(&call_id);
@@ -162,6 +181,9 @@ impl Session {
 
         drop(incoming);
         self.end_calls().await;
+        // Its points leave their rooms and give back their ports; its
+        // conference rooms end.
+        self.media = SessionMedia::new(self.gateway.clone(), self.me.clone());
         // A refresh in flight is let finish (bounded by its timeout), so the
         // binding it may create is the one we remove.
         let mut bound = !binding.is_lost();
@@ -196,25 +218,100 @@ impl Session {
         format!("dt-{}", self.session_id)
     }
 
-    fn on_command(&mut self, command: SessionCommand, credentials: &(String, String)) {
+    async fn on_command(&mut self, command: SessionCommand, credentials: &(String, String)) {
         match command {
             SessionCommand::StartCall(request) => self.start_call(request, credentials),
+            SessionCommand::AcceptCall(request) => {
+                let target = match request.room_id.as_deref() {
+                    Some(room_id) => match self.room_target(room_id, "ACCEPT_CALL") {
+                        Some(target) => Some(target),
+                        None => return,
+                    },
+                    None => None,
+                };
+                self.to_call(
+                    request.call_id,
+                    CallRequest::Accept(request.cc, target),
+                    "ACCEPT_CALL",
+                );
+            }
+            SessionCommand::Media(message) => self.on_media(message).await,
             SessionCommand::Call {
                 call_id,
                 request,
                 request_type,
-            } => match self.calls.get(&call_id) {
-                Some(call) if call.requests.send(request).is_ok() => {}
-                _ => self.outbox.send_error(
-                    ProtocolError::new(
-                        ErrorCode::UnknownCall,
-                        format!("no call {call_id:?} in this session"),
-                    )
-                    .for_request(request_type)
-                    .with_field("callId")
-                    .with_session(&self.session_id),
-                ),
-            },
+            } => self.to_call(call_id, request, request_type),
+        }
+    }
+
+    fn to_call(&self, call_id: String, request: CallRequest, request_type: &str) {
+        match self.calls.get(&call_id) {
+            Some(call) if call.requests.send(request).is_ok() => {}
+            _ => self.outbox.send_error(
+                ProtocolError::new(
+                    ErrorCode::UnknownCall,
+                    format!("no call {call_id:?} in this session"),
+                )
+                .for_request(request_type)
+                .with_field("callId")
+                .with_session(&self.session_id),
+            ),
+        }
+    }
+
+    /// Media point and room messages.
+    async fn on_media(&mut self, message: ClientMessage) {
+        let media = &mut self.media;
+        match message {
+            ClientMessage::CreateMediaPoint(m) => media.create_point(m),
+            ClientMessage::RemoveMediaPoint(m) => media.remove_point(&m.point_id),
+            ClientMessage::SdpAnswer(m) => {
+                if let MediaTarget::Point(point_id) = MediaTarget::of(&m.call_id, &m.point_id) {
+                    media.on_sdp(&point_id, &m.sdp, false);
+                }
+            }
+            ClientMessage::SdpOffer(m) => {
+                if let MediaTarget::Point(point_id) = MediaTarget::of(&m.call_id, &m.point_id) {
+                    media.on_sdp(&point_id, &m.sdp, true);
+                }
+            }
+            ClientMessage::IceCandidate(m) => {
+                if let MediaTarget::Point(point_id) = MediaTarget::of(&m.call_id, &m.point_id) {
+                    media.on_candidate(&point_id, m.candidate);
+                }
+            }
+            ClientMessage::JoinRoom(m) => media.join(m).await,
+            ClientMessage::LeaveRoom(m) => media.leave(m).await,
+            ClientMessage::CreateRoom(_) => media.create_room(),
+            ClientMessage::CloseRoom(m) => media.close_room(&m.room_id),
+            ClientMessage::InviteToRoom(m) => media.invite(&m.room_id, &m.username),
+            ClientMessage::StartRecording(m) => media.start_recording(&m.room_id),
+            ClientMessage::StopRecording(m) => media.stop_recording(m),
+            other => warn!(message = other.type_name(), "not a media message"),
+        }
+    }
+
+    /// The room a call is to go into, if the session may use it; refused
+    /// with a reply otherwise.
+    fn room_target(&self, room_id: &str, request_type: &str) -> Option<RoomTarget> {
+        let config = &self.gateway.config.rooms;
+        match self
+            .gateway
+            .rooms
+            .admit(room_id, &self.me, config.join_policy, config.max_members)
+        {
+            Ok(handle) => Some(RoomTarget {
+                room_id: room_id.to_string(),
+                handle,
+            }),
+            Err(code) => {
+                self.outbox.send_error(
+                    refusal(code, room_id)
+                        .for_request(request_type)
+                        .with_session(&self.session_id),
+                );
+                None
+            }
         }
     }
 
@@ -223,6 +320,13 @@ impl Session {
         let domain = config
             .sip_domain()
             .unwrap_or_else(|| self.gateway.sip.advertised_addr().to_string());
+        let room = match request.room_id.as_deref() {
+            Some(room_id) => match self.room_target(room_id, "START_CALL") {
+                Some(room) => Some(room),
+                None => return,
+            },
+            None => None,
+        };
         let Some(target) = expand_target(&request.b_uri, &domain) else {
             self.outbox.send_error(
                 ProtocolError::new(
@@ -254,7 +358,7 @@ impl Session {
         };
         let cc = request.cc;
         self.launch_call(request.client_call_id, move |task| {
-            task.run_outgoing(with_offer, cc)
+            task.run_outgoing(with_offer, cc, room)
         });
     }
 
@@ -278,7 +382,7 @@ impl Session {
         let call_task = CallTask::new(
             self.gateway.clone(),
             ids.clone(),
-            self.outbox.clone(),
+            self.me.clone(),
             request_receiver,
         );
         let ended = self.ended_calls.0.clone();

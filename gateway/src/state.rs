@@ -11,7 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::media_ports::PortPool;
-use crate::metrics::{Metrics, Status};
+use crate::metrics::{Limits, Metrics, Status};
+use crate::rooms::Rooms;
 use crate::rtmp_streams::RtmpStreams;
 use crate::rtmpt::Rtmpt;
 use dialtone_room::stats::MediaStatsSnapshot;
@@ -39,6 +40,8 @@ pub struct Gateway {
     pub rtmp_urls: Vec<String>,
     /// Media statistics of the calls whose media flows, by callId.
     pub call_media: Mutex<HashMap<String, MediaStatsWatch>>,
+    /// Every room that can be joined, by roomId.
+    pub rooms: Arc<Rooms>,
 }
 
 pub type MediaStatsWatch = watch::Receiver<Option<MediaStatsSnapshot>>;
@@ -58,8 +61,17 @@ impl Gateway {
             .iter()
             .filter_map(|(call_id, stats)| Some((call_id.clone(), (*stats.borrow())?)))
             .collect();
+        let rooms = &self.config.rooms;
+        let recording = &self.config.recording;
         Status {
             media,
+            limits: Limits {
+                max_points_per_session: rooms.max_points_per_session,
+                max_members: rooms.max_members,
+                max_rooms: rooms.max_rooms,
+                max_recordings: recording.max_recordings,
+                max_recording_bytes: recording.max_bytes,
+            },
             ..self.metrics.status()
         }
     }

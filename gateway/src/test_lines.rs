@@ -96,7 +96,9 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
     // The caller's leg and the line, as two points of one room.
     let audio = crate::call::first_bridged(&answer.codecs);
     let telephone_event = crate::call::telephone_event(&answer.codecs);
-    let mut room = MediaRoom::start(CALLER, &gateway.tasks);
+    let room = MediaRoom::start(&gateway.tasks);
+    // Nothing the room says of the two points matters here but that it ends.
+    let (sink, mut news) = tokio::sync::mpsc::unbounded_channel();
     let caller = SocketAddr::new(remote.address, remote.port);
     let io = PointIo {
         rtp: Some(socket),
@@ -105,11 +107,12 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
     // The caller's leg is a SIP leg like any other: strict source as configured.
     let leg = PointConfig::rtp(caller, audio, telephone_event)
         .latching(LatchConfig::strict(gateway.config.media.strict_source));
-    room.add_point(CALLER, leg, io);
+    room.add_point(CALLER, leg, io, sink.clone());
     room.add_point(
         LINE,
         PointConfig::line(line, audio, telephone_event),
         PointIo::default(),
+        sink,
     );
     let ended = async {
         while let Some(event) = events.recv().await {
@@ -118,7 +121,7 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
             }
         }
     };
-    let room_events = async { while room.events.recv().await.is_some() {} };
+    let room_events = async { while news.recv().await.is_some() {} };
     tokio::select! {
         _ = ended => info!("test line call ended"),
         _ = room_events => {}

@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use crate::protocol::{ClientMessage, ErrorCode, RoomMode, ServerMessage};
 
 /// Why a client message was refused; becomes an `ERROR` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,15 @@ const SERVER_ONLY_TYPES: &[&str] = &[
     "CALL_STARTED",
     "CALL_FAILED",
     "CALL_FINISHED",
+    "MEDIA_POINT_REMOVED",
+    "ROOM_CREATED",
+    "ROOM_CLOSED",
+    "ROOM_JOINED",
+    "ROOM_LEFT",
+    "ROOM_MEMBER_JOINED",
+    "ROOM_MEMBER_LEFT",
+    "RECORDING_STARTED",
+    "RECORDING_STOPPED",
     "ERROR",
 ];
 
@@ -109,6 +118,12 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, ProtocolError>
         "CREATE_MEDIA_POINT" => ClientMessage::CreateMediaPoint(typed(value, &message_type)?),
         "REMOVE_MEDIA_POINT" => ClientMessage::RemoveMediaPoint(typed(value, &message_type)?),
         "JOIN_ROOM" => ClientMessage::JoinRoom(typed(value, &message_type)?),
+        "LEAVE_ROOM" => ClientMessage::LeaveRoom(typed(value, &message_type)?),
+        "CREATE_ROOM" => ClientMessage::CreateRoom(typed(value, &message_type)?),
+        "CLOSE_ROOM" => ClientMessage::CloseRoom(typed(value, &message_type)?),
+        "INVITE_TO_ROOM" => ClientMessage::InviteToRoom(typed(value, &message_type)?),
+        "START_RECORDING" => ClientMessage::StartRecording(typed(value, &message_type)?),
+        "STOP_RECORDING" => ClientMessage::StopRecording(typed(value, &message_type)?),
         "DISCONNECTED" => ClientMessage::Disconnected(typed(value, &message_type)?),
         other if SERVER_ONLY_TYPES.contains(&other) => {
             return Err(ProtocolError::new(
@@ -192,7 +207,71 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
                 .with_field("dtmfString"))
             }
         }
+        ClientMessage::SdpOffer(m) | ClientMessage::SdpAnswer(m) => {
+            one_target(&m.call_id, &m.point_id)
+        }
+        ClientMessage::IceCandidate(m) => one_target(&m.call_id, &m.point_id),
+        ClientMessage::CreateMediaPoint(m) => point_name("pointId", &m.point_id),
+        ClientMessage::RemoveMediaPoint(m) => point_name("pointId", &m.point_id),
+        ClientMessage::JoinRoom(m) => {
+            non_empty("roomId", &m.room_id)?;
+            if let Some(point_id) = &m.point_id {
+                point_name("pointId", point_id)?;
+            }
+            match (m.mode, &m.whisper_to) {
+                (RoomMode::Whisper, None) => Err(ProtocolError::new(
+                    ErrorCode::MissingField,
+                    "mode WHISPER needs \"whisperTo\", the memberId it is heard by",
+                )
+                .with_field("whisperTo")),
+                _ => Ok(()),
+            }
+        }
+        ClientMessage::LeaveRoom(m) => non_empty("roomId", &m.room_id),
+        ClientMessage::CloseRoom(m) | ClientMessage::StartRecording(m) => {
+            non_empty("roomId", &m.room_id)
+        }
+        ClientMessage::StopRecording(m) => non_empty("roomId", &m.room_id),
+        ClientMessage::InviteToRoom(m) => {
+            non_empty("roomId", &m.room_id)?;
+            non_empty("username", &m.username)
+        }
         _ => Ok(()),
+    }
+}
+
+/// SDP and ICE messages name a call or a point, not both.
+fn one_target(call_id: &Option<String>, point_id: &Option<String>) -> Result<(), ProtocolError> {
+    match (call_id, point_id) {
+        (Some(_), None) | (None, Some(_)) => Ok(()),
+        (None, None) => Err(ProtocolError::new(
+            ErrorCode::MissingField,
+            "missing field \"callId\" (or \"pointId\" for a media point)",
+        )
+        .with_field("callId")),
+        (Some(_), Some(_)) => Err(ProtocolError::new(
+            ErrorCode::InvalidValue,
+            "name a call (\"callId\") or a media point (\"pointId\"), not both",
+        )
+        .with_field("pointId")),
+    }
+}
+
+/// A client's name for its point: 1 to 64 of `A-Z a-z 0-9 _ . -`, so it
+/// can go into logs and replies as it is.
+fn point_name(field: &str, point_id: &str) -> Result<(), ProtocolError> {
+    let valid = (1..=64).contains(&point_id.len())
+        && point_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::InvalidValue,
+            format!("{field} must be 1 to 64 of A-Z a-z 0-9 _ . -"),
+        )
+        .with_field(field))
     }
 }
 
@@ -256,6 +335,14 @@ mod tests {
             r#"{"type":"CREATE_MEDIA_POINT","sessionId":"s","pointId":"p","cc":{}}"#,
             r#"{"type":"REMOVE_MEDIA_POINT","sessionId":"s","pointId":"p"}"#,
             r#"{"type":"JOIN_ROOM","sessionId":"s","roomId":"c"}"#,
+            r#"{"type":"JOIN_ROOM","sessionId":"s","roomId":"c","pointId":"p","mode":"WHISPER","whisperTo":"7"}"#,
+            r#"{"type":"LEAVE_ROOM","sessionId":"s","roomId":"c","pointId":"p"}"#,
+            r#"{"type":"CREATE_ROOM","sessionId":"s"}"#,
+            r#"{"type":"CLOSE_ROOM","sessionId":"s","roomId":"r"}"#,
+            r#"{"type":"INVITE_TO_ROOM","sessionId":"s","roomId":"r","username":"bob"}"#,
+            r#"{"type":"START_RECORDING","sessionId":"s","roomId":"r"}"#,
+            r#"{"type":"STOP_RECORDING","sessionId":"s","roomId":"r"}"#,
+            r#"{"type":"SDP_ANSWER","sessionId":"s","pointId":"p","sdp":"v=0"}"#,
             r#"{"type":"DISCONNECTED","clientId":"x"}"#,
         ];
         for text in samples {
@@ -309,6 +396,35 @@ mod tests {
             (e.code, e.field.as_deref()),
             (ErrorCode::InvalidValue, Some("dtmfString"))
         );
+        let e = refused(r#"{"type":"SDP_ANSWER","sessionId":"s","sdp":"v=0"}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::MissingField, Some("callId"))
+        );
+        let e =
+            refused(r#"{"type":"SDP_ANSWER","sessionId":"s","callId":"c","pointId":"p","sdp":""}"#);
+        assert_eq!(e.code, ErrorCode::InvalidValue);
+        for bad in ["", "a b", "x\\n", "../p", &"p".repeat(65)] {
+            let text =
+                serde_json::json!({"type":"CREATE_MEDIA_POINT","sessionId":"s","pointId":bad})
+                    .to_string();
+            let e = refused(&text);
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                (ErrorCode::InvalidValue, Some("pointId")),
+                "{bad:?}"
+            );
+        }
+        let e = refused(r#"{"type":"JOIN_ROOM","sessionId":"s","roomId":"r","mode":"WHISPER"}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::MissingField, Some("whisperTo"))
+        );
+        let e = refused(r#"{"type":"JOIN_ROOM","sessionId":"s","roomId":"r","mode":"LOUD"}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidValue, Some("mode"))
+        );
         let e = refused(r#"{"type":"CLOSE_SESSION","sessionId":"  "}"#);
         assert_eq!(
             (e.code, e.field.as_deref()),
@@ -354,11 +470,7 @@ mod tests {
             refused(r#"{"type":"REGISTRATION_LOST"}"#).code,
             ErrorCode::UnknownType
         );
-        let offer = ServerMessage::SdpOffer(SdpExchange {
-            session_id: "s".into(),
-            call_id: "c".into(),
-            sdp: "v=0".into(),
-        });
+        let offer = ServerMessage::SdpOffer(MediaTarget::Call("c".into()).sdp("s", "v=0".into()));
         let value: serde_json::Value = serde_json::from_str(&offer.to_json()).unwrap();
         assert_eq!(
             (value["type"].as_str(), value["callId"].as_str()),

@@ -52,6 +52,10 @@ pub struct CloseSession {
 pub struct StartCall {
     pub session_id: String,
     pub b_uri: String,
+    /// Extension: the room the call's SIP leg joins (a conference dialling
+    /// out); the call then has no client point of its own.
+    #[serde(default)]
+    pub room_id: Option<String>,
     #[serde(default)]
     pub cc: Option<Capabilities>,
     /// Voice, video.
@@ -70,6 +74,9 @@ pub struct AcceptCall {
     pub call_id: String,
     #[serde(default)]
     pub cc: Option<Capabilities>,
+    /// Extension: the room the call joins once accepted.
+    #[serde(default)]
+    pub room_id: Option<String>,
 }
 
 /// Why a client rejects an incoming call. `UNAVAILABE` is the seed's spelling.
@@ -109,13 +116,51 @@ pub struct SendDtmfSignal {
     pub dtmf_string: String,
 }
 
-/// SDP_OFFER and SDP_ANSWER, both directions.
+/// SDP_OFFER and SDP_ANSWER, both directions: for a call's client point
+/// (`callId`) or for a point of CREATE_MEDIA_POINT (`pointId`, extension);
+/// exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SdpExchange {
     pub session_id: String,
-    pub call_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_id: Option<String>,
     pub sdp: String,
+}
+
+/// What an SDP or ICE message is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaTarget {
+    Call(String),
+    Point(String),
+}
+
+impl MediaTarget {
+    /// From a message's `callId` and `pointId`, of which the decoder lets
+    /// exactly one through.
+    pub fn of(call_id: &Option<String>, point_id: &Option<String>) -> MediaTarget {
+        match (call_id, point_id) {
+            (_, Some(point_id)) => MediaTarget::Point(point_id.clone()),
+            (Some(call_id), None) => MediaTarget::Call(call_id.clone()),
+            (None, None) => MediaTarget::Call(String::new()),
+        }
+    }
+
+    /// An SDP message about this target.
+    pub fn sdp(&self, session_id: &str, sdp: String) -> SdpExchange {
+        let (call_id, point_id) = match self {
+            MediaTarget::Call(call_id) => (Some(call_id.clone()), None),
+            MediaTarget::Point(point_id) => (None, Some(point_id.clone())),
+        };
+        SdpExchange {
+            session_id: session_id.to_string(),
+            call_id,
+            point_id,
+            sdp,
+        }
+    }
 }
 
 /// Extension: ICE_CANDIDATE, a trickled ICE candidate of the client's
@@ -124,7 +169,10 @@ pub struct SdpExchange {
 #[serde(rename_all = "camelCase")]
 pub struct IceCandidate {
     pub session_id: String,
-    pub call_id: String,
+    #[serde(default)]
+    pub call_id: Option<String>,
+    #[serde(default)]
+    pub point_id: Option<String>,
     /// The `candidate:…` attribute as the browser gives it.
     pub candidate: String,
     #[serde(default)]
@@ -164,12 +212,93 @@ pub struct RemoveMediaPoint {
     pub point_id: String,
 }
 
+/// How a point takes part in a room (extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RoomMode {
+    /// Hears everyone, heard by everyone.
+    #[default]
+    Full,
+    /// Hears everyone, heard by no one.
+    ListenOnly,
+    /// Hears everyone, heard only by the member `whisperTo` names.
+    Whisper,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinRoom {
     pub session_id: String,
-    /// The callId of the call whose room is joined.
+    /// A callId, or the roomId of CREATE_ROOM.
     pub room_id: String,
+    /// Extension: which of the session's points joins; may be left out
+    /// when the session has exactly one.
+    #[serde(default)]
+    pub point_id: Option<String>,
+    #[serde(default)]
+    pub mode: RoomMode,
+    /// The memberId a WHISPER point is heard by.
+    #[serde(default)]
+    pub whisper_to: Option<String>,
+}
+
+/// Extension: LEAVE_ROOM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaveRoom {
+    pub session_id: String,
+    pub room_id: String,
+    #[serde(default)]
+    pub point_id: Option<String>,
+}
+
+/// Extension: CREATE_ROOM, a conference room of the session's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateRoom {
+    pub session_id: String,
+}
+
+/// Extension: CLOSE_ROOM, START_RECORDING: a room the session may act on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomRef {
+    pub session_id: String,
+    pub room_id: String,
+}
+
+/// Extension: INVITE_TO_ROOM, letting another user's sessions join.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InviteToRoom {
+    pub session_id: String,
+    pub room_id: String,
+    pub username: String,
+}
+
+/// Extension: STOP_RECORDING.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopRecording {
+    pub session_id: String,
+    pub room_id: String,
+    /// The recording to stop; every recording of the room when absent.
+    #[serde(default)]
+    pub recording_id: Option<String>,
+}
+
+/// A member of a room as ROOM_* events describe it (extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomMember {
+    /// The gateway's name for the member in this room; WHISPER names it.
+    pub member_id: String,
+    /// `POINT` (a client's media point) or `CALL` (a SIP call placed into
+    /// or accepted into the room).
+    pub kind: &'static str,
+    /// The user of the session it belongs to.
+    pub username: String,
+    pub mode: RoomMode,
 }
 
 /// A client saying goodbye before it closes the socket.
@@ -196,6 +325,12 @@ pub enum ClientMessage {
     CreateMediaPoint(CreateMediaPoint),
     RemoveMediaPoint(RemoveMediaPoint),
     JoinRoom(JoinRoom),
+    LeaveRoom(LeaveRoom),
+    CreateRoom(CreateRoom),
+    CloseRoom(RoomRef),
+    InviteToRoom(InviteToRoom),
+    StartRecording(RoomRef),
+    StopRecording(StopRecording),
     Disconnected(ClientLeaving),
 }
 
@@ -216,6 +351,12 @@ impl ClientMessage {
             ClientMessage::CreateMediaPoint(_) => "CREATE_MEDIA_POINT",
             ClientMessage::RemoveMediaPoint(_) => "REMOVE_MEDIA_POINT",
             ClientMessage::JoinRoom(_) => "JOIN_ROOM",
+            ClientMessage::LeaveRoom(_) => "LEAVE_ROOM",
+            ClientMessage::CreateRoom(_) => "CREATE_ROOM",
+            ClientMessage::CloseRoom(_) => "CLOSE_ROOM",
+            ClientMessage::InviteToRoom(_) => "INVITE_TO_ROOM",
+            ClientMessage::StartRecording(_) => "START_RECORDING",
+            ClientMessage::StopRecording(_) => "STOP_RECORDING",
             ClientMessage::Disconnected(_) => "DISCONNECTED",
         }
     }
@@ -236,6 +377,11 @@ impl ClientMessage {
             ClientMessage::CreateMediaPoint(m) => Some(&m.session_id),
             ClientMessage::RemoveMediaPoint(m) => Some(&m.session_id),
             ClientMessage::JoinRoom(m) => Some(&m.session_id),
+            ClientMessage::LeaveRoom(m) => Some(&m.session_id),
+            ClientMessage::CreateRoom(m) => Some(&m.session_id),
+            ClientMessage::CloseRoom(m) | ClientMessage::StartRecording(m) => Some(&m.session_id),
+            ClientMessage::InviteToRoom(m) => Some(&m.session_id),
+            ClientMessage::StopRecording(m) => Some(&m.session_id),
         }
     }
 }
@@ -320,6 +466,14 @@ pub enum ErrorCode {
     InvalidState,
     SessionLimit,
     NotSupported,
+    /// No media point of that pointId in the session.
+    UnknownPoint,
+    /// No room of that roomId that this session may act on (unknown,
+    /// ended, or not open to it: the reply does not say which).
+    UnknownRoom,
+    /// A configured limit (points per session, members per room, rooms,
+    /// recordings) is reached.
+    LimitReached,
 }
 
 /// Every message the gateway sends.
@@ -437,6 +591,85 @@ pub enum ServerMessage {
     },
     SdpOffer(SdpExchange),
     SdpAnswer(SdpExchange),
+    /// Extension: a media point is gone: REMOVE_MEDIA_POINT, or it failed
+    /// (`reason` `MEDIA_FAILED`, `detail` says how).
+    #[serde(rename_all = "camelCase")]
+    MediaPointRemoved {
+        session_id: String,
+        point_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// Extension: the reply to CREATE_ROOM.
+    #[serde(rename_all = "camelCase")]
+    RoomCreated {
+        session_id: String,
+        room_id: String,
+    },
+    /// Extension: the reply to CLOSE_ROOM.
+    #[serde(rename_all = "camelCase")]
+    RoomClosed {
+        session_id: String,
+        room_id: String,
+    },
+    /// Extension: the session's point is in the room, with who else is.
+    #[serde(rename_all = "camelCase")]
+    RoomJoined {
+        session_id: String,
+        room_id: String,
+        point_id: String,
+        member_id: String,
+        members: Vec<RoomMember>,
+    },
+    /// Extension: the session's point (or call) left the room: LEAVE_ROOM
+    /// (`LEFT`), the room ended (`ROOM_ENDED`), the point was removed
+    /// (`REMOVED`).
+    #[serde(rename_all = "camelCase")]
+    RoomLeft {
+        session_id: String,
+        room_id: String,
+        member_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        point_id: Option<String>,
+        reason: &'static str,
+    },
+    /// Extension: to every session with a member in the room (and its
+    /// owner), someone else joined.
+    #[serde(rename_all = "camelCase")]
+    RoomMemberJoined {
+        session_id: String,
+        room_id: String,
+        member: RoomMember,
+    },
+    #[serde(rename_all = "camelCase")]
+    RoomMemberLeft {
+        session_id: String,
+        room_id: String,
+        member_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    RecordingStarted {
+        session_id: String,
+        room_id: String,
+        recording_id: String,
+        file: String,
+    },
+    /// Extension: a recording ended: STOP_RECORDING (`STOPPED`), its room
+    /// ended (`ROOM_ENDED`), or writing it failed (`DISK_FULL`,
+    /// `SIZE_LIMIT`, `WRITE_FAILED`). `file` is its name in the recording
+    /// directory.
+    #[serde(rename_all = "camelCase")]
+    RecordingStopped {
+        session_id: String,
+        room_id: String,
+        recording_id: String,
+        file: String,
+        duration_ms: u64,
+        bytes: u64,
+        reason: &'static str,
+    },
     /// Extension: the reply to a message the gateway cannot act on.
     #[serde(rename_all = "camelCase")]
     Error {

@@ -3,41 +3,47 @@
 //! into SIP. The task owns the call's media ports, so they come back when
 //! it ends, however it ends.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use dialtone_codecs::Codec;
-use dialtone_rtmp::{FlashMedia, FlashSdp};
-use dialtone_sip::sdp::{self, Direction, LocalAudio};
+use dialtone_sip::sdp::{self, LocalAudio};
 use dialtone_sip::{Call, IncomingCall, NegotiatedMedia, OutgoingCall};
 use dialtone_ws::{
-    CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, Outbox, ProtocolError,
-    RejectReason, SdpExchange, ServerMessage,
+    CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, MediaTarget, Outbox,
+    ProtocolError, RejectReason, RoomMode, ServerMessage,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 mod machine;
 
 use machine::{CallInput, CallMachine, CallOutput, CallSettings};
 
+use crate::client_point::{latch_config, local_audio, ClientPoint, Negotiator, ReadyPoint};
 use crate::config::InbandDetection;
 use crate::media_ports::PortLease;
-use crate::media_room::{sleep_until, MediaRoom, PointIo};
+use crate::media_room::{sleep_until, MediaRoom, PointIo, PointNews, PointSink, RoomHandle};
 use crate::metrics::Held;
-use crate::rtmp_streams::{RoomStreams, StreamRegistration};
+use crate::rooms::{Membership, NewMember, RoomRegistration, SessionRef};
 use crate::state::{Gateway, MediaStatsWatch};
 use dialtone_room::dtmf_relay::{build_dtmf_relay, DTMF_RELAY_CONTENT_TYPE};
-use dialtone_room::symmetric::LatchConfig;
-use dialtone_room::webrtc::PendingOffer;
+use dialtone_room::stats::MediaStatsSnapshot;
 use dialtone_room::{Event as RoomEvent, PointConfig, PointId, WatchConfig};
 
+/// A room a call goes into instead of its own (START_CALL or ACCEPT_CALL
+/// with a roomId), already checked to be open to the session.
+#[derive(Clone)]
+pub struct RoomTarget {
+    pub room_id: String,
+    pub handle: RoomHandle,
+}
+
 /// What the client asks of one of its calls.
-#[derive(Debug)]
 pub enum CallRequest {
     Hangup,
-    Accept(Option<Capabilities>),
+    Accept(Option<Capabilities>, Option<RoomTarget>),
     Reject(RejectReason),
     SendDtmf(String),
     /// The client's SDP answer for its point.
@@ -48,34 +54,37 @@ pub enum CallRequest {
     IceCandidate(String),
 }
 
-/// The client's own media point, when its `cc.mediaTransport` asks for one.
-enum ClientPoint {
-    /// `RTP`: our offer is out, for an endpoint the client runs itself.
-    Rtp(PortLease),
-    /// `SRTP` / `WEBRTC`: our WebRTC offer waits for the client's answer
-    /// (or the client's own offer).
-    WebRtcOffered {
-        lease: PortLease,
-        offer: Box<PendingOffer>,
-    },
-    /// Negotiated and in the room; the lease keeps its port.
-    InRoom { _lease: PortLease, webrtc: bool },
-    /// `RTMP` / `RTMPT`: two stream names, registered while the call
-    /// lasts; the room's ends wait for the room.
-    Rtmp {
-        _names: StreamRegistration,
-        waiting: Option<(RoomStreams, Codec)>,
-    },
-}
-
-/// What a call holds for its media: its ports, the client's point, and
-/// the room once started.
-#[derive(Default)]
+/// What a call holds for its media: its ports, the client's point, its
+/// room, and what the room says of its points.
 struct CallMedia {
     /// The SIP leg's ports (RTP, RTCP).
     lease: Option<PortLease>,
     client_point: Option<ClientPoint>,
-    room: Option<MediaRoom>,
+    /// The call's own room, joinable by its callId, while the call lasts.
+    room: Option<(MediaRoom, Option<RoomRegistration>)>,
+    /// The room the call went into instead, and its place there.
+    target: Option<RoomTarget>,
+    membership: Option<Membership>,
+    /// The SIP leg's id in whichever room it is in.
+    sip_point: PointId,
+    sink: PointSink,
+    news: mpsc::UnboundedReceiver<PointNews>,
+}
+
+impl CallMedia {
+    fn new() -> CallMedia {
+        let (sink, news) = mpsc::unbounded_channel();
+        CallMedia {
+            lease: None,
+            client_point: None,
+            room: None,
+            target: None,
+            membership: None,
+            sip_point: SIP_POINT,
+            sink,
+            news,
+        }
+    }
 }
 
 /// The names a call's messages carry.
@@ -90,10 +99,13 @@ pub struct CallIds {
 pub struct CallTask {
     gateway: Arc<Gateway>,
     ids: CallIds,
+    session: SessionRef,
     outbox: Outbox,
     requests: mpsc::UnboundedReceiver<CallRequest>,
-    /// The SIP side's media statistics once media flows; also listed in
-    /// the gateway's /status while the call lasts.
+    /// The SIP side's media statistics as the room reports them.
+    stats: watch::Sender<Option<MediaStatsSnapshot>>,
+    /// Their receiving end once media flows; also listed in the gateway's
+    /// /status while the call lasts.
     media_stats: Option<MediaStatsWatch>,
     _counted: Held,
 }
@@ -114,37 +126,48 @@ impl CallTask {
     pub fn new(
         gateway: Arc<Gateway>,
         ids: CallIds,
-        outbox: Outbox,
+        session: SessionRef,
         requests: mpsc::UnboundedReceiver<CallRequest>,
     ) -> CallTask {
         let counted = Held::new(&gateway.metrics.calls);
         CallTask {
             gateway,
             ids,
-            outbox,
+            outbox: session.outbox.clone(),
+            session,
             requests,
+            stats: watch::channel(None).0,
             media_stats: None,
             _counted: counted,
         }
     }
 
-    /// Places the call and follows it to its end.
+    /// Places the call and follows it to its end; with a `target` its SIP
+    /// leg joins that room.
     pub async fn run_outgoing(
         mut self,
         with_offer: impl FnOnce(LocalAudio) -> OutgoingCall,
         cc: Option<Capabilities>,
+        target: Option<RoomTarget>,
     ) {
         // The first CALL_STARTING goes out at once: it tells the client the
         // callId before anything else can happen.
         let mut machine = CallMachine::outgoing(Instant::now(), self.settings());
-        let mut media = CallMedia::default();
+        let mut media = CallMedia::new();
+        match target {
+            Some(target) => self.enter(&mut media, target),
+            None => self.start_own_room(&mut media),
+        }
         self.carry_out(&mut machine, &mut media, None);
         let Some(lease) = self.gateway.ports.lease() else {
             self.fail(CallFailReason::MediaFailed, None, "no free media port");
             return;
         };
         let request = with_offer(local_audio(self.advertised_ip(), &lease, cc.as_ref()));
-        let client_point = self.offer_client_point(cc.as_ref());
+        let client_point = match media.target {
+            Some(_) => None,
+            None => self.negotiator().offer(cc.as_ref()),
+        };
         info!(target_uri = %request.target, "placing call");
         let call = match self.gateway.sip.dial(request).await {
             Ok(call) => call,
@@ -159,7 +182,7 @@ impl CallTask {
     }
 
     /// Offers an incoming call to the client and follows it to its end.
-    pub async fn run_incoming(self, incoming: IncomingCall) {
+    pub async fn run_incoming(mut self, incoming: IncomingCall) {
         let IncomingCall {
             caller,
             offer,
@@ -174,8 +197,9 @@ impl CallTask {
         });
         info!(%caller, "incoming call offered to the client");
         let machine = CallMachine::incoming(Instant::now(), self.settings());
-        self.follow(machine, call, CallMedia::default(), Some(offer))
-            .await;
+        let mut media = CallMedia::new();
+        self.start_own_room(&mut media);
+        self.follow(machine, call, media, Some(offer)).await;
     }
 
     /// What the call's machine needs to know of the configuration.
@@ -214,28 +238,50 @@ impl CallTask {
                 return;
             }
             let input = tokio::select! {
-                Some(event) = room_event(&mut media.room) => CallInput::Room(event),
+                Some(news) = media.news.recv() => match news {
+                    PointNews::Event(RoomEvent::Stats { point, snapshot }) => {
+                        if point == media.sip_point {
+                            self.report_stats(snapshot);
+                        }
+                        continue;
+                    }
+                    PointNews::Event(event) => CallInput::Room(event),
+                    // The room the call went into ended: so does the call.
+                    PointNews::Evicted(moved) if media.target.is_some() && moved.id == media.sip_point => {
+                        info!("the room the call was in ended");
+                        CallInput::Hangup
+                    }
+                    PointNews::Evicted(_) => continue,
+                },
                 event = call.events.recv() => event.map_or(CallInput::SipGone, CallInput::Sip),
                 request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
                     CallRequest::Hangup => CallInput::Hangup,
                     CallRequest::Reject(reason) => CallInput::Reject(reason),
                     CallRequest::SendDtmf(digits) => CallInput::SendDtmf(digits),
-                    CallRequest::Accept(cc) if machine.is_offered() => {
+                    CallRequest::Accept(cc, target) if machine.is_offered() => {
+                        if let Some(target) = target {
+                            media.room = None;
+                            self.enter(&mut media, target);
+                        }
                         let offer = incoming_offer.clone().flatten();
                         self.accept(&call, offer.as_deref(), cc.as_ref(), &mut media)
                     }
-                    CallRequest::Accept(_) => CallInput::Accepted,
+                    CallRequest::Accept(..) => CallInput::Accepted,
                     request if machine.is_offered() => {
                         drop(request);
                         self.refuse("this applies once the call is accepted");
                         continue;
                     }
                     CallRequest::SdpAnswer(answer) => {
-                        media.client_point = self.on_client_answer(media.client_point.take(), &answer, &mut media.room);
+                        let (point, ready) = self.negotiator().on_answer(media.client_point.take(), &answer);
+                        media.client_point = point;
+                        self.add_client_point(&mut media, ready);
                         continue;
                     }
                     CallRequest::SdpOffer(offer) => {
-                        media.client_point = self.on_client_offer(media.client_point.take(), &offer, &mut media.room);
+                        let (point, ready) = self.negotiator().on_offer(media.client_point.take(), &offer);
+                        media.client_point = point;
+                        self.add_client_point(&mut media, ready);
                         continue;
                     }
                     CallRequest::IceCandidate(candidate) => {
@@ -249,7 +295,8 @@ impl CallTask {
         }
     }
 
-    /// ACCEPT_CALL: our answer on fresh ports, and the client's own point.
+    /// ACCEPT_CALL: our answer on fresh ports, and the client's own point
+    /// (none when the call goes into a room).
     fn accept(
         &mut self,
         call: &Call,
@@ -261,45 +308,85 @@ impl CallTask {
             Ok((answer, lease)) => {
                 call.control.accept(answer);
                 media.lease = Some(lease);
-                media.client_point = self.offer_client_point(cc);
-                self.start_rtmp_point(media);
+                if media.target.is_none() {
+                    media.client_point = self.negotiator().offer(cc);
+                    self.start_rtmp_point(media);
+                }
                 CallInput::Accepted
             }
             Err(problem) => CallInput::AcceptFailed(problem),
         }
     }
 
-    /// An RTMP client needs no answer: it connects and publishes or plays
-    /// whenever it likes, before or after the far end answers.
-    fn start_rtmp_point(&mut self, media: &mut CallMedia) {
-        if let Some(ClientPoint::Rtmp { waiting, .. }) = media.client_point.as_mut() {
-            if let Some((streams, send)) = waiting.take() {
-                let io = PointIo {
-                    rtmp: Some(streams),
-                    ..PointIo::default()
-                };
-                self.room(&mut media.room)
-                    .add_point(CLIENT_POINT, PointConfig::rtmp(send), io);
-            }
+    /// The call's own room, joinable by its callId.
+    fn start_own_room(&mut self, media: &mut CallMedia) {
+        let room = MediaRoom::start(&self.gateway.tasks);
+        let registration = self.gateway.rooms.register(
+            &self.ids.call_id,
+            room.handle(),
+            self.session.clone(),
+            false,
+        );
+        media.room = Some((room, registration));
+    }
+
+    /// The call goes into another room: its SIP leg is a member there.
+    fn enter(&mut self, media: &mut CallMedia, target: RoomTarget) {
+        info!(room_id = %target.room_id, "the call goes into a room");
+        media.sip_point = self.gateway.rooms.new_point_id();
+        media.target = Some(target);
+    }
+
+    /// The room the call's points are in.
+    fn room_handle(&self, media: &CallMedia) -> Option<RoomHandle> {
+        match (&media.target, &media.room) {
+            (Some(target), _) => Some(target.handle.clone()),
+            (None, Some((room, _))) => Some(room.handle()),
+            (None, None) => None,
         }
     }
 
+    fn negotiator(&self) -> Negotiator<'_> {
+        Negotiator {
+            gateway: &self.gateway,
+            outbox: &self.outbox,
+            session_id: &self.ids.session_id,
+            target: MediaTarget::Call(self.ids.call_id.clone()),
+        }
+    }
+
+    fn add_client_point(&mut self, media: &mut CallMedia, ready: Option<ReadyPoint>) {
+        if let (Some((config, io)), Some(room)) = (ready, self.room_handle(media)) {
+            room.add_point(CLIENT_POINT, config, io, media.sink.clone());
+        }
+    }
+
+    /// An RTMP client needs no answer: it connects and publishes or plays
+    /// whenever it likes, before or after the far end answers.
+    fn start_rtmp_point(&mut self, media: &mut CallMedia) {
+        let ready = media.client_point.as_mut().and_then(ClientPoint::take_rtmp);
+        self.add_client_point(media, ready);
+    }
+
     fn on_candidate(&self, media: &CallMedia, candidate: String) {
-        match (&media.client_point, &media.room) {
-            (Some(ClientPoint::InRoom { webrtc: true, .. }), Some(room)) => {
-                room.add_remote_candidate(CLIENT_POINT, candidate);
-            }
+        let takes = media
+            .client_point
+            .as_ref()
+            .and_then(ClientPoint::takes_candidates);
+        match (takes, self.room_handle(media)) {
+            (Some(true), Some(room)) => room.add_remote_candidate(CLIENT_POINT, candidate),
             // Before the answer: ICE-lite learns the client's address from
             // its checks anyway.
-            (Some(ClientPoint::WebRtcOffered { .. }), _) => {}
+            (Some(_), _) => {}
             _ => self.refuse_field("this call has no WebRTC point", "candidate"),
         }
     }
 
     /// Carries out what the machine decided.
     fn carry_out(&mut self, machine: &mut CallMachine, media: &mut CallMedia, call: Option<&Call>) {
-        let CallMedia { lease, room, .. } = media;
         while let Some(output) = machine.poll_output() {
+            let room = self.room_handle(media);
+            let sip_point = media.sip_point;
             match output {
                 CallOutput::Stage(stage) => self.send_stage(stage),
                 CallOutput::Started => self.outbox.send(ServerMessage::CallStarted {
@@ -315,42 +402,46 @@ impl CallTask {
                 CallOutput::Finished => self.finish(),
                 CallOutput::Refused(message) => self.refuse(message),
                 CallOutput::Digit { digit, method } => self.report_digit(digit, method),
-                CallOutput::DigitByInfo(digit) => match room.as_ref() {
-                    // The room reports it and passes it on to the client's point.
-                    Some(room) => room.digit_from(SIP_POINT, digit),
+                CallOutput::DigitByInfo(digit) => match room {
+                    // The room reports it and passes it on to whoever hears
+                    // the SIP leg.
+                    Some(room) => room.digit_from(sip_point, digit),
                     None => self.report_digit(digit, "INFO"),
                 },
                 CallOutput::AddSipPoint {
                     media: negotiated,
                     detect_tones,
                 } => {
-                    let point = lease
+                    let point = media
+                        .lease
                         .as_ref()
                         .and_then(|lease| self.sip_point(lease, &negotiated));
-                    if let Some((config, io)) = point {
-                        self.room(room).add_point(
-                            SIP_POINT,
-                            config.detecting_tones(detect_tones),
-                            io,
-                        );
+                    if let (Some((config, io)), Some(room)) = (point, room) {
+                        let config = config.detecting_tones(detect_tones);
+                        room.add_point(sip_point, config, io, media.sink.clone());
+                        self.join_target(media);
                     }
                 }
                 CallOutput::UpdateSipPoint(update) => {
-                    if let Some(room) = room.as_ref() {
-                        room.update_point(SIP_POINT, update);
+                    if let Some(room) = room {
+                        room.update_point(sip_point, update);
                     }
                 }
                 CallOutput::SendEvents(digits) => {
-                    if let Some(room) = room.as_ref() {
-                        room.send_digits(SIP_POINT, &digits);
+                    if let Some(room) = room {
+                        room.send_digits(sip_point, &digits);
                     }
                 }
                 CallOutput::SendTones(digits) => {
-                    if let Some(room) = room.as_ref() {
-                        room.send_tones(SIP_POINT, &digits);
+                    if let Some(room) = room {
+                        room.send_tones(sip_point, &digits);
                     }
                 }
-                CallOutput::StopMedia => *room = None,
+                CallOutput::StopMedia => {
+                    media.room = None;
+                    media.membership = None;
+                    media.target = None;
+                }
                 CallOutput::Ring => {
                     if let Some(call) = call {
                         call.control.ring();
@@ -375,253 +466,40 @@ impl CallTask {
         }
     }
 
-    /// The call's media room, started on first use; /status lists its
-    /// statistics from then on.
-    fn room<'r>(&mut self, room: &'r mut Option<MediaRoom>) -> &'r mut MediaRoom {
-        let room_now = match room.take() {
-            Some(existing) => existing,
-            None => {
-                let started = MediaRoom::start(SIP_POINT, &self.gateway.tasks);
-                self.watch_media(started.stats.clone());
-                started
-            }
+    /// A call placed or accepted into a room is a member there once its SIP
+    /// leg is in it: the room's other sessions are told.
+    fn join_target(&mut self, media: &mut CallMedia) {
+        let Some(target) = media.target.clone() else {
+            return;
         };
-        room.insert(room_now)
-    }
-
-    /// For a client whose `cc.mediaTransport` asks for a point of its own
-    /// (`SRTP` / `WEBRTC` for a browser, `RTP` for an endpoint it runs): a
-    /// port, and an SDP_OFFER with the codecs it named that the bridge can
-    /// carry.
-    fn offer_client_point(&self, cc: Option<&Capabilities>) -> Option<ClientPoint> {
-        let cc = cc?;
-        let wants = |name: &str| {
-            cc.media_transport
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(name))
-        };
-        let webrtc = wants("SRTP") || wants("WEBRTC");
-        if !webrtc && (wants("RTMP") || wants("RTMPT")) {
-            return self.offer_rtmp_point(cc);
+        if media.membership.is_some() {
+            return;
         }
-        if !webrtc && !wants("RTP") {
-            return None;
-        }
-        let Some(lease) = self.gateway.ports.lease() else {
-            warn!("no free media port for the client's point");
-            return None;
+        let joining = NewMember {
+            point: media.sip_point,
+            session: self.session.clone(),
+            kind: "CALL",
+            mode: RoomMode::Full,
         };
-        let (sdp, point) = if webrtc {
-            match self
-                .gateway
-                .webrtc
-                .offer(Instant::now(), lease.local_addr(), &cc.audio_codecs)
-            {
-                Ok(offer) => (
-                    offer.sdp.clone(),
-                    ClientPoint::WebRtcOffered {
-                        lease,
-                        offer: Box::new(offer),
-                    },
-                ),
-                Err(error) => {
-                    warn!(%error, "no WebRTC offer");
-                    return None;
-                }
-            }
-        } else {
-            let offer = LocalAudio {
-                codecs: client_codecs(&cc.audio_codecs),
-                ..local_audio(self.advertised_ip(), &lease, None)
-            };
-            (offer.render(), ClientPoint::Rtp(lease))
-        };
-        self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
-            session_id: self.ids.session_id.clone(),
-            call_id: self.ids.call_id.clone(),
-            sdp,
-        }));
-        Some(point)
-    }
-
-    /// For an RTMP client: two stream names for the call and the adapted
-    /// SDP of seed 000 telling it where to publish and what to play.
-    fn offer_rtmp_point(&self, cc: &Capabilities) -> Option<ClientPoint> {
-        if self.gateway.rtmp_addr.is_none() {
-            warn!("an RTMP client, but RTMP is off (rtmp.listen)");
-            return None;
-        }
-        let send = flv_send_codec(&cc.audio_codecs);
-        let (names, streams) = self.gateway.rtmp_streams.register();
-        let endpoints = self.gateway.rtmp_urls.clone();
-        let sdp = FlashSdp {
-            session_name: self.ids.call_id.clone(),
-            session_id: self.ids.session_id.clone(),
-            endpoints,
-            audio: Some(FlashMedia {
-                codec: flash_codec_name(send).to_string(),
-                publish_stream: names.publish_name.clone(),
-                play_stream: names.play_name.clone(),
-            }),
-            video: None,
-        };
-        match sdp.render() {
-            Ok(sdp) => self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
-                session_id: self.ids.session_id.clone(),
-                call_id: self.ids.call_id.clone(),
-                sdp,
-            })),
-            Err(error) => {
-                warn!(%error, "no Flash SDP");
-                return None;
-            }
-        }
-        Some(ClientPoint::Rtmp {
-            _names: names,
-            waiting: Some((streams, send)),
-        })
-    }
-
-    /// The client's SDP_ANSWER to our offer for its point: the point joins
-    /// the room. A bad answer is refused and the offer stays open.
-    fn on_client_answer(
-        &mut self,
-        point: Option<ClientPoint>,
-        answer: &str,
-        room: &mut Option<MediaRoom>,
-    ) -> Option<ClientPoint> {
-        let (config, socket, lease, webrtc) = match point {
-            Some(ClientPoint::Rtp(lease)) => {
-                let setup = sdp::parse_remote(answer)
-                    .map_err(|e| e.to_string())
-                    .and_then(|remote| {
-                        let socket = lease.rtp_socket().map_err(|e| e.to_string())?;
-                        Ok((rtp_point(&remote).latching(self.latch_config()), socket))
-                    });
-                match setup {
-                    Ok((config, socket)) => (config, socket, lease, false),
-                    Err(problem) => {
-                        self.refuse_field(&problem, "sdp");
-                        return Some(ClientPoint::Rtp(lease));
-                    }
-                }
-            }
-            Some(ClientPoint::WebRtcOffered { lease, offer }) => {
-                let socket = match lease.rtp_socket() {
-                    Ok(socket) => socket,
-                    Err(error) => {
-                        self.refuse_field(&error.to_string(), "sdp");
-                        return Some(ClientPoint::WebRtcOffered { lease, offer });
-                    }
-                };
-                match offer.accept_answer(Instant::now(), answer) {
-                    Ok(point) => (PointConfig::webrtc(point), socket, lease, true),
-                    Err(error) => {
-                        // str0m has used up the offer: the client may offer instead.
-                        self.refuse_field(&format!("answer not usable: {error}"), "sdp");
-                        return self.offer_again(lease);
-                    }
-                }
-            }
-            other => {
-                self.refuse_field("this call has no client point waiting for an answer", "sdp");
-                return other;
-            }
-        };
-        let io = PointIo {
-            rtp: Some(socket),
-            ..PointIo::default()
-        };
-        self.room(room).add_point(CLIENT_POINT, config, io);
-        Some(ClientPoint::InRoom {
-            _lease: lease,
-            webrtc,
-        })
-    }
-
-    /// After a refused answer, a fresh WebRTC offer on the same port.
-    fn offer_again(&self, lease: PortLease) -> Option<ClientPoint> {
-        match self
+        let (membership, _) = self
             .gateway
-            .webrtc
-            .offer(Instant::now(), lease.local_addr(), &[])
-        {
-            Ok(offer) => {
-                self.outbox.send(ServerMessage::SdpOffer(SdpExchange {
-                    session_id: self.ids.session_id.clone(),
-                    call_id: self.ids.call_id.clone(),
-                    sdp: offer.sdp.clone(),
-                }));
-                Some(ClientPoint::WebRtcOffered {
-                    lease,
-                    offer: Box::new(offer),
-                })
-            }
-            Err(error) => {
-                warn!(%error, "no WebRTC offer");
-                None
-            }
-        }
+            .rooms
+            .join(&target.room_id, target.handle, joining);
+        media.membership = Some(membership);
     }
 
-    /// The client's own offer for its WebRTC point, instead of answering
-    /// ours: we answer it with SDP_ANSWER and the point joins the room.
-    fn on_client_offer(
-        &mut self,
-        point: Option<ClientPoint>,
-        offer: &str,
-        room: &mut Option<MediaRoom>,
-    ) -> Option<ClientPoint> {
-        let Some(ClientPoint::WebRtcOffered { lease, offer: ours }) = point else {
-            self.refuse_field(
-                "a client offer is taken for a WebRTC point (cc.mediaTransport SRTP) before it is connected",
-                "sdp",
-            );
-            return point;
-        };
-        let accepted = lease
-            .rtp_socket()
-            .map_err(|e| e.to_string())
-            .and_then(|socket| {
-                let (point, answer) = self
-                    .gateway
-                    .webrtc
-                    .answer(Instant::now(), lease.local_addr(), &[], offer)
-                    .map_err(|e| format!("offer not usable: {e}"))?;
-                Ok((point, answer, socket))
-            });
-        match accepted {
-            Ok((point, answer, socket)) => {
-                self.outbox.send(ServerMessage::SdpAnswer(SdpExchange {
-                    session_id: self.ids.session_id.clone(),
-                    call_id: self.ids.call_id.clone(),
-                    sdp: answer,
-                }));
-                let io = PointIo {
-                    rtp: Some(socket),
-                    ..PointIo::default()
-                };
-                self.room(room)
-                    .add_point(CLIENT_POINT, PointConfig::webrtc(point), io);
-                Some(ClientPoint::InRoom {
-                    _lease: lease,
-                    webrtc: true,
-                })
-            }
-            Err(problem) => {
-                self.refuse_field(&problem, "sdp");
-                Some(ClientPoint::WebRtcOffered { lease, offer: ours })
-            }
+    /// The SIP side's statistics, for /status and the quality report.
+    fn report_stats(&mut self, snapshot: MediaStatsSnapshot) {
+        self.stats.send_replace(Some(snapshot));
+        if self.media_stats.is_none() {
+            let stats = self.stats.subscribe();
+            self.gateway
+                .call_media
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(self.ids.call_id.clone(), stats.clone());
+            self.media_stats = Some(stats);
         }
-    }
-
-    fn watch_media(&mut self, stats: MediaStatsWatch) {
-        self.gateway
-            .call_media
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(self.ids.call_id.clone(), stats.clone());
-        self.media_stats = Some(stats);
     }
 
     fn report_digit(&self, digit: char, method: &'static str) {
@@ -689,10 +567,9 @@ impl CallTask {
         Some((config.watched(watch), io))
     }
 
-    /// How the call's RTP points (the SIP leg, a client's plain RTP point)
-    /// learn their far end: strict source as configured.
-    fn latch_config(&self) -> LatchConfig {
-        LatchConfig::strict(self.gateway.config.media.strict_source)
+    /// How the SIP leg learns its far end: strict source as configured.
+    fn latch_config(&self) -> dialtone_room::symmetric::LatchConfig {
+        latch_config(&self.gateway)
     }
 
     fn advertised_ip(&self) -> IpAddr {
@@ -765,16 +642,6 @@ impl CallTask {
     }
 }
 
-/// A client RTP point from its SDP: the first codec the bridge can carry,
-/// and telephone-event at 8 kHz if present.
-fn rtp_point(remote: &sdp::RemoteAudio) -> PointConfig {
-    PointConfig::rtp(
-        SocketAddr::new(remote.address, remote.port),
-        first_bridged(&remote.codecs),
-        telephone_event(&remote.codecs),
-    )
-}
-
 pub(crate) fn bridged(codec: &sdp::Codec) -> Option<(u8, Codec)> {
     bridge_codec(codec).map(|bridged| (codec.payload_type, bridged))
 }
@@ -804,64 +671,6 @@ pub(crate) fn bridge_codec(codec: &sdp::Codec) -> Option<Codec> {
     })
 }
 
-/// What a client's RTP point is offered: the codecs it named that the
-/// bridge carries, in its order (all of them when it named none), and
-/// telephone-event.
-fn client_codecs(named: &[String]) -> Vec<sdp::Codec> {
-    let mut carried = sdp::sip_codecs();
-    carried.push(sdp::Codec {
-        payload_type: 97,
-        name: "speex".into(),
-        clock_rate: 8000,
-        channels: 1,
-    });
-    carried.push(sdp::Codec {
-        payload_type: 98,
-        name: "speex".into(),
-        clock_rate: 16000,
-        channels: 1,
-    });
-    let ordered = sdp::prefer(carried, named);
-    let wanted = |codec: &sdp::Codec| {
-        codec.is_telephone_event()
-            || named.is_empty()
-            || named
-                .iter()
-                .any(|label| label.eq_ignore_ascii_case(&codec.label()))
-    };
-    ordered.into_iter().filter(wanted).collect()
-}
-
-/// What an RTMP client's players get: the first the client names of
-/// Speex 16 kHz (Flash's own), G.711, then Opus (enhanced RTMP); Speex when
-/// it names none of them.
-fn flv_send_codec(named: &[String]) -> Codec {
-    let preference = [
-        ("speex/16000", Codec::SpeexWide),
-        ("pcmu/8000", Codec::Pcmu),
-        ("pcma/8000", Codec::Pcma),
-        ("opus/48000", Codec::Opus),
-    ];
-    preference
-        .iter()
-        .find(|(label, _)| {
-            named
-                .iter()
-                .any(|name| name.to_ascii_lowercase().starts_with(label))
-        })
-        .map_or(Codec::SpeexWide, |(_, codec)| *codec)
-}
-
-/// The codec's name in the Flash SDP's `m=` line.
-fn flash_codec_name(codec: Codec) -> &'static str {
-    match codec {
-        Codec::Pcmu => "PCMU",
-        Codec::Pcma => "PCMA",
-        Codec::Opus => "Opus",
-        _ => "Speex",
-    }
-}
-
 /// The call's points in its room: the SIP leg, and the client's own.
 pub(crate) const SIP_POINT: PointId = PointId(0);
 const CLIENT_POINT: PointId = PointId(1);
@@ -878,24 +687,3 @@ fn send_digits_by_info(digits: &str, call: &Call) {
 
 /// How long each digit sent by SIP INFO says it lasts.
 const DTMF_INFO_DURATION: Duration = Duration::from_millis(160);
-
-async fn room_event(room: &mut Option<MediaRoom>) -> Option<RoomEvent> {
-    match room {
-        Some(room) => room.events.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Our side of the audio: every codec the gateway can carry, those the
-/// client named first.
-fn local_audio(ip: IpAddr, lease: &PortLease, cc: Option<&Capabilities>) -> LocalAudio {
-    let client_codecs = cc.map(|c| c.audio_codecs.as_slice()).unwrap_or_default();
-    LocalAudio {
-        address: ip,
-        port: lease.rtp_port(),
-        codecs: sdp::prefer(sdp::sip_codecs(), client_codecs),
-        direction: Direction::SendRecv,
-        session_id: u64::from(lease.rtp_port()),
-        version: 1,
-    }
-}
