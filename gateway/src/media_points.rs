@@ -469,8 +469,13 @@ impl SessionMedia {
 
     /// INVITE_TO_ROOM.
     pub fn invite(&self, room_id: &str, username: &str) {
-        if let Err(code) = self.gateway.rooms.invite(room_id, &self.me, username) {
-            self.refuse("INVITE_TO_ROOM", refusal(code, room_id));
+        match self.gateway.rooms.invite(room_id, &self.me, username) {
+            Ok(()) => self.outbox().send(ServerMessage::RoomInvited {
+                session_id: self.me.session_id.clone(),
+                room_id: room_id.to_string(),
+                username: username.to_string(),
+            }),
+            Err(code) => self.refuse("INVITE_TO_ROOM", refusal(code, room_id)),
         }
     }
 

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 
 /// The analyzer script (committed at `tests/rig/audio/analyze.py`).
 const ANALYZE_PY: &str = include_str!("../rig/audio/analyze.py");
@@ -158,6 +158,83 @@ pub fn finished_wav_data_len(path: &Path) -> Option<u64> {
         pos += pos % 2;
     }
     None
+}
+
+/// The share (0..=1) of `pcm`'s energy at each of `tones` (Goertzel over 20 ms blocks, as
+/// [`AudioReport::target_share`]), after the first [`ANALYZE_SKIP_SECONDS`]: a lone tone
+/// scores about 1, each of two equal tones about 0.5, a tone that is not there about 0.
+pub fn tone_shares(pcm: &[i16], rate: u32, tones: &[f64]) -> Vec<f64> {
+    let block = (rate / 50) as usize;
+    let skip = (ANALYZE_SKIP_SECONDS * f64::from(rate)) as usize;
+    let blocks: Vec<&[i16]> = pcm
+        .get(skip..)
+        .unwrap_or_default()
+        .chunks_exact(block)
+        .collect();
+    let energy: f64 = blocks
+        .iter()
+        .flat_map(|b| b.iter())
+        .map(|s| f64::from(*s) * f64::from(*s))
+        .sum();
+    if energy <= 0.0 {
+        return vec![0.0; tones.len()];
+    }
+    tones
+        .iter()
+        .map(|hz| {
+            let coefficient = 2.0 * (std::f64::consts::TAU * hz / f64::from(rate)).cos();
+            let power: f64 = blocks
+                .iter()
+                .map(|samples| {
+                    let (mut previous, mut before) = (0.0f64, 0.0f64);
+                    for sample in *samples {
+                        let current = f64::from(*sample) + coefficient * previous - before;
+                        before = previous;
+                        previous = current;
+                    }
+                    previous * previous + before * before - coefficient * previous * before
+                })
+                .sum();
+            2.0 * power / (block as f64 * energy)
+        })
+        .collect()
+}
+
+/// A 16-bit mono PCM WAV file's rate and samples.
+pub fn read_wav(path: &Path) -> anyhow::Result<(u32, Vec<i16>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
+        "{} is not a WAV file",
+        path.display()
+    );
+    let mut at = 12;
+    let mut rate = None;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let size = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
+            as usize;
+        let body = &bytes[at + 8..(at + 8 + size).min(bytes.len())];
+        if id == b"fmt " && body.len() >= 16 {
+            let channels = u16::from_le_bytes([body[2], body[3]]);
+            let bits = u16::from_le_bytes([body[14], body[15]]);
+            ensure!(
+                channels == 1 && bits == 16,
+                "{}: not 16-bit mono",
+                path.display()
+            );
+            rate = Some(u32::from_le_bytes([body[4], body[5], body[6], body[7]]));
+        } else if id == b"data" {
+            let rate = rate.with_context(|| format!("{}: data before fmt", path.display()))?;
+            let samples = body
+                .chunks_exact(2)
+                .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
+                .collect();
+            return Ok((rate, samples));
+        }
+        at += 8 + size + (size & 1);
+    }
+    bail!("{}: no data chunk", path.display())
 }
 
 #[cfg(test)]

@@ -625,6 +625,60 @@ pub fn expect_refused(url: &str, codec: FlvAudio, timeout: Duration) -> anyhow::
     Ok(log)
 }
 
+/// What the gateway's Flash SDP (the SDP_OFFER of an RTMP point) says.
+pub struct FlashOffer {
+    /// Its session name: the callId, or the pointId of a media point.
+    pub name: String,
+    pub endpoints: Vec<String>,
+    /// The stream the client publishes to.
+    pub publish: String,
+    /// The stream the client plays.
+    pub play: String,
+}
+
+impl FlashOffer {
+    /// Reads the adapted SDP by its documented form: `c=` endpoints, and the `i=` names after
+    /// the `m=audio` lines, told apart by the gateway's direction (`a=recvonly`: the client
+    /// publishes, `a=sendonly`: it plays).
+    pub fn parse(name: &str, sdp: &str) -> anyhow::Result<FlashOffer> {
+        let mut endpoints = Vec::new();
+        let (mut publish, mut play, mut stream) = (None, None, None);
+        for line in sdp.lines() {
+            if let Some(url) = line.strip_prefix("c=IN IP4 ") {
+                endpoints.push(url.to_string());
+            } else if line.starts_with("m=") {
+                stream = None;
+            } else if let Some(id) = line.strip_prefix("i=") {
+                stream = Some(id.to_string());
+            } else if line == "a=recvonly" {
+                publish = stream.clone();
+            } else if line == "a=sendonly" {
+                play = stream.clone();
+            }
+        }
+        anyhow::ensure!(
+            sdp.contains("m=audio 0 FLASH/RTMP "),
+            "not the adapted SDP:\n{sdp}"
+        );
+        Ok(FlashOffer {
+            name: name.to_string(),
+            endpoints,
+            publish: publish.context("no stream to publish")?,
+            play: play.context("no stream to play")?,
+        })
+    }
+
+    /// The stream URL of `name` at the endpoint with `scheme`.
+    pub fn url(&self, scheme: &str, name: &str) -> anyhow::Result<String> {
+        let endpoint = self
+            .endpoints
+            .iter()
+            .find(|url| url.starts_with(&format!("{scheme}://")))
+            .with_context(|| format!("no {scheme} endpoint in {:?}", self.endpoints))?;
+        Ok(format!("{endpoint}/{name}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -196,6 +196,10 @@ impl Gateway {
             "registrations",
             "tasks",
             "sipTransactions",
+            "rooms",
+            "roomMembers",
+            "mediaPoints",
+            "recordings",
         ];
         self.wait_released(&keys, timeout)
     }

@@ -187,6 +187,19 @@ impl RtpPeer {
         seconds: f64,
         drop_every: u32,
     ) -> anyhow::Result<Vec<i16>> {
+        Ok(self.exchange_packets(to, hz, seconds, drop_every).await?.0)
+    }
+
+    /// [`RtpPeer::exchange`], also returning the audio packets as they arrived, for their
+    /// numbering and marker bits.
+    pub async fn exchange_packets(
+        &self,
+        to: SocketAddr,
+        hz: f64,
+        seconds: f64,
+        drop_every: u32,
+    ) -> anyhow::Result<(Vec<i16>, Vec<ReceivedRtp>)> {
+        let mut packets = Vec::new();
         let (_, clock, payload_type) = sdp_format(self.codec);
         let mut encoder = new_encoder(self.codec)?;
         let mut decoder = new_decoder(self.codec)?;
@@ -224,13 +237,16 @@ impl RtpPeer {
                             if let Ok(count) = decoder.decode(&incoming[12..length], &mut decoded) {
                                 heard.extend_from_slice(&decoded[..count]);
                             }
+                            if let Ok(packet) = ReceivedRtp::parse(&incoming[..length]) {
+                                packets.push(packet);
+                            }
                         }
                     }
                     _ = ticks.tick() => break,
                 }
             }
         }
-        Ok(heard)
+        Ok((heard, packets))
     }
 }
 

@@ -32,6 +32,8 @@ pub struct WebRtcPeer {
     mid: Mid,
     drop_dtls: bool,
     connected: bool,
+    /// Tells [`WebRtcPeer::connection`]'s watchers when ICE and DTLS completed.
+    connection: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a peer saw while it ran.
@@ -65,6 +67,7 @@ impl WebRtcPeer {
             mid,
             drop_dtls,
             connected: false,
+            connection: tokio::sync::watch::channel(false).0,
         };
         Ok((peer, answer))
     }
@@ -83,8 +86,15 @@ impl WebRtcPeer {
             mid,
             drop_dtls: false,
             connected: false,
+            connection: tokio::sync::watch::channel(false).0,
         };
         Ok((OfferingPeer { peer, pending }, offer.to_sdp_string()))
+    }
+
+    /// Turns true once ICE and DTLS completed, for a test that acts on the connection (an
+    /// event, not a guess at a delay).
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connection.subscribe()
     }
 
     /// Runs for `duration`: connects, then sends a `hz` tone (when given)
@@ -172,7 +182,10 @@ impl WebRtcPeer {
                         .send_to(&transmit.contents, transmit.destination)
                         .await?;
                 }
-                Output::Event(Event::Connected) => self.connected = true,
+                Output::Event(Event::Connected) => {
+                    self.connected = true;
+                    self.connection.send_replace(true);
+                }
                 Output::Event(Event::RtpPacket(packet)) => match *packet.header.payload_type {
                     PCMU => {
                         let samples = decoder.decode(&packet.payload, pcm)?;

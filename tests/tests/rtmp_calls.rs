@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use dialtone_tests::audio::analyze;
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
+use dialtone_tests::ffmpeg::FlashOffer;
 use dialtone_tests::ffmpeg::{expect_refused, AudioSource, FlvAudio, Player, Publisher};
 use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
@@ -24,57 +25,6 @@ const REPLY: Duration = Duration::from_secs(10);
 const MEDIA: Duration = Duration::from_secs(20);
 const TONE_HZ: f64 = 1000.0;
 const PROGRESS: &[&str] = &["CALL_STARTING", "CALL_STARTED"];
-
-/// What the SDP_OFFER of an RTMP client's call says.
-struct FlashOffer {
-    call_id: String,
-    endpoints: Vec<String>,
-    publish: String,
-    play: String,
-}
-
-impl FlashOffer {
-    /// The stream URL of `name` at the endpoint with `scheme`.
-    fn url(&self, scheme: &str, name: &str) -> anyhow::Result<String> {
-        let endpoint = self
-            .endpoints
-            .iter()
-            .find(|url| url.starts_with(&format!("{scheme}://")))
-            .with_context(|| format!("no {scheme} endpoint in {:?}", self.endpoints))?;
-        Ok(format!("{endpoint}/{name}"))
-    }
-}
-
-/// Reads the adapted SDP by its documented form: `c=` endpoints, and the
-/// `i=` names after the `m=audio` lines, told apart by the gateway's
-/// direction (`a=recvonly`: the client publishes, `a=sendonly`: it plays).
-fn parse_flash_sdp(call_id: &str, sdp: &str) -> anyhow::Result<FlashOffer> {
-    let mut endpoints = Vec::new();
-    let (mut publish, mut play, mut name) = (None, None, None);
-    for line in sdp.lines() {
-        if let Some(url) = line.strip_prefix("c=IN IP4 ") {
-            endpoints.push(url.to_string());
-        } else if line.starts_with("m=") {
-            name = None;
-        } else if let Some(id) = line.strip_prefix("i=") {
-            name = Some(id.to_string());
-        } else if line == "a=recvonly" {
-            publish = name.clone();
-        } else if line == "a=sendonly" {
-            play = name.clone();
-        }
-    }
-    ensure!(
-        sdp.contains("m=audio 0 FLASH/RTMP "),
-        "not the adapted SDP:\n{sdp}"
-    );
-    Ok(FlashOffer {
-        call_id: call_id.to_string(),
-        endpoints,
-        publish: publish.context("no stream to publish")?,
-        play: play.context("no stream to play")?,
-    })
-}
 
 /// START_CALL as an RTMP client naming `codecs`; returns its offer.
 async fn rtmp_call(
@@ -90,7 +40,7 @@ async fn rtmp_call(
     .await?;
     let offer = ws.recv_type_skipping("SDP_OFFER", PROGRESS, REPLY).await?;
     let call_id = offer["callId"].as_str().context("callId")?;
-    parse_flash_sdp(call_id, offer["sdp"].as_str().context("sdp")?)
+    FlashOffer::parse(call_id, offer["sdp"].as_str().context("sdp")?)
 }
 
 async fn hang_up(ws: &mut WsClient, session_id: &str, call_id: &str) -> anyhow::Result<()> {
@@ -193,7 +143,7 @@ async fn rtmp_client_talks_to_baresip_in_speex_g711_aac_and_opus() -> anyhow::Re
             codec.name()
         );
         wait_until(MEDIA, || Ok(publisher.sent() >= Duration::from_secs(4)))?;
-        hang_up(&mut ws, &session_id, &offer.call_id).await?;
+        hang_up(&mut ws, &session_id, &offer.name).await?;
         callee.wait_call_closed(REPLY)?;
         let recording = callee.wait_heard_recording_finished(REPLY)?;
         let callee_heard = analyze(&recording, TONE_HZ)?;
@@ -220,7 +170,7 @@ async fn echo_round_trip(gateway: &Gateway, scheme: &str, codec: FlvAudio) -> an
     let publisher = Publisher::start(&offer.url(scheme, &offer.publish)?, codec, tone(20.0))?;
     publisher.wait_publishing(MEDIA)?;
     heard_tone(&player, &wav)?;
-    hang_up(&mut ws, &session_id, &offer.call_id).await?;
+    hang_up(&mut ws, &session_id, &offer.name).await?;
     publisher.wait_exit(MEDIA)?;
     ws.close().await?;
     assert_nothing_held(gateway)
@@ -266,7 +216,7 @@ async fn early_and_late_players(gateway: &Gateway, codec: FlvAudio) -> anyhow::R
     let late = Player::start_for(codec, &play_url, &late_wav, 3.0)?;
     heard_tone(&late, &late_wav).context("the player that joined mid-call")?;
     heard_tone(&early, &early_wav).context("the player that came first")?;
-    hang_up(&mut ws, &session_id, &offer.call_id).await?;
+    hang_up(&mut ws, &session_id, &offer.name).await?;
     ws.close().await
 }
 
@@ -293,7 +243,7 @@ async fn unknown_taken_and_ended_streams_are_refused() -> anyhow::Result<()> {
         !played.wait_exit(MEDIA)?.success(),
         "playing the publish stream worked"
     );
-    hang_up(&mut ws, &session_id, &offer.call_id).await?;
+    hang_up(&mut ws, &session_id, &offer.name).await?;
     expect_refused(&publish_url, FlvAudio::Speex, MEDIA).context("the ended call's stream")?;
     ws.close().await?;
     assert_nothing_held(&gateway)
@@ -316,7 +266,7 @@ async fn nellymoser_is_refused_with_a_status_saying_so() -> anyhow::Result<()> {
         !publisher.wait_exit(MEDIA)?.success(),
         "ffmpeg went on publishing Nellymoser"
     );
-    hang_up(&mut ws, &session_id, &offer.call_id).await?;
+    hang_up(&mut ws, &session_id, &offer.name).await?;
     ws.close().await?;
     assert_nothing_held(&gateway)
 }
@@ -343,12 +293,12 @@ async fn digits_sent_during_an_rtmp_call_reach_baresip() -> anyhow::Result<()> {
         tone(20.0),
     )?;
     publisher.wait_publishing(MEDIA)?;
-    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": offer.call_id, "dtmfString": "159#"}))
+    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": offer.name, "dtmfString": "159#"}))
         .await?;
     let expected = vec!['1', '5', '9', '#'];
     wait_until(MEDIA, || Ok(callee.received_dtmf() == expected))
         .with_context(|| format!("baresip received {:?}", callee.received_dtmf()))?;
-    hang_up(&mut ws, &session_id, &offer.call_id).await?;
+    hang_up(&mut ws, &session_id, &offer.name).await?;
     ws.close().await?;
     assert_nothing_held(&gateway)
 }

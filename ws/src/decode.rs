@@ -70,6 +70,7 @@ const SERVER_ONLY_TYPES: &[&str] = &[
     "MEDIA_POINT_REMOVED",
     "ROOM_CREATED",
     "ROOM_CLOSED",
+    "ROOM_INVITED",
     "ROOM_JOINED",
     "ROOM_LEFT",
     "ROOM_MEMBER_JOINED",

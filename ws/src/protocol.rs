@@ -608,6 +608,13 @@ pub enum ServerMessage {
         session_id: String,
         room_id: String,
     },
+    /// Extension: the reply to INVITE_TO_ROOM.
+    #[serde(rename_all = "camelCase")]
+    RoomInvited {
+        session_id: String,
+        room_id: String,
+        username: String,
+    },
     /// Extension: the reply to CLOSE_ROOM.
     #[serde(rename_all = "camelCase")]
     RoomClosed {
