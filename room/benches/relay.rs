@@ -3,7 +3,10 @@
 //! stream); the room's whole relay path for one datagram (parse, latch,
 //! statistics, routing, relay, the transmit polled out); and the room's
 //! transcoding path for one 20 ms frame (a PCMU datagram in, jitter buffer,
-//! decode, resample, Opus encode on the tick, the transmit polled out).
+//! decode, resample, Opus encode on the tick, the transmit polled out);
+//! and the mixer: 20 ms of a room of N G.711 phones that all speak (each
+//! one's datagram in, the tick that decodes them, mixes N−1 for each and
+//! encodes, every transmit polled out).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -158,5 +161,38 @@ fn transcode(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, relay, transcode);
+fn mix(c: &mut Criterion) {
+    for parties in [3u16, 10] {
+        let start = Instant::now();
+        let mut room = Room::new();
+        let mut phones = Vec::new();
+        for index in 0..parties {
+            let address = SocketAddr::from(([127, 0, 0, 1], 40000 + 2 * index));
+            let id = PointId(u32::from(index));
+            let _ = room.add_point(start, id, PointConfig::rtp(address, PCMU, Some(101)));
+            phones.push((id, address, Stream::new(&voice_payloads())));
+        }
+        let mut now = start;
+        c.bench_function(
+            &format!("mixer, {parties} PCMU phones talking, 20 ms of the room"),
+            |b| {
+                b.iter(|| {
+                    for (point, source, stream) in &mut phones {
+                        let input = Input::Datagram {
+                            point: *point,
+                            source: *source,
+                            data: stream.next(),
+                        };
+                        room.handle_input(now, input);
+                    }
+                    now += Duration::from_millis(20);
+                    room.handle_input(now, Input::Timeout);
+                    drain(&mut room);
+                })
+            },
+        );
+    }
+}
+
+criterion_group!(benches, relay, transcode, mix);
 criterion_main!(benches);

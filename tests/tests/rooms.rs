@@ -713,3 +713,76 @@ async fn webrtc_and_rtmp_points_are_members_too() -> anyhow::Result<()> {
     rig.gateway.wait_all_released(REPLY)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_incoming_call_is_accepted_into_a_conference() -> anyhow::Result<()> {
+    let rig = Rig::start()?;
+    let caller = rig.phone("2000", CALLEE_HZ)?;
+    let (mut ws, session_id) = rig.session("1001").await?;
+    ws.send_json(&json!({"type": "CREATE_ROOM", "sessionId": session_id}))
+        .await?;
+    let room_id = ws.recv_type("ROOM_CREATED", REPLY).await?["roomId"]
+        .as_str()
+        .context("roomId")?
+        .to_string();
+    let me = RtpPeer::bind(Codec::Pcmu).await?;
+    let my_point = rtp_point(&mut ws, &session_id, "me", &me).await?;
+    join(&mut ws, &session_id, &room_id, "me", "FULL").await?;
+
+    caller.dial(&format!("sip:1001@{}", rig.kamailio.sip_addr()))?;
+    let incoming = ws.recv_type("INCOMING_CALL", REPLY).await?;
+    let call_id = incoming["callId"].as_str().context("callId")?.to_string();
+    ws.send_json(&json!({"type": "ACCEPT_CALL", "sessionId": session_id, "callId": call_id, "roomId": room_id}))
+        .await?;
+    ws.recv_type("CALL_STARTED", REPLY).await?;
+    caller.wait_call_established(REPLY)?;
+    let heard = me.exchange(my_point, CALLER_HZ, 3.0, 0).await?;
+    hears(
+        "the conference's owner",
+        &heard,
+        8000,
+        &[CALLEE_HZ],
+        &[CALLER_HZ],
+    )?;
+    hang_up(&mut ws, &session_id, &call_id).await?;
+    caller.wait_call_closed(REPLY)?;
+    let (rate, caller_heard) = read_wav(&caller.wait_heard_recording_finished(REPLY)?)?;
+    hears(
+        "the caller",
+        &caller_heard,
+        rate,
+        &[CALLER_HZ],
+        &[CALLEE_HZ],
+    )?;
+    ws.close().await?;
+    rig.gateway.wait_all_released(REPLY)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_recording_that_reaches_its_limit_stops_and_the_call_goes_on() -> anyhow::Result<()> {
+    // 0.5 s of 16 kHz mono and the header.
+    let rig = Rig::start_with("max_bytes = 16044\n")?;
+    let callee = rig.phone("2000", CALLEE_HZ)?;
+    let (mut ws, session_id, call_id, caller_point, caller) = call(&rig, "1001", "2000").await?;
+    callee.wait_call_established(REPLY)?;
+    ws.send_json(&json!({"type": "START_RECORDING", "sessionId": session_id, "roomId": call_id}))
+        .await?;
+    ws.recv_type("RECORDING_STARTED", REPLY).await?;
+    let stopped = ws.recv_type("RECORDING_STOPPED", REPLY).await?;
+    ensure!(stopped["reason"] == "SIZE_LIMIT", "{stopped}");
+    let bytes = stopped["bytes"].as_u64().context("bytes")?;
+    ensure!((44..=16044).contains(&bytes), "{bytes} bytes");
+    let (_, recorded) = read_wav(&recording_path(&rig, &stopped)?)?;
+    ensure!(
+        recorded.len() as u64 * 2 + 44 == bytes,
+        "a file that says what it holds"
+    );
+    // The call is untouched.
+    let heard = caller.exchange(caller_point, CALLER_HZ, 2.0, 0).await?;
+    hears("the caller", &heard, 8000, &[CALLEE_HZ], &[CALLER_HZ])?;
+    hang_up(&mut ws, &session_id, &call_id).await?;
+    ws.close().await?;
+    rig.gateway.wait_all_released(REPLY)?;
+    Ok(())
+}
