@@ -320,6 +320,9 @@ pub enum ErrorCode {
     InvalidState,
     SessionLimit,
     NotSupported,
+    /// The gateway is draining and takes no new session: the client should
+    /// reconnect (through its balancer) to reach another gateway.
+    Draining,
 }
 
 /// Every message the gateway sends.
