@@ -132,19 +132,6 @@ async fn upgrade(State(gateway): State<Arc<Gateway>>, upgrade: WebSocketUpgrade)
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::same_secret;
-
-    #[test]
-    fn only_the_whole_token_matches() {
-        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!same_secret(b"0123456789abcdeX", b"0123456789abcdef"));
-        assert!(!same_secret(b"0123456789abcde", b"0123456789abcdef"));
-        assert!(!same_secret(b"", b"0123456789abcdef"));
-    }
-}
-
 async fn status(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     Json(gateway.status())
 }
@@ -176,4 +163,17 @@ async fn style_css() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("web/style.css"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn only_the_whole_token_matches() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcde", b"0123456789abcdef"));
+        assert!(!same_secret(b"", b"0123456789abcdef"));
+    }
 }

@@ -514,7 +514,7 @@ fn nginx_accepts_its_configuration() -> anyhow::Result<()> {
 fn addresses_after(text: &str, prefix: &str) -> Vec<String> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix(prefix))
-        .filter_map(|rest| rest.split(|c: char| c == ' ' || c == ';').next())
+        .filter_map(|rest| rest.split([' ', ';']).next())
         .filter(|word| word.parse::<std::net::SocketAddr>().is_ok())
         .map(str::to_string)
         .collect()
