@@ -27,6 +27,7 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     pub rooms: RoomsConfig,
     pub recording: RecordingConfig,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
 
@@ -63,6 +64,14 @@ pub struct RecordingConfig {
     pub max_bytes: u64,
     /// Recordings running at once on the gateway.
     pub max_recordings: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// A drain (SIGTERM, POST /drain) lets calls in progress go on at most
+    /// this long; then the gateway stops and ends the ones left.
+    pub drain_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +173,9 @@ pub enum InbandDetection {
 pub struct HttpConfig {
     /// WebSocket (`/ws`), status, metrics and the web page share this address.
     pub listen: SocketAddr,
+    /// The bearer token `POST /drain` needs; without one there is no
+    /// `/drain` (404) and only SIGTERM drains.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +289,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
         }
     }
 }
@@ -353,6 +366,14 @@ impl Default for RtmpConfig {
     }
 }
 
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_ms: 60_000,
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -361,9 +382,14 @@ impl Default for LogConfig {
     }
 }
 
+/// The shortest `http.admin_token` accepted.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// The environment variables that override the file, with what they set.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DIALTONE_HTTP_LISTEN", "http.listen"),
+    ("DIALTONE_ADMIN_TOKEN", "http.admin_token"),
+    ("DIALTONE_DRAIN_TIMEOUT_MS", "shutdown.drain_timeout_ms"),
     ("DIALTONE_SIP_LISTEN", "sip.listen"),
     ("DIALTONE_SIP_PUBLIC_IP", "sip.public_ip"),
     ("DIALTONE_WEBRTC_PUBLIC_IP", "webrtc.public_ip"),
@@ -403,6 +429,10 @@ impl Config {
             let bad = || format!("environment variable {name}={value:?} is invalid");
             match *name {
                 "DIALTONE_HTTP_LISTEN" => self.http.listen = value.parse().with_context(bad)?,
+                "DIALTONE_ADMIN_TOKEN" => self.http.admin_token = Some(value.clone()),
+                "DIALTONE_DRAIN_TIMEOUT_MS" => {
+                    self.shutdown.drain_timeout_ms = value.parse().with_context(bad)?
+                }
                 "DIALTONE_SIP_LISTEN" => self.sip.listen = value.parse().with_context(bad)?,
                 "DIALTONE_SIP_PUBLIC_IP" => {
                     self.sip.public_ip = Some(value.parse().with_context(bad)?)
@@ -466,6 +496,12 @@ impl Config {
         if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
             bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");
         }
+        if let Some(token) = &self.http.admin_token {
+            // A short token is guessable over the network.
+            if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+                bail!("http.admin_token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces");
+            }
+        }
         Ok(())
     }
 
@@ -481,6 +517,31 @@ impl Config {
 }
 
 impl Config {
+    /// One line saying what the gateway will do, for `--check-config`.
+    pub fn summary(&self) -> String {
+        let auth = match (self.auth_mode(), &self.registrar) {
+            (AuthMode::Registrar, Some(registrar)) => format!("registrar {}", registrar.address),
+            (AuthMode::Static, _) => format!("static ({} users)", self.users.len()),
+            (mode, _) => format!("{mode:?}").to_lowercase(),
+        };
+        let rtmp = match self.rtmp.enabled {
+            true => self.rtmp.listen.to_string(),
+            false => "off".to_string(),
+        };
+        let drain = match self.http.admin_token {
+            Some(_) => "SIGTERM or POST /drain",
+            None => "SIGTERM",
+        };
+        format!(
+            "config ok: http {}, sip {}, auth {auth}, rtmp {rtmp}, rtp ports {}-{}, drain on {drain} (at most {} ms)",
+            self.http.listen,
+            self.sip.listen,
+            self.media.rtp_port_min,
+            self.media.rtp_port_max,
+            self.shutdown.drain_timeout_ms,
+        )
+    }
+
     /// Where INVITEs go: `[calls] proxy`, else the registrar, else nowhere
     /// fixed (the bUri's host).
     pub fn call_proxy(&self) -> anyhow::Result<Option<SipTarget>> {
@@ -573,6 +634,17 @@ mod tests {
         assert_eq!(config.http.listen.port(), 9000);
         let target = config.registrar.unwrap().target().unwrap();
         assert_eq!(target.port, 5070);
+    }
+
+    #[test]
+    fn admin_token_comes_from_the_environment_and_must_be_long() {
+        let env =
+            |name: &str| (name == "DIALTONE_ADMIN_TOKEN").then(|| "0123456789abcdef".to_string());
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.http.admin_token.as_deref(), Some("0123456789abcdef"));
+        assert!(config.summary().contains("POST /drain"));
+        let short = |name: &str| (name == "DIALTONE_ADMIN_TOKEN").then(|| "secret".to_string());
+        assert!(Config::load(None, short).is_err());
     }
 
     #[test]

@@ -64,6 +64,16 @@ impl ClientConnection {
     }
 
     fn start_session(&mut self, request: StartSession) {
+        if self.gateway.is_draining() {
+            self.refuse(
+                ProtocolError::new(
+                    ErrorCode::Draining,
+                    "this gateway is draining: reconnect to be placed on another one",
+                )
+                .for_request("START_SESSION"),
+            );
+            return;
+        }
         let limit = self.gateway.config.websocket.max_sessions_per_connection;
         if self.sessions.len() >= limit {
             self.refuse(

@@ -1,6 +1,6 @@
 //! The one HTTP server: the client WebSocket at `/ws`, `/health`,
-//! `/status`, `/metrics`, and the softphone web page at `/` (with its
-//! `/app.js` and `/style.css`, built into the binary).
+//! `/status`, `/metrics`, `POST /drain`, and the softphone web page at `/`
+//! (with its `/app.js` and `/style.css`, built into the binary).
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::header;
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::response::{Html, IntoResponse, Json};
 use axum::routing::{get, post};
@@ -31,7 +31,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/ws", get(upgrade))
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
+        .route("/drain", post(drain))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/open/{version}", post(rtmpt))
@@ -49,10 +50,58 @@ async fn rtmpt(State(gateway): State<Arc<Gateway>>, uri: Uri, body: Bytes) -> Re
     }
 }
 
-async fn upgrade(
-    State(gateway): State<Arc<Gateway>>,
-    upgrade: WebSocketUpgrade,
-) -> impl IntoResponse {
+/// 200 while the gateway takes new sessions; 503 once it drains, so a
+/// balancer's health check takes it out of rotation.
+async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    match gateway.is_draining() {
+        true => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
+        false => "ok\n".into_response(),
+    }
+}
+
+/// Starts a drain, for a caller holding `http.admin_token` as a bearer
+/// token. Without a configured token the endpoint does not exist.
+async fn drain(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let Some(token) = &gateway.config.http.admin_token else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same_secret(offered.as_bytes(), token.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid admin token is needed\n",
+        )
+            .into_response();
+    }
+    if !gateway.is_draining() {
+        tracing::info!("drain requested over HTTP");
+        gateway.draining.cancel();
+    }
+    (StatusCode::ACCEPTED, "draining\n").into_response()
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell a guesser how much of the token was right.
+fn same_secret(offered: &[u8], secret: &[u8]) -> bool {
+    offered.len() == secret.len()
+        && offered
+            .iter()
+            .zip(secret)
+            .fold(0u8, |differences, (a, b)| differences | (a ^ b))
+            == 0
+}
+
+async fn upgrade(State(gateway): State<Arc<Gateway>>, upgrade: WebSocketUpgrade) -> Response {
+    // Refused before the upgrade, so a balancer can try another gateway
+    // (nginx: proxy_next_upstream http_503).
+    if gateway.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
     let limit = HARD_FRAME_LIMIT.max(gateway.config.websocket.max_message_bytes);
     upgrade
         .max_message_size(limit)
@@ -114,4 +163,17 @@ async fn style_css() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("web/style.css"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn only_the_whole_token_matches() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcde", b"0123456789abcdef"));
+        assert!(!same_secret(b"", b"0123456789abcdef"));
+    }
 }

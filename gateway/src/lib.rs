@@ -47,9 +47,24 @@ use dialtone_room::webrtc::{WebRtcSettings, WebRtcTimeouts};
 /// How long shutdown waits for sessions to unregister.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs the gateway until `stop` is cancelled, then closes every session
-/// (unregistering it) before returning.
-pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+/// How often a drain looks whether the last call has ended. Calls end in
+/// many places; the calls gauge is the one count of them all.
+const DRAIN_CHECK: Duration = Duration::from_millis(200);
+
+/// What ends the gateway. `drain`: no new connections or sessions, calls
+/// in progress go on, and once none is left (or `shutdown.drain_timeout_ms`
+/// has passed) `stop` follows. `stop`: every session is closed now.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub stop: CancellationToken,
+}
+
+/// Runs the gateway until `shutdown.stop` is cancelled (by the caller or
+/// at the end of a drain), then closes every session (unregistering it)
+/// before returning.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let Shutdown { drain, stop } = shutdown;
     let sip = UserAgent::start(UserAgentConfig {
         listen: config.sip.listen,
         public_ip: config.sip.public_ip,
@@ -133,7 +148,9 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         call_media: Default::default(),
         tasks: TaskTracker::new(),
         shutdown: stop.clone(),
+        draining: drain,
     });
+    tokio::spawn(stop_when_drained(gateway.clone()));
     if gateway.config.calls.test_lines {
         test_lines::serve(&gateway);
     }
@@ -181,6 +198,34 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     sip.shutdown().await;
     info!("dialtone stopped");
     Ok(())
+}
+
+/// Once a drain starts, stops the gateway when no call is left or when
+/// the drain timeout has passed, whichever comes first.
+async fn stop_when_drained(gateway: Arc<Gateway>) {
+    tokio::select! {
+        _ = gateway.draining.cancelled() => {}
+        _ = gateway.shutdown.cancelled() => return,
+    }
+    let timeout = Duration::from_millis(gateway.config.shutdown.drain_timeout_ms);
+    info!(
+        calls = gateway.metrics.calls.get(),
+        ?timeout,
+        "draining: no new sessions; calls in progress go on"
+    );
+    let last_call_ended = async {
+        while gateway.metrics.calls.get() > 0 {
+            tokio::time::sleep(DRAIN_CHECK).await;
+        }
+    };
+    match tokio::time::timeout(timeout, last_call_ended).await {
+        Ok(()) => info!("drained: no call left; stopping"),
+        Err(_) => warn!(
+            calls = gateway.metrics.calls.get(),
+            "drain timeout passed; stopping with calls in progress"
+        ),
+    }
+    gateway.shutdown.cancel();
 }
 
 /// The endpoints a Flash SDP lists: the configured ones, else RTMP, RTMPS

@@ -1,21 +1,29 @@
-//! `dialtone [--config FILE]`: runs the gateway until SIGINT or SIGTERM.
+//! `dialtone [--config FILE] [--check-config]`: runs the gateway; SIGTERM
+//! drains it, SIGINT (or a second SIGTERM) stops it at once.
 
 use std::path::PathBuf;
 
 use anyhow::bail;
 use dialtone_gateway::config::{Config, ENV_OVERRIDES};
+use dialtone_gateway::Shutdown;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-const USAGE: &str = "usage: dialtone [--config FILE]
+const USAGE: &str = "usage: dialtone [--config FILE] [--check-config]
 
 Runs the Dialtone WebSocket-to-SIP gateway. Without a file it listens on
 127.0.0.1 (HTTP/WebSocket 8080, SIP 5060) and accepts any user name.
-See dialtone.example.toml for every setting.";
+See dialtone.example.toml for every setting.
+
+  --check-config  load and check the file and the DIALTONE_* variables,
+                  print a one-line summary and exit (non-zero on an error)
+
+SIGTERM drains: no new sessions, calls in progress go on (at most
+shutdown.drain_timeout_ms), then the gateway exits. SIGINT stops at once.";
 
 fn main() -> anyhow::Result<()> {
     let mut config_path: Option<PathBuf> = None;
+    let mut check_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -23,10 +31,11 @@ fn main() -> anyhow::Result<()> {
                 Some(path) => config_path = Some(PathBuf::from(path)),
                 None => bail!("--config needs a file\n\n{USAGE}"),
             },
+            "--check-config" => check_only = true,
             "--help" | "-h" => {
                 println!("{USAGE}\n\nEnvironment overrides:");
                 for (name, setting) in ENV_OVERRIDES {
-                    println!("  {name:<24} {setting}");
+                    println!("  {name:<26} {setting}");
                 }
                 return Ok(());
             }
@@ -34,6 +43,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let config = Config::load(config_path.as_deref(), |name| std::env::var(name).ok())?;
+    if check_only {
+        println!("{}", config.summary());
+        return Ok(());
+    }
     let filter =
         EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log.level))?;
     tracing_subscriber::fmt()
@@ -47,16 +60,21 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let stop = CancellationToken::new();
-        let on_signal = stop.clone();
+        let shutdown = Shutdown::default();
+        let on_signal = shutdown.clone();
         let mut terminate = signal(SignalKind::terminate())?;
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+                _ = async {
+                    terminate.recv().await;
+                    on_signal.drain.cancel();
+                    // An operator who insists means it.
+                    terminate.recv().await;
+                } => {}
             }
-            on_signal.cancel();
+            on_signal.stop.cancel();
         });
-        dialtone_gateway::run(config, stop).await
+        dialtone_gateway::run(config, shutdown).await
     })
 }

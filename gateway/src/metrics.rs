@@ -58,6 +58,8 @@ pub struct Limits {
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub version: &'static str,
+    /// A drain has started: this gateway takes no new sessions.
+    pub draining: bool,
     pub ws_connections: i64,
     pub sessions: i64,
     pub registrations: i64,
@@ -187,6 +189,7 @@ impl Metrics {
     pub fn status(&self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION"),
+            draining: false,
             ws_connections: self.ws_connections.get(),
             sessions: self.sessions.get(),
             registrations: self.registrations.get(),

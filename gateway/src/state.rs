@@ -28,6 +28,9 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// Cancelled on shutdown: connections say DISCONNECTED and end.
     pub shutdown: CancellationToken,
+    /// Cancelled when a drain starts (SIGTERM, POST /drain): new
+    /// connections and sessions are refused, `/health` says so.
+    pub draining: CancellationToken,
     /// What every WebRTC point shares (certificate, candidate address).
     pub webrtc: WebRtcSettings,
     /// Where RTMP clients connect, when RTMP is on.
@@ -47,6 +50,10 @@ pub struct Gateway {
 pub type MediaStatsWatch = watch::Receiver<Option<MediaStatsSnapshot>>;
 
 impl Gateway {
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
     /// Live counts, read fresh from the SIP stack and the task tracker.
     pub fn status(&self) -> Status {
         let sip = self.sip.stats();
@@ -72,6 +79,7 @@ impl Gateway {
                 max_recordings: recording.max_recordings,
                 max_recording_bytes: recording.max_bytes,
             },
+            draining: self.is_draining(),
             ..self.metrics.status()
         }
     }

@@ -23,6 +23,7 @@ use rsipstack::transaction::key::TransactionRole;
 use rsipstack::transport::SipAddr;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
@@ -354,6 +355,7 @@ impl UserAgent {
         let (done_sender, done) = mpsc::unbounded_channel();
         let driver = Driver {
             dialogs: self.dialogs.clone(),
+            stack_stopped: self.cancel.child_token(),
             role: dialog.role(),
             dialog,
             events: event_sender,
@@ -391,6 +393,9 @@ fn from_uri(request: &Request) -> String {
 
 struct Driver {
     dialogs: Arc<DialogLayer>,
+    /// Cancelled when the user agent shuts down: no message can come or go
+    /// any more, so the driver ends instead of waiting for one.
+    stack_stopped: CancellationToken,
     dialog: InviteDialog,
     role: TransactionRole,
     events: mpsc::UnboundedSender<CallEvent>,
@@ -488,6 +493,9 @@ impl Driver {
                 }
                 _ = sleep_until(self.cancel_deadline()) => {
                     info!("no final response after our CANCEL; giving the call up");
+                    break CallEvent::Ended { reason: EndReason::Local };
+                }
+                _ = self.stack_stopped.cancelled() => {
                     break CallEvent::Ended { reason: EndReason::Local };
                 }
                 command = commands.recv(), if commands_open => {

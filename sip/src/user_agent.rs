@@ -63,7 +63,7 @@ pub struct UserAgent {
     pub(crate) routes: IncomingRoutes,
     local_addr: SocketAddr,
     advertised_addr: SocketAddr,
-    cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) keepalive: Duration,
     pub(crate) transaction_timeout: Duration,

@@ -163,6 +163,17 @@ impl Gateway {
         crate::http::get(self.http, path, HTTP_TIMEOUT)
     }
 
+    /// POST `path` with no body, with `Authorization: Bearer <token>` when given; returns
+    /// (status code, body) whatever the code.
+    pub fn http_post(&self, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
+        let authorization = bearer.map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|value| ("Authorization", value.as_str()))
+            .collect();
+        crate::http::request(self.http, "POST", path, &headers, HTTP_TIMEOUT)
+    }
+
     /// GET /status, which must answer 200 with JSON.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let (code, body) = self.http_get("/status")?;
@@ -235,9 +246,20 @@ impl Gateway {
         self.guard.try_wait()
     }
 
-    /// Graceful stop: SIGTERM, up to [`STOP_GRACE`], then SIGKILL. Returns the exit status.
+    /// Stop now: SIGINT (which, unlike SIGTERM, does not wait for calls to end), up to
+    /// [`STOP_GRACE`], then SIGKILL. Returns the exit status.
     pub fn stop(&self) -> anyhow::Result<ExitStatus> {
-        self.guard.stop(STOP_GRACE)
+        self.guard.stop_with(libc::SIGINT, STOP_GRACE)
+    }
+
+    /// SIGTERM, which starts a drain; does not wait. See [`Gateway::wait_exit`].
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        self.guard.signal(libc::SIGTERM)
+    }
+
+    /// Waits until the gateway exits by itself (the end of a drain); returns its status.
+    pub fn wait_exit(&self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.guard.wait_exit(timeout)
     }
 
     /// SIGKILL by PID (no chance to clean up), then reap. Returns the exit status.
@@ -253,7 +275,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Err(e) = self.guard.stop(STOP_GRACE) {
+        if let Err(e) = self.stop() {
             eprintln!("[dialtone-tests] stopping gateway: {e:#}");
         }
         if self.keep_dir || crate::keep_artifacts() {

@@ -1,4 +1,4 @@
-//! Minimal blocking HTTP/1.1 GET, enough for the gateway's /status and /metrics.
+//! Minimal blocking HTTP/1.1 client, enough for the gateway's /status, /metrics and /drain.
 //!
 //! A hand-rolled client keeps the rig free of a heavy HTTP stack and shows exactly what went
 //! over the wire when something is off.
@@ -16,22 +16,44 @@ pub(crate) fn get(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    request(addr, "GET", path, &[], timeout)
+}
+
+/// Sends `method path` with the extra `headers`, no body and `Connection: close`; returns
+/// (status code, body) whatever the code.
+pub(crate) fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to http://{addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n{extra}{length}Connection: close\r\n\r\n"
+    );
     stream
         .write_all(request.as_bytes())
-        .with_context(|| format!("sending GET {path} to {addr}"))?;
+        .with_context(|| format!("sending {method} {path} to {addr}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .with_context(|| format!("reading response to GET {path} from {addr}"))?;
+        .with_context(|| format!("reading response to {method} {path} from {addr}"))?;
     parse_response(&raw).with_context(|| {
         format!(
-            "bad HTTP response to GET {path} from {addr}: {:?}",
+            "bad HTTP response to {method} {path} from {addr}: {:?}",
             String::from_utf8_lossy(&raw[..raw.len().min(500)])
         )
     })

@@ -86,6 +86,23 @@ pub struct KamailioOptions {
     /// Listen on this SIP port instead of a free one: a registrar restarted where the gateway
     /// still sends its REGISTERs (the port must be free again by then).
     pub sip_port: Option<u16>,
+    /// Run this config instead of the rig's template (the other options then do not apply).
+    pub own_config: Option<OwnConfig>,
+}
+
+/// A config of the project's own, such as `deploy/kamailio/kamailio.cfg`, run as it is: what
+/// differs per instance comes in as `-A` defines. The rig always defines `LISTEN_ADDR`
+/// (127.0.0.1), `SIP_PORT`, and `RPC_FIFO`, `RPC_REPLY_DIR` and `CTL_SOCKET` in the instance
+/// dir (the config must read them so that the rig can reach it).
+#[derive(Debug, Clone)]
+pub struct OwnConfig {
+    /// The config file; copied into the instance dir.
+    pub file: PathBuf,
+    /// Files written next to it (what it includes or reads): (file name, content).
+    pub files: Vec<(String, String)>,
+    /// More defines, `NAME=VALUE` (a string value in double quotes); `@DIR@` in one becomes
+    /// the instance dir.
+    pub defines: Vec<String>,
 }
 
 /// One registered contact, as Kamailio's location table holds it.
@@ -136,11 +153,25 @@ impl Kamailio {
         let dir = crate::instance_dir("kam-")?;
         let dir_path = dir.path().to_owned();
         let port = opts.sip_port.unwrap_or_else(crate::free_port);
-        let cfg = render_config(&opts, port, &dir_path)?;
         let cfg_path = dir_path.join("kamailio.cfg");
-        std::fs::write(&cfg_path, cfg).context("writing kamailio.cfg")?;
-
         let mut cmd = Command::new(KAMAILIO_BIN);
+        match &opts.own_config {
+            Some(own) => {
+                std::fs::copy(&own.file, &cfg_path)
+                    .with_context(|| format!("copying {}", own.file.display()))?;
+                for (name, content) in &own.files {
+                    std::fs::write(dir_path.join(name), content)
+                        .with_context(|| format!("writing {name}"))?;
+                }
+                for define in own_defines(own, port, &dir_path)? {
+                    cmd.arg("-A").arg(define);
+                }
+            }
+            None => {
+                let cfg = render_config(&opts, port, &dir_path)?;
+                std::fs::write(&cfg_path, cfg).context("writing kamailio.cfg")?;
+            }
+        }
         cmd.arg("-f")
             .arg(&cfg_path)
             .args(["-DD", "-E", "-w"])
@@ -429,6 +460,20 @@ impl Drop for Kamailio {
     }
 }
 
+/// The `-A` defines of an [`OwnConfig`] instance.
+fn own_defines(own: &OwnConfig, port: u16, dir: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = dir.to_str().context("temp dir path is not UTF-8")?;
+    let mut defines = vec![
+        "LISTEN_ADDR=127.0.0.1".to_string(),
+        format!("SIP_PORT={port}"),
+        format!("RPC_FIFO=\"{dir}/kamailio_rpc.fifo\""),
+        format!("RPC_REPLY_DIR=\"{dir}/\""),
+        format!("CTL_SOCKET=\"unix:{dir}/kamailio_ctl\""),
+    ];
+    defines.extend(own.defines.iter().map(|d| d.replace("@DIR@", dir)));
+    Ok(defines)
+}
+
 fn render_config(opts: &KamailioOptions, port: u16, dir: &Path) -> anyhow::Result<String> {
     let dir = dir.to_str().context("temp dir path is not UTF-8")?;
     if dir.contains('"') {
@@ -698,6 +743,7 @@ mod tests {
             fixed_callee: Some("127.0.0.1:6000".parse()?),
             register_with_407: true,
             sip_port: None,
+            own_config: None,
         };
         let cfg = render_config(&opts, 15060, Path::new("/tmp/x"))?;
         assert!(cfg.contains("listen=udp:127.0.0.1:15060"));

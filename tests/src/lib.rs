@@ -26,14 +26,17 @@
 //! instance's temp dir (config + full log) and prints its path. Set `DIALTONE_KEEP_LOGS=1` to
 //! keep the temp dirs of passing tests too.
 
+pub mod asterisk_conf;
 pub mod audio;
 pub mod baresip;
 pub mod browser;
+pub mod deploy;
 pub mod ffmpeg;
 pub mod gateway;
 mod http;
 pub mod kamailio;
 pub mod netns;
+pub mod nginx;
 pub mod ports;
 pub mod process;
 pub mod rtp_peer;
@@ -46,7 +49,8 @@ pub mod ws_client;
 pub use audio::AudioReport;
 pub use baresip::{Baresip, BaresipAccount, BaresipOptions};
 pub use gateway::Gateway;
-pub use kamailio::{ContactInfo, DigestAlgorithm, Kamailio, KamailioOptions};
+pub use kamailio::{ContactInfo, DigestAlgorithm, Kamailio, KamailioOptions, OwnConfig};
+pub use nginx::Nginx;
 pub use ports::{free_port, free_port_block};
 pub use process::{ChildGuard, LogMark, Logged};
 pub use sipp::{Sipp, SippOptions, TracedMessage, UacScenario, UasScenario};

@@ -291,10 +291,16 @@ impl ChildGuard {
     /// Graceful stop: SIGTERM, wait up to `grace`, then SIGKILL; always reaps the child.
     /// Returns its exit status (immediately if it had already exited).
     pub fn stop(&self, grace: Duration) -> anyhow::Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM, grace)
+    }
+
+    /// Like [`ChildGuard::stop`] with another first signal, for programs whose SIGTERM means
+    /// something slower than "stop now" (the gateway drains on SIGTERM).
+    pub fn stop_with(&self, signal: i32, grace: Duration) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.try_wait()? {
             return Ok(status);
         }
-        self.signal(libc::SIGTERM)?;
+        self.signal(signal)?;
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.try_wait()? {
@@ -304,7 +310,7 @@ impl ChildGuard {
             std::thread::sleep(POLL);
         }
         eprintln!(
-            "[dialtone-tests] {} (pid {}) ignored SIGTERM for {grace:?}; sending SIGKILL",
+            "[dialtone-tests] {} (pid {}) ignored signal {signal} for {grace:?}; sending SIGKILL",
             self.name, self.pid
         );
         self.kill_hard()

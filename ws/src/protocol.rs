@@ -474,6 +474,9 @@ pub enum ErrorCode {
     /// A configured limit (points per session, members per room, rooms,
     /// recordings) is reached.
     LimitReached,
+    /// The gateway is draining and takes no new session: the client should
+    /// reconnect (through its balancer) to reach another gateway.
+    Draining,
 }
 
 /// Every message the gateway sends.
