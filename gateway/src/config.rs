@@ -505,6 +505,17 @@ impl Config {
         Ok(())
     }
 
+    /// The limits `/status` and `/metrics` show.
+    pub(crate) fn limits(&self) -> crate::metrics::Limits {
+        crate::metrics::Limits {
+            max_points_per_session: self.rooms.max_points_per_session,
+            max_members: self.rooms.max_members,
+            max_rooms: self.rooms.max_rooms,
+            max_recordings: self.recording.max_recordings,
+            max_recording_bytes: self.recording.max_bytes,
+        }
+    }
+
     pub fn auth_mode(&self) -> AuthMode {
         self.sessions.auth.unwrap_or(if self.registrar.is_some() {
             AuthMode::Registrar

@@ -80,7 +80,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if config.auth_mode() == AuthMode::Open {
         warn!("no registrar and no users configured: any user name may start a session (auth = \"open\")");
     }
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(&config.limits());
     let ports = PortPool::new(
         sip.local_addr().ip(),
         config.media.rtp_port_min,
