@@ -54,7 +54,13 @@ pub struct OutgoingCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEvent {
     /// A provisional response to our INVITE: 100, 180, 183 (with early SDP).
-    Progress { status: u16, sdp: Option<String> },
+    Progress {
+        status: u16,
+        sdp: Option<String>,
+        /// Early media: the far end's SDP in the response, read as the
+        /// answer to our offer; the 2xx's answer takes over.
+        media: Option<NegotiatedMedia>,
+    },
     /// Outgoing: 2xx received and ACKed. Incoming: our 2xx was ACKed.
     Established {
         /// What was negotiated; `None` when no usable SDP was exchanged
@@ -534,11 +540,15 @@ impl Driver {
             DialogState::Trying(_) => self.emit(CallEvent::Progress {
                 status: 100,
                 sdp: None,
+                media: None,
             }),
             DialogState::Early(_, response) if self.role == TransactionRole::Client => {
+                let sdp = body_text(&response.body);
+                let media = sdp.as_deref().and_then(|sdp| self.early_media(sdp));
                 self.emit(CallEvent::Progress {
                     status: response.status_code.code(),
-                    sdp: body_text(&response.body),
+                    sdp,
+                    media,
                 })
             }
             DialogState::Confirmed(_, response) if !self.established => {
@@ -596,6 +606,16 @@ impl Driver {
             _ => {}
         }
         None
+    }
+
+    /// Early media: a provisional response's SDP, read against our offer.
+    /// Unusable SDP there is only logged: the call goes on to its 2xx.
+    fn early_media(&mut self, sdp: &str) -> Option<NegotiatedMedia> {
+        let negotiation = self.negotiation.as_mut()?;
+        negotiation
+            .on_remote_answer(sdp)
+            .map_err(|error| warn!(%error, "early SDP unusable; no early media"))
+            .ok()
     }
 
     /// The media agreed when the call is established: the far end's answer

@@ -79,10 +79,13 @@ pub enum UasScenario {
     /// INVITE → 100, 180; waits for the CANCEL, then answers the CANCEL 200 and the INVITE 200
     /// (SDP as `Answer`): a 200 that crossed the CANCEL. Expects ACK, then BYE → 200.
     AnswerCrossingCancel,
+    /// INVITE → 100, 183 with SDP (as `Answer`'s), then after [`SippOptions::pause`]
+    /// (default 4 s) 200 with the same SDP; ACK; BYE → 200: early media before the answer.
+    EarlyMedia,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 15] = [
+    pub const ALL: [UasScenario; 16] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -98,6 +101,7 @@ impl UasScenario {
         UasScenario::ReinviteSessionExpiresOverflow,
         UasScenario::ReinviteG722First,
         UasScenario::AnswerCrossingCancel,
+        UasScenario::EarlyMedia,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -118,6 +122,7 @@ impl UasScenario {
             UasScenario::ReinviteSessionExpiresOverflow => "reinvite_session_expires_overflow",
             UasScenario::ReinviteG722First => "reinvite_g722_first",
             UasScenario::AnswerCrossingCancel => "answer_crossing_cancel",
+            UasScenario::EarlyMedia => "early_media",
         }
     }
 
@@ -171,6 +176,7 @@ impl UasScenario {
             UasScenario::AnswerCrossingCancel => {
                 include_str!("../rig/sipp/answer_crossing_cancel.xml")
             }
+            UasScenario::EarlyMedia => include_str!("../rig/sipp/early_media.xml"),
         })
     }
 
@@ -178,6 +184,7 @@ impl UasScenario {
     fn default_pause(self) -> Option<Duration> {
         match self {
             UasScenario::Silent => Some(Duration::from_secs(10)),
+            UasScenario::EarlyMedia => Some(Duration::from_secs(4)),
             UasScenario::AnswerThenReinvite
             | UasScenario::AnswerThenInactive
             | UasScenario::SessionExpiresOverflow

@@ -74,10 +74,12 @@ pub(crate) enum CallOutput {
     /// SIP: these digits by INFO, one each.
     SendInfo(String),
     /// The room: the SIP leg's point, as negotiated; look for in-band
-    /// DTMF in its audio when `detect_tones`.
+    /// DTMF in its audio when `detect_tones`. `early`: early media (a 18x
+    /// with SDP), which a far end may stop at any time without being dead.
     AddSipPoint {
         media: NegotiatedMedia,
         detect_tones: bool,
+        early: bool,
     },
     /// The room: the SIP far end changed (re-INVITE, UPDATE).
     UpdateSipPoint(PointUpdate),
@@ -269,8 +271,16 @@ impl CallMachine {
                 self.emit(CallOutput::Stage(CallStage::Ringing));
             }
             CallEvent::Progress {
-                status: 181..=183, ..
-            } if outgoing => self.emit(CallOutput::Stage(CallStage::SessionProgress)),
+                status: 181..=183,
+                media,
+                ..
+            } if outgoing => {
+                self.emit(CallOutput::Stage(CallStage::SessionProgress));
+                if let Some(media) = media.filter(|_| self.phase == Phase::Setup) {
+                    info!("early media");
+                    self.sip_media(media, true);
+                }
+            }
             CallEvent::Progress { .. } => {}
             CallEvent::Established { media, .. } => {
                 if self.phase == Phase::Setup {
@@ -278,13 +288,7 @@ impl CallMachine {
                 }
                 info!("call established");
                 if let Some(media) = media {
-                    self.sip_events = media.telephone_event.is_some();
-                    self.sip_point = true;
-                    let detect_tones = self.settings.detect_tones.unwrap_or(!self.sip_events);
-                    self.emit(CallOutput::AddSipPoint {
-                        media,
-                        detect_tones,
-                    });
+                    self.sip_media(media, false);
                 }
                 self.emit(CallOutput::Started);
             }
@@ -313,6 +317,28 @@ impl CallMachine {
             ),
             CallEvent::Ended { reason } => self.ended(reason),
         }
+    }
+
+    /// The SIP leg's media, early or final: the point is added, or (the
+    /// 2xx after early media) brought up to date with what the answer says.
+    fn sip_media(&mut self, media: NegotiatedMedia, early: bool) {
+        self.sip_events = media.telephone_event.is_some();
+        if self.sip_point {
+            self.emit(CallOutput::UpdateSipPoint(PointUpdate {
+                remote: media.remote,
+                audio: bridged(&media.codec),
+                telephone_event: media.telephone_event,
+                sends: media.remote_sends(),
+            }));
+            return;
+        }
+        self.sip_point = true;
+        let detect_tones = self.settings.detect_tones.unwrap_or(!self.sip_events);
+        self.emit(CallOutput::AddSipPoint {
+            media,
+            detect_tones,
+            early,
+        });
     }
 
     /// SIP ended a call the gateway had not decided to end.
@@ -505,7 +531,11 @@ mod tests {
             [CallOutput::Stage(CallStage::Trying)]
         );
         for status in [100, 180, 183] {
-            let progress = CallEvent::Progress { status, sdp: None };
+            let progress = CallEvent::Progress {
+                status,
+                sdp: None,
+                media: None,
+            };
             machine.handle(start, CallInput::Sip(progress));
         }
         assert_eq!(
@@ -522,7 +552,8 @@ mod tests {
             [
                 CallOutput::AddSipPoint {
                     media: pcmu,
-                    detect_tones: false
+                    detect_tones: false,
+                    early: false,
                 },
                 CallOutput::Started
             ]
@@ -679,6 +710,7 @@ mod tests {
         let progress = CallEvent::Progress {
             status: 180,
             sdp: None,
+            media: None,
         };
         machine.handle(start, CallInput::Sip(progress));
         outputs(&mut machine);
@@ -902,7 +934,8 @@ mod tests {
         let out = outputs(&mut machine);
         assert!(out.contains(&CallOutput::AddSipPoint {
             media: media("PCMU", 0, None),
-            detect_tones: true
+            detect_tones: true,
+            early: false,
         }));
         assert_eq!(out.last(), Some(&CallOutput::Started));
         machine.handle(start, CallInput::Reject(RejectReason::Busy));
@@ -911,6 +944,47 @@ mod tests {
             [CallOutput::Refused(
                 "ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"
             )]
+        );
+    }
+
+    #[test]
+    fn early_media_joins_the_room_and_the_answer_takes_over() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        outputs(&mut machine);
+        let early = media("PCMU", 0, Some(101));
+        let progress = CallEvent::Progress {
+            status: 183,
+            sdp: None,
+            media: Some(early.clone()),
+        };
+        machine.handle(start, CallInput::Sip(progress));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::Stage(CallStage::SessionProgress),
+                CallOutput::AddSipPoint {
+                    media: early,
+                    detect_tones: false,
+                    early: true,
+                },
+            ],
+            "the client hears the far end before the answer; silence then is no failure"
+        );
+        let answered = media("PCMA", 8, None);
+        machine.handle(start, established(Some(answered.clone())));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::UpdateSipPoint(PointUpdate {
+                    remote: answered.remote,
+                    audio: bridged(&answered.codec),
+                    telephone_event: None,
+                    sends: true,
+                }),
+                CallOutput::Started
+            ],
+            "one point, brought up to date by the 2xx's answer"
         );
     }
 }

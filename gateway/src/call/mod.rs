@@ -411,11 +411,12 @@ impl CallTask {
                 CallOutput::AddSipPoint {
                     media: negotiated,
                     detect_tones,
+                    early,
                 } => {
                     let point = media
                         .lease
                         .as_ref()
-                        .and_then(|lease| self.sip_point(lease, &negotiated));
+                        .and_then(|lease| self.sip_point(lease, &negotiated, early));
                     if let (Some((config, io)), Some(room)) = (point, room) {
                         let config = config.detecting_tones(detect_tones);
                         room.add_point(sip_point, config, io, media.sink.clone());
@@ -541,6 +542,7 @@ impl CallTask {
         &self,
         lease: &PortLease,
         media: &NegotiatedMedia,
+        early: bool,
     ) -> Option<(PointConfig, PointIo)> {
         let sockets = lease
             .rtp_socket()
@@ -556,7 +558,8 @@ impl CallTask {
             .latching(self.latch_config());
         let watch = WatchConfig {
             rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
-            sends: media.remote_sends(),
+            // Early media may stop at any time; the answer restarts the watch.
+            sends: media.remote_sends() && !early,
             rtcp: true,
         };
         let io = PointIo {
