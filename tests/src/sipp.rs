@@ -208,6 +208,9 @@ pub enum UacScenario {
     /// `uac_info.xml`: INVITE (PCMU only); 200 → ACK; INFO `Signal=5`, INFO `Signal=#`
     /// (`application/dtmf-relay`), each → 200; BYE → 200.
     Info,
+    /// `uac_ack_reinvite.xml`: INVITE (PCMU only); 200 → ACK and a re-INVITE (hold) back to
+    /// back; its 200 → ACK; BYE → 200.
+    AckThenReinvite,
 }
 
 impl UacScenario {
@@ -217,6 +220,7 @@ impl UacScenario {
             UacScenario::Reject => "uac_reject",
             UacScenario::Cancel => "uac_cancel",
             UacScenario::Info => "uac_info",
+            UacScenario::AckThenReinvite => "uac_ack_reinvite",
         }
     }
 
@@ -226,6 +230,7 @@ impl UacScenario {
             UacScenario::Reject => Some(include_str!("../rig/sipp/uac_reject.xml")),
             UacScenario::Cancel => Some(include_str!("../rig/sipp/uac_cancel.xml")),
             UacScenario::Info => Some(include_str!("../rig/sipp/uac_info.xml")),
+            UacScenario::AckThenReinvite => Some(include_str!("../rig/sipp/uac_ack_reinvite.xml")),
         }
     }
 }
