@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
-use crate::sdp::{self, LocalAudio};
+use crate::sdp::{self, Direction, LocalAudio};
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
 
@@ -83,6 +83,19 @@ pub enum CallEvent {
     Info { content_type: String, body: String },
     /// The call never started.
     Failed { status: u16, reason: String },
+    /// Our re-INVITE changing our direction (hold, resume) was answered;
+    /// `media` is what the answer agreed.
+    DirectionChanged {
+        direction: Direction,
+        media: NegotiatedMedia,
+    },
+    /// Our re-INVITE was refused or went unanswered; the media stays as it
+    /// was.
+    DirectionRefused {
+        direction: Direction,
+        status: Option<u16>,
+        reason: String,
+    },
     /// The call ended.
     Ended { reason: EndReason },
 }
@@ -105,7 +118,13 @@ enum CallCommand {
     Accept(LocalAudio),
     Reject(u16),
     Hangup,
-    Info { content_type: String, body: String },
+    Info {
+        content_type: String,
+        body: String,
+    },
+    /// A re-INVITE with our media in this direction: `sendonly` or
+    /// `inactive` holds the far end, `sendrecv` resumes.
+    Direction(Direction),
 }
 
 /// Steers one call. Dropping every clone hangs the call up.
@@ -135,6 +154,14 @@ impl CallControl {
     }
 
     /// An in-dialog INFO (DTMF relay), once the call is established.
+    /// Re-INVITEs the far end with our media in `direction` (hold with
+    /// `sendonly` or `inactive`, resume with `sendrecv`); answered with
+    /// [`CallEvent::DirectionChanged`] or [`CallEvent::DirectionRefused`].
+    /// A glare (491) is retried after the RFC 3261 back-off.
+    pub fn set_direction(&self, direction: Direction) {
+        let _ = self.0.send(CallCommand::Direction(direction));
+    }
+
     pub fn send_info(&self, content_type: &str, body: String) {
         let _ = self.0.send(CallCommand::Info {
             content_type: content_type.to_string(),
@@ -376,6 +403,8 @@ impl UserAgent {
             done: done_sender,
             infos: VecDeque::new(),
             info_in_flight: None,
+            reinvite_in_flight: None,
+            next_direction: None,
             hangup_in_flight: false,
             hangup_after_ack: false,
         };
@@ -431,6 +460,9 @@ struct Driver {
     /// practice: many peers answer a second with 500).
     infos: VecDeque<(String, String)>,
     info_in_flight: Option<AbortHandle>,
+    /// Our re-INVITE, one at a time, and the direction asked for meanwhile.
+    reinvite_in_flight: Option<AbortHandle>,
+    next_direction: Option<Direction>,
     hangup_in_flight: bool,
     /// Incoming: hung up between our 200 and the caller's ACK.
     hangup_after_ack: bool,
@@ -439,6 +471,11 @@ struct Driver {
 /// A SIP transaction of the driver that finished.
 enum Done {
     Info(rsipstack::Result<Option<Response>>),
+    Reinvite {
+        direction: Direction,
+        previous: Box<LocalAudio>,
+        result: rsipstack::Result<Option<Response>>,
+    },
     Hangup(rsipstack::Result<()>),
     /// A response to an in-dialog request went to its transaction.
     Replied {
@@ -520,6 +557,9 @@ impl Driver {
         // Digits for a call that is over are of no use to anyone.
         if let Some(info) = self.info_in_flight.take() {
             info.abort();
+        }
+        if let Some(reinvite) = self.reinvite_in_flight.take() {
+            reinvite.abort();
         }
         // A BYE or a response in flight finishes on its own.
         // An INVITE still waiting for its final response (a CANCEL the far
@@ -756,6 +796,11 @@ impl Driver {
                 self.next_info();
                 Ok(())
             }
+            CallCommand::Direction(direction) => {
+                self.next_direction = Some(direction);
+                self.next_reinvite();
+                Ok(())
+            }
             CallCommand::Hangup => {
                 if !self.established && self.hung_up_at.is_none() {
                     self.hung_up_at = Some(Instant::now());
@@ -808,6 +853,96 @@ impl Driver {
         }));
     }
 
+    /// Sends the re-INVITE for the direction last asked for, unless one is
+    /// in flight (it follows when that one is done).
+    fn next_reinvite(&mut self) {
+        if self.reinvite_in_flight.is_some() || self.hangup_in_flight {
+            return;
+        }
+        let Some(direction) = self.next_direction.take() else {
+            return;
+        };
+        let negotiation = self.negotiation.as_mut().filter(|_| self.established);
+        let Some(negotiation) = negotiation else {
+            self.emit(CallEvent::DirectionRefused {
+                direction,
+                status: None,
+                reason: "the call is not established".to_string(),
+            });
+            return;
+        };
+        let previous = Box::new(negotiation.local().clone());
+        let offer = negotiation.offer_with(direction).render();
+        let dialog = self.dialog.clone();
+        const ATTEMPTS: usize = 3;
+        self.reinvite_in_flight = Some(self.spawn_transaction(async move {
+            let content_type = Header::ContentType(ContentType::new("application/sdp"));
+            let result = dialog
+                .reinvite_with_glare_retry(
+                    Some(vec![content_type]),
+                    Some(offer.into_bytes()),
+                    ATTEMPTS,
+                )
+                .await;
+            Done::Reinvite {
+                direction,
+                previous,
+                result,
+            }
+        }));
+    }
+
+    /// Our re-INVITE's outcome: the answer read, or our old SDP restored.
+    fn reinvite_done(
+        &mut self,
+        direction: Direction,
+        previous: LocalAudio,
+        result: rsipstack::Result<Option<Response>>,
+    ) {
+        self.reinvite_in_flight = None;
+        let refused = |status: Option<u16>, reason: String| CallEvent::DirectionRefused {
+            direction,
+            status,
+            reason,
+        };
+        let event = match result {
+            Ok(Some(response)) if response.status_code.kind() == StatusCodeKind::Successful => {
+                let answer = body_text(&response.body);
+                let negotiation = self.negotiation.as_mut();
+                match (answer, negotiation) {
+                    (Some(answer), Some(negotiation)) => {
+                        match negotiation.on_remote_answer(&answer) {
+                            Ok(media) => CallEvent::DirectionChanged { direction, media },
+                            Err(error) => {
+                                negotiation.restore_local(previous);
+                                refused(Some(200), format!("unusable answer: {error}"))
+                            }
+                        }
+                    }
+                    _ => refused(Some(200), "answer without SDP".to_string()),
+                }
+            }
+            Ok(Some(response)) => {
+                if let Some(negotiation) = self.negotiation.as_mut() {
+                    negotiation.restore_local(previous);
+                }
+                refused(
+                    Some(response.status_code.code()),
+                    response.status_code.to_string(),
+                )
+            }
+            Ok(None) => refused(None, "the dialog is not confirmed".to_string()),
+            Err(error) => {
+                if let Some(negotiation) = self.negotiation.as_mut() {
+                    negotiation.restore_local(previous);
+                }
+                refused(None, error.to_string())
+            }
+        };
+        self.emit(event);
+        self.next_reinvite();
+    }
+
     /// BYE, or CANCEL before an answer; the dialog reports its end.
     fn start_hangup(&mut self) {
         if self.hangup_in_flight {
@@ -834,6 +969,11 @@ impl Driver {
 
     fn on_done(&mut self, done: Done) {
         match done {
+            Done::Reinvite {
+                direction,
+                previous,
+                result,
+            } => self.reinvite_done(direction, *previous, result),
             Done::Info(result) => {
                 self.info_in_flight = None;
                 match result {

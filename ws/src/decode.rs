@@ -67,6 +67,8 @@ const SERVER_ONLY_TYPES: &[&str] = &[
     "CALL_STARTED",
     "CALL_FAILED",
     "CALL_FINISHED",
+    "CALL_HELD",
+    "CALL_RESUMED",
     "MEDIA_POINT_REMOVED",
     "ROOM_CREATED",
     "ROOM_CLOSED",
@@ -125,6 +127,8 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, ProtocolError>
         "INVITE_TO_ROOM" => ClientMessage::InviteToRoom(typed(value, &message_type)?),
         "START_RECORDING" => ClientMessage::StartRecording(typed(value, &message_type)?),
         "STOP_RECORDING" => ClientMessage::StopRecording(typed(value, &message_type)?),
+        "HOLD_CALL" => ClientMessage::HoldCall(typed(value, &message_type)?),
+        "RESUME_CALL" => ClientMessage::ResumeCall(typed(value, &message_type)?),
         "DISCONNECTED" => ClientMessage::Disconnected(typed(value, &message_type)?),
         other if SERVER_ONLY_TYPES.contains(&other) => {
             return Err(ProtocolError::new(
@@ -343,6 +347,8 @@ mod tests {
             r#"{"type":"INVITE_TO_ROOM","sessionId":"s","roomId":"r","username":"bob"}"#,
             r#"{"type":"START_RECORDING","sessionId":"s","roomId":"r"}"#,
             r#"{"type":"STOP_RECORDING","sessionId":"s","roomId":"r"}"#,
+            r#"{"type":"HOLD_CALL","sessionId":"s","callId":"c","mode":"INACTIVE"}"#,
+            r#"{"type":"RESUME_CALL","sessionId":"s","callId":"c"}"#,
             r#"{"type":"SDP_ANSWER","sessionId":"s","pointId":"p","sdp":"v=0"}"#,
             r#"{"type":"DISCONNECTED","clientId":"x"}"#,
         ];

@@ -301,6 +301,37 @@ pub struct RoomMember {
     pub mode: RoomMode,
 }
 
+/// Extension: how HOLD_CALL holds the far end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HoldMode {
+    /// `a=sendonly`: we may send (music on hold), the far end does not.
+    #[default]
+    Sendonly,
+    /// `a=inactive`: nobody sends.
+    Inactive,
+}
+
+/// Extension: HOLD_CALL.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldCall {
+    pub session_id: String,
+    pub call_id: String,
+    #[serde(default)]
+    pub mode: HoldMode,
+}
+
+/// Who put a call on hold (CALL_HELD / CALL_RESUMED, extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HoldSide {
+    /// The client, with HOLD_CALL / RESUME_CALL.
+    Local,
+    /// The far end, with a re-INVITE or UPDATE.
+    Remote,
+}
+
 /// A client saying goodbye before it closes the socket.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -331,6 +362,8 @@ pub enum ClientMessage {
     InviteToRoom(InviteToRoom),
     StartRecording(RoomRef),
     StopRecording(StopRecording),
+    HoldCall(HoldCall),
+    ResumeCall(CallRef),
     Disconnected(ClientLeaving),
 }
 
@@ -357,6 +390,8 @@ impl ClientMessage {
             ClientMessage::InviteToRoom(_) => "INVITE_TO_ROOM",
             ClientMessage::StartRecording(_) => "START_RECORDING",
             ClientMessage::StopRecording(_) => "STOP_RECORDING",
+            ClientMessage::HoldCall(_) => "HOLD_CALL",
+            ClientMessage::ResumeCall(_) => "RESUME_CALL",
             ClientMessage::Disconnected(_) => "DISCONNECTED",
         }
     }
@@ -382,6 +417,8 @@ impl ClientMessage {
             ClientMessage::CloseRoom(m) | ClientMessage::StartRecording(m) => Some(&m.session_id),
             ClientMessage::InviteToRoom(m) => Some(&m.session_id),
             ClientMessage::StopRecording(m) => Some(&m.session_id),
+            ClientMessage::HoldCall(m) => Some(&m.session_id),
+            ClientMessage::ResumeCall(m) => Some(&m.session_id),
         }
     }
 }
@@ -582,6 +619,25 @@ pub enum ServerMessage {
         /// Extension: the call's media statistics, when media flowed.
         #[serde(skip_serializing_if = "Option::is_none")]
         quality: Option<CallQuality>,
+    },
+    /// Extension: the call is on hold, by the client (HOLD_CALL answered)
+    /// or by the far end.
+    #[serde(rename_all = "camelCase")]
+    CallHeld {
+        session_id: String,
+        call_id: String,
+        by: HoldSide,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
+    },
+    /// Extension: the call is off hold again.
+    #[serde(rename_all = "camelCase")]
+    CallResumed {
+        session_id: String,
+        call_id: String,
+        by: HoldSide,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
     },
     /// Extension: a DTMF digit the far end sent, however it came.
     #[serde(rename_all = "camelCase")]

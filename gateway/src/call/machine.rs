@@ -20,8 +20,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use dialtone_room::{Event as RoomEvent, PointUpdate};
+use dialtone_sip::sdp::Direction as SdpDirection;
 use dialtone_sip::{CallEvent, EndReason, NegotiatedMedia};
-use dialtone_ws::{CallFailReason, CallStage, RejectReason};
+use dialtone_ws::{CallFailReason, CallStage, HoldSide, RejectReason};
 use tracing::info;
 
 use super::{bridged, SIP_POINT};
@@ -40,6 +41,8 @@ pub(crate) enum CallInput {
     /// Incoming: the client accepted, but no answer could be made.
     AcceptFailed(String),
     SendDtmf(String),
+    /// HOLD_CALL (`sendonly` or `inactive`) or RESUME_CALL (`sendrecv`).
+    SetDirection(SdpDirection),
     Room(RoomEvent),
     /// The time [`CallMachine::poll_timeout`] named has come.
     Timeout,
@@ -93,6 +96,17 @@ pub(crate) enum CallOutput {
     DigitByInfo(char),
     /// The room is of no more use: its media failed.
     StopMedia,
+    /// SIP: a re-INVITE with our media in this direction (hold, resume).
+    SetDirection(SdpDirection),
+    /// The room: the SIP leg hears nobody (its far end is on hold), or
+    /// hears again.
+    Deaf(bool),
+    /// CALL_HELD: by the client, or by the far end.
+    Held(HoldSide),
+    /// CALL_RESUMED.
+    Resumed(HoldSide),
+    /// ERROR for HOLD_CALL / RESUME_CALL: the far end refused it.
+    DirectionRefused(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +161,12 @@ pub(crate) struct CallMachine {
     sip_point: bool,
     /// The SIP far end takes telephone-events.
     sip_events: bool,
+    /// Our direction toward the far end as last agreed (`sendrecv` unless
+    /// the client holds the call) and as asked for, while a re-INVITE is out.
+    local_direction: SdpDirection,
+    asked_direction: Option<SdpDirection>,
+    /// The far end holds the call (its SDP says it sends nothing to us).
+    remote_held: bool,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -176,6 +196,9 @@ impl CallMachine {
             deadline: None,
             sip_point: false,
             sip_events: false,
+            local_direction: SdpDirection::SendRecv,
+            asked_direction: None,
+            remote_held: false,
             outputs: VecDeque::new(),
         }
     }
@@ -216,6 +239,7 @@ impl CallMachine {
             CallInput::Reject(_) | CallInput::Accepted | CallInput::AcceptFailed(_) => self
                 .refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"),
             CallInput::SendDtmf(digits) => self.send_digits(digits),
+            CallInput::SetDirection(direction) => self.set_direction(direction),
             CallInput::Room(event) => self.on_room(event),
             CallInput::Timeout => {
                 let due = self.poll_timeout().is_some_and(|at| at <= now);
@@ -246,7 +270,9 @@ impl CallMachine {
                 self.emit(CallOutput::Reject(480));
                 self.finish();
             }
-            CallInput::SendDtmf(_) => self.refuse("this applies once the call is accepted"),
+            CallInput::SendDtmf(_) | CallInput::SetDirection(_) => {
+                self.refuse("this applies once the call is accepted")
+            }
             // Before an answer only the caller giving up can happen.
             CallInput::SipGone
             | CallInput::Sip(CallEvent::Ended { .. } | CallEvent::Failed { .. }) => self.finish(),
@@ -294,21 +320,54 @@ impl CallMachine {
             }
             CallEvent::MediaChanged { media, changes, .. } => {
                 info!(?changes, "far end changed the media");
-                self.sip_events = media.telephone_event.is_some();
-                if self.sip_point {
-                    self.emit(CallOutput::UpdateSipPoint(PointUpdate {
-                        remote: media.remote,
-                        audio: bridged(&media.codec),
-                        telephone_event: media.telephone_event,
-                        sends: media.remote_sends(),
-                    }));
+                let held = matches!(
+                    media.remote_direction,
+                    SdpDirection::SendOnly | SdpDirection::Inactive
+                );
+                if held != self.remote_held {
+                    self.remote_held = held;
+                    self.emit(if held {
+                        CallOutput::Held(HoldSide::Remote)
+                    } else {
+                        CallOutput::Resumed(HoldSide::Remote)
+                    });
                 }
+                self.sip_events = media.telephone_event.is_some();
+                self.update_sip_point(&media);
             }
             CallEvent::Info { content_type, body } => {
                 match dialtone_room::dtmf_relay::parse_dtmf_info(&content_type, body.as_bytes()) {
                     Ok(info) => self.emit(CallOutput::DigitByInfo(info.digit)),
                     Err(error) => info!(%content_type, %error, "INFO without a digit"),
                 }
+            }
+            CallEvent::DirectionChanged { direction, media } => {
+                self.asked_direction = None;
+                self.local_direction = direction;
+                info!(?direction, "our direction changed");
+                self.update_sip_point(&media);
+                let held = direction != SdpDirection::SendRecv;
+                self.emit(CallOutput::Deaf(held));
+                self.emit(if held {
+                    CallOutput::Held(HoldSide::Local)
+                } else {
+                    CallOutput::Resumed(HoldSide::Local)
+                });
+            }
+            CallEvent::DirectionRefused {
+                direction,
+                status,
+                reason,
+            } => {
+                self.asked_direction = None;
+                info!(?direction, ?status, %reason, "the far end refused our direction");
+                self.emit(CallOutput::Deaf(
+                    self.local_direction != SdpDirection::SendRecv,
+                ));
+                let status = status.map(|s| format!("{s} ")).unwrap_or_default();
+                self.emit(CallOutput::DirectionRefused(format!(
+                    "the far end refused: {status}{reason}"
+                )));
             }
             CallEvent::Failed { status, reason } => self.fail(
                 CallFailReason::from_sip_status(status),
@@ -319,10 +378,32 @@ impl CallMachine {
         }
     }
 
-    /// The SIP leg's media, early or final: the point is added, or (the
-    /// 2xx after early media) brought up to date with what the answer says.
-    fn sip_media(&mut self, media: NegotiatedMedia, early: bool) {
-        self.sip_events = media.telephone_event.is_some();
+    /// HOLD_CALL / RESUME_CALL: a re-INVITE in that direction. The far end
+    /// stops hearing the client at once on hold; it hears it again once
+    /// the resume is answered.
+    fn set_direction(&mut self, direction: SdpDirection) {
+        if self.phase != Phase::Established {
+            self.refuse("hold and resume apply to a started call");
+            return;
+        }
+        let current = self.asked_direction.unwrap_or(self.local_direction);
+        if direction == current {
+            self.refuse(if direction == SdpDirection::SendRecv {
+                "the call is not on hold"
+            } else {
+                "the call is on hold already"
+            });
+            return;
+        }
+        self.asked_direction = Some(direction);
+        if direction != SdpDirection::SendRecv {
+            self.emit(CallOutput::Deaf(true));
+        }
+        self.emit(CallOutput::SetDirection(direction));
+    }
+
+    /// The SIP leg's point brought up to date with `media`.
+    fn update_sip_point(&mut self, media: &NegotiatedMedia) {
         if self.sip_point {
             self.emit(CallOutput::UpdateSipPoint(PointUpdate {
                 remote: media.remote,
@@ -330,6 +411,15 @@ impl CallMachine {
                 telephone_event: media.telephone_event,
                 sends: media.remote_sends(),
             }));
+        }
+    }
+
+    /// The SIP leg's media, early or final: the point is added, or (the
+    /// 2xx after early media) brought up to date with what the answer says.
+    fn sip_media(&mut self, media: NegotiatedMedia, early: bool) {
+        self.sip_events = media.telephone_event.is_some();
+        if self.sip_point {
+            self.update_sip_point(&media);
             return;
         }
         self.sip_point = true;
@@ -828,12 +918,15 @@ mod tests {
         machine.handle(start, CallInput::Sip(changed));
         assert_eq!(
             outputs(&mut machine),
-            [CallOutput::UpdateSipPoint(PointUpdate {
-                remote: SocketAddr::from(([127, 0, 0, 1], 5000)),
-                audio: Some((9, Codec::G722)),
-                telephone_event: Some(101),
-                sends: false,
-            })]
+            [
+                CallOutput::Held(HoldSide::Remote),
+                CallOutput::UpdateSipPoint(PointUpdate {
+                    remote: SocketAddr::from(([127, 0, 0, 1], 5000)),
+                    audio: Some((9, Codec::G722)),
+                    telephone_event: Some(101),
+                    sends: false,
+                })
+            ]
         );
     }
 
@@ -986,5 +1079,93 @@ mod tests {
             ],
             "one point, brought up to date by the 2xx's answer"
         );
+    }
+
+    #[test]
+    fn hold_and_resume_by_the_client_and_by_the_far_end() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendOnly));
+        assert!(
+            matches!(outputs(&mut machine).last(), Some(CallOutput::Refused(_))),
+            "no hold before the answer"
+        );
+        machine.handle(start, established(Some(media("PCMU", 0, Some(101)))));
+        outputs(&mut machine);
+
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendOnly));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::Deaf(true),
+                CallOutput::SetDirection(SdpDirection::SendOnly)
+            ],
+            "the far end stops hearing the client at once"
+        );
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendOnly));
+        assert!(matches!(
+            outputs(&mut machine)[..],
+            [CallOutput::Refused(_)]
+        ));
+        let held = NegotiatedMedia {
+            remote_direction: SdpDirection::RecvOnly,
+            local_direction: SdpDirection::SendOnly,
+            ..media("PCMU", 0, Some(101))
+        };
+        let changed = CallEvent::DirectionChanged {
+            direction: SdpDirection::SendOnly,
+            media: held.clone(),
+        };
+        machine.handle(start, CallInput::Sip(changed));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::UpdateSipPoint(PointUpdate {
+                    remote: held.remote,
+                    audio: bridged(&held.codec),
+                    telephone_event: Some(101),
+                    sends: false,
+                }),
+                CallOutput::Deaf(true),
+                CallOutput::Held(HoldSide::Local)
+            ]
+        );
+        // A refused resume leaves the call on hold.
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendRecv));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::SetDirection(SdpDirection::SendRecv)]
+        );
+        let refused = CallEvent::DirectionRefused {
+            direction: SdpDirection::SendRecv,
+            status: Some(488),
+            reason: "Not Acceptable Here".to_string(),
+        };
+        machine.handle(start, CallInput::Sip(refused));
+        let out = outputs(&mut machine);
+        assert_eq!(out[0], CallOutput::Deaf(true));
+        assert!(
+            matches!(&out[1], CallOutput::DirectionRefused(message) if message.contains("488"))
+        );
+
+        // The far end holds us, then resumes.
+        for (direction, expected) in [
+            (SdpDirection::SendOnly, CallOutput::Held(HoldSide::Remote)),
+            (
+                SdpDirection::SendRecv,
+                CallOutput::Resumed(HoldSide::Remote),
+            ),
+        ] {
+            let changed = CallEvent::MediaChanged {
+                media: NegotiatedMedia {
+                    remote_direction: direction,
+                    ..media("PCMU", 0, Some(101))
+                },
+                changes: MediaChanges::default(),
+                sdp: String::new(),
+            };
+            machine.handle(start, CallInput::Sip(changed));
+            assert_eq!(outputs(&mut machine)[0], expected);
+        }
     }
 }

@@ -52,6 +52,8 @@ pub enum CallRequest {
     SdpOffer(String),
     /// A trickled ICE candidate of the client's WebRTC point.
     IceCandidate(String),
+    /// HOLD_CALL (`sendonly`, `inactive`) or RESUME_CALL (`sendrecv`).
+    SetDirection(dialtone_sip::sdp::Direction),
 }
 
 /// What a call holds for its media: its ports, the client's point, its
@@ -258,6 +260,7 @@ impl CallTask {
                     CallRequest::Hangup => CallInput::Hangup,
                     CallRequest::Reject(reason) => CallInput::Reject(reason),
                     CallRequest::SendDtmf(digits) => CallInput::SendDtmf(digits),
+                    CallRequest::SetDirection(direction) => CallInput::SetDirection(direction),
                     CallRequest::Accept(cc, target) if machine.is_offered() => {
                         if let Some(target) = target {
                             media.room = None;
@@ -438,6 +441,32 @@ impl CallTask {
                         room.send_tones(sip_point, &digits);
                     }
                 }
+                CallOutput::SetDirection(direction) => {
+                    if let Some(call) = call {
+                        call.control.set_direction(direction);
+                    }
+                }
+                CallOutput::Deaf(deaf) => {
+                    if let Some(room) = room {
+                        room.set_deaf(sip_point, deaf);
+                    }
+                }
+                CallOutput::Held(by) => self.outbox.send(ServerMessage::CallHeld {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    by,
+                    client_call_id: self.ids.client_call_id.clone(),
+                }),
+                CallOutput::Resumed(by) => self.outbox.send(ServerMessage::CallResumed {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    by,
+                    client_call_id: self.ids.client_call_id.clone(),
+                }),
+                CallOutput::DirectionRefused(message) => self.outbox.send_error(
+                    ProtocolError::new(ErrorCode::InvalidState, message)
+                        .with_session(&self.ids.session_id),
+                ),
                 CallOutput::StopMedia => {
                     media.room = None;
                     media.membership = None;
