@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use dialtone_sip::{UserAgent, UserAgentConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,6 +72,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         user_agent: config.sip.user_agent.clone(),
         t1: Duration::from_millis(config.sip.t1_ms.max(1)),
         dialog_keepalive: Duration::from_millis(config.sip.dialog_keepalive_ms.max(100)),
+        udp_receive_buffer: config.sip.udp_receive_buffer,
     })
     .await?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -181,6 +183,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let rtmps = rtmps_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
     info!(http = %http_addr, sip = %sip.local_addr(), %rtmp, %rtmps, auth = ?gateway.config.auth_mode(), "dialtone ready");
 
+    // Replies go out as they are written: CALL_STARTING and SDP_OFFER are two
+    // small frames, which Nagle would hold back for the client's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            warn!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, http::router(gateway.clone()))
         .with_graceful_shutdown(stop.clone().cancelled_owned());
     server.await.context("HTTP server failed")?;

@@ -3,6 +3,8 @@
 //! that arrive outside any dialog.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
+
+use tokio::net::UdpSocket;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -38,6 +40,9 @@ pub struct UserAgentConfig {
     /// How often an established call checks that the far end still holds
     /// the dialog.
     pub dialog_keepalive: Duration,
+    /// The SIP UDP socket's receive buffer, bytes (the kernel may grant
+    /// less: `net.core.rmem_max`); a burst of calls must not overflow it.
+    pub udp_receive_buffer: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +81,8 @@ const BIND_ATTEMPTS: usize = 16;
 impl UserAgent {
     pub async fn start(config: UserAgentConfig) -> Result<UserAgent, UserAgentError> {
         let cancel = CancellationToken::new();
-        let (udp, local_addr) = bind_udp_and_tcp_port(config.listen, &cancel).await?;
+        let (udp, local_addr) =
+            bind_udp_and_tcp_port(config.listen, config.udp_receive_buffer, &cancel).await?;
         let advertised_addr = SocketAddr::new(
             config.public_ip.unwrap_or(local_addr.ip()),
             local_addr.port(),
@@ -160,15 +166,49 @@ impl UserAgent {
     }
 }
 
+/// The SIP UDP socket, with the receive buffer asked for; what the kernel
+/// granted is logged.
+fn udp_socket(listen: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if listen.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(error) = socket.set_recv_buffer_size(receive_buffer) {
+        warn!(%error, receive_buffer, "cannot set the SIP UDP receive buffer");
+    }
+    match socket.recv_buffer_size() {
+        Ok(granted) if granted < receive_buffer => warn!(
+            asked = receive_buffer,
+            granted,
+            "SIP UDP receive buffer smaller than asked (raise net.core.rmem_max)"
+        ),
+        Ok(granted) => info!(granted, "SIP UDP receive buffer"),
+        Err(error) => warn!(%error, "cannot read the SIP UDP receive buffer size"),
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&listen.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 async fn bind_udp_and_tcp_port(
     listen: SocketAddr,
+    receive_buffer: usize,
     cancel: &CancellationToken,
 ) -> Result<(UdpConnection, SocketAddr), UserAgentError> {
     let mut last_error = String::new();
     let attempts = if listen.port() == 0 { BIND_ATTEMPTS } else { 1 };
     for _ in 0..attempts {
-        let udp = match UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
-            .await
+        let socket = match udp_socket(listen, receive_buffer) {
+            Ok(socket) => Arc::new(socket),
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        let udp = match UdpConnection::from_socket(socket, None, Some(cancel.child_token())).await
         {
             Ok(udp) => udp,
             Err(e) => {
