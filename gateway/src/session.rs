@@ -347,8 +347,10 @@ impl Session {
         let proxy = config.call_proxy().ok().flatten();
         let credential = (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone());
         let contact_user = self.contact_user();
+        let from_display_name = request.display_name.clone();
         let with_offer = move |offer| OutgoingCall {
             from_user,
+            from_display_name,
             from_domain: domain,
             target,
             proxy,

@@ -37,6 +37,9 @@ use crate::user_agent::UserAgent;
 pub struct OutgoingCall {
     /// From: `sip:from_user@from_domain`.
     pub from_user: String,
+    /// From's display name; checked by the caller to hold no `"`, `\` or
+    /// control characters (it goes into the header as it is).
+    pub from_display_name: Option<String>,
     pub from_domain: String,
     /// The Request-URI, e.g. `sip:3000@pbx.example.com`.
     pub target: String,
@@ -184,6 +187,8 @@ pub struct Call {
 pub struct IncomingCall {
     /// The caller's From URI.
     pub caller: String,
+    /// The display name of its From header, if any.
+    pub caller_name: Option<String>,
     /// The user part of the Request-URI: the Contact it was sent to.
     pub contact_user: String,
     /// The caller's SDP offer (an INVITE without one gets our offer in the
@@ -271,6 +276,7 @@ impl UserAgent {
             None => (None, TransportKind::Udp),
         };
         let option = InviteOption {
+            caller_display_name: request.from_display_name,
             caller,
             callee,
             destination,
@@ -353,10 +359,12 @@ impl UserAgent {
         let offer =
             (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
         let caller = from_uri(&request);
+        let caller_name = from_display_name(&request);
         info!(%caller, %contact_user, "incoming call");
         if route
             .send(IncomingCall {
                 caller,
+                caller_name,
                 contact_user,
                 offer,
                 call,
@@ -414,6 +422,13 @@ impl UserAgent {
             events,
         }
     }
+}
+
+fn from_display_name(request: &Request) -> Option<String> {
+    use rsipstack::sip::headers::untyped::ToTypedHeader;
+    use rsipstack::sip::prelude::HeadersExt;
+    let from = request.from_header().ok()?.typed().ok()?;
+    from.display_name.filter(|name| !name.is_empty())
 }
 
 fn from_uri(request: &Request) -> String {

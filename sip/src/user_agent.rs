@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
-use tokio::net::UdpSocket;
 use std::time::Duration;
+use tokio::net::UdpSocket;
 
 use std::sync::Arc;
 
@@ -182,8 +182,7 @@ fn udp_socket(listen: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpS
     match socket.recv_buffer_size() {
         Ok(granted) if granted < receive_buffer => warn!(
             asked = receive_buffer,
-            granted,
-            "SIP UDP receive buffer smaller than asked (raise net.core.rmem_max)"
+            granted, "SIP UDP receive buffer smaller than asked (raise net.core.rmem_max)"
         ),
         Ok(granted) => info!(granted, "SIP UDP receive buffer"),
         Err(error) => warn!(%error, "cannot read the SIP UDP receive buffer size"),
@@ -208,8 +207,7 @@ async fn bind_udp_and_tcp_port(
                 continue;
             }
         };
-        let udp = match UdpConnection::from_socket(socket, None, Some(cancel.child_token())).await
-        {
+        let udp = match UdpConnection::from_socket(socket, None, Some(cancel.child_token())).await {
             Ok(udp) => udp,
             Err(e) => {
                 last_error = e.to_string();

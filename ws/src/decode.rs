@@ -196,7 +196,13 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
     }
     match message {
         ClientMessage::StartSession(m) => non_empty("username", &m.username),
-        ClientMessage::StartCall(m) => non_empty("bUri", &m.b_uri),
+        ClientMessage::StartCall(m) => {
+            non_empty("bUri", &m.b_uri)?;
+            match &m.display_name {
+                Some(name) => display_name("displayName", name),
+                None => Ok(()),
+            }
+        }
         ClientMessage::SendDtmfSignal(m) => {
             let valid = !m.dtmf_string.is_empty()
                 && m.dtmf_string
@@ -242,6 +248,25 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
             non_empty("username", &m.username)
         }
         _ => Ok(()),
+    }
+}
+
+/// A display name goes into a SIP header between quotes: 1 to 64
+/// characters, none of which could end or escape the quoted string or the
+/// header.
+fn display_name(field: &str, name: &str) -> Result<(), ProtocolError> {
+    let valid = (1..=64).contains(&name.chars().count())
+        && !name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '"' | '\\' | '<' | '>'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::InvalidValue,
+            format!("{field} must be 1 to 64 characters without quotes, backslashes, angle brackets or control characters"),
+        )
+        .with_field(field))
     }
 }
 
@@ -432,6 +457,15 @@ mod tests {
             (e.code, e.field.as_deref()),
             (ErrorCode::InvalidValue, Some("mode"))
         );
+        for bad in ["", "a\"b", "line\nbreak", "<sip:x>", "\\"] {
+            let text = serde_json::json!({"type":"START_CALL","sessionId":"s","bUri":"1","displayName":bad}).to_string();
+            let e = refused(&text);
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                (ErrorCode::InvalidValue, Some("displayName")),
+                "{bad:?}"
+            );
+        }
         let e = refused(r#"{"type":"CLOSE_SESSION","sessionId":"  "}"#);
         assert_eq!(
             (e.code, e.field.as_deref()),

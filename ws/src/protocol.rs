@@ -56,6 +56,10 @@ pub struct StartCall {
     /// out); the call then has no client point of its own.
     #[serde(default)]
     pub room_id: Option<String>,
+    /// Extension: the display name of the call's From header (1 to 64
+    /// characters; no `"`, `\`, `<`, `>` or control characters).
+    #[serde(default)]
+    pub display_name: Option<String>,
     #[serde(default)]
     pub cc: Option<Capabilities>,
     /// Voice, video.
@@ -579,6 +583,9 @@ pub enum ServerMessage {
         /// Extension: the seed's INCOMING_CALL lacks it, yet ACCEPT_CALL needs it.
         call_id: String,
         a_uri: String,
+        /// Extension: the display name of the caller's From header.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        a_display_name: Option<String>,
         sdp: String,
     },
     #[serde(rename_all = "camelCase")]

@@ -187,6 +187,7 @@ impl CallTask {
     pub async fn run_incoming(mut self, incoming: IncomingCall) {
         let IncomingCall {
             caller,
+            caller_name,
             offer,
             call,
             ..
@@ -195,6 +196,7 @@ impl CallTask {
             session_id: self.ids.session_id.clone(),
             call_id: self.ids.call_id.clone(),
             a_uri: caller.clone(),
+            a_display_name: caller_name,
             sdp: offer.clone().unwrap_or_default(),
         });
         info!(%caller, "incoming call offered to the client");
