@@ -179,6 +179,10 @@ impl ConnectionHandler for ClientConnection {
                     HoldMode::Inactive => Direction::Inactive,
                 }),
             ),
+            ClientMessage::TransferCall(m) => SessionCommand::Transfer {
+                call_id: m.call_id,
+                target: m.target,
+            },
             ClientMessage::ResumeCall(m) => {
                 call(m.call_id, CallRequest::SetDirection(Direction::SendRecv))
             }

@@ -99,6 +99,16 @@ pub enum CallEvent {
         status: Option<u16>,
         reason: String,
     },
+    /// How a transfer we asked for (REFER) goes: the REFER's own final
+    /// response (202: the far end will try), then the status lines of the
+    /// far end's NOTIFY sipfrag bodies (100, 180, 200, a failure).
+    TransferProgress {
+        status: u16,
+        reason: String,
+        /// From a NOTIFY (how the far end's new call goes), not the REFER's
+        /// own response.
+        notified: bool,
+    },
     /// The call ended.
     Ended { reason: EndReason },
 }
@@ -128,6 +138,8 @@ enum CallCommand {
     /// A re-INVITE with our media in this direction: `sendonly` or
     /// `inactive` holds the far end, `sendrecv` resumes.
     Direction(Direction),
+    /// REFER the far end to this URI (a blind transfer).
+    Transfer(String),
 }
 
 /// Steers one call. Dropping every clone hangs the call up.
@@ -163,6 +175,12 @@ impl CallControl {
     /// A glare (491) is retried after the RFC 3261 back-off.
     pub fn set_direction(&self, direction: Direction) {
         let _ = self.0.send(CallCommand::Direction(direction));
+    }
+
+    /// Asks the far end to call `target` instead (REFER, RFC 3515); its
+    /// progress comes as [`CallEvent::TransferProgress`].
+    pub fn transfer(&self, target: &str) {
+        let _ = self.0.send(CallCommand::Transfer(target.to_string()));
     }
 
     pub fn send_info(&self, content_type: &str, body: String) {
@@ -424,6 +442,24 @@ impl UserAgent {
     }
 }
 
+/// The status line a REFER's NOTIFY reports (RFC 3515: `Event: refer`, a
+/// `message/sipfrag` body starting `SIP/2.0 200 OK`).
+fn refer_progress(request: &Request) -> Option<(u16, String)> {
+    let is_refer = request.headers.iter().any(|header| {
+        matches!(header, rsipstack::sip::Header::Event(event)
+            if event.value().trim().to_ascii_lowercase().starts_with("refer"))
+    });
+    if !is_refer {
+        return None;
+    }
+    let body = String::from_utf8_lossy(&request.body);
+    let status_line = body.lines().next()?.trim();
+    let rest = status_line.strip_prefix("SIP/2.0 ")?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    let code: u16 = code.parse().ok().filter(|code| (100..700).contains(code))?;
+    Some((code, reason.chars().take(100).collect()))
+}
+
 fn from_display_name(request: &Request) -> Option<String> {
     use rsipstack::sip::headers::untyped::ToTypedHeader;
     use rsipstack::sip::prelude::HeadersExt;
@@ -491,6 +527,7 @@ enum Done {
         previous: Box<LocalAudio>,
         result: rsipstack::Result<Option<Response>>,
     },
+    Refer(rsipstack::Result<Option<Response>>),
     Hangup(rsipstack::Result<()>),
     /// A response to an in-dialog request went to its transaction.
     Replied {
@@ -649,9 +686,17 @@ impl Driver {
                     body: String::from_utf8_lossy(&request.body).into_owned(),
                 });
             }
-            DialogState::Options(_, request, handle)
-            | DialogState::Message(_, request, handle)
-            | DialogState::Notify(_, request, handle) => {
+            DialogState::Notify(_, request, handle) => {
+                self.reply(request.method, handle, StatusCode::OK, None);
+                if let Some((status, reason)) = refer_progress(&request) {
+                    self.emit(CallEvent::TransferProgress {
+                        status,
+                        reason,
+                        notified: true,
+                    });
+                }
+            }
+            DialogState::Options(_, request, handle) | DialogState::Message(_, request, handle) => {
                 self.reply(request.method, handle, StatusCode::OK, None);
             }
             DialogState::Refer(_, request, handle) | DialogState::Publish(_, request, handle) => {
@@ -814,6 +859,18 @@ impl Driver {
             CallCommand::Direction(direction) => {
                 self.next_direction = Some(direction);
                 self.next_reinvite();
+                Ok(())
+            }
+            CallCommand::Transfer(target) => {
+                let dialog = self.dialog.clone();
+                let refer_to = format!("<{target}>");
+                self.spawn_transaction(async move {
+                    Done::Refer(
+                        dialog
+                            .refer(rsipstack::sip::headers::ReferTo::new(refer_to), None, None)
+                            .await,
+                    )
+                });
                 Ok(())
             }
             CallCommand::Hangup => {
@@ -989,6 +1046,21 @@ impl Driver {
                 previous,
                 result,
             } => self.reinvite_done(direction, *previous, result),
+            Done::Refer(result) => {
+                let (status, reason) = match result {
+                    Ok(Some(response)) => (
+                        response.status_code.code(),
+                        response.status_code.to_string(),
+                    ),
+                    Ok(None) => (481, "the dialog is not confirmed".to_string()),
+                    Err(error) => (408, error.to_string()),
+                };
+                self.emit(CallEvent::TransferProgress {
+                    status,
+                    reason,
+                    notified: false,
+                });
+            }
             Done::Info(result) => {
                 self.info_in_flight = None;
                 match result {

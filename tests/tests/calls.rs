@@ -747,3 +747,55 @@ async fn hold_and_resume_stop_and_restart_the_audio_both_ways() -> anyhow::Resul
     gateway.wait_all_released(REPLY)?;
     Ok(())
 }
+
+/// TRANSFER_CALL: the client hands its far end (baresip A) over to another phone (baresip B)
+/// with a REFER; A calls B through Kamailio, tells the gateway how it goes (NOTIFY sipfrag),
+/// and once B answered the client's call ends.
+#[tokio::test]
+async fn a_blind_transfer_hands_the_far_end_to_another_phone() -> anyhow::Result<()> {
+    use dialtone_tests::rtp_peer::{start_rtp_call, RtpPeer};
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let phone = |user: &str| {
+        Baresip::start(BaresipOptions {
+            account: Some(BaresipAccount::rig_user(user, kamailio.sip_addr())?),
+            auto_answer: true,
+            ..Default::default()
+        })
+    };
+    let first = phone("2000")?;
+    let second = phone("load1")?;
+    let (mut ws, session_id) =
+        WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
+    let peer = RtpPeer::bind(dialtone_codecs::Codec::Pcmu).await?;
+    let (call_id, _) = start_rtp_call(&mut ws, &session_id, "2000", &peer).await?;
+    first.wait_call_established(REPLY)?;
+
+    ws.send_json(&json!({"type": "TRANSFER_CALL", "sessionId": session_id, "callId": call_id, "target": "load1"}))
+        .await?;
+    let accepted = ws.recv_type("TRANSFER_PROGRESS", REPLY).await?;
+    ensure!(
+        accepted["stage"] == "REFER" && accepted["sipStatus"] == 202,
+        "{accepted}"
+    );
+    let mut statuses = Vec::new();
+    loop {
+        let message = ws.recv_json(REPLY).await?;
+        match message["type"].as_str() {
+            Some("TRANSFER_PROGRESS") => {
+                ensure!(message["stage"] == "CALL", "{message}");
+                statuses.push(message["sipStatus"].as_u64().unwrap_or(0));
+            }
+            Some("CALL_FINISHED") => break,
+            _ => anyhow::bail!("unexpected {message}"),
+        }
+    }
+    ensure!(
+        statuses.last() == Some(&200),
+        "NOTIFY statuses {statuses:?}"
+    );
+    second.wait_call_established(REPLY)?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
+    Ok(())
+}

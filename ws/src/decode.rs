@@ -69,6 +69,7 @@ const SERVER_ONLY_TYPES: &[&str] = &[
     "CALL_FINISHED",
     "CALL_HELD",
     "CALL_RESUMED",
+    "TRANSFER_PROGRESS",
     "MEDIA_POINT_REMOVED",
     "ROOM_CREATED",
     "ROOM_CLOSED",
@@ -129,6 +130,7 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, ProtocolError>
         "STOP_RECORDING" => ClientMessage::StopRecording(typed(value, &message_type)?),
         "HOLD_CALL" => ClientMessage::HoldCall(typed(value, &message_type)?),
         "RESUME_CALL" => ClientMessage::ResumeCall(typed(value, &message_type)?),
+        "TRANSFER_CALL" => ClientMessage::TransferCall(typed(value, &message_type)?),
         "DISCONNECTED" => ClientMessage::Disconnected(typed(value, &message_type)?),
         other if SERVER_ONLY_TYPES.contains(&other) => {
             return Err(ProtocolError::new(
@@ -243,6 +245,7 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
             non_empty("roomId", &m.room_id)
         }
         ClientMessage::StopRecording(m) => non_empty("roomId", &m.room_id),
+        ClientMessage::TransferCall(m) => non_empty("target", &m.target),
         ClientMessage::InviteToRoom(m) => {
             non_empty("roomId", &m.room_id)?;
             non_empty("username", &m.username)
@@ -374,6 +377,7 @@ mod tests {
             r#"{"type":"STOP_RECORDING","sessionId":"s","roomId":"r"}"#,
             r#"{"type":"HOLD_CALL","sessionId":"s","callId":"c","mode":"INACTIVE"}"#,
             r#"{"type":"RESUME_CALL","sessionId":"s","callId":"c"}"#,
+            r#"{"type":"TRANSFER_CALL","sessionId":"s","callId":"c","target":"2001"}"#,
             r#"{"type":"SDP_ANSWER","sessionId":"s","pointId":"p","sdp":"v=0"}"#,
             r#"{"type":"DISCONNECTED","clientId":"x"}"#,
         ];

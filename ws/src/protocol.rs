@@ -336,6 +336,16 @@ pub enum HoldSide {
     Remote,
 }
 
+/// Extension: TRANSFER_CALL, a blind transfer of the call's far end.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferCall {
+    pub session_id: String,
+    pub call_id: String,
+    /// Whom the far end is to call: a bUri as START_CALL takes it.
+    pub target: String,
+}
+
 /// A client saying goodbye before it closes the socket.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -368,6 +378,7 @@ pub enum ClientMessage {
     StopRecording(StopRecording),
     HoldCall(HoldCall),
     ResumeCall(CallRef),
+    TransferCall(TransferCall),
     Disconnected(ClientLeaving),
 }
 
@@ -396,6 +407,7 @@ impl ClientMessage {
             ClientMessage::StopRecording(_) => "STOP_RECORDING",
             ClientMessage::HoldCall(_) => "HOLD_CALL",
             ClientMessage::ResumeCall(_) => "RESUME_CALL",
+            ClientMessage::TransferCall(_) => "TRANSFER_CALL",
             ClientMessage::Disconnected(_) => "DISCONNECTED",
         }
     }
@@ -423,6 +435,7 @@ impl ClientMessage {
             ClientMessage::StopRecording(m) => Some(&m.session_id),
             ClientMessage::HoldCall(m) => Some(&m.session_id),
             ClientMessage::ResumeCall(m) => Some(&m.session_id),
+            ClientMessage::TransferCall(m) => Some(&m.session_id),
         }
     }
 }
@@ -645,6 +658,18 @@ pub enum ServerMessage {
         by: HoldSide,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_call_id: Option<String>,
+    },
+    /// Extension: how TRANSFER_CALL goes: the far end's answer to the
+    /// REFER (`stage` `REFER`: 202 it will try, else refused), then the
+    /// progress of its call to the target (`stage` `CALL`: 100, 180, 200
+    /// success — the call then ends — or a failure).
+    #[serde(rename_all = "camelCase")]
+    TransferProgress {
+        session_id: String,
+        call_id: String,
+        stage: &'static str,
+        sip_status: u16,
+        sip_reason: String,
     },
     /// Extension: a DTMF digit the far end sent, however it came.
     #[serde(rename_all = "camelCase")]

@@ -43,6 +43,8 @@ pub(crate) enum CallInput {
     SendDtmf(String),
     /// HOLD_CALL (`sendonly` or `inactive`) or RESUME_CALL (`sendrecv`).
     SetDirection(SdpDirection),
+    /// TRANSFER_CALL to this SIP URI.
+    Transfer(String),
     Room(RoomEvent),
     /// The time [`CallMachine::poll_timeout`] named has come.
     Timeout,
@@ -107,6 +109,14 @@ pub(crate) enum CallOutput {
     Resumed(HoldSide),
     /// ERROR for HOLD_CALL / RESUME_CALL: the far end refused it.
     DirectionRefused(String),
+    /// SIP: REFER the far end to this URI.
+    Transfer(String),
+    /// TRANSFER_PROGRESS (`stage` `REFER` or `CALL`).
+    TransferProgress {
+        stage: &'static str,
+        status: u16,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +250,14 @@ impl CallMachine {
                 .refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"),
             CallInput::SendDtmf(digits) => self.send_digits(digits),
             CallInput::SetDirection(direction) => self.set_direction(direction),
+            CallInput::Transfer(target) => {
+                if self.phase == Phase::Established {
+                    info!(%target, "transferring the far end");
+                    self.emit(CallOutput::Transfer(target));
+                } else {
+                    self.refuse("a transfer applies to a started call");
+                }
+            }
             CallInput::Room(event) => self.on_room(event),
             CallInput::Timeout => {
                 let due = self.poll_timeout().is_some_and(|at| at <= now);
@@ -270,7 +288,7 @@ impl CallMachine {
                 self.emit(CallOutput::Reject(480));
                 self.finish();
             }
-            CallInput::SendDtmf(_) | CallInput::SetDirection(_) => {
+            CallInput::SendDtmf(_) | CallInput::SetDirection(_) | CallInput::Transfer(_) => {
                 self.refuse("this applies once the call is accepted")
             }
             // Before an answer only the caller giving up can happen.
@@ -368,6 +386,23 @@ impl CallMachine {
                 self.emit(CallOutput::DirectionRefused(format!(
                     "the far end refused: {status}{reason}"
                 )));
+            }
+            CallEvent::TransferProgress {
+                status,
+                reason,
+                notified,
+            } => {
+                let stage = if notified { "CALL" } else { "REFER" };
+                self.emit(CallOutput::TransferProgress {
+                    stage,
+                    status,
+                    reason,
+                });
+                // The far end reached the target: our part of the call is done.
+                if notified && (200..300).contains(&status) {
+                    info!("transfer succeeded; hanging up");
+                    self.end(Ending::ClientHangup);
+                }
             }
             CallEvent::Failed { status, reason } => self.fail(
                 CallFailReason::from_sip_status(status),

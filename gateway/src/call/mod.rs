@@ -54,6 +54,8 @@ pub enum CallRequest {
     IceCandidate(String),
     /// HOLD_CALL (`sendonly`, `inactive`) or RESUME_CALL (`sendrecv`).
     SetDirection(dialtone_sip::sdp::Direction),
+    /// TRANSFER_CALL to this SIP URI.
+    Transfer(String),
 }
 
 /// What a call holds for its media: its ports, the client's point, its
@@ -263,6 +265,7 @@ impl CallTask {
                     CallRequest::Reject(reason) => CallInput::Reject(reason),
                     CallRequest::SendDtmf(digits) => CallInput::SendDtmf(digits),
                     CallRequest::SetDirection(direction) => CallInput::SetDirection(direction),
+                    CallRequest::Transfer(target) => CallInput::Transfer(target),
                     CallRequest::Accept(cc, target) if machine.is_offered() => {
                         if let Some(target) = target {
                             media.room = None;
@@ -448,6 +451,22 @@ impl CallTask {
                         call.control.set_direction(direction);
                     }
                 }
+                CallOutput::Transfer(target) => {
+                    if let Some(call) = call {
+                        call.control.transfer(&target);
+                    }
+                }
+                CallOutput::TransferProgress {
+                    stage,
+                    status,
+                    reason,
+                } => self.outbox.send(ServerMessage::TransferProgress {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    stage,
+                    sip_status: status,
+                    sip_reason: reason,
+                }),
                 CallOutput::Deaf(deaf) => {
                     if let Some(room) = room {
                         room.set_deaf(sip_point, deaf);
