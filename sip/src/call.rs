@@ -295,6 +295,9 @@ impl UserAgent {
         };
         let option = InviteOption {
             caller_display_name: request.from_display_name,
+            // A far end that requires reliable provisional responses (100rel)
+            // gets its PRACK from the stack.
+            support_prack: true,
             caller,
             callee,
             destination,

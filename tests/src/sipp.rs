@@ -82,10 +82,13 @@ pub enum UasScenario {
     /// INVITE → 100, 183 with SDP (as `Answer`'s), then after [`SippOptions::pause`]
     /// (default 4 s) 200 with the same SDP; ACK; BYE → 200: early media before the answer.
     EarlyMedia,
+    /// `EarlyMedia` with a reliable 183 (`Require: 100rel`, `RSeq: 1`): expects a PRACK and
+    /// answers it 200 before the pause.
+    EarlyMedia100rel,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 16] = [
+    pub const ALL: [UasScenario; 17] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -102,6 +105,7 @@ impl UasScenario {
         UasScenario::ReinviteG722First,
         UasScenario::AnswerCrossingCancel,
         UasScenario::EarlyMedia,
+        UasScenario::EarlyMedia100rel,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -123,6 +127,7 @@ impl UasScenario {
             UasScenario::ReinviteG722First => "reinvite_g722_first",
             UasScenario::AnswerCrossingCancel => "answer_crossing_cancel",
             UasScenario::EarlyMedia => "early_media",
+            UasScenario::EarlyMedia100rel => "early_media_100rel",
         }
     }
 
@@ -177,6 +182,7 @@ impl UasScenario {
                 include_str!("../rig/sipp/answer_crossing_cancel.xml")
             }
             UasScenario::EarlyMedia => include_str!("../rig/sipp/early_media.xml"),
+            UasScenario::EarlyMedia100rel => include_str!("../rig/sipp/early_media_100rel.xml"),
         })
     }
 
@@ -184,7 +190,7 @@ impl UasScenario {
     fn default_pause(self) -> Option<Duration> {
         match self {
             UasScenario::Silent => Some(Duration::from_secs(10)),
-            UasScenario::EarlyMedia => Some(Duration::from_secs(4)),
+            UasScenario::EarlyMedia | UasScenario::EarlyMedia100rel => Some(Duration::from_secs(4)),
             UasScenario::AnswerThenReinvite
             | UasScenario::AnswerThenInactive
             | UasScenario::SessionExpiresOverflow
