@@ -214,10 +214,10 @@ async fn upgrade_status(gateway: &Gateway, origin: Option<&str>) -> anyhow::Resu
 
 #[tokio::test]
 async fn only_the_gateways_own_pages_and_listed_origins_open_the_websocket() -> anyhow::Result<()> {
-    let gateway = Gateway::start(&format!(
+    let gateway = Gateway::start(
         "[http]\nlisten = \"127.0.0.1:0\"\nallowed_origins = [\"https://app.example\"]\n\
-         [sip]\nlisten = \"127.0.0.1:0\"\n"
-    ))?;
+         [sip]\nlisten = \"127.0.0.1:0\"\n",
+    )?;
     let own = format!("http://{}", gateway.http_addr());
     ensure!(
         upgrade_status(&gateway, Some(&own)).await? == 101,
