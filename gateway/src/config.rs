@@ -499,6 +499,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DIALTONE_LOG", "log.level"),
     ("DIALTONE_ALLOW_OPEN_PUBLIC", "sessions.allow_open_public"),
     ("DIALTONE_STATUS_TOKEN", "http.status_token"),
+    (
+        "DIALTONE_TRUSTED_PROXIES",
+        "http.trusted_proxies (comma-separated addresses)",
+    ),
 ];
 
 impl Config {
@@ -567,6 +571,13 @@ impl Config {
                     self.sessions.allow_open_public = value.parse().with_context(bad)?
                 }
                 "DIALTONE_STATUS_TOKEN" => self.http.status_token = Some(value.clone()),
+                "DIALTONE_TRUSTED_PROXIES" => {
+                    self.http.trusted_proxies = value
+                        .split(',')
+                        .map(|address| address.trim().parse())
+                        .collect::<Result<_, _>>()
+                        .with_context(bad)?
+                }
                 _ => {}
             }
         }
