@@ -202,8 +202,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // The peer's address feeds the per-source-IP login limits.
     let server = axum::serve(
         listener,
-        http::router(gateway.clone())
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        http::router(gateway.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned());
     server.await.context("HTTP server failed")?;

@@ -267,6 +267,35 @@ impl Session {
         CallSlot::take(&self.connection_calls, &self.gateway.calls_held)
     }
 
+    /// Whether the dial plan lets `target` be called (or transferred to);
+    /// when not, the client is told why, naming its `request`'s type, field
+    /// and value. With a proxy, the target's host must be one the proxy
+    /// serves: nothing goes elsewhere.
+    fn dial_plan_allows(&self, target: &str, domain: &str, request: (&str, &str, &str)) -> bool {
+        let (request_type, field, given) = request;
+        let proxy = self.gateway.config.call_proxy().ok().flatten();
+        let served = proxy
+            .as_ref()
+            .map(|proxy| vec![domain.to_string(), format!("{}:{}", proxy.host, proxy.port)]);
+        let Err(refusal) = self.gateway.dial_plan.check(target, served.as_deref()) else {
+            return true;
+        };
+        let why = match refusal {
+            Refusal::NotAllowed => "is not allowed by the dial plan".to_string(),
+            Refusal::ForeignHost => {
+                format!("names a host other than {domain}, the only one calls go to")
+            }
+        };
+        info!(%target, ?refusal, request = request_type, "refused by the dial plan");
+        self.outbox.send_error(
+            ProtocolError::new(ErrorCode::InvalidValue, format!("{field} {given:?} {why}"))
+                .for_request(request_type)
+                .with_field(field)
+                .with_session(&self.session_id),
+        );
+        false
+    }
+
     /// START_CALL refused before anything is sent.
     fn refuse_call(&self, error: ProtocolError) {
         self.outbox.send_error(
@@ -300,12 +329,16 @@ impl Session {
                 );
             }
             SessionCommand::Media(message) => self.on_media(message).await,
-            SessionCommand::Transfer { call_id, target } => {
-                let Some(target) = expand_target(&target, &self.call_domain()) else {
+            SessionCommand::Transfer {
+                call_id,
+                target: given,
+            } => {
+                let domain = self.call_domain();
+                let Some(target) = expand_target(&given, &domain) else {
                     self.outbox.send_error(
                         ProtocolError::new(
                             ErrorCode::InvalidValue,
-                            format!("target {target:?} is neither a SIP URI nor a user or number"),
+                            format!("target {given:?} is neither a SIP URI nor a user or number"),
                         )
                         .for_request("TRANSFER_CALL")
                         .with_field("target")
@@ -313,6 +346,11 @@ impl Session {
                     );
                     return;
                 };
+                // A transfer has the far end call the target on our account:
+                // the same toll-fraud rules as START_CALL.
+                if !self.dial_plan_allows(&target, &domain, ("TRANSFER_CALL", "target", &given)) {
+                    return;
+                }
                 self.to_call(call_id, CallRequest::Transfer(target), "TRANSFER_CALL");
             }
             SessionCommand::Call {
@@ -444,30 +482,11 @@ impl Session {
             );
             return;
         };
-        // Validated at start-up.
-        let proxy = config.call_proxy().ok().flatten();
-        // With a proxy, the target's host must be one the proxy serves:
-        // nothing goes elsewhere.
-        let served = proxy
-            .as_ref()
-            .map(|proxy| vec![domain.clone(), format!("{}:{}", proxy.host, proxy.port)]);
-        if let Err(refusal) = self.gateway.dial_plan.check(&target, served.as_deref()) {
-            let why = match refusal {
-                Refusal::NotAllowed => "is not allowed by the dial plan".to_string(),
-                Refusal::ForeignHost => {
-                    format!("names a host other than {domain}, the only one calls go to")
-                }
-            };
-            info!(%target, ?refusal, "START_CALL refused by the dial plan");
-            self.refuse_call(
-                ProtocolError::new(
-                    ErrorCode::InvalidValue,
-                    format!("bUri {:?} {why}", request.b_uri),
-                )
-                .with_field("bUri"),
-            );
+        if !self.dial_plan_allows(&target, &domain, ("START_CALL", "bUri", &request.b_uri)) {
             return;
         }
+        // Validated at start-up.
+        let proxy = config.call_proxy().ok().flatten();
         let from_user = credentials.0.clone();
         let credential = (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone());
         let contact_user = self.contact_user();

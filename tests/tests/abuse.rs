@@ -1,7 +1,8 @@
 //! Toll-fraud and abuse controls (issue 14): password guessing is
 //! throttled before it reaches the registrar, calls are capped per
 //! session, connection and gateway and rate-limited, DTMF strings are
-//! capped, and the dial plan keeps calls to allowed numbers and hosts.
+//! capped, and the dial plan keeps calls (and transfers) to allowed
+//! numbers and hosts.
 
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -353,7 +354,7 @@ async fn the_dial_plan_refuses_denied_numbers_and_foreign_hosts() -> anyhow::Res
     client
         .send(&session, json!({"type": "START_CALL", "bUri": "3000"}))
         .await?;
-    client.ws.recv_type("CALL_STARTING", REPLY).await?;
+    let starting = client.ws.recv_type("CALL_STARTING", REPLY).await?;
     proxy.set_read_timeout(Some(REPLY))?;
     let mut buffer = [0u8; 8192];
     let length = proxy
@@ -371,6 +372,21 @@ async fn the_dial_plan_refuses_denied_numbers_and_foreign_hosts() -> anyhow::Res
     ensure!(
         others.is_empty(),
         "refused targets reached the proxy: {others:?}"
+    );
+    // A transfer would have the far end call the target: the same rules.
+    let call_id = starting["callId"].clone();
+    client
+        .send(
+            &session,
+            json!({"type": "TRANSFER_CALL", "callId": call_id, "target": "3900"}),
+        )
+        .await?;
+    let error = client.ws.recv_type("ERROR", REPLY).await?;
+    ensure!(
+        error["code"] == "INVALID_VALUE"
+            && error["field"] == "target"
+            && error["requestType"] == "TRANSFER_CALL",
+        "{error}"
     );
     Ok(())
 }
