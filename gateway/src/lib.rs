@@ -9,14 +9,17 @@
 //! goes, and it owns every socket and clock read.
 
 mod call;
+mod call_slots;
 mod client_point;
 pub mod config;
 mod connection;
+mod dial_plan;
 mod http;
 mod media_points;
 mod media_ports;
 mod media_room;
 mod metrics;
+mod rate_limit;
 mod recording;
 mod rooms;
 mod rtmp_server;
@@ -136,6 +139,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         sip.advertised_addr().ip(),
     );
     let rooms = Arc::new(Rooms::new(metrics.clone(), config.rooms.max_rooms));
+    let config_login_limits = config.login_limits();
+    let config_max_calls = config.calls.max_calls;
+    let plan = dial_plan::DialPlan::new(&config.calls.allow, &config.calls.deny)?;
     let gateway = Arc::new(Gateway {
         rooms,
         config,
@@ -149,11 +155,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         ports,
         call_media: Default::default(),
         tasks: TaskTracker::new(),
+        login_limiter: std::sync::Mutex::new(rate_limit::LoginLimiter::new(config_login_limits)),
+        dial_plan: plan,
+        calls_held: call_slots::CallCount::new(config_max_calls),
         shutdown: stop.clone(),
         draining: drain,
     });
     tokio::spawn(stop_when_drained(gateway.clone()));
-    if gateway.config.calls.test_lines {
+    if gateway.config.test_lines_on() {
         test_lines::serve(&gateway);
     }
     // The listener and the tunnel sweeper live as long as the gateway:
@@ -190,8 +199,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             warn!(%error, "cannot set TCP_NODELAY");
         }
     });
-    let server = axum::serve(listener, http::router(gateway.clone()))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    // The peer's address feeds the per-source-IP login limits.
+    let server = axum::serve(
+        listener,
+        http::router(gateway.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     server.await.context("HTTP server failed")?;
 
     gateway.tasks.close();
