@@ -26,6 +26,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::grammar::{self, GrammarError};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
 use crate::sdp::{self, Direction, LocalAudio};
@@ -219,6 +220,8 @@ pub struct IncomingCall {
 pub enum DialError {
     #[error("invalid target {0:?}")]
     BadTarget(String),
+    #[error("the caller's user name {0}")]
+    BadUser(#[from] GrammarError),
     #[error(transparent)]
     Unresolved(#[from] TargetError),
     #[error("cannot start the INVITE: {0}")]
@@ -278,6 +281,9 @@ impl Drop for IncomingCalls {
 impl UserAgent {
     /// Sends an INVITE; the events say how it goes.
     pub async fn dial(&self, request: OutgoingCall) -> Result<Call, DialError> {
+        // The gateway checks first; a user name that reaches a header
+        // unchecked is how headers get injected.
+        grammar::check_user(&request.from_user)?;
         let callee = Uri::try_from(request.target.as_str())
             .map_err(|_| DialError::BadTarget(request.target.clone()))?;
         let caller_text = format!("sip:{}@{}", request.from_user, request.from_domain);

@@ -8,6 +8,7 @@
 
 mod call;
 mod digest_names;
+pub mod grammar;
 pub mod negotiation;
 pub mod peer_numbers;
 mod registration;
