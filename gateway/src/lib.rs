@@ -13,6 +13,7 @@ mod client_point;
 pub mod config;
 mod connection;
 mod http;
+pub mod logging;
 mod media_points;
 mod media_ports;
 mod media_room;
