@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::grammar::{self, GrammarError};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
+use crate::screening::{self, Refusal};
 use crate::sdp::{self, Direction, LocalAudio};
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
@@ -685,6 +686,10 @@ impl Driver {
                 self.answer_offer(request, handle);
             }
             DialogState::Info(_, request, handle) => {
+                if let Some(refusal) = screening::unreadable_info(&request) {
+                    self.refuse(Method::Info, handle, refusal);
+                    return None;
+                }
                 let content_type = content_type(&request);
                 self.reply(Method::Info, handle, StatusCode::OK, None);
                 self.emit(CallEvent::Info {
@@ -749,6 +754,11 @@ impl Driver {
             self.reply(method, handle, StatusCode::NotAcceptableHere, None);
             return;
         };
+        if let Some(refusal) = screening::unanswerable_offer(&request) {
+            info!(status = %refusal.status, %method, "refusing an in-dialog offer");
+            self.refuse(method, handle, refusal);
+            return;
+        }
         let Some(offer) = body_text(&request.body) else {
             let ours = negotiation.offer();
             self.reply(method, handle, StatusCode::OK, Some(ours.render()));
@@ -800,6 +810,17 @@ impl Driver {
                     .is_ok(),
                 None => handle.reply(status).await.is_ok(),
             };
+            Done::Replied { method, sent }
+        });
+    }
+
+    /// Refuses an in-dialog request, telling what we would take.
+    fn refuse(&mut self, method: Method, handle: TransactionHandle, refusal: Refusal) {
+        self.spawn_transaction(async move {
+            let sent = handle
+                .respond(refusal.status, Some(refusal.headers), None)
+                .await
+                .is_ok();
             Done::Replied { method, sent }
         });
     }

@@ -12,6 +12,7 @@ pub mod grammar;
 pub mod negotiation;
 pub mod peer_numbers;
 mod registration;
+mod screening;
 pub mod sdp;
 mod target;
 mod user_agent;
