@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use dialtone_tests::gateway::{proxy_config, registrar_config, Gateway, LOOPBACK};
+use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::process::Logged;
 use dialtone_tests::ws_client::WsClient;
 use serde_json::{json, Value};
@@ -248,4 +249,33 @@ fn lines_with(log: &str, needle: &str) -> String {
         .take(5)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[tokio::test]
+async fn a_trace_log_of_a_digest_registration_holds_no_credentials() -> anyhow::Result<()> {
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let trace = [("DIALTONE_LOG", "trace"), ("RUST_LOG", "trace")];
+    let config = registrar_config(kamailio.sip_addr());
+    let gateway = Gateway::start_with_env(Some(&config), &trace)?;
+    // REGISTER, challenged, REGISTER with credentials; then the same to
+    // unregister.
+    let (mut ws, session_id) =
+        WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
+    ws.send_json(&json!({"type": "CLOSE_SESSION", "sessionId": session_id}))
+        .await?;
+    ws.recv_type("SESSION_CLOSED", REPLY).await?;
+    ws.close().await?;
+    let log = gateway.log_text();
+    for secret in ["secret1001", "response="] {
+        ensure!(
+            !log.contains(secret),
+            "{secret:?} is in the log:\n{}",
+            lines_with(&log, secret)
+        );
+    }
+    ensure!(
+        log.contains("Authorization: <redacted>"),
+        "the REGISTERs with credentials were not logged (redacted) at trace"
+    );
+    Ok(())
 }

@@ -218,8 +218,19 @@ struct UdpPeer {
 
 impl UdpPeer {
     async fn send(&self, template: &str, call_id: &str) -> anyhow::Result<()> {
+        self.send_on_branch(template, call_id, call_id).await
+    }
+
+    /// Requests of one dialog share the Call-ID; each transaction has a
+    /// branch of its own.
+    async fn send_on_branch(
+        &self,
+        template: &str,
+        call_id: &str,
+        branch: &str,
+    ) -> anyhow::Result<()> {
         let port = self.socket.local_addr()?.port();
-        let via = format!("SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id};rport");
+        let via = format!("SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport");
         let text = fill(template, &via, call_id, self.gateway);
         self.socket.send_to(text.as_bytes(), self.gateway).await?;
         Ok(())
@@ -403,4 +414,152 @@ async fn torture_requests_over_tcp_get_the_status_rfc_3261_asks_for() -> anyhow:
         }
     }
     a_normal_call_works(&gateway).await
+}
+
+/// A header's value in a message (the first of that name).
+fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+impl UdpPeer {
+    /// The next response whose CSeq is `cseq` (in a dialog every
+    /// response has the same Call-ID), within `wait`.
+    async fn reply_with_cseq(&self, cseq: &str, wait: Duration) -> anyhow::Result<Option<Reply>> {
+        let deadline = Instant::now() + wait;
+        let mut buffer = vec![0u8; 65_536];
+        loop {
+            let Ok(received) =
+                tokio::time::timeout_at(deadline, self.socket.recv_from(&mut buffer)).await
+            else {
+                return Ok(None);
+            };
+            let (len, _) = received?;
+            let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
+            if text.starts_with("SIP/2.0 ") && header(&text, "CSeq") == Some(cseq) {
+                return Ok(Some(Reply { text }));
+            }
+        }
+    }
+
+    /// Sends an in-dialog request and returns its final response,
+    /// retransmitting every T1 as a UDP client does (RFC 3261 17.1.2.2):
+    /// rsipstack drops a request that arrives while the ACK before it is
+    /// still being processed.
+    async fn request(
+        &self,
+        request: &str,
+        call_id: &str,
+        branch: &str,
+        cseq: &str,
+    ) -> anyhow::Result<Reply> {
+        const T1: Duration = Duration::from_millis(500);
+        let deadline = Instant::now() + REPLY;
+        while Instant::now() < deadline {
+            self.send_on_branch(request, call_id, branch).await?;
+            let resend_at = Instant::now() + T1;
+            while let Some(reply) = self
+                .reply_with_cseq(cseq, resend_at.saturating_duration_since(Instant::now()))
+                .await?
+            {
+                if reply.status().is_some_and(|status| status >= 200) {
+                    return Ok(reply);
+                }
+            }
+        }
+        bail!("no final response with CSeq {cseq} within {REPLY:?}")
+    }
+}
+
+#[tokio::test]
+async fn bodies_the_gateway_does_not_read_are_refused_inside_a_call() -> anyhow::Result<()> {
+    let gateway = open_gateway()?;
+    let peer = UdpPeer {
+        socket: UdpSocket::bind("127.0.0.1:0").await?,
+        gateway: gateway.sip_addr(),
+    };
+    let port = peer.socket.local_addr()?.port();
+    let pcmu = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\n",
+        port + 2
+    );
+    let call_id = format!("dialog{}", std::process::id());
+    let from = format!("From: <sip:torture@127.0.0.1:{port}>;tag=t1\r\n");
+    let contact = format!("Contact: <sip:torture@127.0.0.1:{port}>\r\n");
+    let invite = format!(
+        "INVITE sip:{LINE}@{{gateway}} SIP/2.0\r\nVia: {{via}}\r\nMax-Forwards: 70\r\n{from}\
+         To: <sip:{LINE}@{{gateway}}>\r\nCall-ID: {{call_id}}\r\nCSeq: 1 INVITE\r\n{contact}\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{pcmu}",
+        pcmu.len()
+    );
+    let ok = peer
+        .request(&invite, &call_id, &call_id, "1 INVITE")
+        .await?;
+    ensure!(
+        ok.status() == Some(200),
+        "the echo line did not answer:\n{}",
+        ok.text
+    );
+    let to = header(&ok.text, "To")
+        .context("200 without To")?
+        .to_string();
+    let target = header(&ok.text, "Contact")
+        .and_then(|c| c.split(['<', '>']).nth(1))
+        .context("200 without Contact")?
+        .to_string();
+    // In-dialog requests: `{method}`, CSeq number, extra headers and body.
+    let in_dialog = |method: &str, seq: u32, extra: &str, body: &str| {
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: {{via}}\r\nMax-Forwards: 70\r\n{from}To: {to}\r\n\
+             Call-ID: {{call_id}}\r\nCSeq: {seq} {method}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let request = |request: String, branch: &'static str, cseq: &'static str| {
+        let (peer, call_id) = (&peer, &call_id);
+        async move { peer.request(&request, call_id, branch, cseq).await }
+    };
+    peer.send_on_branch(&in_dialog("ACK", 1, "", ""), &call_id, "ack1")
+        .await?;
+
+    let plain_info = in_dialog("INFO", 2, "Content-Type: text/plain\r\n", "5");
+    check(
+        &Case {
+            header: Some("Accept: application/dtmf-relay"),
+            ..case("INFO text/plain", "", "", 415)
+        },
+        &request(plain_info, "info2", "2 INFO").await?,
+    )?;
+    let dtmf_relay = in_dialog(
+        "INFO",
+        3,
+        "Content-Type: application/dtmf-relay\r\n",
+        "Signal=5\r\nDuration=100\r\n",
+    );
+    let taken = request(dtmf_relay, "info3", "3 INFO").await?;
+    ensure!(taken.status() == Some(200), "{}", taken.text);
+
+    let plain_reinvite = in_dialog(
+        "INVITE",
+        4,
+        &format!("{contact}Content-Type: text/plain\r\n"),
+        "hello",
+    );
+    check(
+        &Case {
+            header: Some("Accept: application/sdp"),
+            ..case("re-INVITE text/plain", "", "", 415)
+        },
+        &request(plain_reinvite, "reinvite4", "4 INVITE").await?,
+    )?;
+    peer.send_on_branch(&in_dialog("ACK", 4, "", ""), &call_id, "reinvite4")
+        .await?;
+
+    // The call is still up: a BYE ends it.
+    let bye = request(in_dialog("BYE", 5, "", ""), "bye5", "5 BYE").await?;
+    ensure!(bye.status() == Some(200), "{}", bye.text);
+    gateway.wait_released(&["calls", "sipDialogs"], Duration::from_secs(20))
 }
