@@ -111,8 +111,7 @@ pub(crate) fn malformed(request: &Request) -> Option<Refusal> {
     if !matches!(request.version, Version::V2 | Version::V(2, 0)) {
         return Some(Refusal::new(StatusCode::VersionNotSupported));
     }
-    let has = |wanted: fn(&Header) -> bool| request.headers.iter().any(wanted);
-    if !has(|h| matches!(h, Header::Via(_))) {
+    if !request.headers.iter().any(|h| matches!(h, Header::Via(_))) {
         return Some(Refusal::bad_request("Missing Via"));
     }
     if request.from_header().and_then(|from| from.uri()).is_err() {
@@ -121,17 +120,14 @@ pub(crate) fn malformed(request: &Request) -> Option<Refusal> {
     if request.to_header().and_then(|to| to.uri()).is_err() {
         return Some(Refusal::bad_request("Missing or Bad To"));
     }
-    let call_id = request
+    let has_call_id = request
         .call_id_header()
-        .map(|c| c.value().trim().to_string());
-    if call_id.as_deref().is_ok_and(str::is_empty) || call_id.is_err() {
+        .is_ok_and(|call_id| !call_id.value().trim().is_empty());
+    if !has_call_id {
         return Some(Refusal::bad_request("Missing Call-ID"));
     }
     let cseq = request.cseq_header();
-    let (Ok(_), Ok(method)) = (
-        cseq.and_then(|c| c.seq()),
-        request.cseq_header().and_then(|c| c.method()),
-    ) else {
+    let Ok((_, method)) = cseq.and_then(|c| Ok((c.seq()?, c.method()?))) else {
         return Some(Refusal::bad_request("Missing or Bad CSeq"));
     };
     if method != request.method {
