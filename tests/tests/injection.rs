@@ -183,6 +183,17 @@ async fn no_invite_carries_an_injected_user_name_or_b_uri() -> anyhow::Result<()
         let reply = ws.recv_json(REPLY).await?;
         assert_refused(&reply, "START_CALL", "bUri").with_context(|| format!("bUri {b_uri:?}"))?;
     }
+    // The display name goes between quotes in From.
+    for display_name in [
+        "a\"\r\nX-Injected: yes",
+        "Bob <sip:x@127.0.0.1>\r\nX-Injected: yes",
+    ] {
+        ws.send_json(&json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000", "displayName": display_name}))
+            .await?;
+        let reply = ws.recv_json(REPLY).await?;
+        assert_refused(&reply, "START_CALL", "displayName")
+            .with_context(|| format!("displayName {display_name:?}"))?;
+    }
     // An honest call's INVITE arrives after every refusal: nothing went
     // out for the refused ones.
     ws.send_json(&json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000"}))

@@ -445,9 +445,7 @@ impl UdpPeer {
     }
 
     /// Sends an in-dialog request and returns its final response,
-    /// retransmitting every T1 as a UDP client does (RFC 3261 17.1.2.2):
-    /// rsipstack drops a request that arrives while the ACK before it is
-    /// still being processed.
+    /// retransmitting every T1 as a UDP client does (RFC 3261 17.1.2.2).
     async fn request(
         &self,
         request: &str,
