@@ -711,7 +711,7 @@ impl Driver {
                 self.reply(request.method, handle, StatusCode::OK, None);
             }
             DialogState::Refer(_, request, handle) | DialogState::Publish(_, request, handle) => {
-                self.reply(request.method, handle, StatusCode::MethodNotAllowed, None);
+                self.refuse(request.method, handle, Refusal::method_not_allowed());
             }
             DialogState::Terminated(_, reason) => return Some(self.terminated(reason)),
             _ => {}

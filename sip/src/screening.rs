@@ -12,7 +12,7 @@ use rsipstack::sip::{Header, Request, Response, StatusCode, Version};
 use crate::sdp;
 
 /// The methods the user agent answers (the Allow of a 405).
-pub(crate) const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub(crate) const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
 
 /// Bodies an INVITE, re-INVITE or UPDATE may carry.
 pub(crate) const OFFER_TYPES: &str = "application/sdp";
