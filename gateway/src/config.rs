@@ -319,6 +319,9 @@ pub struct StaticUser {
 pub struct LogConfig {
     /// A tracing filter (`info`, `dialtone=debug,info`); RUST_LOG wins.
     pub level: String,
+    /// WARN and ERROR lines are cut at this many characters: peers and
+    /// clients put text of any length into them (issue 14).
+    pub max_line_chars: usize,
 }
 
 fn default_expires() -> u32 {
@@ -474,9 +477,13 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info,rsipstack=warn".to_string(),
+            max_line_chars: 1000,
         }
     }
 }
+
+/// A WARN line shorter than this loses its own words, not only a peer's.
+const MIN_LOG_LINE_CHARS: usize = 200;
 
 /// The shortest `http.admin_token` accepted.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -608,6 +615,9 @@ impl Config {
         }
         if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
             bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");
+        }
+        if self.log.max_line_chars < MIN_LOG_LINE_CHARS {
+            bail!("log.max_line_chars must be at least {MIN_LOG_LINE_CHARS}");
         }
         for (name, token) in [
             ("http.admin_token", &self.http.admin_token),

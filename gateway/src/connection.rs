@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
+use dialtone_sip::grammar;
 use dialtone_sip::sdp::Direction;
 use dialtone_ws::{
     ClientMessage, ConnectionEnd, ConnectionHandler, ErrorCode, HoldMode, Outbox, ProtocolError,
@@ -80,6 +81,16 @@ impl ClientConnection {
     }
 
     fn start_session(&mut self, request: StartSession) {
+        // The user name goes into From (and To, Contact, the digest
+        // username with a registrar) in every mode.
+        if let Err(error) = grammar::check_user(&request.username) {
+            self.refuse(
+                ProtocolError::new(ErrorCode::InvalidValue, format!("username {error}"))
+                    .for_request("START_SESSION")
+                    .with_field("username"),
+            );
+            return;
+        }
         if self.gateway.is_draining() {
             self.refuse(
                 ProtocolError::new(

@@ -15,6 +15,7 @@ pub mod config;
 mod connection;
 mod dial_plan;
 mod http;
+pub mod logging;
 mod media_points;
 mod media_ports;
 mod media_room;

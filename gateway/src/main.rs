@@ -7,7 +7,6 @@ use anyhow::bail;
 use dialtone_gateway::config::{Config, ENV_OVERRIDES};
 use dialtone_gateway::Shutdown;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: dialtone [--config FILE] [--check-config]
 
@@ -47,16 +46,10 @@ fn main() -> anyhow::Result<()> {
         println!("{}", config.summary());
         return Ok(());
     }
-    let filter =
-        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log.level))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none()
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )
-        .init();
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    dialtone_gateway::logging::init(&directives, config.log.max_line_chars, ansi)?;
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

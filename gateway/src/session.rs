@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use dialtone_sip::grammar;
 use dialtone_sip::{
     Account, IncomingCall, IncomingCalls, OutgoingCall, RegisterError, Registration,
 };
@@ -334,17 +335,18 @@ impl Session {
                 target: given,
             } => {
                 let domain = self.call_domain();
-                let Some(target) = expand_target(&given, &domain) else {
-                    self.outbox.send_error(
-                        ProtocolError::new(
-                            ErrorCode::InvalidValue,
-                            format!("target {given:?} is neither a SIP URI nor a user or number"),
-                        )
-                        .for_request("TRANSFER_CALL")
-                        .with_field("target")
-                        .with_session(&self.session_id),
-                    );
-                    return;
+                // The target goes into the REFER's Refer-To header.
+                let target = match grammar::request_uri(&given, &domain) {
+                    Ok(target) => target,
+                    Err(error) => {
+                        self.outbox.send_error(
+                            ProtocolError::new(ErrorCode::InvalidValue, format!("target {error}"))
+                                .for_request("TRANSFER_CALL")
+                                .with_field("target")
+                                .with_session(&self.session_id),
+                        );
+                        return;
+                    }
                 };
                 // A transfer has the far end call the target on our account:
                 // the same toll-fraud rules as START_CALL.
@@ -467,20 +469,17 @@ impl Session {
             },
             None => None,
         };
-        let Some(target) = expand_target(&request.b_uri, &domain) else {
-            self.outbox.send_error(
-                ProtocolError::new(
-                    ErrorCode::InvalidValue,
-                    format!(
-                        "bUri {:?} is neither a SIP URI nor a user or number",
-                        request.b_uri
-                    ),
-                )
-                .for_request("START_CALL")
-                .with_field("bUri")
-                .with_session(&self.session_id),
-            );
-            return;
+        let target = match grammar::request_uri(&request.b_uri, &domain) {
+            Ok(target) => target,
+            Err(error) => {
+                self.outbox.send_error(
+                    ProtocolError::new(ErrorCode::InvalidValue, format!("bUri {error}"))
+                        .for_request("START_CALL")
+                        .with_field("bUri")
+                        .with_session(&self.session_id),
+                );
+                return;
+            }
         };
         if !self.dial_plan_allows(&target, &domain, ("START_CALL", "bUri", &request.b_uri)) {
             return;
@@ -771,27 +770,6 @@ async fn next_incoming(incoming: &mut Option<IncomingCalls>) -> Option<IncomingC
     }
 }
 
-/// `sip:…` as is; `user@host` gets the scheme; a bare user or number gets
-/// the domain.
-fn expand_target(b_uri: &str, domain: &str) -> Option<String> {
-    let b_uri = b_uri.trim();
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#@:;=%!~'()[]".contains(c))
-    };
-    if !valid(b_uri) {
-        return None;
-    }
-    if b_uri.starts_with("sip:") || b_uri.starts_with("sips:") {
-        Some(b_uri.to_string())
-    } else if b_uri.contains('@') {
-        Some(format!("sip:{b_uri}"))
-    } else {
-        Some(format!("sip:{b_uri}@{domain}"))
-    }
-}
-
 #[derive(Debug)]
 struct Failure {
     reason: Option<SessionFailReason>,
@@ -826,6 +804,7 @@ impl From<&RegisterError> for Failure {
             RegisterError::Rejected { status, .. } if matches!(status, 401 | 403 | 404 | 407) => {
                 Failure::forbidden(Some(status), &detail)
             }
+            RegisterError::BadUser(_) => Failure::forbidden(None, &detail),
             RegisterError::Rejected { status, .. } => Failure {
                 reason: None,
                 sip_status: Some(status),
@@ -842,31 +821,4 @@ impl From<&RegisterError> for Failure {
 pub fn new_id() -> String {
     let bits: u128 = rand::random();
     format!("{bits:032x}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::expand_target;
-
-    #[test]
-    fn bare_numbers_get_the_domain_and_uris_stay() {
-        assert_eq!(
-            expand_target("3000", "pbx:5060").as_deref(),
-            Some("sip:3000@pbx:5060")
-        );
-        assert_eq!(
-            expand_target("+4930123", "pbx").as_deref(),
-            Some("sip:+4930123@pbx")
-        );
-        assert_eq!(
-            expand_target("bob@example.com", "pbx").as_deref(),
-            Some("sip:bob@example.com")
-        );
-        assert_eq!(
-            expand_target("sip:echo@127.0.0.1:5070", "pbx").as_deref(),
-            Some("sip:echo@127.0.0.1:5070")
-        );
-        assert_eq!(expand_target("two words", "pbx"), None);
-        assert_eq!(expand_target("<sip:x>", "pbx"), None);
-    }
 }

@@ -26,8 +26,10 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::grammar::{self, GrammarError};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
+use crate::screening::{self, Refusal};
 use crate::sdp::{self, Direction, LocalAudio};
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
@@ -222,6 +224,8 @@ pub struct IncomingCall {
 pub enum DialError {
     #[error("invalid target {0:?}")]
     BadTarget(String),
+    #[error("the caller's user name {0}")]
+    BadUser(#[from] GrammarError),
     #[error(transparent)]
     Unresolved(#[from] TargetError),
     #[error("cannot start the INVITE: {0}")]
@@ -281,6 +285,9 @@ impl Drop for IncomingCalls {
 impl UserAgent {
     /// Sends an INVITE; the events say how it goes.
     pub async fn dial(&self, request: OutgoingCall) -> Result<Call, DialError> {
+        // The gateway checks first; a user name that reaches a header
+        // unchecked is how headers get injected.
+        grammar::check_user(&request.from_user)?;
         let callee = Uri::try_from(request.target.as_str())
             .map_err(|_| DialError::BadTarget(request.target.clone()))?;
         let caller_text = format!("sip:{}@{}", request.from_user, request.from_domain);
@@ -687,6 +694,10 @@ impl Driver {
                 self.answer_offer(request, handle);
             }
             DialogState::Info(_, request, handle) => {
+                if let Some(refusal) = screening::unreadable_info(&request) {
+                    self.refuse(Method::Info, handle, refusal);
+                    return None;
+                }
                 let content_type = content_type(&request);
                 self.reply(Method::Info, handle, StatusCode::OK, None);
                 self.emit(CallEvent::Info {
@@ -708,7 +719,7 @@ impl Driver {
                 self.reply(request.method, handle, StatusCode::OK, None);
             }
             DialogState::Refer(_, request, handle) | DialogState::Publish(_, request, handle) => {
-                self.reply(request.method, handle, StatusCode::MethodNotAllowed, None);
+                self.refuse(request.method, handle, Refusal::method_not_allowed());
             }
             DialogState::Terminated(_, reason) => return Some(self.terminated(reason)),
             _ => {}
@@ -751,6 +762,11 @@ impl Driver {
             self.reply(method, handle, StatusCode::NotAcceptableHere, None);
             return;
         };
+        if let Some(refusal) = screening::unanswerable_offer(&request) {
+            info!(status = %refusal.status, %method, "refusing an in-dialog offer");
+            self.refuse(method, handle, refusal);
+            return;
+        }
         let Some(offer) = body_text(&request.body) else {
             let ours = negotiation.offer();
             self.reply(method, handle, StatusCode::OK, Some(ours.render()));
@@ -802,6 +818,17 @@ impl Driver {
                     .is_ok(),
                 None => handle.reply(status).await.is_ok(),
             };
+            Done::Replied { method, sent }
+        });
+    }
+
+    /// Refuses an in-dialog request, telling what we would take.
+    fn refuse(&mut self, method: Method, handle: TransactionHandle, refusal: Refusal) {
+        self.spawn_transaction(async move {
+            let sent = handle
+                .respond(refusal.status, Some(refusal.headers), None)
+                .await
+                .is_ok();
             Done::Replied { method, sent }
         });
     }

@@ -8,9 +8,11 @@
 
 mod call;
 mod digest_names;
+pub mod grammar;
 pub mod negotiation;
 pub mod peer_numbers;
 mod registration;
+mod screening;
 pub mod sdp;
 mod target;
 mod user_agent;

@@ -10,6 +10,7 @@ use rsipstack::sip::typed::Contact;
 use rsipstack::sip::{Auth, HostWithPort, Param, Scheme, StatusCodeKind, Transport, Uri};
 use tracing::debug;
 
+use crate::grammar::{self, GrammarError};
 use crate::peer_numbers;
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
@@ -44,6 +45,8 @@ pub enum RegisterError {
     Unreachable(String),
     #[error(transparent)]
     BadTarget(#[from] TargetError),
+    #[error("the user name {0}")]
+    BadUser(#[from] GrammarError),
 }
 
 /// A live registration. Call [`Registration::refresh`] before
@@ -66,6 +69,11 @@ impl UserAgent {
         expires: u32,
         timeout: Duration,
     ) -> Result<Registration, RegisterError> {
+        // From, To and the digest username carry it.
+        grammar::check_user(&account.username)?;
+        if let Some(auth_username) = &account.auth_username {
+            grammar::check_user(auth_username)?;
+        }
         let proxy = registrar.resolve().await?;
         let domain = if account.domain.is_empty() {
             format!("{}:{}", registrar.host, registrar.port)

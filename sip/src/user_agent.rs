@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::prelude::HeadersExt;
-use rsipstack::sip::{Method, Request, StatusCode};
-use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption};
+use rsipstack::sip::{Method, Request, SipMessage, StatusCode};
+use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption, TransportEventInspector};
 use rsipstack::transaction::{CallIdFormat, TransactionReceiver};
 use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::TransportLayer;
+use rsipstack::transport::{TransportEvent, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::call::{needs_dialog, IncomingRoutes};
 use crate::digest_names::DigestAlgorithmNames;
+use crate::screening::{self, Refusal};
 
 /// How the SIP endpoint listens and presents itself.
 #[derive(Debug, Clone)]
@@ -102,6 +103,7 @@ impl UserAgent {
         let endpoint = EndpointBuilder::new()
             .with_user_agent(&config.user_agent)
             .with_inspector(Box::new(DigestAlgorithmNames))
+            .with_transport_inspector(Box::new(MalformedRequests))
             .with_option(EndpointOption {
                 t1: config.t1,
                 t1x64: config.t1 * 64,
@@ -264,27 +266,35 @@ impl UserAgent {
                 continue;
             }
             let method = transaction.original.method;
-            let status = match method {
+            let refusal = match method {
                 Method::Ack => continue,
-                Method::Options => StatusCode::OK,
+                Method::Options => Refusal::new(StatusCode::OK),
                 Method::Invite if has_to_tag(&transaction.original) => {
-                    StatusCode::CallTransactionDoesNotExist
+                    Refusal::new(StatusCode::CallTransactionDoesNotExist)
                 }
                 Method::Invite => {
                     let user = request_user(&transaction.original);
                     match self.routes.sender_for(&user) {
-                        Some(route) => {
-                            self.take_incoming(transaction, user, route);
-                            continue;
-                        }
-                        None => StatusCode::NotFound,
+                        Some(route) => match screening::unanswerable_offer(&transaction.original) {
+                            Some(refusal) => refusal,
+                            None => {
+                                self.take_incoming(transaction, user, route);
+                                continue;
+                            }
+                        },
+                        None => Refusal::new(StatusCode::NotFound),
                     }
                 }
-                method if needs_dialog(method) => StatusCode::CallTransactionDoesNotExist,
-                _ => StatusCode::MethodNotAllowed,
+                method if needs_dialog(method) => {
+                    Refusal::new(StatusCode::CallTransactionDoesNotExist)
+                }
+                _ => Refusal::method_not_allowed(),
             };
-            debug!(%method, %status, "answering request outside any dialog");
-            if let Err(error) = transaction.reply(status).await {
+            debug!(%method, status = %refusal.status, "answering request outside any dialog");
+            if let Err(error) = transaction
+                .reply_with(refusal.status, refusal.headers, None)
+                .await
+            {
                 warn!(%method, %error, "could not answer SIP request");
             }
         }
@@ -327,6 +337,30 @@ async fn until_confirmed(dialog: &rsipstack::dialog::dialog::Dialog) {
             return;
         }
         tokio::time::sleep(CONFIRMATION_POLL).await;
+    }
+}
+
+/// Answers requests the transaction layer cannot take (another SIP
+/// version, a mandatory header missing) before it drops them unanswered.
+struct MalformedRequests;
+
+#[async_trait::async_trait]
+impl TransportEventInspector for MalformedRequests {
+    async fn handle(&self, event: TransportEvent) -> Option<TransportEvent> {
+        let TransportEvent::Incoming(SipMessage::Request(request), connection, from) = &event
+        else {
+            return Some(event);
+        };
+        let Some(refusal) = screening::malformed(request) else {
+            return Some(event);
+        };
+        // Not worth more than debug: a flood of them would fill the log.
+        debug!(%from, status = %refusal.status, reason = ?refusal.reason, "refusing a malformed request");
+        let response = refusal.response_to(request);
+        if let Err(error) = connection.send(response.into(), Some(from)).await {
+            debug!(%from, %error, "could not answer a malformed request");
+        }
+        None
     }
 }
 
