@@ -157,7 +157,11 @@ async fn injected_user_names_are_refused_in_registrar_mode_and_no_register_carri
 #[tokio::test]
 async fn no_invite_carries_an_injected_user_name_or_b_uri() -> anyhow::Result<()> {
     let mut callee = FarEnd::bind().await?;
-    let gateway = Gateway::start(&proxy_config(callee.addr()?, ""))?;
+    // Many START_CALLs on purpose: past the per-session rate limit.
+    let gateway = Gateway::start(&format!(
+        "{}start_burst = 1000\n",
+        proxy_config(callee.addr()?, "")
+    ))?;
     let mut ws = WsClient::connect(&gateway.ws_url()).await?;
     ws.recv_type("CONNECTED", REPLY).await?;
     // The user name becomes the INVITE's From: a session that started

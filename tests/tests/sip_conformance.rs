@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use dialtone_codecs::Codec;
-use dialtone_tests::gateway::Gateway;
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::rtp_peer::{start_rtp_call, RtpPeer};
 use dialtone_tests::ws_client::WsClient;
 use serde_json::json;
@@ -339,14 +339,9 @@ async fn a_normal_call_works(gateway: &Gateway) -> anyhow::Result<()> {
     ws.close().await
 }
 
+/// Open mode on loopback; the test lines answer the test's own raw INVITEs too.
 fn open_gateway() -> anyhow::Result<Gateway> {
-    Gateway::start_with_env(
-        None,
-        &[
-            ("DIALTONE_HTTP_LISTEN", "127.0.0.1:0"),
-            ("DIALTONE_SIP_LISTEN", "127.0.0.1:0"),
-        ],
-    )
+    Gateway::start(&format!("{LOOPBACK}[calls]\ntest_lines_public = true\n"))
 }
 
 #[tokio::test]
