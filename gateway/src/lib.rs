@@ -1,7 +1,8 @@
 //! The Dialtone gateway: configuration, client sessions, the HTTP server
 //! (WebSocket, the web page, RTMPT, status, metrics), the RTMP listeners,
-//! the driver task of each call's media room (its sockets, streams and
-//! timer) and the wiring between the protocol crates.
+//! calls, media points and the registry of rooms (who owns and who may
+//! join each), the driver task of each media room (its sockets, streams,
+//! timer and recording files) and the wiring between the protocol crates.
 //!
 //! Protocol details live in the `dialtone-ws` (client protocol) and
 //! `dialtone-sip` (SIP) crates, media logic in `dialtone-room`; this crate
