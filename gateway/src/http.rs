@@ -2,11 +2,14 @@
 //! `/status`, `/metrics`, `POST /drain`, and the softphone web page at `/`
 //! (with its `/app.js` and `/style.css`, built into the binary).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::Extension;
 use axum::http::header;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
@@ -14,9 +17,16 @@ use axum::response::{Html, IntoResponse, Json};
 use axum::routing::{get, post};
 use axum::Router;
 use dialtone_ws::{run_connection, ConnectionConfig};
-use tracing::{info_span, Instrument};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, info_span, warn, Instrument};
 
 use crate::connection::ClientConnection;
+use crate::limits::{Admission, ConnectionGate};
 use crate::metrics::Held;
 use crate::session::new_id;
 use crate::state::Gateway;
@@ -24,6 +34,80 @@ use crate::state::Gateway;
 /// Beyond this a frame is not even read: the connection closes (1009).
 /// Frames between the protocol limit and this get an ERROR reply instead.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+
+/// After a failed accept (out of descriptors, say), the listener waits
+/// this long before the next: retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves HTTP until `stop` is cancelled. Each connection is admitted by
+/// the gateway's caps (total and per source address: over them it is
+/// closed on accept) and must send each request head within
+/// `limits.header_timeout_ms`, which also ends an idle keep-alive
+/// connection. A WebSocket keeps its connection's place while it lives.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: CancellationToken) {
+    let limits = &gateway.config.limits;
+    let gate = ConnectionGate::new(
+        "HTTP",
+        limits.max_connections,
+        limits.max_connections_per_ip,
+    );
+    let header_timeout = limits.header_timeout();
+    let router = router(gateway.clone());
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "HTTP accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let Ok(admission) = gate.admit(peer.ip()) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let admission = Arc::new(admission);
+        let service = router
+            .clone()
+            .map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(admission.clone());
+                request
+            });
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                debug!(%error, %peer, "HTTP connection ended");
+            }
+        });
+    }
+    // Requests in flight are short (upgraded WebSockets are no longer
+    // counted here), but a client must not hold the shutdown.
+    connections.close();
+    if tokio::time::timeout(header_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        debug!(left = connections.len(), "HTTP connections left at shutdown");
+    }
+}
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -43,9 +127,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 /// RTMPT (RTMP over HTTP), when RTMP is on.
-async fn rtmpt(State(gateway): State<Arc<Gateway>>, uri: Uri, body: Bytes) -> Response {
+async fn rtmpt(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     match &gateway.rtmpt {
-        Some(rtmpt) => rtmpt.handle(&uri, &body),
+        Some(rtmpt) => rtmpt.handle(&uri, &body, peer.ip()),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -96,7 +185,11 @@ fn same_secret(offered: &[u8], secret: &[u8]) -> bool {
             == 0
 }
 
-async fn upgrade(State(gateway): State<Arc<Gateway>>, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(admission): Extension<Arc<Admission>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     // Refused before the upgrade, so a balancer can try another gateway
     // (nginx: proxy_next_upstream http_503).
     if gateway.is_draining() {
@@ -117,6 +210,7 @@ async fn upgrade(State(gateway): State<Arc<Gateway>>, upgrade: WebSocketUpgrade)
             let shutdown = gateway.shutdown.clone();
             let tasks = gateway.tasks.clone();
             let connection = async move {
+                let _admission = admission;
                 let _open = Held::new(&gateway.metrics.ws_connections);
                 let handler_gateway = gateway.clone();
                 run_connection(

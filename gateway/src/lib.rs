@@ -13,6 +13,7 @@ mod client_point;
 pub mod config;
 mod connection;
 mod http;
+mod limits;
 mod media_points;
 mod media_ports;
 mod media_room;
@@ -65,12 +66,14 @@ pub struct Shutdown {
 /// before returning.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let Shutdown { drain, stop } = shutdown;
+    limits::raise_fd_limit();
     let sip = UserAgent::start(UserAgentConfig {
         listen: config.sip.listen,
         public_ip: config.sip.public_ip,
         user_agent: config.sip.user_agent.clone(),
         t1: Duration::from_millis(config.sip.t1_ms.max(1)),
         dialog_keepalive: Duration::from_millis(config.sip.dialog_keepalive_ms.max(100)),
+        max_queued_infos: config.limits.info_digit_queue,
     })
     .await?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -126,8 +129,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let rtmp_addr = rtmp
         .as_ref()
         .and_then(|listener| listener.local_addr().ok());
-    let rtmp_streams: Arc<RtmpStreams> = Default::default();
-    let rtmpt = rtmp_addr.map(|_| Rtmpt::new(rtmp_streams.clone()));
+    let rtmp_streams = RtmpStreams::new(config.limits.rtmp_frame_queue);
+    let rtmpt = rtmp_addr.map(|_| {
+        Rtmpt::new(
+            rtmp_streams.clone(),
+            config.limits.max_rtmpt_tunnels,
+            config.limits.max_rtmpt_tunnels_per_ip,
+        )
+    });
     let rtmp_urls = rtmp_urls(
         &config,
         [rtmp_addr, rtmps_addr, rtmp_addr.map(|_| http_addr)],
@@ -159,19 +168,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Some(rtmpt) = &gateway.rtmpt {
         tokio::spawn(rtmpt.clone().expire_silent(stop.clone()));
     }
-    if let Some(listener) = rtmp {
+    let bounds = &gateway.config.limits;
+    let rtmp_listeners = [rtmp.map(|listener| (listener, None)), rtmps.map(|(listener, acceptor)| (listener, Some(acceptor)))];
+    for (listener, tls) in rtmp_listeners.into_iter().flatten() {
+        let name = if tls.is_some() { "RTMPS" } else { "RTMP" };
+        let gate = limits::ConnectionGate::new(name, bounds.max_connections, bounds.max_connections_per_ip);
         tokio::spawn(rtmp_server::serve(
             listener,
-            None,
-            gateway.rtmp_streams.clone(),
-            gateway.tasks.clone(),
-            stop.clone(),
-        ));
-    }
-    if let Some((listener, acceptor)) = rtmps {
-        tokio::spawn(rtmp_server::serve(
-            listener,
-            Some(acceptor),
+            tls,
+            gate,
+            bounds.into(),
             gateway.rtmp_streams.clone(),
             gateway.tasks.clone(),
             stop.clone(),
@@ -181,9 +187,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let rtmps = rtmps_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
     info!(http = %http_addr, sip = %sip.local_addr(), %rtmp, %rtmps, auth = ?gateway.config.auth_mode(), "dialtone ready");
 
-    let server = axum::serve(listener, http::router(gateway.clone()))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-    server.await.context("HTTP server failed")?;
+    http::serve(listener, gateway.clone(), stop.clone()).await;
 
     gateway.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, gateway.tasks.wait())

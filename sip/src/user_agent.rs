@@ -38,6 +38,9 @@ pub struct UserAgentConfig {
     /// How often an established call checks that the far end still holds
     /// the dialog.
     pub dialog_keepalive: Duration,
+    /// INFO requests (DTMF digits) one call keeps waiting to go out, one
+    /// transaction at a time; more are dropped.
+    pub max_queued_infos: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,7 @@ pub struct UserAgent {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) keepalive: Duration,
+    pub(crate) max_queued_infos: usize,
     pub(crate) transaction_timeout: Duration,
 }
 
@@ -124,6 +128,7 @@ impl UserAgent {
             cancel,
             tasks,
             keepalive: config.dialog_keepalive,
+            max_queued_infos: config.max_queued_infos,
             transaction_timeout: config.t1 * 64,
         };
         user_agent
