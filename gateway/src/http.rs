@@ -9,12 +9,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::Extension;
 use axum::http::header;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::response::{Html, IntoResponse, Json};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use dialtone_ws::{run_connection, ConnectionConfig};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -71,19 +71,22 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellat
         };
         let _ = stream.set_nodelay(true);
         let admission = Arc::new(admission);
-        let service = router
-            .clone()
-            .map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+        let service = router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request.extensions_mut().insert(admission.clone());
                 request
-            });
+            },
+        );
         let stop = stop.clone();
         connections.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection(
+                    TokioIo::new(LingeringClose(Some(stream))),
+                    TowerToHyperService::new(service),
+                )
                 .with_upgrades();
             tokio::pin!(connection);
             let result = tokio::select! {
@@ -105,7 +108,83 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellat
         .await
         .is_err()
     {
-        debug!(left = connections.len(), "HTTP connections left at shutdown");
+        debug!(
+            left = connections.len(),
+            "HTTP connections left at shutdown"
+        );
+    }
+}
+
+/// How long a closed connection's unread input is still read and dropped.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A connection that, once dropped, shuts its sending side and reads what
+/// the client still sends for up to [`LINGER`] before closing: closing a
+/// socket with unread input resets it, and a reset can destroy what was
+/// sent just before (the close frame with 1009 to a client still sending
+/// an oversized frame), as HTTP servers' lingering close avoids.
+struct LingeringClose(Option<tokio::net::TcpStream>);
+
+impl Drop for LingeringClose {
+    fn drop(&mut self) {
+        let (Some(mut stream), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
+impl LingeringClose {
+    fn stream(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut tokio::net::TcpStream> {
+        match &mut self.get_mut().0 {
+            Some(stream) => std::pin::Pin::new(stream),
+            // Taken only on drop.
+            None => unreachable!("the stream is there until the connection is dropped"),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for LingeringClose {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LingeringClose {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.stream().poll_shutdown(cx)
     }
 }
 

@@ -45,9 +45,6 @@ use crate::rtmpt::Rtmpt;
 use crate::state::Gateway;
 use dialtone_room::webrtc::{WebRtcSettings, WebRtcTimeouts};
 
-/// How long shutdown waits for sessions to unregister.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// How often a drain looks whether the last call has ended. Calls end in
 /// many places; the calls gauge is the one count of them all.
 const DRAIN_CHECK: Duration = Duration::from_millis(200);
@@ -76,8 +73,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         max_queued_infos: config.limits.info_digit_queue,
     })
     .await?;
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
+    let listener = limits::listen(config.http.listen)
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
     if config.auth_mode() == AuthMode::Open {
@@ -102,8 +98,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     )?;
     let rtmp = match config.rtmp.enabled.then_some(config.rtmp.listen) {
         Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
+            limits::listen(address)
                 .with_context(|| format!("cannot listen for RTMP on {address}"))?,
         ),
         None => None,
@@ -169,10 +164,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         tokio::spawn(rtmpt.clone().expire_silent(stop.clone()));
     }
     let bounds = &gateway.config.limits;
-    let rtmp_listeners = [rtmp.map(|listener| (listener, None)), rtmps.map(|(listener, acceptor)| (listener, Some(acceptor)))];
+    let rtmp_listeners = [
+        rtmp.map(|listener| (listener, None)),
+        rtmps.map(|(listener, acceptor)| (listener, Some(acceptor))),
+    ];
     for (listener, tls) in rtmp_listeners.into_iter().flatten() {
         let name = if tls.is_some() { "RTMPS" } else { "RTMP" };
-        let gate = limits::ConnectionGate::new(name, bounds.max_connections, bounds.max_connections_per_ip);
+        let gate = limits::ConnectionGate::new(
+            name,
+            bounds.max_connections,
+            bounds.max_connections_per_ip,
+        );
         tokio::spawn(rtmp_server::serve(
             listener,
             tls,
@@ -189,17 +191,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     http::serve(listener, gateway.clone(), stop.clone()).await;
 
+    // Sessions hang up their calls (the BYEs go out) and unregister; a
+    // peer that does not answer must not hold the exit, so each step is
+    // bounded by the grace (an unanswered BYE alone would take 64 × T1).
+    let grace = gateway.config.limits.shutdown_grace();
     gateway.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, gateway.tasks.wait())
+    if tokio::time::timeout(grace, gateway.tasks.wait())
         .await
         .is_err()
     {
         warn!(
             left = gateway.tasks.len(),
+            ?grace,
             "shutdown grace elapsed with sessions still closing"
         );
     }
-    sip.shutdown().await;
+    if tokio::time::timeout(grace, sip.shutdown()).await.is_err() {
+        warn!(
+            ?grace,
+            "SIP stack still busy at the end of the grace; exiting"
+        );
+    }
     info!("dialtone stopped");
     Ok(())
 }

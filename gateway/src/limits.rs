@@ -2,7 +2,7 @@
 //! caps, and the process's file descriptor limit.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{info, warn};
@@ -94,6 +94,23 @@ impl Drop for Admission {
             }
         }
     }
+}
+
+/// Connections the kernel completes for a listener before it accepts them.
+/// std's and tokio's 128 overflows under a burst of connects (1 000 at once
+/// in the tests): the kernel then drops handshakes that the client believes
+/// complete. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `address` with a backlog for bursts.
+pub fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Raises the soft limit on open files to the hard limit: every WebSocket,

@@ -5,9 +5,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
-use tokio_tungstenite::tungstenite;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
