@@ -392,11 +392,15 @@ pub struct LimitsConfig {
     /// keep-alive connection with no next request. RTMP: the handshake and
     /// `connect` must be done within this.
     pub header_timeout_ms: u64,
-    /// An RTMP or SIP-over-TCP connection with nothing read or written for
-    /// this long is closed.
+    /// An RTMP connection with nothing read or written for this long is
+    /// closed.
     pub idle_timeout_ms: u64,
-    /// Connections each listener (HTTP, RTMP, RTMPS, SIP over TCP) holds at
-    /// once; more are closed on accept.
+    /// A SIP-over-TCP connection on which nothing arrives for this long is
+    /// closed. Longer than the registration's lifetime, whose refreshes
+    /// keep the registrar's connection (its way to reach us) busy.
+    pub sip_tcp_idle_timeout_ms: u64,
+    /// Connections each listener (HTTP, RTMP, RTMPS) holds at once; more
+    /// are closed on accept.
     pub max_connections: usize,
     /// Connections one source address holds on each listener at once.
     pub max_connections_per_ip: usize,
@@ -425,6 +429,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 120_000,
+            sip_tcp_idle_timeout_ms: 600_000,
             max_connections: 10_000,
             max_connections_per_ip: 100,
             max_rtmpt_tunnels: 1_000,
@@ -443,6 +448,7 @@ impl LimitsConfig {
         let nonzero = [
             ("header_timeout_ms", self.header_timeout_ms as usize),
             ("idle_timeout_ms", self.idle_timeout_ms as usize),
+            ("sip_tcp_idle_timeout_ms", self.sip_tcp_idle_timeout_ms as usize),
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
             ("max_rtmpt_tunnels", self.max_rtmpt_tunnels),
@@ -465,6 +471,10 @@ impl LimitsConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn sip_tcp_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.sip_tcp_idle_timeout_ms)
     }
 
     pub fn rtmp_write_timeout(&self) -> Duration {
@@ -592,6 +602,11 @@ impl Config {
             bail!("websocket.ping_interval_ms must be at least 1");
         }
         self.limits.validate()?;
+        if let Some(registrar) = &self.registrar {
+            if self.limits.sip_tcp_idle_timeout_ms <= u64::from(registrar.expires_secs) * 1000 {
+                bail!("limits.sip_tcp_idle_timeout_ms must exceed registrar.expires_secs: the registrar reaches us over the registration's connection, which only refreshes keep busy");
+            }
+        }
         if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
             bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");
         }

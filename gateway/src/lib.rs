@@ -71,6 +71,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         t1: Duration::from_millis(config.sip.t1_ms.max(1)),
         dialog_keepalive: Duration::from_millis(config.sip.dialog_keepalive_ms.max(100)),
         max_queued_infos: config.limits.info_digit_queue,
+        tcp_idle_timeout: config.limits.sip_tcp_idle_timeout(),
     })
     .await?;
     let listener = limits::listen(config.http.listen)

@@ -147,6 +147,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_fd_soft_limit_is_raised_to_the_hard_limit() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain rlimit calls on structs we own.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            let hard = limit.rlim_max;
+            limit.rlim_cur = limit.rlim_cur.min(hard).min(256);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+            raise_fd_limit();
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            assert_eq!(limit.rlim_cur, hard);
+        }
+    }
+
+    #[test]
     fn caps_hold_in_total_and_per_address_and_free_on_drop() {
         let gate = ConnectionGate::new("test", 3, 2);
         let a: IpAddr = [127, 0, 0, 1].into();

@@ -41,6 +41,10 @@ pub struct UserAgentConfig {
     /// INFO requests (DTMF digits) one call keeps waiting to go out, one
     /// transaction at a time; more are dropped.
     pub max_queued_infos: usize,
+    /// A TCP connection (either direction) on which nothing arrives for
+    /// this long is closed; must outlast a registration's refresh interval,
+    /// since the registrar reaches us over the registration's connection.
+    pub tcp_idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,7 @@ impl UserAgent {
         let external = config.public_ip.map(|_| advertised_addr);
 
         let transport_layer = TransportLayer::new(cancel.child_token());
+        transport_layer.set_stream_idle_timeout(config.tcp_idle_timeout);
         transport_layer.add_transport(udp.into());
         let tcp = TcpListenerConnection::new(local_addr, external)
             .await

@@ -85,23 +85,31 @@ enum Idler {
     RtmpSilent,
     /// Sends the start of an RTMP handshake and stops.
     RtmpPartialHandshake,
+    /// Connects to SIP over TCP and sends nothing.
+    SipSilent,
+    /// Sends a line of garbage to SIP over TCP, then nothing.
+    SipGarbage,
 }
+
+const KINDS: usize = 7;
 
 const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
     Sec-WebSocket-Version: 13\r\n\r\n";
 
 impl Idler {
-    fn target(self, http: SocketAddr, rtmp: SocketAddr) -> SocketAddr {
+    fn target(self, http: SocketAddr, rtmp: SocketAddr, sip: SocketAddr) -> SocketAddr {
         match self {
             Idler::RtmpSilent | Idler::RtmpPartialHandshake => rtmp,
-            _ => http,
+            Idler::SipSilent | Idler::SipGarbage => sip,
+            Idler::HttpSilent | Idler::HttpPartialHead | Idler::WebSocketSilent => http,
         }
     }
 
     fn says(self) -> &'static [u8] {
         match self {
-            Idler::HttpSilent | Idler::RtmpSilent => b"",
+            Idler::HttpSilent | Idler::RtmpSilent | Idler::SipSilent => b"",
+            Idler::SipGarbage => b"\x16\x03\x01 this is not SIP\r\n",
             Idler::HttpPartialHead => b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
             Idler::WebSocketSilent => UPGRADE.as_bytes(),
             // C0 and the first bytes of C1 (1536 bytes due).
@@ -117,7 +125,7 @@ async fn idle(
     idler: Idler,
     target: SocketAddr,
     closed: Arc<AtomicUsize>,
-    open: Arc<[AtomicUsize; 5]>,
+    open: Arc<[AtomicUsize; KINDS]>,
 ) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect(target).await?;
     connected_count().fetch_add(1, Ordering::SeqCst);
@@ -158,34 +166,36 @@ fn connected_count() -> &'static AtomicUsize {
 /// answered and stays up; afterwards the gateway's descriptors are back near their baseline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
-    // 450 per address and listener: the 400 HTTP idlers leave room for the test's own
-    // requests (everything comes from 127.0.0.1), the 600 RTMP idlers do not.
+    // 350 per address and listener: the 300 HTTP idlers leave room for the test's own
+    // requests (everything comes from 127.0.0.1), the 500 RTMP idlers do not.
     let gateway = Gateway::start(&format!(
         "{LOOPBACK}[rtmp]\nlisten = \"127.0.0.1:0\"\n\
          [websocket]\nping_interval_ms = 500\nping_timeout_ms = 3000\n\
          [limits]\nheader_timeout_ms = 3000\nidle_timeout_ms = 3000\n\
-         max_connections_per_ip = 450\n"
+         sip_tcp_idle_timeout_ms = 3000\nmax_connections_per_ip = 350\n"
     ))?;
-    let (http, rtmp) = (gateway.http_addr(), gateway.rtmp_addr()?);
+    let (http, rtmp, sip) = (gateway.http_addr(), gateway.rtmp_addr()?, gateway.sip_addr());
     let baseline = gateway.open_fds()?;
 
     let (mut caller, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
 
-    let kinds = [
-        (Idler::HttpSilent, 200),
-        (Idler::HttpPartialHead, 100),
-        (Idler::WebSocketSilent, 100),
-        (Idler::RtmpSilent, 300),
-        (Idler::RtmpPartialHandshake, 300),
+    let kinds: [(Idler, usize); KINDS] = [
+        (Idler::HttpSilent, 150),
+        (Idler::HttpPartialHead, 75),
+        (Idler::WebSocketSilent, 75),
+        (Idler::RtmpSilent, 250),
+        (Idler::RtmpPartialHandshake, 250),
+        (Idler::SipSilent, 100),
+        (Idler::SipGarbage, 100),
     ];
     let total: usize = kinds.iter().map(|(_, count)| count).sum();
     ensure!(total == 1000);
     let closed = Arc::new(AtomicUsize::new(0));
-    let open: Arc<[AtomicUsize; 5]> = Arc::new(Default::default());
+    let open: Arc<[AtomicUsize; KINDS]> = Arc::new(Default::default());
     let mut idlers = tokio::task::JoinSet::new();
     for (idler, count) in kinds {
         for _ in 0..count {
-            let target = idler.target(http, rtmp);
+            let target = idler.target(http, rtmp, sip);
             idlers.spawn(idle(idler, target, closed.clone(), open.clone()));
         }
     }
@@ -237,6 +247,8 @@ async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
         result??;
     }
     ensure!(health_checks > 0);
+    let refused = gateway.count_log("connection refused");
+    ensure!(refused >= 150, "{refused} RTMP connections refused by the cap, 150 expected");
 
     // The call is still up and ends normally.
     ensure!(gateway.status()?["calls"] == 1, "{}", gateway.status()?);
