@@ -448,7 +448,10 @@ impl LimitsConfig {
         let nonzero = [
             ("header_timeout_ms", self.header_timeout_ms as usize),
             ("idle_timeout_ms", self.idle_timeout_ms as usize),
-            ("sip_tcp_idle_timeout_ms", self.sip_tcp_idle_timeout_ms as usize),
+            (
+                "sip_tcp_idle_timeout_ms",
+                self.sip_tcp_idle_timeout_ms as usize,
+            ),
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
             ("max_rtmpt_tunnels", self.max_rtmpt_tunnels),

@@ -174,7 +174,11 @@ async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
          [limits]\nheader_timeout_ms = 3000\nidle_timeout_ms = 3000\n\
          sip_tcp_idle_timeout_ms = 3000\nmax_connections_per_ip = 350\n"
     ))?;
-    let (http, rtmp, sip) = (gateway.http_addr(), gateway.rtmp_addr()?, gateway.sip_addr());
+    let (http, rtmp, sip) = (
+        gateway.http_addr(),
+        gateway.rtmp_addr()?,
+        gateway.sip_addr(),
+    );
     let baseline = gateway.open_fds()?;
 
     let (mut caller, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
@@ -248,7 +252,10 @@ async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
     }
     ensure!(health_checks > 0);
     let refused = gateway.count_log("connection refused");
-    ensure!(refused >= 150, "{refused} RTMP connections refused by the cap, 150 expected");
+    ensure!(
+        refused >= 150,
+        "{refused} RTMP connections refused by the cap, 150 expected"
+    );
 
     // The call is still up and ends normally.
     ensure!(gateway.status()?["calls"] == 1, "{}", gateway.status()?);
