@@ -86,7 +86,7 @@ pub async fn serve(
                 tasks.spawn(
                     async move {
                         let _admission = admission;
-                        connection(stream, peer, timeouts, streams, stop).await
+                        connection(stream, peer, timeouts, streams, stop).await;
                     }
                     .instrument(span),
                 );
@@ -98,7 +98,7 @@ pub async fn serve(
                         let _admission = admission;
                         match tokio::time::timeout(timeouts.setup, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                connection(stream, peer, timeouts, streams, stop).await
+                                connection(stream, peer, timeouts, streams, stop).await;
                             }
                             Ok(Err(error)) => info!(%error, "RTMPS handshake failed"),
                             Err(_) => info!("RTMPS handshake timed out"),
@@ -130,14 +130,14 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 }
 
 /// Drives one connection until the client leaves, sends what cannot be
-/// read, or every call it served has ended.
+/// read, stalls, or every call it served has ended; says which.
 pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
     timeouts: Timeouts,
     streams: Arc<RtmpStreams>,
     stop: CancellationToken,
-) {
+) -> String {
     info!(%peer, "RTMP client connected");
     let mut session = ServerSession::new(ServerConfig::default());
     let mut client = RtmpClient::new(streams);
@@ -196,4 +196,40 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let _ = tokio::time::timeout(timeouts.write, stream.shutdown()).await;
     info!(%end, "RTMP connection closed");
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A player with a zero window: the connection's writes stall, and the write timeout, not
+    /// the (longer) idle or set-up timeout, ends the connection.
+    #[tokio::test]
+    async fn a_client_that_takes_no_data_is_dropped_at_the_write_timeout() {
+        let (mut client, server) = tokio::io::duplex(2048);
+        let timeouts = Timeouts {
+            setup: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            write: Duration::from_millis(200),
+        };
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1935));
+        let served = tokio::spawn(connection(
+            server,
+            peer,
+            timeouts,
+            RtmpStreams::new(4),
+            CancellationToken::new(),
+        ));
+        // C0 and C1: the gateway answers S0, S1 and S2 (3 073 bytes), which this client never
+        // reads.
+        let mut hello = vec![0u8; 1537];
+        hello[0] = 3;
+        client.write_all(&hello).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the stalled connection was not dropped")
+            .unwrap();
+        assert!(end.contains("took no data"), "{end}");
+    }
 }
