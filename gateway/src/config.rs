@@ -201,6 +201,9 @@ pub struct SipConfig {
     /// An established call sends an in-dialog OPTIONS this often; no
     /// answer (or 481) ends the call: the far end is gone.
     pub dialog_keepalive_ms: u64,
+    /// The SIP UDP socket's receive buffer, bytes; the kernel grants at
+    /// most `net.core.rmem_max` (the gateway logs what it got).
+    pub udp_receive_buffer: usize,
 }
 
 /// How START_SESSION checks a user.
@@ -314,6 +317,8 @@ impl Default for SipConfig {
             user_agent: format!("Dialtone/{}", env!("CARGO_PKG_VERSION")),
             t1_ms: 500,
             dialog_keepalive_ms: 30_000,
+            // A burst of a thousand calls' INVITEs and BYEs.
+            udp_receive_buffer: 4 * 1024 * 1024,
         }
     }
 }
@@ -620,6 +625,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The limits `/status` and `/metrics` show.
+    pub(crate) fn limits(&self) -> crate::metrics::Limits {
+        crate::metrics::Limits {
+            max_points_per_session: self.rooms.max_points_per_session,
+            max_members: self.rooms.max_members,
+            max_rooms: self.rooms.max_rooms,
+            max_recordings: self.recording.max_recordings,
+            max_recording_bytes: self.recording.max_bytes,
+        }
     }
 
     pub fn auth_mode(&self) -> AuthMode {

@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use dialtone_sip::sdp::Direction;
 use dialtone_ws::{
-    ClientMessage, ConnectionEnd, ConnectionHandler, ErrorCode, Outbox, ProtocolError, StartSession,
+    ClientMessage, ConnectionEnd, ConnectionHandler, ErrorCode, HoldMode, Outbox, ProtocolError,
+    StartSession,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -173,6 +175,20 @@ impl ConnectionHandler for ClientConnection {
                 CallRequest::IceCandidate(m.candidate),
             ),
             ClientMessage::RejectCall(m) => call(m.call_id, CallRequest::Reject(m.reason)),
+            ClientMessage::HoldCall(m) => call(
+                m.call_id,
+                CallRequest::SetDirection(match m.mode {
+                    HoldMode::Sendonly => Direction::SendOnly,
+                    HoldMode::Inactive => Direction::Inactive,
+                }),
+            ),
+            ClientMessage::TransferCall(m) => SessionCommand::Transfer {
+                call_id: m.call_id,
+                target: m.target,
+            },
+            ClientMessage::ResumeCall(m) => {
+                call(m.call_id, CallRequest::SetDirection(Direction::SendRecv))
+            }
             // Already handled above.
             ClientMessage::StartSession(_) | ClientMessage::Disconnected(_) => return,
             other => SessionCommand::Media(other),

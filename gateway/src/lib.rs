@@ -72,6 +72,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         dialog_keepalive: Duration::from_millis(config.sip.dialog_keepalive_ms.max(100)),
         max_queued_infos: config.limits.info_digit_queue,
         tcp_idle_timeout: config.limits.sip_tcp_idle_timeout(),
+        udp_receive_buffer: config.sip.udp_receive_buffer,
     })
     .await?;
     let listener = limits::listen(config.http.listen)
@@ -80,7 +81,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if config.auth_mode() == AuthMode::Open {
         warn!("no registrar and no users configured: any user name may start a session (auth = \"open\")");
     }
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(&config.limits());
     let ports = PortPool::new(
         sip.local_addr().ip(),
         config.media.rtp_port_min,

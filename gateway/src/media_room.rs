@@ -79,6 +79,7 @@ enum RoomCommand {
     Insert(Box<MovedPoint>, Role),
     Take(PointId, oneshot::Sender<Option<Box<MovedPoint>>>),
     RemovePoint(PointId),
+    Deaf(PointId, bool),
     UpdatePoint(PointId, PointUpdate),
     SendDigits(PointId, String),
     SendTones(PointId, String),
@@ -166,6 +167,11 @@ impl RoomHandle {
     /// Takes a point out and ends it.
     pub fn remove_point(&self, id: PointId) {
         self.send(RoomCommand::RemovePoint(id));
+    }
+
+    /// Point `id` hears nobody (its far end is on hold), or hears again.
+    pub fn set_deaf(&self, id: PointId, deaf: bool) {
+        self.send(RoomCommand::Deaf(id, deaf));
     }
 
     pub fn start_recording(&self, recording: u32, job: RecordingJob) {
@@ -441,6 +447,7 @@ impl Driver {
                 }
                 Ok(())
             }
+            RoomCommand::Deaf(id, deaf) => self.room.set_deaf(now, id, deaf),
             RoomCommand::Close => Ok(()),
             RoomCommand::UpdatePoint(id, update) => self.room.update_point(now, id, update),
             RoomCommand::SendDigits(id, digits) => self.room.send_digits(now, id, &digits),

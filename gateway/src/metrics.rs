@@ -43,6 +43,11 @@ pub struct Metrics {
     pub protocol_errors: Family<ReasonLabel, Counter>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
@@ -83,7 +88,8 @@ pub struct Status {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// The registry, with the configured `limits` as the `dialtone_limit` gauge family.
+    pub fn new(limits: &Limits) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("dialtone");
         let metrics = Metrics {
             ws_connections: Gauge::default(),
@@ -158,6 +164,28 @@ impl Metrics {
         for (name, help, gauge) in gauges {
             registry.register(name, help, gauge.clone());
         }
+        let limit: Family<LimitLabel, Gauge> = Family::default();
+        let configured = [
+            (
+                "max_points_per_session",
+                limits.max_points_per_session as i64,
+            ),
+            ("max_members", limits.max_members as i64),
+            ("max_rooms", limits.max_rooms as i64),
+            ("max_recordings", limits.max_recordings as i64),
+            (
+                "max_recording_bytes",
+                i64::try_from(limits.max_recording_bytes).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, value) in configured {
+            limit
+                .get_or_create(&LimitLabel {
+                    limit: name.to_string(),
+                })
+                .set(value);
+        }
+        registry.register("limit", "Configured limits, by name", limit);
         registry.register(
             "sessions_started",
             "Sessions that reached SESSION_STARTED",

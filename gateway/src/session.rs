@@ -37,6 +37,11 @@ const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
 pub enum SessionCommand {
     StartCall(StartCall),
     AcceptCall(AcceptCall),
+    /// TRANSFER_CALL: the target is expanded as START_CALL's bUri is.
+    Transfer {
+        call_id: String,
+        target: String,
+    },
     /// A media point or room message (CREATE_MEDIA_POINT, JOIN_ROOM, an
     /// SDP or ICE message naming a pointId, ...).
     Media(ClientMessage),
@@ -236,6 +241,21 @@ impl Session {
                 );
             }
             SessionCommand::Media(message) => self.on_media(message).await,
+            SessionCommand::Transfer { call_id, target } => {
+                let Some(target) = expand_target(&target, &self.call_domain()) else {
+                    self.outbox.send_error(
+                        ProtocolError::new(
+                            ErrorCode::InvalidValue,
+                            format!("target {target:?} is neither a SIP URI nor a user or number"),
+                        )
+                        .for_request("TRANSFER_CALL")
+                        .with_field("target")
+                        .with_session(&self.session_id),
+                    );
+                    return;
+                };
+                self.to_call(call_id, CallRequest::Transfer(target), "TRANSFER_CALL");
+            }
             SessionCommand::Call {
                 call_id,
                 request,
@@ -257,6 +277,14 @@ impl Session {
                 .with_session(&self.session_id),
             ),
         }
+    }
+
+    /// The domain of bare numbers in a bUri.
+    fn call_domain(&self) -> String {
+        self.gateway
+            .config
+            .sip_domain()
+            .unwrap_or_else(|| self.gateway.sip.advertised_addr().to_string())
     }
 
     /// Media point and room messages.
@@ -317,9 +345,7 @@ impl Session {
 
     fn start_call(&mut self, request: StartCall, credentials: &(String, String)) {
         let config = &self.gateway.config;
-        let domain = config
-            .sip_domain()
-            .unwrap_or_else(|| self.gateway.sip.advertised_addr().to_string());
+        let domain = self.call_domain();
         let room = match request.room_id.as_deref() {
             Some(room_id) => match self.room_target(room_id, "START_CALL") {
                 Some(room) => Some(room),
@@ -347,8 +373,10 @@ impl Session {
         let proxy = config.call_proxy().ok().flatten();
         let credential = (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone());
         let contact_user = self.contact_user();
+        let from_display_name = request.display_name.clone();
         let with_offer = move |offer| OutgoingCall {
             from_user,
+            from_display_name,
             from_domain: domain,
             target,
             proxy,

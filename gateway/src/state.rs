@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::media_ports::PortPool;
-use crate::metrics::{Limits, Metrics, Status};
+use crate::metrics::{Metrics, Status};
 use crate::rooms::Rooms;
 use crate::rtmp_streams::RtmpStreams;
 use crate::rtmpt::Rtmpt;
@@ -68,17 +68,9 @@ impl Gateway {
             .iter()
             .filter_map(|(call_id, stats)| Some((call_id.clone(), (*stats.borrow())?)))
             .collect();
-        let rooms = &self.config.rooms;
-        let recording = &self.config.recording;
         Status {
             media,
-            limits: Limits {
-                max_points_per_session: rooms.max_points_per_session,
-                max_members: rooms.max_members,
-                max_rooms: rooms.max_rooms,
-                max_recordings: recording.max_recordings,
-                max_recording_bytes: recording.max_bytes,
-            },
+            limits: self.config.limits(),
             draining: self.is_draining(),
             ..self.metrics.status()
         }

@@ -239,6 +239,8 @@ pub(crate) struct Point {
     pub(crate) received_events: Vec<u8>,
     /// Who hears it.
     pub(crate) role: Role,
+    /// It hears nobody (its far end is on hold).
+    pub(crate) deaf: bool,
     /// The points whose audio and digits this one gets.
     pub(crate) sources: Vec<PointId>,
     pub(crate) route: Option<Route>,
@@ -332,6 +334,7 @@ impl Point {
             telephone_event,
             received_events,
             role,
+            deaf: false,
             sources: Vec::new(),
             route: None,
             mix_input: None,

@@ -344,6 +344,16 @@ impl Room {
         Ok(())
     }
 
+    /// Makes point `id` hear nobody (its far end is put on hold), or
+    /// everyone its place lets it hear again.
+    pub fn set_deaf(&mut self, now: Instant, id: PointId, deaf: bool) -> Result<(), RoomError> {
+        let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
+        self.points[index].deaf = deaf;
+        self.reroute();
+        self.after(now);
+        Ok(())
+    }
+
     /// Starts recording the room's public mix as [`Output::Recorded`].
     pub fn start_recording(&mut self, now: Instant, recording: u32) -> Result<(), RoomError> {
         if self.recordings.contains(&recording) {
@@ -626,9 +636,10 @@ impl Room {
         let mut mixed: Vec<PointId> = Vec::new();
         for point in &mut self.points {
             let listener = point.id;
+            let deaf = point.deaf;
             point.sources = speakers
                 .iter()
-                .filter(|(id, role, _)| *id != listener && role.heard_by(listener))
+                .filter(|(id, role, _)| !deaf && *id != listener && role.heard_by(listener))
                 .map(|(id, ..)| *id)
                 .collect();
             let audible: Vec<(PointId, Codec)> = speakers

@@ -1034,3 +1034,23 @@ fn a_reinvite_reopens_learning_for_the_far_end_s_new_stream() {
         (vec![address(CLIENT_END)], vec![FAR_END_BYTE])
     );
 }
+
+#[test]
+fn a_deaf_point_hears_nobody_until_it_hears_again() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    assert_eq!(room.room.set_deaf(room.now, SIP, true), Ok(()));
+    room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 1, 0, 2), &[2; 160]));
+    assert!(
+        room.take_rtp(SIP).is_empty(),
+        "a far end on hold hears nothing"
+    );
+    room.datagram(SIP, SIP_FAR_END, &rtp(header(0, 1, 0, 1), &[1; 160]));
+    assert_eq!(
+        room.take_rtp(CLIENT).len(),
+        1,
+        "and is still heard if it speaks"
+    );
+    assert_eq!(room.room.set_deaf(room.now, SIP, false), Ok(()));
+    room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 2, 160, 2), &[2; 160]));
+    assert_eq!(room.take_rtp(SIP).len(), 1);
+}

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
-use crate::sdp::{self, LocalAudio};
+use crate::sdp::{self, Direction, LocalAudio};
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
 
@@ -37,6 +37,9 @@ use crate::user_agent::UserAgent;
 pub struct OutgoingCall {
     /// From: `sip:from_user@from_domain`.
     pub from_user: String,
+    /// From's display name; checked by the caller to hold no `"`, `\` or
+    /// control characters (it goes into the header as it is).
+    pub from_display_name: Option<String>,
     pub from_domain: String,
     /// The Request-URI, e.g. `sip:3000@pbx.example.com`.
     pub target: String,
@@ -54,7 +57,13 @@ pub struct OutgoingCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEvent {
     /// A provisional response to our INVITE: 100, 180, 183 (with early SDP).
-    Progress { status: u16, sdp: Option<String> },
+    Progress {
+        status: u16,
+        sdp: Option<String>,
+        /// Early media: the far end's SDP in the response, read as the
+        /// answer to our offer; the 2xx's answer takes over.
+        media: Option<NegotiatedMedia>,
+    },
     /// Outgoing: 2xx received and ACKed. Incoming: our 2xx was ACKed.
     Established {
         /// What was negotiated; `None` when no usable SDP was exchanged
@@ -77,6 +86,29 @@ pub enum CallEvent {
     Info { content_type: String, body: String },
     /// The call never started.
     Failed { status: u16, reason: String },
+    /// Our re-INVITE changing our direction (hold, resume) was answered;
+    /// `media` is what the answer agreed.
+    DirectionChanged {
+        direction: Direction,
+        media: NegotiatedMedia,
+    },
+    /// Our re-INVITE was refused or went unanswered; the media stays as it
+    /// was.
+    DirectionRefused {
+        direction: Direction,
+        status: Option<u16>,
+        reason: String,
+    },
+    /// How a transfer we asked for (REFER) goes: the REFER's own final
+    /// response (202: the far end will try), then the status lines of the
+    /// far end's NOTIFY sipfrag bodies (100, 180, 200, a failure).
+    TransferProgress {
+        status: u16,
+        reason: String,
+        /// From a NOTIFY (how the far end's new call goes), not the REFER's
+        /// own response.
+        notified: bool,
+    },
     /// The call ended.
     Ended { reason: EndReason },
 }
@@ -99,7 +131,15 @@ enum CallCommand {
     Accept(LocalAudio),
     Reject(u16),
     Hangup,
-    Info { content_type: String, body: String },
+    Info {
+        content_type: String,
+        body: String,
+    },
+    /// A re-INVITE with our media in this direction: `sendonly` or
+    /// `inactive` holds the far end, `sendrecv` resumes.
+    Direction(Direction),
+    /// REFER the far end to this URI (a blind transfer).
+    Transfer(String),
 }
 
 /// Steers one call. Dropping every clone hangs the call up.
@@ -129,6 +169,20 @@ impl CallControl {
     }
 
     /// An in-dialog INFO (DTMF relay), once the call is established.
+    /// Re-INVITEs the far end with our media in `direction` (hold with
+    /// `sendonly` or `inactive`, resume with `sendrecv`); answered with
+    /// [`CallEvent::DirectionChanged`] or [`CallEvent::DirectionRefused`].
+    /// A glare (491) is retried after the RFC 3261 back-off.
+    pub fn set_direction(&self, direction: Direction) {
+        let _ = self.0.send(CallCommand::Direction(direction));
+    }
+
+    /// Asks the far end to call `target` instead (REFER, RFC 3515); its
+    /// progress comes as [`CallEvent::TransferProgress`].
+    pub fn transfer(&self, target: &str) {
+        let _ = self.0.send(CallCommand::Transfer(target.to_string()));
+    }
+
     pub fn send_info(&self, content_type: &str, body: String) {
         let _ = self.0.send(CallCommand::Info {
             content_type: content_type.to_string(),
@@ -151,6 +205,8 @@ pub struct Call {
 pub struct IncomingCall {
     /// The caller's From URI.
     pub caller: String,
+    /// The display name of its From header, if any.
+    pub caller_name: Option<String>,
     /// The user part of the Request-URI: the Contact it was sent to.
     pub contact_user: String,
     /// The caller's SDP offer (an INVITE without one gets our offer in the
@@ -238,6 +294,7 @@ impl UserAgent {
             None => (None, TransportKind::Udp),
         };
         let option = InviteOption {
+            caller_display_name: request.from_display_name,
             caller,
             callee,
             destination,
@@ -320,10 +377,12 @@ impl UserAgent {
         let offer =
             (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
         let caller = from_uri(&request);
+        let caller_name = from_display_name(&request);
         info!(%caller, %contact_user, "incoming call");
         if route
             .send(IncomingCall {
                 caller,
+                caller_name,
                 contact_user,
                 offer,
                 call,
@@ -371,6 +430,8 @@ impl UserAgent {
             infos: VecDeque::new(),
             max_queued_infos: self.max_queued_infos,
             info_in_flight: None,
+            reinvite_in_flight: None,
+            next_direction: None,
             hangup_in_flight: false,
             hangup_after_ack: false,
         };
@@ -380,6 +441,31 @@ impl UserAgent {
             events,
         }
     }
+}
+
+/// The status line a REFER's NOTIFY reports (RFC 3515: `Event: refer`, a
+/// `message/sipfrag` body starting `SIP/2.0 200 OK`).
+fn refer_progress(request: &Request) -> Option<(u16, String)> {
+    let is_refer = request.headers.iter().any(|header| {
+        matches!(header, rsipstack::sip::Header::Event(event)
+            if event.value().trim().to_ascii_lowercase().starts_with("refer"))
+    });
+    if !is_refer {
+        return None;
+    }
+    let body = String::from_utf8_lossy(&request.body);
+    let status_line = body.lines().next()?.trim();
+    let rest = status_line.strip_prefix("SIP/2.0 ")?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    let code: u16 = code.parse().ok().filter(|code| (100..700).contains(code))?;
+    Some((code, reason.chars().take(100).collect()))
+}
+
+fn from_display_name(request: &Request) -> Option<String> {
+    use rsipstack::sip::headers::untyped::ToTypedHeader;
+    use rsipstack::sip::prelude::HeadersExt;
+    let from = request.from_header().ok()?.typed().ok()?;
+    from.display_name.filter(|name| !name.is_empty())
 }
 
 fn from_uri(request: &Request) -> String {
@@ -429,6 +515,9 @@ struct Driver {
     /// to come, and digits come from a client.
     max_queued_infos: usize,
     info_in_flight: Option<AbortHandle>,
+    /// Our re-INVITE, one at a time, and the direction asked for meanwhile.
+    reinvite_in_flight: Option<AbortHandle>,
+    next_direction: Option<Direction>,
     hangup_in_flight: bool,
     /// Incoming: hung up between our 200 and the caller's ACK.
     hangup_after_ack: bool,
@@ -437,6 +526,12 @@ struct Driver {
 /// A SIP transaction of the driver that finished.
 enum Done {
     Info(rsipstack::Result<Option<Response>>),
+    Reinvite {
+        direction: Direction,
+        previous: Box<LocalAudio>,
+        result: rsipstack::Result<Option<Response>>,
+    },
+    Refer(rsipstack::Result<Option<Response>>),
     Hangup(rsipstack::Result<()>),
     /// A response to an in-dialog request went to its transaction.
     Replied {
@@ -519,6 +614,9 @@ impl Driver {
         if let Some(info) = self.info_in_flight.take() {
             info.abort();
         }
+        if let Some(reinvite) = self.reinvite_in_flight.take() {
+            reinvite.abort();
+        }
         // A BYE or a response in flight finishes on its own.
         // An INVITE still waiting for its final response (a CANCEL the far
         // end never answered) would hold its transaction until the proxy's
@@ -538,11 +636,15 @@ impl Driver {
             DialogState::Trying(_) => self.emit(CallEvent::Progress {
                 status: 100,
                 sdp: None,
+                media: None,
             }),
             DialogState::Early(_, response) if self.role == TransactionRole::Client => {
+                let sdp = body_text(&response.body);
+                let media = sdp.as_deref().and_then(|sdp| self.early_media(sdp));
                 self.emit(CallEvent::Progress {
                     status: response.status_code.code(),
-                    sdp: body_text(&response.body),
+                    sdp,
+                    media,
                 })
             }
             DialogState::Confirmed(_, response) if !self.established => {
@@ -588,9 +690,17 @@ impl Driver {
                     body: String::from_utf8_lossy(&request.body).into_owned(),
                 });
             }
-            DialogState::Options(_, request, handle)
-            | DialogState::Message(_, request, handle)
-            | DialogState::Notify(_, request, handle) => {
+            DialogState::Notify(_, request, handle) => {
+                self.reply(request.method, handle, StatusCode::OK, None);
+                if let Some((status, reason)) = refer_progress(&request) {
+                    self.emit(CallEvent::TransferProgress {
+                        status,
+                        reason,
+                        notified: true,
+                    });
+                }
+            }
+            DialogState::Options(_, request, handle) | DialogState::Message(_, request, handle) => {
                 self.reply(request.method, handle, StatusCode::OK, None);
             }
             DialogState::Refer(_, request, handle) | DialogState::Publish(_, request, handle) => {
@@ -600,6 +710,16 @@ impl Driver {
             _ => {}
         }
         None
+    }
+
+    /// Early media: a provisional response's SDP, read against our offer.
+    /// Unusable SDP there is only logged: the call goes on to its 2xx.
+    fn early_media(&mut self, sdp: &str) -> Option<NegotiatedMedia> {
+        let negotiation = self.negotiation.as_mut()?;
+        negotiation
+            .on_remote_answer(sdp)
+            .map_err(|error| warn!(%error, "early SDP unusable; no early media"))
+            .ok()
     }
 
     /// The media agreed when the call is established: the far end's answer
@@ -744,6 +864,23 @@ impl Driver {
                 self.next_info();
                 Ok(())
             }
+            CallCommand::Direction(direction) => {
+                self.next_direction = Some(direction);
+                self.next_reinvite();
+                Ok(())
+            }
+            CallCommand::Transfer(target) => {
+                let dialog = self.dialog.clone();
+                let refer_to = format!("<{target}>");
+                self.spawn_transaction(async move {
+                    Done::Refer(
+                        dialog
+                            .refer(rsipstack::sip::headers::ReferTo::new(refer_to), None, None)
+                            .await,
+                    )
+                });
+                Ok(())
+            }
             CallCommand::Hangup => {
                 if !self.established && self.hung_up_at.is_none() {
                     self.hung_up_at = Some(Instant::now());
@@ -796,6 +933,96 @@ impl Driver {
         }));
     }
 
+    /// Sends the re-INVITE for the direction last asked for, unless one is
+    /// in flight (it follows when that one is done).
+    fn next_reinvite(&mut self) {
+        if self.reinvite_in_flight.is_some() || self.hangup_in_flight {
+            return;
+        }
+        let Some(direction) = self.next_direction.take() else {
+            return;
+        };
+        let negotiation = self.negotiation.as_mut().filter(|_| self.established);
+        let Some(negotiation) = negotiation else {
+            self.emit(CallEvent::DirectionRefused {
+                direction,
+                status: None,
+                reason: "the call is not established".to_string(),
+            });
+            return;
+        };
+        let previous = Box::new(negotiation.local().clone());
+        let offer = negotiation.offer_with(direction).render();
+        let dialog = self.dialog.clone();
+        const ATTEMPTS: usize = 3;
+        self.reinvite_in_flight = Some(self.spawn_transaction(async move {
+            let content_type = Header::ContentType(ContentType::new("application/sdp"));
+            let result = dialog
+                .reinvite_with_glare_retry(
+                    Some(vec![content_type]),
+                    Some(offer.into_bytes()),
+                    ATTEMPTS,
+                )
+                .await;
+            Done::Reinvite {
+                direction,
+                previous,
+                result,
+            }
+        }));
+    }
+
+    /// Our re-INVITE's outcome: the answer read, or our old SDP restored.
+    fn reinvite_done(
+        &mut self,
+        direction: Direction,
+        previous: LocalAudio,
+        result: rsipstack::Result<Option<Response>>,
+    ) {
+        self.reinvite_in_flight = None;
+        let refused = |status: Option<u16>, reason: String| CallEvent::DirectionRefused {
+            direction,
+            status,
+            reason,
+        };
+        let event = match result {
+            Ok(Some(response)) if response.status_code.kind() == StatusCodeKind::Successful => {
+                let answer = body_text(&response.body);
+                let negotiation = self.negotiation.as_mut();
+                match (answer, negotiation) {
+                    (Some(answer), Some(negotiation)) => {
+                        match negotiation.on_remote_answer(&answer) {
+                            Ok(media) => CallEvent::DirectionChanged { direction, media },
+                            Err(error) => {
+                                negotiation.restore_local(previous);
+                                refused(Some(200), format!("unusable answer: {error}"))
+                            }
+                        }
+                    }
+                    _ => refused(Some(200), "answer without SDP".to_string()),
+                }
+            }
+            Ok(Some(response)) => {
+                if let Some(negotiation) = self.negotiation.as_mut() {
+                    negotiation.restore_local(previous);
+                }
+                refused(
+                    Some(response.status_code.code()),
+                    response.status_code.to_string(),
+                )
+            }
+            Ok(None) => refused(None, "the dialog is not confirmed".to_string()),
+            Err(error) => {
+                if let Some(negotiation) = self.negotiation.as_mut() {
+                    negotiation.restore_local(previous);
+                }
+                refused(None, error.to_string())
+            }
+        };
+        self.emit(event);
+        self.next_reinvite();
+    }
+
     /// BYE, or CANCEL before an answer; the dialog reports its end.
     fn start_hangup(&mut self) {
         if self.hangup_in_flight {
@@ -822,6 +1049,26 @@ impl Driver {
 
     fn on_done(&mut self, done: Done) {
         match done {
+            Done::Reinvite {
+                direction,
+                previous,
+                result,
+            } => self.reinvite_done(direction, *previous, result),
+            Done::Refer(result) => {
+                let (status, reason) = match result {
+                    Ok(Some(response)) => (
+                        response.status_code.code(),
+                        response.status_code.to_string(),
+                    ),
+                    Ok(None) => (481, "the dialog is not confirmed".to_string()),
+                    Err(error) => (408, error.to_string()),
+                };
+                self.emit(CallEvent::TransferProgress {
+                    status,
+                    reason,
+                    notified: false,
+                });
+            }
             Done::Info(result) => {
                 self.info_in_flight = None;
                 match result {

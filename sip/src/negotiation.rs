@@ -195,6 +195,12 @@ impl Negotiation {
     /// it answers is what the media side already does. Before anything was
     /// agreed, every codec we carry.
     pub fn offer(&mut self) -> LocalAudio {
+        self.offer_with(Direction::SendRecv)
+    }
+
+    /// Our offer of the media in use with `direction`: `sendonly` or
+    /// `inactive` to hold the far end, `sendrecv` to resume.
+    pub fn offer_with(&mut self, direction: Direction) -> LocalAudio {
         let codecs = match &self.media {
             Some(media) => {
                 let mut codecs = vec![media.codec.clone()];
@@ -208,9 +214,18 @@ impl Negotiation {
             }
             None => self.carried.clone(),
         };
-        let offer = self.next_local(codecs, Direction::SendRecv);
+        let offer = self.next_local(codecs, direction);
         self.local = offer.clone();
         offer
+    }
+
+    /// An offer of ours was refused: what we sent before stands again
+    /// (RFC 3261 section 14.1), at a version above the refused one's.
+    pub fn restore_local(&mut self, previous: LocalAudio) {
+        self.local = LocalAudio {
+            version: self.local.version.saturating_add(1),
+            ..previous
+        };
     }
 
     /// Our SDP with these codecs and direction; the version grows only if

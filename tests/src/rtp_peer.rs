@@ -46,6 +46,9 @@ pub struct RtpPeer {
     codec: Codec,
     /// The `a=ptime` of its SDP answer, if any.
     ptime_ms: Option<u32>,
+    /// Frames sent by [`RtpPeer::exchange`] so far: the next one continues the stream (its
+    /// sequence numbers, timestamps and tone phase), as a real sender does.
+    frames_sent: std::sync::atomic::AtomicU32,
 }
 
 impl RtpPeer {
@@ -55,6 +58,7 @@ impl RtpPeer {
             socket,
             codec,
             ptime_ms: None,
+            frames_sent: Default::default(),
         })
     }
 
@@ -214,11 +218,15 @@ impl RtpPeer {
         let mut incoming = vec![0u8; 2048];
         let mut ticks = tokio::time::interval(Duration::from_millis(20));
         let ssrc = 0x5eed_u32;
+        let first = self
+            .frames_sent
+            .fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
         for index in 0..frames {
-            fill_tone(&mut pcm, hz, rate, u64::from(index) * samples as u64);
+            let frame = first.wrapping_add(index);
+            fill_tone(&mut pcm, hz, rate, u64::from(frame) * samples as u64);
             let length = encoder.encode(&pcm, &mut payload)?;
-            let sequence = index as u16;
-            let timestamp = index * clock / 50;
+            let sequence = frame as u16;
+            let timestamp = frame.wrapping_mul(clock / 50);
             packet.clear();
             packet.extend_from_slice(&[0x80, payload_type]);
             packet.extend_from_slice(&sequence.to_be_bytes());
@@ -324,7 +332,7 @@ pub async fn start_unanswered_rtp_call(
 
 /// START_CALL with a client RTP point offering `codec_label`, up to the gateway's SDP_OFFER
 /// for that point; returns the callId and the offer.
-async fn offer_rtp_call(
+pub async fn offer_rtp_call(
     ws: &mut crate::ws_client::WsClient,
     session_id: &str,
     b_uri: &str,

@@ -85,10 +85,13 @@ pub enum UasScenario {
     /// A registrar: REGISTER → 200 (Expires: 300), then the next REGISTER of that Call-ID
     /// (refresh or unregistration) gets nothing. Ends silently after the pause (default 60 s).
     RegisterThenIgnore,
+    /// INVITE → 100, 183 with SDP (as `Answer`'s), then after [`SippOptions::pause`]
+    /// (default 4 s) 200 with the same SDP; ACK; BYE → 200: early media before the answer.
+    EarlyMedia,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 17] = [
+    pub const ALL: [UasScenario; 18] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -106,6 +109,7 @@ impl UasScenario {
         UasScenario::AnswerCrossingCancel,
         UasScenario::AnswerIgnoringBye,
         UasScenario::RegisterThenIgnore,
+        UasScenario::EarlyMedia,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -128,6 +132,7 @@ impl UasScenario {
             UasScenario::AnswerCrossingCancel => "answer_crossing_cancel",
             UasScenario::AnswerIgnoringBye => "answer_ignoring_bye",
             UasScenario::RegisterThenIgnore => "register_then_ignore",
+            UasScenario::EarlyMedia => "early_media",
         }
     }
 
@@ -192,6 +197,7 @@ impl UasScenario {
             UasScenario::AnswerCrossingCancel => {
                 include_str!("../rig/sipp/answer_crossing_cancel.xml")
             }
+            UasScenario::EarlyMedia => include_str!("../rig/sipp/early_media.xml"),
         })
     }
 
@@ -202,6 +208,7 @@ impl UasScenario {
             UasScenario::AnswerIgnoringBye | UasScenario::RegisterThenIgnore => {
                 Some(Duration::from_secs(60))
             }
+            UasScenario::EarlyMedia => Some(Duration::from_secs(4)),
             UasScenario::AnswerThenReinvite
             | UasScenario::AnswerThenInactive
             | UasScenario::SessionExpiresOverflow
@@ -225,6 +232,9 @@ pub enum UacScenario {
     /// `uac_info.xml`: INVITE (PCMU only); 200 → ACK; INFO `Signal=5`, INFO `Signal=#`
     /// (`application/dtmf-relay`), each → 200; BYE → 200.
     Info,
+    /// `uac_ack_reinvite.xml`: INVITE (PCMU only); 200 → ACK and a re-INVITE (hold) back to
+    /// back; its 200 → ACK; BYE → 200.
+    AckThenReinvite,
 }
 
 impl UacScenario {
@@ -234,6 +244,7 @@ impl UacScenario {
             UacScenario::Reject => "uac_reject",
             UacScenario::Cancel => "uac_cancel",
             UacScenario::Info => "uac_info",
+            UacScenario::AckThenReinvite => "uac_ack_reinvite",
         }
     }
 
@@ -243,6 +254,7 @@ impl UacScenario {
             UacScenario::Reject => Some(include_str!("../rig/sipp/uac_reject.xml")),
             UacScenario::Cancel => Some(include_str!("../rig/sipp/uac_cancel.xml")),
             UacScenario::Info => Some(include_str!("../rig/sipp/uac_info.xml")),
+            UacScenario::AckThenReinvite => Some(include_str!("../rig/sipp/uac_ack_reinvite.xml")),
         }
     }
 }

@@ -684,3 +684,118 @@ async fn call_without_rtp_from_the_far_end_fails_with_media_failed() -> anyhow::
     client.ws.close().await?;
     assert_nothing_held(&gateway)
 }
+
+/// HOLD_CALL and RESUME_CALL as baresip sees them: a re-INVITE whose SDP says `sendonly`
+/// (baresip answers `recvonly` and stops sending), the audio stopping both ways, and back.
+#[tokio::test]
+async fn hold_and_resume_stop_and_restart_the_audio_both_ways() -> anyhow::Result<()> {
+    use dialtone_tests::rtp_peer::{dominant_hz, start_rtp_call, RtpPeer};
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let callee = Baresip::start(BaresipOptions {
+        account: Some(BaresipAccount::rig_user("2000", kamailio.sip_addr())?),
+        auto_answer: true,
+        ..Default::default()
+    })?;
+    let (mut ws, session_id) =
+        WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
+    let peer = RtpPeer::bind(dialtone_codecs::Codec::Pcmu).await?;
+    let (call_id, point) = start_rtp_call(&mut ws, &session_id, "2000", &peer).await?;
+    callee.wait_call_established(REPLY)?;
+    let before = peer.exchange(point, 1000.0, 2.0, 0).await?;
+    let heard = dominant_hz(&before, 8000)?;
+    ensure!((heard - 440.0).abs() < 15.0, "before the hold: {heard} Hz");
+
+    // Held by the client: baresip gets an offer (ours says sendonly), answers it and stops
+    // sending; the client's audio no longer reaches it.
+    let mark = callee.event_mark();
+    ws.send_json(&json!({"type": "HOLD_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    let held = ws.recv_type("CALL_HELD", REPLY).await?;
+    ensure!(held["by"] == "LOCAL", "{held}");
+    let offer = callee.wait_event_since(mark, |e| e["type"] == "CALL_REMOTE_SDP", REPLY)?;
+    ensure!(offer["param"] == "offer", "{offer}");
+    let during = peer.exchange(point, 1000.0, 2.0, 0).await?;
+    let during = during.get(4000..).unwrap_or_default();
+    ensure!(
+        during.iter().all(|sample| sample.unsigned_abs() < 100),
+        "the client still hears the far end while it holds it"
+    );
+    ws.send_json(&json!({"type": "HOLD_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ensure!(ws.recv_type("ERROR", REPLY).await?["code"] == "INVALID_STATE");
+
+    ws.send_json(&json!({"type": "RESUME_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    let resumed = ws.recv_type("CALL_RESUMED", REPLY).await?;
+    ensure!(resumed["by"] == "LOCAL", "{resumed}");
+    let after = peer.exchange(point, 1000.0, 2.0, 0).await?;
+    let heard = dominant_hz(&after, 8000)?;
+    ensure!((heard - 440.0).abs() < 15.0, "after the resume: {heard} Hz");
+
+    // Held by the far end (baresip's own hold): reported, and back.
+    callee.command_ok("hold", "")?;
+    let held = ws.recv_type("CALL_HELD", REPLY).await?;
+    ensure!(held["by"] == "REMOTE", "{held}");
+    callee.command_ok("resume", "")?;
+    let resumed = ws.recv_type("CALL_RESUMED", REPLY).await?;
+    ensure!(resumed["by"] == "REMOTE", "{resumed}");
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
+    Ok(())
+}
+
+/// TRANSFER_CALL: the client hands its far end (baresip A) over to another phone (baresip B)
+/// with a REFER; A calls B through Kamailio, tells the gateway how it goes (NOTIFY sipfrag),
+/// and once B answered the client's call ends.
+#[tokio::test]
+async fn a_blind_transfer_hands_the_far_end_to_another_phone() -> anyhow::Result<()> {
+    use dialtone_tests::rtp_peer::{start_rtp_call, RtpPeer};
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let gateway = Gateway::start(&registrar_config(&kamailio, "udp", ""))?;
+    let phone = |user: &str| {
+        Baresip::start(BaresipOptions {
+            account: Some(BaresipAccount::rig_user(user, kamailio.sip_addr())?),
+            auto_answer: true,
+            ..Default::default()
+        })
+    };
+    let first = phone("2000")?;
+    let second = phone("load1")?;
+    let (mut ws, session_id) =
+        WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
+    let peer = RtpPeer::bind(dialtone_codecs::Codec::Pcmu).await?;
+    let (call_id, _) = start_rtp_call(&mut ws, &session_id, "2000", &peer).await?;
+    first.wait_call_established(REPLY)?;
+
+    ws.send_json(&json!({"type": "TRANSFER_CALL", "sessionId": session_id, "callId": call_id, "target": "load1"}))
+        .await?;
+    let accepted = ws.recv_type("TRANSFER_PROGRESS", REPLY).await?;
+    ensure!(
+        accepted["stage"] == "REFER" && accepted["sipStatus"] == 202,
+        "{accepted}"
+    );
+    let mut statuses = Vec::new();
+    loop {
+        let message = ws.recv_json(REPLY).await?;
+        match message["type"].as_str() {
+            Some("TRANSFER_PROGRESS") => {
+                ensure!(message["stage"] == "CALL", "{message}");
+                statuses.push(message["sipStatus"].as_u64().unwrap_or(0));
+            }
+            Some("CALL_FINISHED") => break,
+            _ => anyhow::bail!("unexpected {message}"),
+        }
+    }
+    ensure!(
+        statuses.last() == Some(&200),
+        "NOTIFY statuses {statuses:?}"
+    );
+    second.wait_call_established(REPLY)?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
+    Ok(())
+}

@@ -20,7 +20,7 @@ use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::gateway::{proxy_config, registrar_config, Gateway};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::rtp_peer::{
-    sdp_audio_addr, start_rtp_call, start_unanswered_rtp_call, RtpPeer,
+    dominant_hz, offer_rtp_call, sdp_audio_addr, start_rtp_call, start_unanswered_rtp_call, RtpPeer,
 };
 use dialtone_tests::rtp_stream::{
     check_telephone_events, ReceivedRtp, RelayReport, ScriptedStream, TelephoneEvent,
@@ -231,5 +231,60 @@ async fn far_end_gets_audio_after_the_last_digit_without_client_audio() -> anyho
          all {} packets received as (payload type, count) in order: {runs:?}",
         received.len(),
     );
+    Ok(())
+}
+
+/// A far end that sends early media (183 with SDP, then audio, the 200 four seconds later, as
+/// a carrier's ringback or announcement): the client's point hears it before CALL_STARTED, and
+/// the same stream goes on after the answer.
+#[tokio::test]
+async fn early_media_reaches_the_client_before_the_answer() -> anyhow::Result<()> {
+    let far_end = RtpPeer::bind(Codec::Pcmu).await?;
+    let (sipp, gateway) = sipp_far_end(UasScenario::EarlyMedia, &far_end)?;
+    let client = RtpPeer::bind(Codec::Pcmu).await?;
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    let (call_id, offer) = offer_rtp_call(&mut ws, &session_id, "early", client.label()).await?;
+    let client_point = sdp_audio_addr(&offer)?;
+    ws.send_json(&json!({
+        "type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id, "sdp": client.answer_sdp()?,
+    }))
+    .await?;
+    let progress = ws.recv_type_skipping("CALL_STARTING", &[], REPLY).await?;
+    let progress = if progress["stage"] == "TRYING" {
+        ws.recv_type("CALL_STARTING", REPLY).await?
+    } else {
+        progress
+    };
+    ensure!(progress["stage"] == "SESSION_PROGRESS", "{progress}");
+    let sip_point = gateway_sip_point(&sipp)?;
+    let (early, _) = tokio::join!(
+        client.exchange(client_point, 440.0, 1.5, 0),
+        far_end.exchange(sip_point, 1000.0, 1.5, 0),
+    );
+    let early = early?;
+    ensure!(
+        ws.expect_no_message(Duration::from_millis(10))
+            .await
+            .is_ok(),
+        "the call was answered before the early media was checked"
+    );
+    let heard = dominant_hz(&early, 8000).context("early media")?;
+    ensure!(
+        (heard - 1000.0).abs() < 15.0,
+        "the client heard {heard} Hz before the answer"
+    );
+    ws.recv_type("CALL_STARTED", REPLY).await?;
+    let (after, _) = tokio::join!(
+        client.exchange(client_point, 440.0, 2.0, 0),
+        far_end.exchange(sip_point, 1000.0, 2.0, 0),
+    );
+    let heard = dominant_hz(&after?, 8000).context("after the answer")?;
+    ensure!(
+        (heard - 1000.0).abs() < 15.0,
+        "after the answer the client heard {heard} Hz"
+    );
+    hang_up(&mut ws, &session_id, &call_id, &sipp).await?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
     Ok(())
 }

@@ -512,6 +512,12 @@ async fn a_foreign_session_is_refused_until_invited_and_limits_hold() -> anyhow:
         status["mediaPoints"] == 2 && status["limits"]["maxPointsPerSession"] == 2,
         "{status}"
     );
+    let metrics = rig.gateway.metrics_text()?;
+    ensure!(
+        metrics.contains("dialtone_media_points 2")
+            && metrics.contains("dialtone_limit{limit=\"max_points_per_session\"} 2"),
+        "{metrics}"
+    );
 
     // Invited by the room's owner, the other user may join.
     ws.send_json(&json!({"type": "INVITE_TO_ROOM", "sessionId": session_id, "roomId": call_id, "username": "1002"}))

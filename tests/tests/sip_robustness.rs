@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use dialtone_codecs::Codec;
-use dialtone_tests::gateway::{Gateway, LOOPBACK};
+use dialtone_tests::gateway::{registrar_config, Gateway, LOOPBACK};
+use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::rtp_peer::{dominant_hz, start_rtp_call, RtpPeer};
-use dialtone_tests::sipp::{Sipp, SippOptions, TracedMessage, UasScenario};
+use dialtone_tests::sipp::{Sipp, SippOptions, TracedMessage, UacScenario, UasScenario};
 use dialtone_tests::wait::wait_until;
 use dialtone_tests::ws_client::WsClient;
 use serde_json::{json, Value};
@@ -210,4 +211,88 @@ async fn reinvite_offering_g722_first_is_answered_with_the_codec_in_use_and_audi
     sipp.wait_success(PEER)?;
     client.ws.close().await?;
     assert_nothing_held(&gateway)
+}
+
+/// A caller that sends its ACK and a re-INVITE back to back (Asterisk with `direct_media=yes`
+/// bridging two calls does) gets every re-INVITE answered: 20 calls of 20.
+#[tokio::test]
+async fn a_reinvite_right_behind_the_ack_is_answered_every_time() -> anyhow::Result<()> {
+    const CALLS: u32 = 20;
+    let kamailio = Kamailio::start(KamailioOptions::default())?;
+    let gateway = Gateway::start(&registrar_config(kamailio.sip_addr()))?;
+    let (mut ws, session_id) =
+        WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
+    // Straight to the session's Contact: nothing between the two requests.
+    let caller = Sipp::uac(
+        UacScenario::AckThenReinvite,
+        gateway.sip_addr(),
+        &format!("dt-{session_id}"),
+        SippOptions {
+            calls: CALLS,
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )?;
+    let (mut finished, mut held) = (0, 0);
+    while finished < CALLS {
+        let message = ws.recv_json(Duration::from_secs(20)).await?;
+        match message["type"].as_str() {
+            Some("INCOMING_CALL") => {
+                // SIPp's From is `sipp <sip:sipp@…>`: its display name reaches the client.
+                ensure!(message["aDisplayName"] == "sipp", "{message}");
+                ws.send_json(&json!({
+                    "type": "ACCEPT_CALL", "sessionId": session_id, "callId": message["callId"],
+                }))
+                .await?;
+            }
+            Some("CALL_FINISHED") => finished += 1,
+            // Each re-INVITE is a hold (sendonly), answered and reported.
+            Some("CALL_HELD") if message["by"] == "REMOTE" => held += 1,
+            Some("CALL_STARTED") => {}
+            _ => anyhow::bail!("unexpected {message}"),
+        }
+    }
+    ensure!(held == CALLS, "{held} holds reported of {CALLS}");
+    caller.wait_success(Duration::from_secs(20))?;
+    ws.close().await?;
+    gateway.wait_all_released(Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// The caller's display name of START_CALL reaches the far end in From, quoted; one that
+/// could break out of the quotes is refused before anything is sent.
+#[tokio::test]
+async fn the_display_name_of_start_call_is_the_from_display_name() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(UasScenario::Answer, SippOptions::default())?;
+    let gateway = Gateway::start(&dialtone_tests::gateway::proxy_config(sipp.sip_addr(), ""))?;
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    ws.send_json(
+        &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000",
+        "displayName": "Bob\"\r\nX-Injected: yes"}),
+    )
+    .await?;
+    let error = ws.recv_type("ERROR", REPLY).await?;
+    ensure!(error["field"] == "displayName", "{error}");
+    let call_id = ws
+        .start_call(
+            &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000",
+                "displayName": "Ada Lovelace"}),
+            REPLY,
+        )
+        .await?;
+    let invite = sipp.wait_for_message("INVITE sip:", PEER)?;
+    let from = invite.header("From").context("INVITE without From")?;
+    ensure!(
+        from.starts_with("\"Ada Lovelace\" <sip:alice@"),
+        "From: {from}"
+    );
+    ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING"], REPLY)
+        .await?;
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    sipp.wait_success(PEER)?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
+    Ok(())
 }

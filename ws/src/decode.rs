@@ -67,6 +67,9 @@ const SERVER_ONLY_TYPES: &[&str] = &[
     "CALL_STARTED",
     "CALL_FAILED",
     "CALL_FINISHED",
+    "CALL_HELD",
+    "CALL_RESUMED",
+    "TRANSFER_PROGRESS",
     "MEDIA_POINT_REMOVED",
     "ROOM_CREATED",
     "ROOM_CLOSED",
@@ -125,6 +128,9 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, ProtocolError>
         "INVITE_TO_ROOM" => ClientMessage::InviteToRoom(typed(value, &message_type)?),
         "START_RECORDING" => ClientMessage::StartRecording(typed(value, &message_type)?),
         "STOP_RECORDING" => ClientMessage::StopRecording(typed(value, &message_type)?),
+        "HOLD_CALL" => ClientMessage::HoldCall(typed(value, &message_type)?),
+        "RESUME_CALL" => ClientMessage::ResumeCall(typed(value, &message_type)?),
+        "TRANSFER_CALL" => ClientMessage::TransferCall(typed(value, &message_type)?),
         "DISCONNECTED" => ClientMessage::Disconnected(typed(value, &message_type)?),
         other if SERVER_ONLY_TYPES.contains(&other) => {
             return Err(ProtocolError::new(
@@ -192,7 +198,13 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
     }
     match message {
         ClientMessage::StartSession(m) => non_empty("username", &m.username),
-        ClientMessage::StartCall(m) => non_empty("bUri", &m.b_uri),
+        ClientMessage::StartCall(m) => {
+            non_empty("bUri", &m.b_uri)?;
+            match &m.display_name {
+                Some(name) => display_name("displayName", name),
+                None => Ok(()),
+            }
+        }
         ClientMessage::SendDtmfSignal(m) => {
             let valid = !m.dtmf_string.is_empty()
                 && m.dtmf_string
@@ -233,11 +245,31 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
             non_empty("roomId", &m.room_id)
         }
         ClientMessage::StopRecording(m) => non_empty("roomId", &m.room_id),
+        ClientMessage::TransferCall(m) => non_empty("target", &m.target),
         ClientMessage::InviteToRoom(m) => {
             non_empty("roomId", &m.room_id)?;
             non_empty("username", &m.username)
         }
         _ => Ok(()),
+    }
+}
+
+/// A display name goes into a SIP header between quotes: 1 to 64
+/// characters, none of which could end or escape the quoted string or the
+/// header.
+fn display_name(field: &str, name: &str) -> Result<(), ProtocolError> {
+    let valid = (1..=64).contains(&name.chars().count())
+        && !name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '"' | '\\' | '<' | '>'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::InvalidValue,
+            format!("{field} must be 1 to 64 characters without quotes, backslashes, angle brackets or control characters"),
+        )
+        .with_field(field))
     }
 }
 
@@ -343,6 +375,9 @@ mod tests {
             r#"{"type":"INVITE_TO_ROOM","sessionId":"s","roomId":"r","username":"bob"}"#,
             r#"{"type":"START_RECORDING","sessionId":"s","roomId":"r"}"#,
             r#"{"type":"STOP_RECORDING","sessionId":"s","roomId":"r"}"#,
+            r#"{"type":"HOLD_CALL","sessionId":"s","callId":"c","mode":"INACTIVE"}"#,
+            r#"{"type":"RESUME_CALL","sessionId":"s","callId":"c"}"#,
+            r#"{"type":"TRANSFER_CALL","sessionId":"s","callId":"c","target":"2001"}"#,
             r#"{"type":"SDP_ANSWER","sessionId":"s","pointId":"p","sdp":"v=0"}"#,
             r#"{"type":"DISCONNECTED","clientId":"x"}"#,
         ];
@@ -426,6 +461,15 @@ mod tests {
             (e.code, e.field.as_deref()),
             (ErrorCode::InvalidValue, Some("mode"))
         );
+        for bad in ["", "a\"b", "line\nbreak", "<sip:x>", "\\"] {
+            let text = serde_json::json!({"type":"START_CALL","sessionId":"s","bUri":"1","displayName":bad}).to_string();
+            let e = refused(&text);
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                (ErrorCode::InvalidValue, Some("displayName")),
+                "{bad:?}"
+            );
+        }
         let e = refused(r#"{"type":"CLOSE_SESSION","sessionId":"  "}"#);
         assert_eq!(
             (e.code, e.field.as_deref()),

@@ -56,6 +56,10 @@ pub struct StartCall {
     /// out); the call then has no client point of its own.
     #[serde(default)]
     pub room_id: Option<String>,
+    /// Extension: the display name of the call's From header (1 to 64
+    /// characters; no `"`, `\`, `<`, `>` or control characters).
+    #[serde(default)]
+    pub display_name: Option<String>,
     #[serde(default)]
     pub cc: Option<Capabilities>,
     /// Voice, video.
@@ -301,6 +305,47 @@ pub struct RoomMember {
     pub mode: RoomMode,
 }
 
+/// Extension: how HOLD_CALL holds the far end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HoldMode {
+    /// `a=sendonly`: we may send (music on hold), the far end does not.
+    #[default]
+    Sendonly,
+    /// `a=inactive`: nobody sends.
+    Inactive,
+}
+
+/// Extension: HOLD_CALL.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldCall {
+    pub session_id: String,
+    pub call_id: String,
+    #[serde(default)]
+    pub mode: HoldMode,
+}
+
+/// Who put a call on hold (CALL_HELD / CALL_RESUMED, extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HoldSide {
+    /// The client, with HOLD_CALL / RESUME_CALL.
+    Local,
+    /// The far end, with a re-INVITE or UPDATE.
+    Remote,
+}
+
+/// Extension: TRANSFER_CALL, a blind transfer of the call's far end.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferCall {
+    pub session_id: String,
+    pub call_id: String,
+    /// Whom the far end is to call: a bUri as START_CALL takes it.
+    pub target: String,
+}
+
 /// A client saying goodbye before it closes the socket.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -331,6 +376,9 @@ pub enum ClientMessage {
     InviteToRoom(InviteToRoom),
     StartRecording(RoomRef),
     StopRecording(StopRecording),
+    HoldCall(HoldCall),
+    ResumeCall(CallRef),
+    TransferCall(TransferCall),
     Disconnected(ClientLeaving),
 }
 
@@ -357,6 +405,9 @@ impl ClientMessage {
             ClientMessage::InviteToRoom(_) => "INVITE_TO_ROOM",
             ClientMessage::StartRecording(_) => "START_RECORDING",
             ClientMessage::StopRecording(_) => "STOP_RECORDING",
+            ClientMessage::HoldCall(_) => "HOLD_CALL",
+            ClientMessage::ResumeCall(_) => "RESUME_CALL",
+            ClientMessage::TransferCall(_) => "TRANSFER_CALL",
             ClientMessage::Disconnected(_) => "DISCONNECTED",
         }
     }
@@ -382,6 +433,9 @@ impl ClientMessage {
             ClientMessage::CloseRoom(m) | ClientMessage::StartRecording(m) => Some(&m.session_id),
             ClientMessage::InviteToRoom(m) => Some(&m.session_id),
             ClientMessage::StopRecording(m) => Some(&m.session_id),
+            ClientMessage::HoldCall(m) => Some(&m.session_id),
+            ClientMessage::ResumeCall(m) => Some(&m.session_id),
+            ClientMessage::TransferCall(m) => Some(&m.session_id),
         }
     }
 }
@@ -542,6 +596,9 @@ pub enum ServerMessage {
         /// Extension: the seed's INCOMING_CALL lacks it, yet ACCEPT_CALL needs it.
         call_id: String,
         a_uri: String,
+        /// Extension: the display name of the caller's From header.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        a_display_name: Option<String>,
         sdp: String,
     },
     #[serde(rename_all = "camelCase")]
@@ -582,6 +639,37 @@ pub enum ServerMessage {
         /// Extension: the call's media statistics, when media flowed.
         #[serde(skip_serializing_if = "Option::is_none")]
         quality: Option<CallQuality>,
+    },
+    /// Extension: the call is on hold, by the client (HOLD_CALL answered)
+    /// or by the far end.
+    #[serde(rename_all = "camelCase")]
+    CallHeld {
+        session_id: String,
+        call_id: String,
+        by: HoldSide,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
+    },
+    /// Extension: the call is off hold again.
+    #[serde(rename_all = "camelCase")]
+    CallResumed {
+        session_id: String,
+        call_id: String,
+        by: HoldSide,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_call_id: Option<String>,
+    },
+    /// Extension: how TRANSFER_CALL goes: the far end's answer to the
+    /// REFER (`stage` `REFER`: 202 it will try, else refused), then the
+    /// progress of its call to the target (`stage` `CALL`: 100, 180, 200
+    /// success — the call then ends — or a failure).
+    #[serde(rename_all = "camelCase")]
+    TransferProgress {
+        session_id: String,
+        call_id: String,
+        stage: &'static str,
+        sip_status: u16,
+        sip_reason: String,
     },
     /// Extension: a DTMF digit the far end sent, however it came.
     #[serde(rename_all = "camelCase")]

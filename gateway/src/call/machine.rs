@@ -20,8 +20,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use dialtone_room::{Event as RoomEvent, PointUpdate};
+use dialtone_sip::sdp::Direction as SdpDirection;
 use dialtone_sip::{CallEvent, EndReason, NegotiatedMedia};
-use dialtone_ws::{CallFailReason, CallStage, RejectReason};
+use dialtone_ws::{CallFailReason, CallStage, HoldSide, RejectReason};
 use tracing::info;
 
 use super::{bridged, SIP_POINT};
@@ -40,6 +41,10 @@ pub(crate) enum CallInput {
     /// Incoming: the client accepted, but no answer could be made.
     AcceptFailed(String),
     SendDtmf(String),
+    /// HOLD_CALL (`sendonly` or `inactive`) or RESUME_CALL (`sendrecv`).
+    SetDirection(SdpDirection),
+    /// TRANSFER_CALL to this SIP URI.
+    Transfer(String),
     Room(RoomEvent),
     /// The time [`CallMachine::poll_timeout`] named has come.
     Timeout,
@@ -76,10 +81,12 @@ pub(crate) enum CallOutput {
     /// SIP: these digits by INFO, one each.
     SendInfo(String),
     /// The room: the SIP leg's point, as negotiated; look for in-band
-    /// DTMF in its audio when `detect_tones`.
+    /// DTMF in its audio when `detect_tones`. `early`: early media (a 18x
+    /// with SDP), which a far end may stop at any time without being dead.
     AddSipPoint {
         media: NegotiatedMedia,
         detect_tones: bool,
+        early: bool,
     },
     /// The room: the SIP far end changed (re-INVITE, UPDATE).
     UpdateSipPoint(PointUpdate),
@@ -93,6 +100,25 @@ pub(crate) enum CallOutput {
     DigitByInfo(char),
     /// The room is of no more use: its media failed.
     StopMedia,
+    /// SIP: a re-INVITE with our media in this direction (hold, resume).
+    SetDirection(SdpDirection),
+    /// The room: the SIP leg hears nobody (its far end is on hold), or
+    /// hears again.
+    Deaf(bool),
+    /// CALL_HELD: by the client, or by the far end.
+    Held(HoldSide),
+    /// CALL_RESUMED.
+    Resumed(HoldSide),
+    /// ERROR for HOLD_CALL / RESUME_CALL: the far end refused it.
+    DirectionRefused(String),
+    /// SIP: REFER the far end to this URI.
+    Transfer(String),
+    /// TRANSFER_PROGRESS (`stage` `REFER` or `CALL`).
+    TransferProgress {
+        stage: &'static str,
+        status: u16,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +176,12 @@ pub(crate) struct CallMachine {
     sip_point: bool,
     /// The SIP far end takes telephone-events.
     sip_events: bool,
+    /// Our direction toward the far end as last agreed (`sendrecv` unless
+    /// the client holds the call) and as asked for, while a re-INVITE is out.
+    local_direction: SdpDirection,
+    asked_direction: Option<SdpDirection>,
+    /// The far end holds the call (its SDP says it sends nothing to us).
+    remote_held: bool,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -179,6 +211,9 @@ impl CallMachine {
             deadline: None,
             sip_point: false,
             sip_events: false,
+            local_direction: SdpDirection::SendRecv,
+            asked_direction: None,
+            remote_held: false,
             outputs: VecDeque::new(),
         }
     }
@@ -219,6 +254,15 @@ impl CallMachine {
             CallInput::Reject(_) | CallInput::Accepted | CallInput::AcceptFailed(_) => self
                 .refuse("ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"),
             CallInput::SendDtmf(digits) => self.send_digits(digits),
+            CallInput::SetDirection(direction) => self.set_direction(direction),
+            CallInput::Transfer(target) => {
+                if self.phase == Phase::Established {
+                    info!(%target, "transferring the far end");
+                    self.emit(CallOutput::Transfer(target));
+                } else {
+                    self.refuse("a transfer applies to a started call");
+                }
+            }
             CallInput::Room(event) => self.on_room(event),
             CallInput::Timeout => {
                 let due = self.poll_timeout().is_some_and(|at| at <= now);
@@ -249,7 +293,9 @@ impl CallMachine {
                 self.emit(CallOutput::Reject(480));
                 self.finish();
             }
-            CallInput::SendDtmf(_) => self.refuse("this applies once the call is accepted"),
+            CallInput::SendDtmf(_) | CallInput::SetDirection(_) | CallInput::Transfer(_) => {
+                self.refuse("this applies once the call is accepted")
+            }
             // Before an answer only the caller giving up can happen.
             CallInput::SipGone
             | CallInput::Sip(CallEvent::Ended { .. } | CallEvent::Failed { .. }) => self.finish(),
@@ -274,8 +320,16 @@ impl CallMachine {
                 self.emit(CallOutput::Stage(CallStage::Ringing));
             }
             CallEvent::Progress {
-                status: 181..=183, ..
-            } if outgoing => self.emit(CallOutput::Stage(CallStage::SessionProgress)),
+                status: 181..=183,
+                media,
+                ..
+            } if outgoing => {
+                self.emit(CallOutput::Stage(CallStage::SessionProgress));
+                if let Some(media) = media.filter(|_| self.phase == Phase::Setup) {
+                    info!("early media");
+                    self.sip_media(media, true);
+                }
+            }
             CallEvent::Progress { .. } => {}
             CallEvent::Established { media, .. } => {
                 if self.phase == Phase::Setup {
@@ -283,32 +337,76 @@ impl CallMachine {
                 }
                 info!("call established");
                 if let Some(media) = media {
-                    self.sip_events = media.telephone_event.is_some();
-                    self.sip_point = true;
-                    let detect_tones = self.settings.detect_tones.unwrap_or(!self.sip_events);
-                    self.emit(CallOutput::AddSipPoint {
-                        media,
-                        detect_tones,
-                    });
+                    self.sip_media(media, false);
                 }
                 self.emit(CallOutput::Started);
             }
             CallEvent::MediaChanged { media, changes, .. } => {
                 info!(?changes, "far end changed the media");
-                self.sip_events = media.telephone_event.is_some();
-                if self.sip_point {
-                    self.emit(CallOutput::UpdateSipPoint(PointUpdate {
-                        remote: media.remote,
-                        audio: bridged(&media.codec),
-                        telephone_event: media.telephone_event,
-                        sends: media.remote_sends(),
-                    }));
+                let held = matches!(
+                    media.remote_direction,
+                    SdpDirection::SendOnly | SdpDirection::Inactive
+                );
+                if held != self.remote_held {
+                    self.remote_held = held;
+                    self.emit(if held {
+                        CallOutput::Held(HoldSide::Remote)
+                    } else {
+                        CallOutput::Resumed(HoldSide::Remote)
+                    });
                 }
+                self.sip_events = media.telephone_event.is_some();
+                self.update_sip_point(&media);
             }
             CallEvent::Info { content_type, body } => {
                 match dialtone_room::dtmf_relay::parse_dtmf_info(&content_type, body.as_bytes()) {
                     Ok(info) => self.emit(CallOutput::DigitByInfo(info.digit)),
                     Err(error) => info!(%content_type, %error, "INFO without a digit"),
+                }
+            }
+            CallEvent::DirectionChanged { direction, media } => {
+                self.asked_direction = None;
+                self.local_direction = direction;
+                info!(?direction, "our direction changed");
+                self.update_sip_point(&media);
+                let held = direction != SdpDirection::SendRecv;
+                self.emit(CallOutput::Deaf(held));
+                self.emit(if held {
+                    CallOutput::Held(HoldSide::Local)
+                } else {
+                    CallOutput::Resumed(HoldSide::Local)
+                });
+            }
+            CallEvent::DirectionRefused {
+                direction,
+                status,
+                reason,
+            } => {
+                self.asked_direction = None;
+                info!(?direction, ?status, %reason, "the far end refused our direction");
+                self.emit(CallOutput::Deaf(
+                    self.local_direction != SdpDirection::SendRecv,
+                ));
+                let status = status.map(|s| format!("{s} ")).unwrap_or_default();
+                self.emit(CallOutput::DirectionRefused(format!(
+                    "the far end refused: {status}{reason}"
+                )));
+            }
+            CallEvent::TransferProgress {
+                status,
+                reason,
+                notified,
+            } => {
+                let stage = if notified { "CALL" } else { "REFER" };
+                self.emit(CallOutput::TransferProgress {
+                    stage,
+                    status,
+                    reason,
+                });
+                // The far end reached the target: our part of the call is done.
+                if notified && (200..300).contains(&status) {
+                    info!("transfer succeeded; hanging up");
+                    self.end(Ending::ClientHangup);
                 }
             }
             CallEvent::Failed { status, reason } => self.fail(
@@ -318,6 +416,59 @@ impl CallMachine {
             ),
             CallEvent::Ended { reason } => self.ended(reason),
         }
+    }
+
+    /// HOLD_CALL / RESUME_CALL: a re-INVITE in that direction. The far end
+    /// stops hearing the client at once on hold; it hears it again once
+    /// the resume is answered.
+    fn set_direction(&mut self, direction: SdpDirection) {
+        if self.phase != Phase::Established {
+            self.refuse("hold and resume apply to a started call");
+            return;
+        }
+        let current = self.asked_direction.unwrap_or(self.local_direction);
+        if direction == current {
+            self.refuse(if direction == SdpDirection::SendRecv {
+                "the call is not on hold"
+            } else {
+                "the call is on hold already"
+            });
+            return;
+        }
+        self.asked_direction = Some(direction);
+        if direction != SdpDirection::SendRecv {
+            self.emit(CallOutput::Deaf(true));
+        }
+        self.emit(CallOutput::SetDirection(direction));
+    }
+
+    /// The SIP leg's point brought up to date with `media`.
+    fn update_sip_point(&mut self, media: &NegotiatedMedia) {
+        if self.sip_point {
+            self.emit(CallOutput::UpdateSipPoint(PointUpdate {
+                remote: media.remote,
+                audio: bridged(&media.codec),
+                telephone_event: media.telephone_event,
+                sends: media.remote_sends(),
+            }));
+        }
+    }
+
+    /// The SIP leg's media, early or final: the point is added, or (the
+    /// 2xx after early media) brought up to date with what the answer says.
+    fn sip_media(&mut self, media: NegotiatedMedia, early: bool) {
+        self.sip_events = media.telephone_event.is_some();
+        if self.sip_point {
+            self.update_sip_point(&media);
+            return;
+        }
+        self.sip_point = true;
+        let detect_tones = self.settings.detect_tones.unwrap_or(!self.sip_events);
+        self.emit(CallOutput::AddSipPoint {
+            media,
+            detect_tones,
+            early,
+        });
     }
 
     /// SIP ended a call the gateway had not decided to end.
@@ -517,7 +668,11 @@ mod tests {
             [CallOutput::Stage(CallStage::Trying)]
         );
         for status in [100, 180, 183] {
-            let progress = CallEvent::Progress { status, sdp: None };
+            let progress = CallEvent::Progress {
+                status,
+                sdp: None,
+                media: None,
+            };
             machine.handle(start, CallInput::Sip(progress));
         }
         assert_eq!(
@@ -534,7 +689,8 @@ mod tests {
             [
                 CallOutput::AddSipPoint {
                     media: pcmu,
-                    detect_tones: false
+                    detect_tones: false,
+                    early: false,
                 },
                 CallOutput::Started
             ]
@@ -691,6 +847,7 @@ mod tests {
         let progress = CallEvent::Progress {
             status: 180,
             sdp: None,
+            media: None,
         };
         machine.handle(start, CallInput::Sip(progress));
         outputs(&mut machine);
@@ -814,12 +971,15 @@ mod tests {
         machine.handle(start, CallInput::Sip(changed));
         assert_eq!(
             outputs(&mut machine),
-            [CallOutput::UpdateSipPoint(PointUpdate {
-                remote: SocketAddr::from(([127, 0, 0, 1], 5000)),
-                audio: Some((9, Codec::G722)),
-                telephone_event: Some(101),
-                sends: false,
-            })]
+            [
+                CallOutput::Held(HoldSide::Remote),
+                CallOutput::UpdateSipPoint(PointUpdate {
+                    remote: SocketAddr::from(([127, 0, 0, 1], 5000)),
+                    audio: Some((9, Codec::G722)),
+                    telephone_event: Some(101),
+                    sends: false,
+                })
+            ]
         );
     }
 
@@ -920,7 +1080,8 @@ mod tests {
         let out = outputs(&mut machine);
         assert!(out.contains(&CallOutput::AddSipPoint {
             media: media("PCMU", 0, None),
-            detect_tones: true
+            detect_tones: true,
+            early: false,
         }));
         assert_eq!(out.last(), Some(&CallOutput::Started));
         machine.handle(start, CallInput::Reject(RejectReason::Busy));
@@ -930,5 +1091,134 @@ mod tests {
                 "ACCEPT_CALL and REJECT_CALL apply to an incoming call not yet answered"
             )]
         );
+    }
+
+    #[test]
+    fn early_media_joins_the_room_and_the_answer_takes_over() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        outputs(&mut machine);
+        let early = media("PCMU", 0, Some(101));
+        let progress = CallEvent::Progress {
+            status: 183,
+            sdp: None,
+            media: Some(early.clone()),
+        };
+        machine.handle(start, CallInput::Sip(progress));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::Stage(CallStage::SessionProgress),
+                CallOutput::AddSipPoint {
+                    media: early,
+                    detect_tones: false,
+                    early: true,
+                },
+            ],
+            "the client hears the far end before the answer; silence then is no failure"
+        );
+        let answered = media("PCMA", 8, None);
+        machine.handle(start, established(Some(answered.clone())));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::UpdateSipPoint(PointUpdate {
+                    remote: answered.remote,
+                    audio: bridged(&answered.codec),
+                    telephone_event: None,
+                    sends: true,
+                }),
+                CallOutput::Started
+            ],
+            "one point, brought up to date by the 2xx's answer"
+        );
+    }
+
+    #[test]
+    fn hold_and_resume_by_the_client_and_by_the_far_end() {
+        let start = Instant::now();
+        let mut machine = CallMachine::outgoing(start, settings(vec![]));
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendOnly));
+        assert!(
+            matches!(outputs(&mut machine).last(), Some(CallOutput::Refused(_))),
+            "no hold before the answer"
+        );
+        machine.handle(start, established(Some(media("PCMU", 0, Some(101)))));
+        outputs(&mut machine);
+
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendOnly));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::Deaf(true),
+                CallOutput::SetDirection(SdpDirection::SendOnly)
+            ],
+            "the far end stops hearing the client at once"
+        );
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendOnly));
+        assert!(matches!(
+            outputs(&mut machine)[..],
+            [CallOutput::Refused(_)]
+        ));
+        let held = NegotiatedMedia {
+            remote_direction: SdpDirection::RecvOnly,
+            local_direction: SdpDirection::SendOnly,
+            ..media("PCMU", 0, Some(101))
+        };
+        let changed = CallEvent::DirectionChanged {
+            direction: SdpDirection::SendOnly,
+            media: held.clone(),
+        };
+        machine.handle(start, CallInput::Sip(changed));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::UpdateSipPoint(PointUpdate {
+                    remote: held.remote,
+                    audio: bridged(&held.codec),
+                    telephone_event: Some(101),
+                    sends: false,
+                }),
+                CallOutput::Deaf(true),
+                CallOutput::Held(HoldSide::Local)
+            ]
+        );
+        // A refused resume leaves the call on hold.
+        machine.handle(start, CallInput::SetDirection(SdpDirection::SendRecv));
+        assert_eq!(
+            outputs(&mut machine),
+            [CallOutput::SetDirection(SdpDirection::SendRecv)]
+        );
+        let refused = CallEvent::DirectionRefused {
+            direction: SdpDirection::SendRecv,
+            status: Some(488),
+            reason: "Not Acceptable Here".to_string(),
+        };
+        machine.handle(start, CallInput::Sip(refused));
+        let out = outputs(&mut machine);
+        assert_eq!(out[0], CallOutput::Deaf(true));
+        assert!(
+            matches!(&out[1], CallOutput::DirectionRefused(message) if message.contains("488"))
+        );
+
+        // The far end holds us, then resumes.
+        for (direction, expected) in [
+            (SdpDirection::SendOnly, CallOutput::Held(HoldSide::Remote)),
+            (
+                SdpDirection::SendRecv,
+                CallOutput::Resumed(HoldSide::Remote),
+            ),
+        ] {
+            let changed = CallEvent::MediaChanged {
+                media: NegotiatedMedia {
+                    remote_direction: direction,
+                    ..media("PCMU", 0, Some(101))
+                },
+                changes: MediaChanges::default(),
+                sdp: String::new(),
+            };
+            machine.handle(start, CallInput::Sip(changed));
+            assert_eq!(outputs(&mut machine)[0], expected);
+        }
     }
 }

@@ -52,6 +52,10 @@ pub enum CallRequest {
     SdpOffer(String),
     /// A trickled ICE candidate of the client's WebRTC point.
     IceCandidate(String),
+    /// HOLD_CALL (`sendonly`, `inactive`) or RESUME_CALL (`sendrecv`).
+    SetDirection(dialtone_sip::sdp::Direction),
+    /// TRANSFER_CALL to this SIP URI.
+    Transfer(String),
 }
 
 /// What a call holds for its media: its ports, the client's point, its
@@ -185,6 +189,7 @@ impl CallTask {
     pub async fn run_incoming(mut self, incoming: IncomingCall) {
         let IncomingCall {
             caller,
+            caller_name,
             offer,
             call,
             ..
@@ -193,6 +198,7 @@ impl CallTask {
             session_id: self.ids.session_id.clone(),
             call_id: self.ids.call_id.clone(),
             a_uri: caller.clone(),
+            a_display_name: caller_name,
             sdp: offer.clone().unwrap_or_default(),
         });
         info!(%caller, "incoming call offered to the client");
@@ -259,6 +265,8 @@ impl CallTask {
                     CallRequest::Hangup => CallInput::Hangup,
                     CallRequest::Reject(reason) => CallInput::Reject(reason),
                     CallRequest::SendDtmf(digits) => CallInput::SendDtmf(digits),
+                    CallRequest::SetDirection(direction) => CallInput::SetDirection(direction),
+                    CallRequest::Transfer(target) => CallInput::Transfer(target),
                     CallRequest::Accept(cc, target) if machine.is_offered() => {
                         if let Some(target) = target {
                             media.room = None;
@@ -418,11 +426,12 @@ impl CallTask {
                 CallOutput::AddSipPoint {
                     media: negotiated,
                     detect_tones,
+                    early,
                 } => {
                     let point = media
                         .lease
                         .as_ref()
-                        .and_then(|lease| self.sip_point(lease, &negotiated));
+                        .and_then(|lease| self.sip_point(lease, &negotiated, early));
                     if let (Some((config, io)), Some(room)) = (point, room) {
                         let config = config.detecting_tones(detect_tones);
                         room.add_point(sip_point, config, io, media.sink.clone());
@@ -444,6 +453,48 @@ impl CallTask {
                         room.send_tones(sip_point, &digits);
                     }
                 }
+                CallOutput::SetDirection(direction) => {
+                    if let Some(call) = call {
+                        call.control.set_direction(direction);
+                    }
+                }
+                CallOutput::Transfer(target) => {
+                    if let Some(call) = call {
+                        call.control.transfer(&target);
+                    }
+                }
+                CallOutput::TransferProgress {
+                    stage,
+                    status,
+                    reason,
+                } => self.outbox.send(ServerMessage::TransferProgress {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    stage,
+                    sip_status: status,
+                    sip_reason: reason,
+                }),
+                CallOutput::Deaf(deaf) => {
+                    if let Some(room) = room {
+                        room.set_deaf(sip_point, deaf);
+                    }
+                }
+                CallOutput::Held(by) => self.outbox.send(ServerMessage::CallHeld {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    by,
+                    client_call_id: self.ids.client_call_id.clone(),
+                }),
+                CallOutput::Resumed(by) => self.outbox.send(ServerMessage::CallResumed {
+                    session_id: self.ids.session_id.clone(),
+                    call_id: self.ids.call_id.clone(),
+                    by,
+                    client_call_id: self.ids.client_call_id.clone(),
+                }),
+                CallOutput::DirectionRefused(message) => self.outbox.send_error(
+                    ProtocolError::new(ErrorCode::InvalidState, message)
+                        .with_session(&self.ids.session_id),
+                ),
                 CallOutput::StopMedia => {
                     media.room = None;
                     media.membership = None;
@@ -548,6 +599,7 @@ impl CallTask {
         &self,
         lease: &PortLease,
         media: &NegotiatedMedia,
+        early: bool,
     ) -> Option<(PointConfig, PointIo)> {
         let sockets = lease
             .rtp_socket()
@@ -563,7 +615,8 @@ impl CallTask {
             .latching(self.latch_config());
         let watch = WatchConfig {
             rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
-            sends: media.remote_sends(),
+            // Early media may stop at any time; the answer restarts the watch.
+            sends: media.remote_sends() && !early,
             rtcp: true,
         };
         let io = PointIo {
