@@ -404,8 +404,8 @@ pub struct LimitsConfig {
     /// closed. Longer than the registration's lifetime, whose refreshes
     /// keep the registrar's connection (its way to reach us) busy.
     pub sip_tcp_idle_timeout_ms: u64,
-    /// Connections each listener (HTTP, RTMP, RTMPS) holds at once; more
-    /// are closed on accept.
+    /// Connections each listener (HTTP, RTMP, RTMPS, SIP over TCP) holds at
+    /// once; more are closed on accept.
     pub max_connections: usize,
     /// Connections one source address holds on each listener at once.
     pub max_connections_per_ip: usize,

@@ -72,6 +72,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         dialog_keepalive: Duration::from_millis(config.sip.dialog_keepalive_ms.max(100)),
         max_queued_infos: config.limits.info_digit_queue,
         tcp_idle_timeout: config.limits.sip_tcp_idle_timeout(),
+        admit_tcp: {
+            let gate = limits::ConnectionGate::new(
+                "SIP-TCP",
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            );
+            Arc::new(move |ip| {
+                let admission = gate.admit(ip).ok()?;
+                Some(Box::new(admission) as Box<dyn Send>)
+            })
+        },
         udp_receive_buffer: config.sip.udp_receive_buffer,
     })
     .await?;

@@ -156,6 +156,29 @@ async fn health(http: SocketAddr) -> anyhow::Result<String> {
     Ok(answer)
 }
 
+/// An OPTIONS over a TCP connection of its own; the first line of the answer.
+async fn options_over_tcp(sip: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(sip).await?;
+    let local = stream.local_addr()?;
+    let request = format!(
+        "OPTIONS sip:{sip} SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {local};branch=z9hG4bK-bounds-1;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@{local}>;tag=bounds\r\n\
+         To: <sip:{sip}>\r\n\
+         Call-ID: bounds-options@{local}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = vec![0u8; 2048];
+    let read = tokio::time::timeout(REPLY, stream.read(&mut answer))
+        .await
+        .context("no answer to OPTIONS over TCP")??;
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    Ok(answer.lines().next().unwrap_or_default().to_string())
+}
+
 fn connected_count() -> &'static AtomicUsize {
     static CONNECTED: AtomicUsize = AtomicUsize::new(0);
     &CONNECTED
@@ -166,8 +189,8 @@ fn connected_count() -> &'static AtomicUsize {
 /// answered and stays up; afterwards the gateway's descriptors are back near their baseline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
-    // 350 per address and listener: the 300 HTTP idlers leave room for the test's own
-    // requests (everything comes from 127.0.0.1), the 500 RTMP idlers do not.
+    // 350 per address and listener: the 250 HTTP idlers leave room for the test's own
+    // requests (everything comes from 127.0.0.1), the 375 RTMP and 375 SIP idlers do not.
     let gateway = Gateway::start(&format!(
         "{LOOPBACK}[rtmp]\nlisten = \"127.0.0.1:0\"\n\
          [websocket]\nping_interval_ms = 500\nping_timeout_ms = 3000\n\
@@ -184,13 +207,13 @@ async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
     let (mut caller, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
 
     let kinds: [(Idler, usize); KINDS] = [
-        (Idler::HttpSilent, 150),
+        (Idler::HttpSilent, 100),
         (Idler::HttpPartialHead, 75),
         (Idler::WebSocketSilent, 75),
-        (Idler::RtmpSilent, 250),
-        (Idler::RtmpPartialHandshake, 250),
-        (Idler::SipSilent, 100),
-        (Idler::SipGarbage, 100),
+        (Idler::RtmpSilent, 200),
+        (Idler::RtmpPartialHandshake, 175),
+        (Idler::SipSilent, 200),
+        (Idler::SipGarbage, 175),
     ];
     let total: usize = kinds.iter().map(|(_, count)| count).sum();
     ensure!(total == 1000);
@@ -251,10 +274,19 @@ async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
         result??;
     }
     ensure!(health_checks > 0);
-    let refused = gateway.count_log("connection refused");
+    for listener in ["RTMP", "SIP-TCP"] {
+        let refused = gateway.count_log(&format!("listener=\"{listener}\""));
+        ensure!(
+            refused >= 25,
+            "{refused} {listener} connections refused by the cap, 25 expected"
+        );
+    }
+
+    // SIP over TCP still serves who speaks it.
+    let answer = options_over_tcp(sip).await?;
     ensure!(
-        refused >= 150,
-        "{refused} RTMP connections refused by the cap, 150 expected"
+        answer.starts_with("SIP/2.0 200"),
+        "OPTIONS over TCP: {answer}"
     );
 
     // The call is still up and ends normally.
