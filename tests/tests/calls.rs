@@ -504,6 +504,8 @@ async fn far_end_reinvite_for_hold_is_answered_and_the_call_stays_up() -> anyhow
     // Our 200 to the hold re-INVITE answers sendonly with recvonly.
     let answer = sipp.wait_for_message("a=recvonly", PEER)?;
     ensure!(answer.status() == Some(200), "{}", answer.text);
+    let held = client.ws.recv_type("CALL_HELD", REPLY).await?;
+    ensure!(held["by"] == "REMOTE", "{held}");
     client
         .ws
         .expect_no_message(Duration::from_millis(500))
@@ -659,6 +661,8 @@ async fn far_end_on_hold_sending_nothing_is_not_taken_for_dead() -> anyhow::Resu
     ))?;
     let mut client = Client::start(&gateway, "alice", "x").await?;
     let call_id = client.started_call("3000").await?;
+    let held = client.ws.recv_type("CALL_HELD", REPLY).await?;
+    ensure!(held["by"] == "REMOTE", "{held}");
     // Three RTP timeouts of silence on hold: the call stays up.
     client
         .ws
@@ -773,23 +777,20 @@ async fn a_blind_transfer_hands_the_far_end_to_another_phone() -> anyhow::Result
 
     ws.send_json(&json!({"type": "TRANSFER_CALL", "sessionId": session_id, "callId": call_id, "target": "load1"}))
         .await?;
-    let accepted = ws.recv_type("TRANSFER_PROGRESS", REPLY).await?;
-    ensure!(
-        accepted["stage"] == "REFER" && accepted["sipStatus"] == 202,
-        "{accepted}"
-    );
-    let mut statuses = Vec::new();
+    // The REFER's 202 and the first NOTIFY may cross: the stages are told apart.
+    let (mut refer, mut statuses) = (Vec::new(), Vec::new());
     loop {
         let message = ws.recv_json(REPLY).await?;
-        match message["type"].as_str() {
-            Some("TRANSFER_PROGRESS") => {
-                ensure!(message["stage"] == "CALL", "{message}");
-                statuses.push(message["sipStatus"].as_u64().unwrap_or(0));
+        match (message["type"].as_str(), message["stage"].as_str()) {
+            (Some("TRANSFER_PROGRESS"), Some("REFER")) => refer.push(message["sipStatus"].clone()),
+            (Some("TRANSFER_PROGRESS"), Some("CALL")) => {
+                statuses.push(message["sipStatus"].as_u64().unwrap_or(0))
             }
-            Some("CALL_FINISHED") => break,
+            (Some("CALL_FINISHED"), _) => break,
             _ => anyhow::bail!("unexpected {message}"),
         }
     }
+    ensure!(refer == [json!(202)], "REFER answered {refer:?}");
     ensure!(
         statuses.last() == Some(&200),
         "NOTIFY statuses {statuses:?}"

@@ -131,12 +131,19 @@ async fn another_clients_session_id_is_refused_and_that_session_is_untouched() -
     }
     ensure!(gateway.status()?["sessions"] == 1);
 
-    // Media messages are not handled yet: a valid one on one's own session
-    // says so rather than failing silently.
+    // A room message on one's own session naming a room it may not join is
+    // refused as for a room that does not exist.
+    owner
+        .send_json(
+            &json!({"type": "CREATE_MEDIA_POINT", "sessionId": session_id, "pointId": "p",
+            "cc": {"mediaTransport": ["RTP"]}}),
+        )
+        .await?;
+    owner.recv_type("SDP_OFFER", REPLY).await?;
     owner
         .send_json(&json!({"type": "JOIN_ROOM", "sessionId": session_id, "roomId": "r"}))
         .await?;
-    expect_error(&mut owner, "NOT_SUPPORTED", None).await?;
+    expect_error(&mut owner, "UNKNOWN_ROOM", Some("roomId")).await?;
     owner
         .send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": "nope"}))
         .await?;
