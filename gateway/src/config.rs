@@ -123,8 +123,45 @@ pub struct CallsConfig {
     /// An incoming call the client neither accepts nor rejects by then gets
     /// 480 and CALL_FAILED UNAVAILABE.
     pub incoming_answer_timeout_ms: u64,
-    /// Answer the built-in `echo`, `tone` and `digits` lines.
-    pub test_lines: bool,
+    /// Answer the built-in `echo`, `tone` and `digits` lines: `"auto"`
+    /// (the default) turns them on only in open mode with every listener
+    /// on loopback; `true` / `false` decide outright.
+    pub test_lines: TestLinesSwitch,
+    // Exposure and abuse controls (hardening, see docs/decisions.md).
+    /// Test lines answer INVITEs from anyone, not only from the gateway's
+    /// own SIP address.
+    pub test_lines_public: bool,
+    /// A test line call hangs up by itself after this.
+    pub test_line_max_ms: u64,
+    /// Dial plan: glob patterns (`*`, `?`) on the bUri's `user` (a pattern
+    /// without `@`) or `user@host[:port]`; a call must match an `allow`
+    /// pattern (when any is set) and no `deny` pattern.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// Calls (outgoing and incoming) a session, a connection and the
+    /// whole gateway may hold at once.
+    pub max_calls_per_session: usize,
+    pub max_calls_per_connection: usize,
+    pub max_calls: usize,
+    /// START_CALL per session: a burst, then this many per minute.
+    pub start_burst: u32,
+    pub starts_per_minute: u32,
+    /// The longest dtmfString SEND_DTMF_SIGNAL takes.
+    pub max_dtmf_digits: usize,
+}
+
+/// `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TestLinesSwitch {
+    Set(bool),
+    Auto(AutoWord),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +214,18 @@ pub struct HttpConfig {
     /// The bearer token `POST /drain` needs; without one there is no
     /// `/drain` (404) and only SIGTERM drains.
     pub admin_token: Option<String>,
+    // Exposure controls (hardening, see docs/decisions.md).
+    /// Origins (`https://host[:port]`, or `*`) whose pages may open `/ws`;
+    /// empty: only the gateway's own (the Origin's host equals the Host
+    /// header). Requests without Origin (native clients) are let through.
+    pub allowed_origins: Vec<String>,
+    /// The bearer token `/status` and `/metrics` need (the admin token
+    /// works too); open when unset.
+    pub status_token: Option<String>,
+    /// Reverse proxies whose X-Forwarded-For names the client (its last
+    /// address), for the per-source-IP limits; without them every client
+    /// behind a proxy shares the proxy's address.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,12 +269,26 @@ pub enum AuthMode {
     Open,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsConfig {
     /// Unset: `registrar` if `[registrar]` is configured, else `static` if
     /// `[[users]]` are, else `open`.
     pub auth: Option<AuthMode>,
+    // Exposure and abuse controls (hardening, see docs/decisions.md).
+    /// Open mode on a non-loopback address starts only with this set.
+    pub allow_open_public: bool,
+    /// START_SESSION per user name and per source IP: a burst, then this
+    /// many per minute.
+    pub start_burst: u32,
+    pub starts_per_minute: u32,
+    /// This many refused logins of one user name or one source IP within
+    /// `failure_window_ms` lock it out for `lockout_ms`, doubling with each
+    /// lockout up to `lockout_max_ms`.
+    pub max_failures: u32,
+    pub failure_window_ms: u64,
+    pub lockout_ms: u64,
+    pub lockout_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +357,9 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
+            allowed_origins: Vec::new(),
+            status_token: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -330,7 +396,32 @@ impl Default for CallsConfig {
             domain: String::new(),
             no_answer_timeout_ms: 60_000,
             incoming_answer_timeout_ms: 30_000,
-            test_lines: true,
+            test_lines: TestLinesSwitch::Auto(AutoWord::Auto),
+            test_lines_public: false,
+            test_line_max_ms: 5 * 60_000,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_calls_per_session: 4,
+            max_calls_per_connection: 16,
+            max_calls: 1_000,
+            start_burst: 10,
+            starts_per_minute: 30,
+            max_dtmf_digits: 64,
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            auth: None,
+            allow_open_public: false,
+            start_burst: 20,
+            starts_per_minute: 60,
+            max_failures: 5,
+            failure_window_ms: 60_000,
+            lockout_ms: 30_000,
+            lockout_max_ms: 15 * 60_000,
         }
     }
 }
@@ -513,6 +604,12 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DIALTONE_SIP_DOMAIN", "registrar.domain"),
     ("DIALTONE_AUTH", "sessions.auth"),
     ("DIALTONE_LOG", "log.level"),
+    ("DIALTONE_ALLOW_OPEN_PUBLIC", "sessions.allow_open_public"),
+    ("DIALTONE_STATUS_TOKEN", "http.status_token"),
+    (
+        "DIALTONE_TRUSTED_PROXIES",
+        "http.trusted_proxies (comma-separated addresses)",
+    ),
 ];
 
 impl Config {
@@ -577,6 +674,17 @@ impl Config {
                     )
                 }
                 "DIALTONE_LOG" => self.log.level = value.clone(),
+                "DIALTONE_ALLOW_OPEN_PUBLIC" => {
+                    self.sessions.allow_open_public = value.parse().with_context(bad)?
+                }
+                "DIALTONE_STATUS_TOKEN" => self.http.status_token = Some(value.clone()),
+                "DIALTONE_TRUSTED_PROXIES" => {
+                    self.http.trusted_proxies = value
+                        .split(',')
+                        .map(|address| address.trim().parse())
+                        .collect::<Result<_, _>>()
+                        .with_context(bad)?
+                }
                 _ => {}
             }
         }
@@ -618,13 +726,104 @@ impl Config {
         if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
             bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");
         }
-        if let Some(token) = &self.http.admin_token {
+        for (name, token) in [
+            ("http.admin_token", &self.http.admin_token),
+            ("http.status_token", &self.http.status_token),
+        ] {
             // A short token is guessable over the network.
-            if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
-                bail!("http.admin_token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces");
+            if let Some(token) = token {
+                if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+                    bail!(
+                        "{name} must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"
+                    );
+                }
             }
         }
+        self.validate_exposure()
+    }
+
+    /// Hardening: an open gateway is for a laptop; the limits must leave
+    /// something to do.
+    fn validate_exposure(&self) -> anyhow::Result<()> {
+        if self.auth_mode() == AuthMode::Open && !self.sessions.allow_open_public {
+            if let Some((name, address)) = self.public_listeners().next() {
+                bail!(
+                    "{name} = {address} is not a loopback address, and with no registrar and no \
+                     users anyone who reaches it may place calls (auth = \"open\"): configure \
+                     [registrar] or [[users]], listen on 127.0.0.1, or set \
+                     sessions.allow_open_public = true (DIALTONE_ALLOW_OPEN_PUBLIC=true) if you \
+                     mean it"
+                );
+            }
+        }
+        let calls = &self.calls;
+        let sessions = &self.sessions;
+        for (name, value) in [
+            ("calls.max_calls_per_session", calls.max_calls_per_session),
+            (
+                "calls.max_calls_per_connection",
+                calls.max_calls_per_connection,
+            ),
+            ("calls.max_calls", calls.max_calls),
+            ("calls.max_dtmf_digits", calls.max_dtmf_digits),
+            ("calls.start_burst", calls.start_burst as usize),
+            ("calls.starts_per_minute", calls.starts_per_minute as usize),
+            ("sessions.start_burst", sessions.start_burst as usize),
+            (
+                "sessions.starts_per_minute",
+                sessions.starts_per_minute as usize,
+            ),
+            ("sessions.max_failures", sessions.max_failures as usize),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if calls.test_line_max_ms == 0 || sessions.lockout_ms == 0 {
+            bail!("calls.test_line_max_ms and sessions.lockout_ms must be at least 1");
+        }
+        if sessions.lockout_max_ms < sessions.lockout_ms {
+            bail!("sessions.lockout_max_ms must be at least sessions.lockout_ms");
+        }
+        crate::dial_plan::DialPlan::new(&calls.allow, &calls.deny)?;
         Ok(())
+    }
+
+    /// The HTTP and SIP listeners not on a loopback address, by setting
+    /// name: where strangers reach sessions and the test lines. (RTMP
+    /// only carries media of calls a session placed.)
+    fn public_listeners(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
+        [
+            ("http.listen", self.http.listen),
+            ("sip.listen", self.sip.listen),
+        ]
+        .into_iter()
+        .filter(|(_, address)| !address.ip().is_loopback())
+    }
+
+    /// Whether the test lines answer: `"auto"` means only in open mode
+    /// with every listener on loopback, where the only callers are the
+    /// machine's own.
+    pub fn test_lines_on(&self) -> bool {
+        match self.calls.test_lines {
+            TestLinesSwitch::Set(on) => on,
+            TestLinesSwitch::Auto(_) => {
+                self.auth_mode() == AuthMode::Open && self.public_listeners().next().is_none()
+            }
+        }
+    }
+
+    /// START_SESSION limits, from `[sessions]`.
+    pub(crate) fn login_limits(&self) -> crate::rate_limit::LoginLimits {
+        let sessions = &self.sessions;
+        crate::rate_limit::LoginLimits {
+            burst: sessions.start_burst,
+            per_minute: sessions.starts_per_minute,
+            max_failures: sessions.max_failures,
+            failure_window: Duration::from_millis(sessions.failure_window_ms),
+            lockout: Duration::from_millis(sessions.lockout_ms),
+            lockout_max: Duration::from_millis(sessions.lockout_max_ms),
+        }
     }
 
     /// The limits `/status` and `/metrics` show.
@@ -778,6 +977,37 @@ mod tests {
         assert!(config.summary().contains("POST /drain"));
         let short = |name: &str| (name == "DIALTONE_ADMIN_TOKEN").then(|| "secret".to_string());
         assert!(Config::load(None, short).is_err());
+    }
+
+    #[test]
+    fn open_mode_on_a_public_address_needs_a_word_from_the_operator() {
+        let public =
+            |name: &str| (name == "DIALTONE_HTTP_LISTEN").then(|| "0.0.0.0:8080".to_string());
+        let error = Config::load(None, public).unwrap_err().to_string();
+        assert!(error.contains("http.listen = 0.0.0.0:8080"), "{error}");
+        let allowed = |name: &str| match name {
+            "DIALTONE_SIP_LISTEN" => Some("0.0.0.0:5060".to_string()),
+            "DIALTONE_ALLOW_OPEN_PUBLIC" => Some("true".to_string()),
+            _ => None,
+        };
+        let config = Config::load(None, allowed).unwrap();
+        assert!(!config.test_lines_on(), "no test lines on a public address");
+    }
+
+    #[test]
+    fn test_lines_are_on_by_default_only_for_a_local_open_gateway() {
+        assert!(Config::load(None, no_env).unwrap().test_lines_on());
+        let with_users: Config =
+            toml::from_str("[[users]]\nusername = \"a\"\npassword = \"b\"\n").unwrap();
+        assert!(!with_users.test_lines_on());
+        let forced: Config = toml::from_str(
+            "[calls]\ntest_lines = true\n[[users]]\nusername = \"a\"\npassword = \"b\"\n",
+        )
+        .unwrap();
+        assert!(forced.test_lines_on());
+        let off: Config = toml::from_str("[calls]\ntest_lines = false\n").unwrap();
+        assert!(!off.test_lines_on());
+        assert!(toml::from_str::<Config>("[calls]\ntest_lines = \"sometimes\"\n").is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! messages to the session they belong to.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
 
 use dialtone_sip::sdp::Direction;
 use dialtone_ws::{
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::call::CallRequest;
+use crate::call_slots::CallCount;
 use crate::metrics::ReasonLabel;
 use crate::session::{new_id, Session, SessionCommand};
 use crate::state::Gateway;
@@ -23,6 +26,10 @@ use crate::state::Gateway;
 pub struct ClientConnection {
     gateway: Arc<Gateway>,
     client_id: String,
+    /// The client's address, for the per-source-IP login limits.
+    source_ip: IpAddr,
+    /// Calls of all this connection's sessions.
+    calls_held: CallCount,
     outbox: Outbox,
     sessions: HashMap<String, SessionHandle>,
     /// Sessions told to close, kept so the connection's end can wait for
@@ -39,10 +46,17 @@ struct SessionHandle {
 }
 
 impl ClientConnection {
-    pub fn new(gateway: Arc<Gateway>, client_id: String, outbox: Outbox) -> ClientConnection {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        client_id: String,
+        source_ip: IpAddr,
+        outbox: Outbox,
+    ) -> ClientConnection {
         ClientConnection {
+            calls_held: CallCount::new(gateway.config.calls.max_calls_per_connection),
             gateway,
             client_id,
+            source_ip,
             outbox,
             sessions: HashMap::new(),
             closing: Vec::new(),
@@ -89,6 +103,24 @@ impl ClientConnection {
             );
             return;
         }
+        let admitted = self
+            .gateway
+            .login_limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(&request.username, self.source_ip, Instant::now());
+        if let Err(wait) = admitted {
+            info!(source_ip = %self.source_ip, user = %request.username, ?wait, "START_SESSION rate-limited");
+            self.refuse(
+                ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "too many sessions started, or too many failed logins, for this user or address: try again later",
+                )
+                .for_request("START_SESSION")
+                .retry_after(wait),
+            );
+            return;
+        }
         let session_id = new_id();
         let client_id = request
             .client_id
@@ -103,6 +135,8 @@ impl ClientConnection {
             client_id,
             request.username.clone(),
             self.outbox.clone(),
+            self.source_ip,
+            self.calls_held.clone(),
         );
         let span = info_span!("session", session_id = %session_id, user = %request.username);
         let task = self.gateway.tasks.spawn(
@@ -162,6 +196,19 @@ impl ConnectionHandler for ClientConnection {
             ClientMessage::HangupCall(m) => call(m.call_id, CallRequest::Hangup),
             ClientMessage::AcceptCall(m) => SessionCommand::AcceptCall(m),
             ClientMessage::SendDtmfSignal(m) => {
+                let max = self.gateway.config.calls.max_dtmf_digits;
+                if m.dtmf_string.chars().count() > max {
+                    self.refuse(
+                        ProtocolError::new(
+                            ErrorCode::InvalidValue,
+                            format!("dtmfString is longer than {max} digits"),
+                        )
+                        .for_request(request_type)
+                        .with_field("dtmfString")
+                        .with_session(&session_id),
+                    );
+                    return;
+                }
                 call(m.call_id, CallRequest::SendDtmf(m.dtmf_string))
             }
             ClientMessage::SdpAnswer(m) if m.point_id.is_none() => {

@@ -2,7 +2,7 @@
 //! `/status`, `/metrics`, `POST /drain`, and the softphone web page at `/`
 //! (with its `/app.js` and `/style.css`, built into the binary).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,10 +46,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// connection. A WebSocket keeps its connection's place while it lives.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: CancellationToken) {
     let limits = &gateway.config.limits;
-    let gate = ConnectionGate::new(
+    let gate = ConnectionGate::behind_proxies(
         "HTTP",
         limits.max_connections,
         limits.max_connections_per_ip,
+        gateway.config.http.trusted_proxies.clone(),
     );
     let header_timeout = limits.header_timeout();
     let router = router(gateway.clone());
@@ -233,24 +234,114 @@ async fn drain(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
     let Some(token) = &gateway.config.http.admin_token else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let offered = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !same_secret(offered.as_bytes(), token.as_bytes()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a valid admin token is needed\n",
-        )
-            .into_response();
+    if !bearer_is(&headers, [Some(token)]) {
+        return unauthorized("a valid admin token is needed\n");
     }
     if !gateway.is_draining() {
         tracing::info!("drain requested over HTTP");
         gateway.draining.cancel();
     }
     (StatusCode::ACCEPTED, "draining\n").into_response()
+}
+
+/// Whether the request's bearer token is one of `tokens`.
+fn bearer_is<'a>(
+    headers: &HeaderMap,
+    tokens: impl IntoIterator<Item = Option<&'a String>>,
+) -> bool {
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    tokens
+        .into_iter()
+        .flatten()
+        .any(|token| same_secret(offered.as_bytes(), token.as_bytes()))
+}
+
+fn unauthorized(text: &'static str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        text,
+    )
+        .into_response()
+}
+
+/// With `http.status_token` set, `/status` and `/metrics` need it (or the
+/// admin token, which may do more) as a bearer token.
+fn status_refused(gateway: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let http = &gateway.config.http;
+    let token = http.status_token.as_ref()?;
+    (!bearer_is(headers, [Some(token), http.admin_token.as_ref()]))
+        .then(|| unauthorized("a valid status token is needed\n"))
+}
+
+/// Cross-site WebSocket hijacking: a page from another site must not
+/// drive the gateway with the user's network position. Browsers always
+/// send Origin on a WebSocket upgrade; native clients need not.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|allowed| allowed == "*" || allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default();
+    same_origin(origin, host)
+}
+
+/// The Origin's `host:port` is the Host header's, default ports filled in
+/// from the Origin's scheme on both sides (a proxy passing `$host` drops
+/// the port).
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    let with_port = |authority: &str| {
+        let authority = authority.to_ascii_lowercase();
+        // `[::1]` has colons but no port; `[::1]:8080` and `a:8080` do.
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(head, _)| !head.contains(':') || head.ends_with(']'));
+        match has_port {
+            true => authority,
+            false => format!("{authority}:{default_port}"),
+        }
+    };
+    !host.is_empty() && with_port(authority) == with_port(host)
+}
+
+/// The client's address: the peer's, or behind a trusted proxy the last
+/// address of X-Forwarded-For (the one the proxy itself added).
+fn client_ip(trusted_proxies: &[IpAddr], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|address| address.trim().parse().ok())
+        .next_back()
+        .unwrap_or(peer)
 }
 
 /// Compares without stopping at the first difference, so the time taken
@@ -266,14 +357,22 @@ fn same_secret(offered: &[u8], secret: &[u8]) -> bool {
 
 async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(admission): Extension<Arc<Admission>>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if !origin_allowed(&gateway.config.http.allowed_origins, &headers) {
+        let origin = headers.get(header::ORIGIN);
+        tracing::info!(?origin, %peer, "WebSocket from a foreign origin refused (http.allowed_origins)");
+        return (StatusCode::FORBIDDEN, "this origin may not open /ws\n").into_response();
+    }
     // Refused before the upgrade, so a balancer can try another gateway
     // (nginx: proxy_next_upstream http_503).
     if gateway.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
+    let source_ip = client_ip(&gateway.config.http.trusted_proxies, peer.ip(), &headers);
     let limit = HARD_FRAME_LIMIT.max(gateway.config.websocket.max_message_bytes);
     upgrade
         .max_message_size(limit)
@@ -296,7 +395,9 @@ async fn upgrade(
                     socket,
                     config,
                     client_id.clone(),
-                    move |outbox| ClientConnection::new(handler_gateway, client_id, outbox),
+                    move |outbox| {
+                        ClientConnection::new(handler_gateway, client_id, source_ip, outbox)
+                    },
                     shutdown,
                 )
                 .await;
@@ -305,11 +406,17 @@ async fn upgrade(
         })
 }
 
-async fn status(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    Json(gateway.status())
+async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = status_refused(&gateway, &headers) {
+        return refused;
+    }
+    Json(gateway.status()).into_response()
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = status_refused(&gateway, &headers) {
+        return refused;
+    }
     gateway.status();
     (
         [(
@@ -318,6 +425,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         )],
         gateway.metrics.encode(),
     )
+        .into_response()
 }
 
 async fn index_html() -> Html<&'static str> {
@@ -340,7 +448,67 @@ async fn style_css() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_same_origin_or_listed_origins_may_open_the_websocket() {
+        let none: &[String] = &[];
+        let page = |origin, host| headers(&[("origin", origin), ("host", host)]);
+        assert!(origin_allowed(none, &headers(&[("host", "gw:8080")])));
+        assert!(origin_allowed(none, &page("http://gw:8080", "gw:8080")));
+        assert!(origin_allowed(
+            none,
+            &page("https://GW.example", "gw.example")
+        ));
+        assert!(origin_allowed(
+            none,
+            &page("https://gw.example", "gw.example:443")
+        ));
+        assert!(origin_allowed(
+            none,
+            &page("http://[::1]:8080", "[::1]:8080")
+        ));
+        assert!(!origin_allowed(
+            none,
+            &page("http://evil.example", "gw:8080")
+        ));
+        assert!(!origin_allowed(none, &page("http://gw:8081", "gw:8080")));
+        assert!(!origin_allowed(
+            none,
+            &page("https://gw.example", "gw.example:80")
+        ));
+        assert!(!origin_allowed(none, &page("null", "gw:8080")));
+        let listed = ["https://app.example/".to_string()];
+        assert!(origin_allowed(
+            &listed,
+            &page("https://app.example", "gw:8080")
+        ));
+        assert!(!origin_allowed(
+            &listed,
+            &page("https://other.example", "gw:8080")
+        ));
+        assert!(origin_allowed(&["*".to_string()], &page("null", "gw:8080")));
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let proxy: IpAddr = [127, 0, 0, 1].into();
+        let forwarded = headers(&[("x-forwarded-for", "10.9.9.9, 192.0.2.7")]);
+        assert_eq!(
+            client_ip(&[proxy], proxy, &forwarded),
+            IpAddr::from([192, 0, 2, 7])
+        );
+        assert_eq!(client_ip(&[], proxy, &forwarded), proxy);
+        assert_eq!(client_ip(&[proxy], proxy, &HeaderMap::new()), proxy);
+    }
 
     #[test]
     fn only_the_whole_token_matches() {

@@ -9,15 +9,18 @@
 //! goes, and it owns every socket and clock read.
 
 mod call;
+mod call_slots;
 mod client_point;
 pub mod config;
 mod connection;
+mod dial_plan;
 mod http;
 mod limits;
 mod media_points;
 mod media_ports;
 mod media_room;
 mod metrics;
+mod rate_limit;
 mod recording;
 mod rooms;
 mod rtmp_server;
@@ -151,6 +154,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         sip.advertised_addr().ip(),
     );
     let rooms = Arc::new(Rooms::new(metrics.clone(), config.rooms.max_rooms));
+    let config_login_limits = config.login_limits();
+    let config_max_calls = config.calls.max_calls;
+    let plan = dial_plan::DialPlan::new(&config.calls.allow, &config.calls.deny)?;
     let gateway = Arc::new(Gateway {
         rooms,
         config,
@@ -164,11 +170,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         ports,
         call_media: Default::default(),
         tasks: TaskTracker::new(),
+        login_limiter: std::sync::Mutex::new(rate_limit::LoginLimiter::new(config_login_limits)),
+        dial_plan: plan,
+        calls_held: call_slots::CallCount::new(config_max_calls),
         shutdown: stop.clone(),
         draining: drain,
     });
     tokio::spawn(stop_when_drained(gateway.clone()));
-    if gateway.config.calls.test_lines {
+    if gateway.config.test_lines_on() {
         test_lines::serve(&gateway);
     }
     // The listener and the tunnel sweeper live as long as the gateway:

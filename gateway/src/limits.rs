@@ -13,6 +13,9 @@ pub struct ConnectionGate {
     name: &'static str,
     max_total: usize,
     max_per_ip: usize,
+    /// Addresses held only to the total: a reverse proxy carries many
+    /// clients' connections from one address.
+    proxies: Vec<IpAddr>,
     open: Mutex<Open>,
 }
 
@@ -46,10 +49,21 @@ impl std::fmt::Display for Refusal {
 
 impl ConnectionGate {
     pub fn new(name: &'static str, max_total: usize, max_per_ip: usize) -> Arc<ConnectionGate> {
+        ConnectionGate::behind_proxies(name, max_total, max_per_ip, Vec::new())
+    }
+
+    /// A gate whose per-address cap does not apply to `proxies`.
+    pub fn behind_proxies(
+        name: &'static str,
+        max_total: usize,
+        max_per_ip: usize,
+        proxies: Vec<IpAddr>,
+    ) -> Arc<ConnectionGate> {
         Arc::new(ConnectionGate {
             name,
             max_total,
             max_per_ip,
+            proxies,
             open: Mutex::default(),
         })
     }
@@ -65,7 +79,7 @@ impl ConnectionGate {
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
         let refusal = if open.total >= self.max_total {
             Some(Refusal::Total(self.max_total))
-        } else if from_ip >= self.max_per_ip {
+        } else if from_ip >= self.max_per_ip && !self.proxies.contains(&ip) {
             Some(Refusal::PerIp(self.max_per_ip))
         } else {
             None
@@ -177,5 +191,10 @@ mod tests {
         drop(first);
         let _again = gate.admit(a).unwrap();
         assert_eq!(gate.admit(b).err(), Some(Refusal::Total(3)));
+
+        let proxied = ConnectionGate::behind_proxies("test", 3, 1, vec![a]);
+        let _through_proxy = [proxied.admit(a).unwrap(), proxied.admit(a).unwrap()];
+        let _direct = proxied.admit(b).unwrap();
+        assert_eq!(proxied.admit(a).err(), Some(Refusal::Total(3)));
     }
 }

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use dialtone_sip::{
@@ -22,9 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::call::{CallIds, CallRequest, CallTask, RoomTarget};
+use crate::call_slots::{CallCount, CallSlot, CapReached};
 use crate::config::AuthMode;
+use crate::dial_plan::Refusal;
 use crate::media_points::SessionMedia;
 use crate::metrics::{Held, ReasonLabel};
+use crate::rate_limit::TokenBucket;
 use crate::rooms::{refusal, SessionRef};
 use crate::state::Gateway;
 
@@ -72,6 +76,12 @@ pub struct Session {
         mpsc::UnboundedSender<String>,
         mpsc::UnboundedReceiver<String>,
     ),
+    /// The client's address, for the login limits.
+    source_ip: IpAddr,
+    /// The connection's calls, against `calls.max_calls_per_connection`.
+    connection_calls: CallCount,
+    /// START_CALL rate.
+    call_starts: TokenBucket,
 }
 
 impl Session {
@@ -81,7 +91,15 @@ impl Session {
         client_id: String,
         username: String,
         outbox: Outbox,
+        source_ip: IpAddr,
+        connection_calls: CallCount,
     ) -> Session {
+        let calls = &gateway.config.calls;
+        let call_starts = TokenBucket::new(
+            calls.start_burst,
+            calls.starts_per_minute,
+            std::time::Instant::now(),
+        );
         let me = SessionRef {
             session_id: session_id.clone(),
             username,
@@ -96,6 +114,9 @@ impl Session {
             outbox,
             calls: HashMap::new(),
             ended_calls: mpsc::unbounded_channel(),
+            source_ip,
+            connection_calls,
+            call_starts,
         }
     }
 
@@ -109,7 +130,9 @@ impl Session {
         // Listen before registering, so an INVITE right after the 200 finds us.
         let mut incoming = registers.then(|| self.gateway.sip.incoming_calls(&self.contact_user()));
         let credentials = (request.username.clone(), request.password.clone());
-        let registration = match self.authenticate(request).await {
+        let authenticated = self.authenticate(request).await;
+        self.count_login(&credentials.0, &authenticated);
+        let registration = match authenticated {
             Ok(registration) => registration,
             Err(failure) => {
                 self.fail(failure);
@@ -217,6 +240,71 @@ impl Session {
         });
     }
 
+    /// Tells the login limiter how the check went: refused credentials
+    /// count toward a lockout; a registrar that did not answer does not.
+    fn count_login(&self, user: &str, outcome: &Result<Option<Registration>, Failure>) {
+        let mut limiter = self
+            .gateway
+            .login_limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(_) => limiter.succeeded(user),
+            Err(failure) if failure.reason == Some(SessionFailReason::Forbidden) => {
+                limiter.failed(user, self.source_ip, std::time::Instant::now())
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A place for one more call in the session's, the connection's and
+    /// the gateway's counts.
+    fn call_slot(&self) -> Result<CallSlot, CapReached> {
+        let max = self.gateway.config.calls.max_calls_per_session;
+        if self.calls.len() >= max {
+            return Err(CapReached::Session(max));
+        }
+        CallSlot::take(&self.connection_calls, &self.gateway.calls_held)
+    }
+
+    /// Whether the dial plan lets `target` be called (or transferred to);
+    /// when not, the client is told why, naming its `request`'s type, field
+    /// and value. With a proxy, the target's host must be one the proxy
+    /// serves: nothing goes elsewhere.
+    fn dial_plan_allows(&self, target: &str, domain: &str, request: (&str, &str, &str)) -> bool {
+        let (request_type, field, given) = request;
+        let proxy = self.gateway.config.call_proxy().ok().flatten();
+        let served = proxy
+            .as_ref()
+            .map(|proxy| vec![domain.to_string(), format!("{}:{}", proxy.host, proxy.port)]);
+        let Err(refusal) = self.gateway.dial_plan.check(target, served.as_deref()) else {
+            return true;
+        };
+        let why = match refusal {
+            Refusal::NotAllowed => "is not allowed by the dial plan".to_string(),
+            Refusal::ForeignHost => {
+                format!("names a host other than {domain}, the only one calls go to")
+            }
+        };
+        info!(%target, ?refusal, request = request_type, "refused by the dial plan");
+        self.outbox.send_error(
+            ProtocolError::new(ErrorCode::InvalidValue, format!("{field} {given:?} {why}"))
+                .for_request(request_type)
+                .with_field(field)
+                .with_session(&self.session_id),
+        );
+        false
+    }
+
+    /// START_CALL refused before anything is sent.
+    fn refuse_call(&self, error: ProtocolError) {
+        self.outbox.send_error(
+            error
+                .for_request("START_CALL")
+                .with_session(&self.session_id),
+        );
+    }
+
     /// Our Contact's user part: it names this session to the registrar and
     /// to callers.
     fn contact_user(&self) -> String {
@@ -241,12 +329,16 @@ impl Session {
                 );
             }
             SessionCommand::Media(message) => self.on_media(message).await,
-            SessionCommand::Transfer { call_id, target } => {
-                let Some(target) = expand_target(&target, &self.call_domain()) else {
+            SessionCommand::Transfer {
+                call_id,
+                target: given,
+            } => {
+                let domain = self.call_domain();
+                let Some(target) = expand_target(&given, &domain) else {
                     self.outbox.send_error(
                         ProtocolError::new(
                             ErrorCode::InvalidValue,
-                            format!("target {target:?} is neither a SIP URI nor a user or number"),
+                            format!("target {given:?} is neither a SIP URI nor a user or number"),
                         )
                         .for_request("TRANSFER_CALL")
                         .with_field("target")
@@ -254,6 +346,11 @@ impl Session {
                     );
                     return;
                 };
+                // A transfer has the far end call the target on our account:
+                // the same toll-fraud rules as START_CALL.
+                if !self.dial_plan_allows(&target, &domain, ("TRANSFER_CALL", "target", &given)) {
+                    return;
+                }
                 self.to_call(call_id, CallRequest::Transfer(target), "TRANSFER_CALL");
             }
             SessionCommand::Call {
@@ -344,6 +441,23 @@ impl Session {
     }
 
     fn start_call(&mut self, request: StartCall, credentials: &(String, String)) {
+        if let Err(wait) = self.call_starts.take(std::time::Instant::now()) {
+            self.refuse_call(
+                ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "too many calls started: try again later",
+                )
+                .retry_after(wait),
+            );
+            return;
+        }
+        let slot = match self.call_slot() {
+            Ok(slot) => slot,
+            Err(cap) => {
+                self.refuse_call(ProtocolError::new(ErrorCode::LimitReached, cap.to_string()));
+                return;
+            }
+        };
         let config = &self.gateway.config;
         let domain = self.call_domain();
         let room = match request.room_id.as_deref() {
@@ -368,9 +482,12 @@ impl Session {
             );
             return;
         };
-        let from_user = credentials.0.clone();
+        if !self.dial_plan_allows(&target, &domain, ("START_CALL", "bUri", &request.b_uri)) {
+            return;
+        }
         // Validated at start-up.
         let proxy = config.call_proxy().ok().flatten();
+        let from_user = credentials.0.clone();
         let credential = (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone());
         let contact_user = self.contact_user();
         let from_display_name = request.display_name.clone();
@@ -385,18 +502,24 @@ impl Session {
             offer,
         };
         let cc = request.cc;
-        self.launch_call(request.client_call_id, move |task| {
+        self.launch_call(slot, request.client_call_id, move |task| {
             task.run_outgoing(with_offer, cc, room)
         });
     }
 
     fn take_incoming(&mut self, call: IncomingCall) {
-        self.launch_call(None, move |task| task.run_incoming(call));
+        match self.call_slot() {
+            Ok(slot) => self.launch_call(slot, None, move |task| task.run_incoming(call)),
+            Err(cap) => {
+                info!(caller = %call.caller, %cap, "incoming call refused: busy");
+                call.call.control.reject(486);
+            }
+        }
     }
 
     /// Starts a call task; the session keeps its request channel until the
     /// task reports that it ended.
-    fn launch_call<F, Run>(&mut self, client_call_id: Option<String>, run: F)
+    fn launch_call<F, Run>(&mut self, slot: CallSlot, client_call_id: Option<String>, run: F)
     where
         F: FnOnce(CallTask) -> Run,
         Run: Future<Output = ()> + Send + 'static,
@@ -420,6 +543,7 @@ impl Session {
         let task = self.gateway.tasks.spawn(
             async move {
                 run.await;
+                drop(slot);
                 let _ = ended.send(call_id);
             }
             .instrument(span),
@@ -668,6 +792,7 @@ fn expand_target(b_uri: &str, domain: &str) -> Option<String> {
     }
 }
 
+#[derive(Debug)]
 struct Failure {
     reason: Option<SessionFailReason>,
     sip_status: Option<u16>,

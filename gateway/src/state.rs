@@ -9,9 +9,12 @@ use dialtone_sip::UserAgent;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::call_slots::CallCount;
 use crate::config::Config;
+use crate::dial_plan::DialPlan;
 use crate::media_ports::PortPool;
 use crate::metrics::{Metrics, Status};
+use crate::rate_limit::LoginLimiter;
 use crate::rooms::Rooms;
 use crate::rtmp_streams::RtmpStreams;
 use crate::rtmpt::Rtmpt;
@@ -45,6 +48,13 @@ pub struct Gateway {
     pub call_media: Mutex<HashMap<String, MediaStatsWatch>>,
     /// Every room that can be joined, by roomId.
     pub rooms: Arc<Rooms>,
+    // Abuse controls (hardening).
+    /// START_SESSION limits per user name and source IP.
+    pub login_limiter: Mutex<LoginLimiter>,
+    /// Which bUris clients may call.
+    pub dial_plan: DialPlan,
+    /// Calls of every session, against `calls.max_calls`.
+    pub calls_held: CallCount,
 }
 
 pub type MediaStatsWatch = watch::Receiver<Option<MediaStatsSnapshot>>;

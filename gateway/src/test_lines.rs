@@ -8,8 +8,15 @@
 //!
 //! A newcomer with no PBX dials `echo`, `tone` or `digits`; with a PBX
 //! they are `sip:echo@<gateway SIP address>`.
+//!
+//! They must not become a reflector for strangers (an INVITE naming a
+//! victim's address, never ACKed): they are off by default unless the
+//! gateway is a local open one, answer only INVITEs sent by the gateway
+//! itself unless `calls.test_lines_public`, send media only once the ACK
+//! came, and end after `calls.test_line_max_ms`.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +28,6 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::media_room::{MediaRoom, PointIo};
 use crate::state::Gateway;
-
-/// A test line hangs up by itself after this, so a forgotten call ends.
-const LONGEST_CALL: Duration = Duration::from_secs(600);
 
 /// Answers calls to the test lines until the gateway stops. The listeners
 /// live as long as the gateway and are not counted as tasks in /status;
@@ -51,10 +55,32 @@ async fn answer_calls(gateway: Arc<Gateway>, line: Line, mut calls: IncomingCall
     }
 }
 
+/// Whether the INVITE came from the gateway's own SIP address (a session
+/// of ours calling the line), or anyone may call.
+fn may_call(gateway: &Gateway, source: Option<SocketAddr>) -> bool {
+    gateway.config.calls.test_lines_public
+        || source.is_some_and(|source| {
+            source == gateway.sip.local_addr() || source == gateway.sip.advertised_addr()
+        })
+}
+
 async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
-    let IncomingCall { offer, call, .. } = incoming;
+    let IncomingCall {
+        offer,
+        call,
+        source,
+        ..
+    } = incoming;
     let control = call.control;
     let mut events = call.events;
+    if !may_call(&gateway, source) {
+        info!(
+            ?source,
+            "test line refuses a caller from outside the gateway (calls.test_lines_public is off)"
+        );
+        control.reject(403);
+        return;
+    }
     let Some(lease) = gateway.ports.lease() else {
         control.reject(503);
         return;
@@ -84,7 +110,28 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
         }
     };
     control.accept(answer.clone());
-    info!("test line answered");
+    info!("test line answered; media waits for the ACK");
+    // Its own deadline, counted from the answer: a forgotten call ends.
+    let mut deadline = pin!(tokio::time::sleep(Duration::from_millis(
+        gateway.config.calls.test_line_max_ms
+    )));
+    let acked = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(CallEvent::Established { .. }) => break true,
+                Some(CallEvent::Ended { .. } | CallEvent::Failed { .. }) | None => break false,
+                Some(_) => {}
+            },
+            _ = &mut deadline => break false,
+            _ = gateway.shutdown.cancelled() => break false,
+        }
+    };
+    if !acked {
+        // Nothing was sent to the address the offer named.
+        info!("test line call ended before the ACK; no media sent");
+        control.hangup();
+        return;
+    }
     let socket = match lease.rtp_socket() {
         Ok(socket) => socket,
         Err(error) => {
@@ -125,7 +172,10 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
     tokio::select! {
         _ = ended => info!("test line call ended"),
         _ = room_events => {}
-        _ = tokio::time::sleep(LONGEST_CALL) => control.hangup(),
+        _ = deadline => {
+            info!("test line call reached calls.test_line_max_ms; hanging up");
+            control.hangup();
+        }
         _ = gateway.shutdown.cancelled() => control.hangup(),
     }
     drop(lease);

@@ -212,6 +212,9 @@ pub struct IncomingCall {
     /// The caller's SDP offer (an INVITE without one gets our offer in the
     /// 200 and the answer in the ACK).
     pub offer: Option<String>,
+    /// Where the INVITE came from, as the transport saw it (the top Via
+    /// with its `received` / `rport`); `None` when that is not an address.
+    pub source: Option<std::net::SocketAddr>,
     pub call: Call,
 }
 
@@ -295,6 +298,9 @@ impl UserAgent {
         };
         let option = InviteOption {
             caller_display_name: request.from_display_name,
+            // A far end that requires reliable provisional responses (100rel)
+            // gets its PRACK from the stack.
+            support_prack: true,
             caller,
             callee,
             destination,
@@ -378,13 +384,15 @@ impl UserAgent {
             (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
         let caller = from_uri(&request);
         let caller_name = from_display_name(&request);
-        info!(%caller, %contact_user, "incoming call");
+        let source = request_source(&request);
+        info!(%caller, %contact_user, ?source, "incoming call");
         if route
             .send(IncomingCall {
                 caller,
                 caller_name,
                 contact_user,
                 offer,
+                source,
                 call,
             })
             .is_err()
@@ -1255,6 +1263,14 @@ pub(crate) fn needs_dialog(method: Method) -> bool {
         method,
         Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::PRack
     )
+}
+
+/// The sender of a request: rsipstack writes the packet's source into the
+/// top Via (`received`, `rport`) where it differs from what the Via says.
+fn request_source(request: &Request) -> Option<std::net::SocketAddr> {
+    let via = rsipstack::sip::HeadersExt::via_header(request).ok()?;
+    let (_, host) = rsipstack::transport::SipConnection::parse_target_from_via(via).ok()?;
+    host.try_into().ok()
 }
 
 #[cfg(test)]

@@ -163,6 +163,16 @@ impl Gateway {
         crate::http::get(self.http, path, HTTP_TIMEOUT)
     }
 
+    /// GET `path` with extra request headers (Origin, Authorization, ...); returns (status
+    /// code, body) whatever the code.
+    pub fn http_get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String)> {
+        crate::http::request(self.http, "GET", path, headers, HTTP_TIMEOUT)
+    }
+
     /// POST `path` with no body, with `Authorization: Bearer <token>` when given; returns
     /// (status code, body) whatever the code.
     pub fn http_post(&self, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {

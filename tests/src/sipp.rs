@@ -88,10 +88,13 @@ pub enum UasScenario {
     /// INVITE → 100, 183 with SDP (as `Answer`'s), then after [`SippOptions::pause`]
     /// (default 4 s) 200 with the same SDP; ACK; BYE → 200: early media before the answer.
     EarlyMedia,
+    /// `EarlyMedia` with a reliable 183 (`Require: 100rel`, `RSeq: 1`): expects a PRACK and
+    /// answers it 200 before the pause.
+    EarlyMedia100rel,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 18] = [
+    pub const ALL: [UasScenario; 19] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -110,6 +113,7 @@ impl UasScenario {
         UasScenario::AnswerIgnoringBye,
         UasScenario::RegisterThenIgnore,
         UasScenario::EarlyMedia,
+        UasScenario::EarlyMedia100rel,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -133,6 +137,7 @@ impl UasScenario {
             UasScenario::AnswerIgnoringBye => "answer_ignoring_bye",
             UasScenario::RegisterThenIgnore => "register_then_ignore",
             UasScenario::EarlyMedia => "early_media",
+            UasScenario::EarlyMedia100rel => "early_media_100rel",
         }
     }
 
@@ -198,6 +203,7 @@ impl UasScenario {
                 include_str!("../rig/sipp/answer_crossing_cancel.xml")
             }
             UasScenario::EarlyMedia => include_str!("../rig/sipp/early_media.xml"),
+            UasScenario::EarlyMedia100rel => include_str!("../rig/sipp/early_media_100rel.xml"),
         })
     }
 
@@ -208,7 +214,7 @@ impl UasScenario {
             UasScenario::AnswerIgnoringBye | UasScenario::RegisterThenIgnore => {
                 Some(Duration::from_secs(60))
             }
-            UasScenario::EarlyMedia => Some(Duration::from_secs(4)),
+            UasScenario::EarlyMedia | UasScenario::EarlyMedia100rel => Some(Duration::from_secs(4)),
             UasScenario::AnswerThenReinvite
             | UasScenario::AnswerThenInactive
             | UasScenario::SessionExpiresOverflow

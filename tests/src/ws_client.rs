@@ -61,8 +61,21 @@ impl WsClient {
 
     /// Connects (TCP + WebSocket handshake) within [`CONNECT_TIMEOUT`].
     pub async fn connect(url: &str) -> anyhow::Result<WsClient> {
+        WsClient::connect_with_headers(url, &[]).await
+    }
+
+    /// Like [`WsClient::connect`], with extra handshake headers (Origin, X-Forwarded-For, ...).
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> anyhow::Result<WsClient> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().append(*name, value.parse()?);
+        }
         let (ws, _response) =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
                 .await
                 .with_context(|| {
                     format!("connecting to {url}: timed out after {CONNECT_TIMEOUT:?}")

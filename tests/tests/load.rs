@@ -24,6 +24,9 @@ async fn two_hundred_clients_start_sessions_at_once_and_leave_nothing() -> anyho
 {LOOPBACK}[registrar]
 address = "sip:127.0.0.1:{};transport=udp"
 timeout_ms = 20000
+# Two hundred clients from one address: more than the per-IP burst.
+[sessions]
+start_burst = 1000
 "#,
         kamailio.sip_port()
     ))?;

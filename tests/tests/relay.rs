@@ -239,8 +239,18 @@ async fn far_end_gets_audio_after_the_last_digit_without_client_audio() -> anyho
 /// the same stream goes on after the answer.
 #[tokio::test]
 async fn early_media_reaches_the_client_before_the_answer() -> anyhow::Result<()> {
+    early_media(UasScenario::EarlyMedia).await
+}
+
+/// The same with a far end that requires 100rel (RFC 3262): its reliable 183 gets a PRACK.
+#[tokio::test]
+async fn a_reliable_183_is_pracked_and_its_early_media_heard() -> anyhow::Result<()> {
+    early_media(UasScenario::EarlyMedia100rel).await
+}
+
+async fn early_media(scenario: UasScenario) -> anyhow::Result<()> {
     let far_end = RtpPeer::bind(Codec::Pcmu).await?;
-    let (sipp, gateway) = sipp_far_end(UasScenario::EarlyMedia, &far_end)?;
+    let (sipp, gateway) = sipp_far_end(scenario, &far_end)?;
     let client = RtpPeer::bind(Codec::Pcmu).await?;
     let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
     let (call_id, offer) = offer_rtp_call(&mut ws, &session_id, "early", client.label()).await?;

@@ -14,6 +14,7 @@ pub struct ProtocolError {
     pub request_type: Option<String>,
     pub field: Option<String>,
     pub session_id: Option<String>,
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ProtocolError {
@@ -24,6 +25,7 @@ impl ProtocolError {
             request_type: None,
             field: None,
             session_id: None,
+            retry_after_ms: None,
         }
     }
 
@@ -42,6 +44,11 @@ impl ProtocolError {
         self
     }
 
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
     pub fn into_reply(self) -> ServerMessage {
         ServerMessage::Error {
             code: self.code,
@@ -49,6 +56,7 @@ impl ProtocolError {
             request_type: self.request_type,
             field: self.field,
             session_id: self.session_id,
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }

@@ -531,6 +531,9 @@ pub enum ErrorCode {
     /// The gateway is draining and takes no new session: the client should
     /// reconnect (through its balancer) to reach another gateway.
     Draining,
+    /// Too many requests (START_SESSION, START_CALL) or too many failed
+    /// logins from this user or address: wait `retryAfterMs`.
+    RateLimited,
 }
 
 /// Every message the gateway sends.
@@ -781,6 +784,9 @@ pub enum ServerMessage {
         field: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         session_id: Option<String>,
+        /// With RATE_LIMITED: how long until the same request may succeed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 

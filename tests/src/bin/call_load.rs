@@ -86,6 +86,14 @@ async fn main() -> anyhow::Result<()> {
         r#"
 {LOOPBACK}[calls]
 proxy = "sip:127.0.0.1:{sipp_port};transport=udp"
+# A load generator is one heavy client: lift the per-client abuse limits.
+max_calls_per_session = 100000
+max_calls_per_connection = 100000
+max_calls = 100000
+start_burst = 100000
+starts_per_minute = 1000000
+[sessions]
+start_burst = 100000
 [media]
 rtp_port_min = 40000
 rtp_port_max = 49999
