@@ -29,6 +29,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -484,6 +485,111 @@ impl Default for LogConfig {
 
 /// A WARN line shorter than this loses its own words, not only a peer's.
 const MIN_LOG_LINE_CHARS: usize = 200;
+/// Resource bounds (issue 14): how long a connection may say nothing, how
+/// many a listener takes, and how much a remote peer may queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// An HTTP request head must arrive within this; it also ends a
+    /// keep-alive connection with no next request. RTMP: the handshake and
+    /// `connect` must be done within this.
+    pub header_timeout_ms: u64,
+    /// An RTMP connection with nothing read or written for this long is
+    /// closed.
+    pub idle_timeout_ms: u64,
+    /// A SIP-over-TCP connection on which nothing arrives for this long is
+    /// closed. Longer than the registration's lifetime, whose refreshes
+    /// keep the registrar's connection (its way to reach us) busy.
+    pub sip_tcp_idle_timeout_ms: u64,
+    /// Connections each listener (HTTP, RTMP, RTMPS, SIP over TCP) holds at
+    /// once; more are closed on accept.
+    pub max_connections: usize,
+    /// Connections one source address holds on each listener at once.
+    pub max_connections_per_ip: usize,
+    /// RTMPT tunnels open at once, and per source address.
+    pub max_rtmpt_tunnels: usize,
+    pub max_rtmpt_tunnels_per_ip: usize,
+    /// Client commands queued for one session; beyond, ERROR `BUSY`.
+    pub session_command_queue: usize,
+    /// FLV frames from one RTMP publisher, and frames for one connection's
+    /// players, queued; beyond, frames are dropped.
+    pub rtmp_frame_queue: usize,
+    /// A write to an RTMP client that does not complete within this (a
+    /// player with a zero window) closes the connection.
+    pub rtmp_write_timeout_ms: u64,
+    /// Digits waiting to go out as SIP INFO in one call; beyond, dropped
+    /// with ERROR `BUSY`.
+    pub info_digit_queue: usize,
+    /// After the stop (drain deadline, SIGINT, second SIGTERM) sessions get
+    /// this long to hang up and unregister, the SIP stack as long again;
+    /// then the process exits whatever peers have not answered.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 120_000,
+            sip_tcp_idle_timeout_ms: 600_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_rtmpt_tunnels: 1_000,
+            max_rtmpt_tunnels_per_ip: 16,
+            session_command_queue: 64,
+            rtmp_frame_queue: 100,
+            rtmp_write_timeout_ms: 10_000,
+            info_digit_queue: 64,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let nonzero = [
+            ("header_timeout_ms", self.header_timeout_ms as usize),
+            ("idle_timeout_ms", self.idle_timeout_ms as usize),
+            (
+                "sip_tcp_idle_timeout_ms",
+                self.sip_tcp_idle_timeout_ms as usize,
+            ),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_rtmpt_tunnels", self.max_rtmpt_tunnels),
+            ("max_rtmpt_tunnels_per_ip", self.max_rtmpt_tunnels_per_ip),
+            ("session_command_queue", self.session_command_queue),
+            ("rtmp_frame_queue", self.rtmp_frame_queue),
+            ("rtmp_write_timeout_ms", self.rtmp_write_timeout_ms as usize),
+            ("info_digit_queue", self.info_digit_queue),
+            ("shutdown_grace_ms", self.shutdown_grace_ms as usize),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, value)| *value == 0) {
+            bail!("limits.{name} must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn sip_tcp_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.sip_tcp_idle_timeout_ms)
+    }
+
+    pub fn rtmp_write_timeout(&self) -> Duration {
+        Duration::from_millis(self.rtmp_write_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
 
 /// The shortest `http.admin_token` accepted.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -612,6 +718,16 @@ impl Config {
         ];
         if tls.contains(&true) && tls.contains(&false) {
             bail!("rtmp.tls_listen, rtmp.tls_cert and rtmp.tls_key go together");
+        }
+        // Zero would make every connection's ping timer panic.
+        if self.websocket.ping_interval_ms == 0 {
+            bail!("websocket.ping_interval_ms must be at least 1");
+        }
+        self.limits.validate()?;
+        if let Some(registrar) = &self.registrar {
+            if self.limits.sip_tcp_idle_timeout_ms <= u64::from(registrar.expires_secs) * 1000 {
+                bail!("limits.sip_tcp_idle_timeout_ms must exceed registrar.expires_secs: the registrar reaches us over the registration's connection, which only refreshes keep busy");
+            }
         }
         if self.websocket.ping_timeout_ms <= self.websocket.ping_interval_ms {
             bail!("websocket.ping_timeout_ms must exceed websocket.ping_interval_ms");
@@ -909,6 +1025,11 @@ mod tests {
         assert!(Config::load(None, bad_env).is_err());
         let typo: Result<Config, _> = toml::from_str("[http]\nlisten_on = \"1.2.3.4:1\"\n");
         assert!(typo.is_err());
+        let no_pings: Result<Config, _> = toml::from_str("[websocket]\nping_interval_ms = 0\n");
+        let no_pings = no_pings.unwrap().validate().unwrap_err().to_string();
+        assert!(no_pings.contains("ping_interval_ms"), "{no_pings}");
+        let no_idle: Config = toml::from_str("[limits]\nidle_timeout_ms = 0\n").unwrap();
+        assert!(no_idle.validate().is_err());
         let registrar_mode_alone: Config =
             toml::from_str("[sessions]\nauth = \"registrar\"\n").unwrap();
         assert!(registrar_mode_alone.validate().is_err());

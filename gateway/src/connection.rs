@@ -40,7 +40,9 @@ pub struct ClientConnection {
 
 struct SessionHandle {
     stop: CancellationToken,
-    commands: mpsc::UnboundedSender<SessionCommand>,
+    /// Bounded (`limits.session_command_queue`): a client that sends
+    /// faster than its session works is refused, not queued without end.
+    commands: mpsc::Sender<SessionCommand>,
     task: JoinHandle<()>,
 }
 
@@ -136,7 +138,8 @@ impl ClientConnection {
             .clone()
             .unwrap_or_else(|| self.client_id.clone());
         let stop = CancellationToken::new();
-        let (commands, command_receiver) = mpsc::unbounded_channel();
+        let (commands, command_receiver) =
+            mpsc::channel(self.gateway.config.limits.session_command_queue);
         let session = Session::new(
             self.gateway.clone(),
             session_id.clone(),
@@ -250,7 +253,16 @@ impl ConnectionHandler for ClientConnection {
         };
         // A session that ended between the check and now drops the command;
         // its end was already reported.
-        let _ = session.commands.send(command);
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.commands.try_send(command) {
+            self.refuse(
+                ProtocolError::new(
+                    ErrorCode::LimitReached,
+                    "the session has too many requests waiting: send more slowly",
+                )
+                .for_request(request_type)
+                .with_session(&session_id),
+            );
+        }
     }
 
     async fn on_end(self, end: ConnectionEnd) {

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
@@ -13,11 +14,19 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::response::{Html, IntoResponse, Json};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use dialtone_ws::{run_connection, ConnectionConfig};
-use tracing::{info_span, Instrument};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, info_span, warn, Instrument};
 
 use crate::connection::ClientConnection;
+use crate::limits::{Admission, ConnectionGate};
 use crate::metrics::Held;
 use crate::session::new_id;
 use crate::state::Gateway;
@@ -25,6 +34,160 @@ use crate::state::Gateway;
 /// Beyond this a frame is not even read: the connection closes (1009).
 /// Frames between the protocol limit and this get an ERROR reply instead.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+
+/// After a failed accept (out of descriptors, say), the listener waits
+/// this long before the next: retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves HTTP until `stop` is cancelled. Each connection is admitted by
+/// the gateway's caps (total and per source address: over them it is
+/// closed on accept) and must send each request head within
+/// `limits.header_timeout_ms`, which also ends an idle keep-alive
+/// connection. A WebSocket keeps its connection's place while it lives.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: CancellationToken) {
+    let limits = &gateway.config.limits;
+    let gate = ConnectionGate::behind_proxies(
+        "HTTP",
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        gateway.config.http.trusted_proxies.clone(),
+    );
+    let header_timeout = limits.header_timeout();
+    let router = router(gateway.clone());
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "HTTP accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let Ok(admission) = gate.admit(peer.ip()) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let admission = Arc::new(admission);
+        let service = router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(admission.clone());
+                request
+            },
+        );
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(
+                    TokioIo::new(LingeringClose(Some(stream))),
+                    TowerToHyperService::new(service),
+                )
+                .with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                debug!(%error, %peer, "HTTP connection ended");
+            }
+        });
+    }
+    // Requests in flight are short (upgraded WebSockets are no longer
+    // counted here), but a client must not hold the shutdown.
+    connections.close();
+    if tokio::time::timeout(header_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        debug!(
+            left = connections.len(),
+            "HTTP connections left at shutdown"
+        );
+    }
+}
+
+/// How long a closed connection's unread input is still read and dropped.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A connection that, once dropped, shuts its sending side and reads what
+/// the client still sends for up to [`LINGER`] before closing: closing a
+/// socket with unread input resets it, and a reset can destroy what was
+/// sent just before (the close frame with 1009 to a client still sending
+/// an oversized frame), as HTTP servers' lingering close avoids.
+struct LingeringClose(Option<tokio::net::TcpStream>);
+
+impl Drop for LingeringClose {
+    fn drop(&mut self) {
+        let (Some(mut stream), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
+impl LingeringClose {
+    fn stream(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut tokio::net::TcpStream> {
+        match &mut self.get_mut().0 {
+            Some(stream) => std::pin::Pin::new(stream),
+            // Taken only on drop.
+            None => unreachable!("the stream is there until the connection is dropped"),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for LingeringClose {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LingeringClose {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+}
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -44,9 +207,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 /// RTMPT (RTMP over HTTP), when RTMP is on.
-async fn rtmpt(State(gateway): State<Arc<Gateway>>, uri: Uri, body: Bytes) -> Response {
+async fn rtmpt(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     match &gateway.rtmpt {
-        Some(rtmpt) => rtmpt.handle(&uri, &body),
+        Some(rtmpt) => rtmpt.handle(&uri, &body, peer.ip()),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -190,6 +358,7 @@ fn same_secret(offered: &[u8], secret: &[u8]) -> bool {
 async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(admission): Extension<Arc<Admission>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -219,6 +388,7 @@ async fn upgrade(
             let shutdown = gateway.shutdown.clone();
             let tasks = gateway.tasks.clone();
             let connection = async move {
+                let _admission = admission;
                 let _open = Held::new(&gateway.metrics.ws_connections);
                 let handler_gateway = gateway.clone();
                 run_connection(

@@ -16,6 +16,7 @@ pub mod config;
 mod connection;
 mod dial_plan;
 mod http;
+mod limits;
 pub mod logging;
 mod media_points;
 mod media_ports;
@@ -35,7 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use dialtone_sip::{UserAgent, UserAgentConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,9 +49,6 @@ use crate::rtmp_streams::RtmpStreams;
 use crate::rtmpt::Rtmpt;
 use crate::state::Gateway;
 use dialtone_room::webrtc::{WebRtcSettings, WebRtcTimeouts};
-
-/// How long shutdown waits for sessions to unregister.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a drain looks whether the last call has ended. Calls end in
 /// many places; the calls gauge is the one count of them all.
@@ -71,17 +68,30 @@ pub struct Shutdown {
 /// before returning.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let Shutdown { drain, stop } = shutdown;
+    limits::raise_fd_limit();
     let sip = UserAgent::start(UserAgentConfig {
         listen: config.sip.listen,
         public_ip: config.sip.public_ip,
         user_agent: config.sip.user_agent.clone(),
         t1: Duration::from_millis(config.sip.t1_ms.max(1)),
         dialog_keepalive: Duration::from_millis(config.sip.dialog_keepalive_ms.max(100)),
+        max_queued_infos: config.limits.info_digit_queue,
+        tcp_idle_timeout: config.limits.sip_tcp_idle_timeout(),
+        admit_tcp: {
+            let gate = limits::ConnectionGate::new(
+                "SIP-TCP",
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            );
+            Arc::new(move |ip| {
+                let admission = gate.admit(ip).ok()?;
+                Some(Box::new(admission) as Box<dyn Send>)
+            })
+        },
         udp_receive_buffer: config.sip.udp_receive_buffer,
     })
     .await?;
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
+    let listener = limits::listen(config.http.listen)
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
     if config.auth_mode() == AuthMode::Open {
@@ -106,8 +116,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     )?;
     let rtmp = match config.rtmp.enabled.then_some(config.rtmp.listen) {
         Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
+            limits::listen(address)
                 .with_context(|| format!("cannot listen for RTMP on {address}"))?,
         ),
         None => None,
@@ -133,8 +142,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let rtmp_addr = rtmp
         .as_ref()
         .and_then(|listener| listener.local_addr().ok());
-    let rtmp_streams: Arc<RtmpStreams> = Default::default();
-    let rtmpt = rtmp_addr.map(|_| Rtmpt::new(rtmp_streams.clone()));
+    let rtmp_streams = RtmpStreams::new(config.limits.rtmp_frame_queue);
+    let rtmpt = rtmp_addr.map(|_| {
+        Rtmpt::new(
+            rtmp_streams.clone(),
+            config.limits.max_rtmpt_tunnels,
+            config.limits.max_rtmpt_tunnels_per_ip,
+        )
+    });
     let rtmp_urls = rtmp_urls(
         &config,
         [rtmp_addr, rtmps_addr, rtmp_addr.map(|_| http_addr)],
@@ -172,19 +187,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Some(rtmpt) = &gateway.rtmpt {
         tokio::spawn(rtmpt.clone().expire_silent(stop.clone()));
     }
-    if let Some(listener) = rtmp {
+    let bounds = &gateway.config.limits;
+    let rtmp_listeners = [
+        rtmp.map(|listener| (listener, None)),
+        rtmps.map(|(listener, acceptor)| (listener, Some(acceptor))),
+    ];
+    for (listener, tls) in rtmp_listeners.into_iter().flatten() {
+        let name = if tls.is_some() { "RTMPS" } else { "RTMP" };
+        let gate = limits::ConnectionGate::new(
+            name,
+            bounds.max_connections,
+            bounds.max_connections_per_ip,
+        );
         tokio::spawn(rtmp_server::serve(
             listener,
-            None,
-            gateway.rtmp_streams.clone(),
-            gateway.tasks.clone(),
-            stop.clone(),
-        ));
-    }
-    if let Some((listener, acceptor)) = rtmps {
-        tokio::spawn(rtmp_server::serve(
-            listener,
-            Some(acceptor),
+            tls,
+            gate,
+            bounds.into(),
             gateway.rtmp_streams.clone(),
             gateway.tasks.clone(),
             stop.clone(),
@@ -194,32 +213,29 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let rtmps = rtmps_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
     info!(http = %http_addr, sip = %sip.local_addr(), %rtmp, %rtmps, auth = ?gateway.config.auth_mode(), "dialtone ready");
 
-    // Replies go out as they are written: CALL_STARTING and SDP_OFFER are two
-    // small frames, which Nagle would hold back for the client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            warn!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    // The peer's address feeds the per-source-IP login limits.
-    let server = axum::serve(
-        listener,
-        http::router(gateway.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    server.await.context("HTTP server failed")?;
+    http::serve(listener, gateway.clone(), stop.clone()).await;
 
+    // Sessions hang up their calls (the BYEs go out) and unregister; a
+    // peer that does not answer must not hold the exit, so each step is
+    // bounded by the grace (an unanswered BYE alone would take 64 × T1).
+    let grace = gateway.config.limits.shutdown_grace();
     gateway.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, gateway.tasks.wait())
+    if tokio::time::timeout(grace, gateway.tasks.wait())
         .await
         .is_err()
     {
         warn!(
             left = gateway.tasks.len(),
+            ?grace,
             "shutdown grace elapsed with sessions still closing"
         );
     }
-    sip.shutdown().await;
+    if tokio::time::timeout(grace, sip.shutdown()).await.is_err() {
+        warn!(
+            ?grace,
+            "SIP stack still busy at the end of the grace; exiting"
+        );
+    }
     info!("dialtone stopped");
     Ok(())
 }

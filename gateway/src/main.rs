@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     dialtone_gateway::logging::init(&directives, config.log.max_line_chars, ansi)?;
 
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = Shutdown::default();
         let on_signal = shutdown.clone();
         let mut terminate = signal(SignalKind::terminate())?;
@@ -69,5 +69,12 @@ fn main() -> anyhow::Result<()> {
             on_signal.stop.cancel();
         });
         dialtone_gateway::run(config, shutdown).await
-    })
+    });
+    // Whatever is still running (a blocking lookup, a task past the grace)
+    // must not hold the exit.
+    runtime.shutdown_timeout(RUNTIME_EXIT);
+    result
 }
+
+/// How long the exit waits for the runtime's last tasks.
+const RUNTIME_EXIT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -222,8 +222,8 @@ struct DriverIo {
     point: PointId,
     rtp: Option<UdpSocket>,
     rtcp: Option<UdpSocket>,
-    published: Option<mpsc::UnboundedReceiver<FlvFrame>>,
-    joins: Option<mpsc::UnboundedReceiver<PlayerJoin>>,
+    published: Option<mpsc::Receiver<FlvFrame>>,
+    joins: Option<mpsc::Receiver<PlayerJoin>>,
     players: HashMap<u64, PlayerJoin>,
     sink: PointSink,
 }
@@ -232,7 +232,9 @@ impl Drop for DriverIo {
     /// A point that ends ends its RTMP players' streams.
     fn drop(&mut self) {
         for join in self.players.values() {
-            let _ = join.sender.send(ToPlayer::End {
+            // A player whose queue is full is stalled; its write timeout
+            // or its tunnel's silence ends it.
+            let _ = join.sender.try_send(ToPlayer::End {
                 stream_id: join.stream_id,
             });
         }
@@ -480,7 +482,9 @@ impl Driver {
                         timestamp,
                         data,
                     };
-                    if join.sender.send(audio).is_err() {
+                    // A player that cannot keep up loses frames; one that is
+                    // gone leaves.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = join.sender.try_send(audio) {
                         departed.push((point, player));
                     }
                 }

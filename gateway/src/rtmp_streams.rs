@@ -41,23 +41,27 @@ pub enum ToPlayer {
 #[derive(Debug)]
 pub struct PlayerJoin {
     pub stream_id: u32,
-    pub sender: mpsc::UnboundedSender<ToPlayer>,
+    pub sender: mpsc::Sender<ToPlayer>,
 }
 
 enum Slot {
     Publish {
-        room: mpsc::UnboundedSender<FlvFrame>,
+        room: mpsc::Sender<FlvFrame>,
         taken: bool,
     },
     Play {
-        room: mpsc::UnboundedSender<PlayerJoin>,
+        room: mpsc::Sender<PlayerJoin>,
     },
 }
 
 /// The stream names of the calls that have an RTMP point.
-#[derive(Default)]
 pub struct RtmpStreams {
     slots: Mutex<HashMap<String, Slot>>,
+    /// Frames (and play requests) a peer may have queued on one channel;
+    /// beyond, they are dropped (`limits.rtmp_frame_queue`): a publisher
+    /// faster than its room, or a player slower than its stream, loses
+    /// media rather than growing the gateway's memory.
+    queue: usize,
 }
 
 /// A call's two stream names, registered until this is dropped; what the
@@ -71,15 +75,22 @@ pub struct StreamRegistration {
 /// The room's ends of a call's streams.
 #[derive(Debug)]
 pub struct RoomStreams {
-    pub published: mpsc::UnboundedReceiver<FlvFrame>,
-    pub players: mpsc::UnboundedReceiver<PlayerJoin>,
+    pub published: mpsc::Receiver<FlvFrame>,
+    pub players: mpsc::Receiver<PlayerJoin>,
 }
 
 impl RtmpStreams {
+    pub fn new(queue: usize) -> Arc<RtmpStreams> {
+        Arc::new(RtmpStreams {
+            slots: Mutex::default(),
+            queue,
+        })
+    }
+
     /// Registers two fresh names for a call.
     pub fn register(self: &Arc<Self>) -> (StreamRegistration, RoomStreams) {
-        let (published_sender, published) = mpsc::unbounded_channel();
-        let (players_sender, players) = mpsc::unbounded_channel();
+        let (published_sender, published) = mpsc::channel(self.queue);
+        let (players_sender, players) = mpsc::channel(self.queue);
         let publish_name = crate::session::new_id();
         let play_name = crate::session::new_id();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -107,7 +118,7 @@ impl RtmpStreams {
     }
 
     /// The room's inbox for a publisher of `name`, marking it taken.
-    fn take_publish(&self, name: &str) -> Result<mpsc::UnboundedSender<FlvFrame>, PublishRefusal> {
+    fn take_publish(&self, name: &str) -> Result<mpsc::Sender<FlvFrame>, PublishRefusal> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         match slots.get_mut(name) {
             Some(Slot::Publish { room, taken }) if !*taken && !room.is_closed() => {
@@ -134,7 +145,7 @@ impl RtmpStreams {
     fn join_play(&self, join: PlayerJoin, name: &str) -> bool {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         match slots.get(name) {
-            Some(Slot::Play { room }) => room.send(join).is_ok(),
+            Some(Slot::Play { room }) => room.try_send(join).is_ok(),
             _ => false,
         }
     }
@@ -154,7 +165,7 @@ impl Drop for StreamRegistration {
 
 struct Publishing {
     name: String,
-    room: mpsc::UnboundedSender<FlvFrame>,
+    room: mpsc::Sender<FlvFrame>,
 }
 
 /// One client connection's streams: publishers feeding rooms, players fed
@@ -166,13 +177,13 @@ pub struct RtmpClient {
     /// Streams ended by the gateway (their call is over, or their codec
     /// refused): once all are, the connection is released.
     ended: usize,
-    to_players: mpsc::UnboundedSender<ToPlayer>,
-    from_rooms: mpsc::UnboundedReceiver<ToPlayer>,
+    to_players: mpsc::Sender<ToPlayer>,
+    from_rooms: mpsc::Receiver<ToPlayer>,
 }
 
 impl RtmpClient {
     pub fn new(streams: Arc<RtmpStreams>) -> RtmpClient {
-        let (to_players, from_rooms) = mpsc::unbounded_channel();
+        let (to_players, from_rooms) = mpsc::channel(streams.queue);
         RtmpClient {
             streams,
             publishing: HashMap::new(),
@@ -247,11 +258,17 @@ impl RtmpClient {
                         session.end_stream(stream_id, NELLYMOSER_REFUSED)?;
                         continue;
                     }
-                    if publishing.room.send(FlvFrame { timestamp, data }).is_err() {
-                        // The call ended: its stream ends too.
-                        self.stop_publishing(stream_id);
-                        self.ended += 1;
-                        session.end_stream(stream_id, "the call has ended")?;
+                    match publishing.room.try_send(FlvFrame { timestamp, data }) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            debug!(stream_id, "room behind: published frame dropped");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            // The call ended: its stream ends too.
+                            self.stop_publishing(stream_id);
+                            self.ended += 1;
+                            session.end_stream(stream_id, "the call has ended")?;
+                        }
                     }
                 }
                 ServerEvent::StreamClosed { stream_id } => {

@@ -5,6 +5,7 @@
 //! a tunnel's players waits in its client until the next request.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,25 +20,38 @@ use crate::rtmp_streams::{RtmpClient, RtmpStreams};
 /// Tunnels without a request for this long are dropped (Flash polls every
 /// few seconds at most).
 const TUNNEL_SILENCE: Duration = Duration::from_secs(30);
-const MAX_TUNNELS: usize = 1000;
 const CONTENT_TYPE: &str = "application/x-fcs";
 
 pub struct Rtmpt {
     streams: Arc<RtmpStreams>,
+    /// Anyone may open a tunnel, so one address gets only a share of them:
+    /// anonymous opens from one place must not shut everyone else out.
+    max_tunnels_per_ip: usize,
     state: Mutex<State>,
 }
 
 struct State {
     tunnels: RtmptTunnels,
-    clients: HashMap<String, RtmpClient>,
+    clients: HashMap<String, Tunnel>,
+}
+
+/// The gateway's side of one tunnel.
+struct Tunnel {
+    client: RtmpClient,
+    opened_by: IpAddr,
 }
 
 impl Rtmpt {
-    pub fn new(streams: Arc<RtmpStreams>) -> Arc<Rtmpt> {
+    pub fn new(
+        streams: Arc<RtmpStreams>,
+        max_tunnels: usize,
+        max_tunnels_per_ip: usize,
+    ) -> Arc<Rtmpt> {
         Arc::new(Rtmpt {
             streams,
+            max_tunnels_per_ip,
             state: Mutex::new(State {
-                tunnels: RtmptTunnels::new(ServerConfig::default(), MAX_TUNNELS),
+                tunnels: RtmptTunnels::new(ServerConfig::default(), max_tunnels),
                 clients: HashMap::new(),
             }),
         })
@@ -65,7 +79,7 @@ impl Rtmpt {
     }
 
     /// One RTMPT request (404 for what is not one, or not answerable).
-    pub fn handle(&self, uri: &Uri, body: &[u8]) -> Response {
+    pub fn handle(&self, uri: &Uri, body: &[u8], peer: IpAddr) -> Response {
         let Some(request) = RtmptRequest::parse(uri.path()) else {
             return StatusCode::NOT_FOUND.into_response();
         };
@@ -74,11 +88,24 @@ impl Rtmpt {
         let State { tunnels, clients } = &mut *state;
         let result = match request {
             RtmptRequest::Open => {
+                let from_peer = clients
+                    .values()
+                    .filter(|tunnel| tunnel.opened_by == peer)
+                    .count();
+                if from_peer >= self.max_tunnels_per_ip {
+                    debug!(%peer, from_peer, "RTMPT open refused: the address has its share");
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
                 let id = crate::session::new_id();
                 let opened = tunnels.open(&id, now);
                 if opened.is_ok() {
                     info!(tunnel = %id, "RTMPT tunnel opened");
-                    clients.insert(id, RtmpClient::new(self.streams.clone()));
+                    let client = RtmpClient::new(self.streams.clone());
+                    let tunnel = Tunnel {
+                        client,
+                        opened_by: peer,
+                    };
+                    clients.insert(id, tunnel);
                 }
                 opened
             }
@@ -120,10 +147,11 @@ impl Rtmpt {
 /// Audio the rooms sent this tunnel's players since its last request.
 fn pass_player_audio(
     tunnels: &mut RtmptTunnels,
-    clients: &mut HashMap<String, RtmpClient>,
+    clients: &mut HashMap<String, Tunnel>,
     tunnel: &str,
 ) {
-    let (Some(session), Some(client)) = (tunnels.session_mut(tunnel), clients.get_mut(tunnel))
+    let (Some(session), Some(Tunnel { client, .. })) =
+        (tunnels.session_mut(tunnel), clients.get_mut(tunnel))
     else {
         return;
     };
@@ -136,12 +164,13 @@ fn pass_player_audio(
 /// reply, so a publish is accepted in the same round trip.
 fn finish_reply(
     tunnels: &mut RtmptTunnels,
-    clients: &mut HashMap<String, RtmpClient>,
+    clients: &mut HashMap<String, Tunnel>,
     tunnel: &str,
     reply: Result<RtmptReply, RtmptError>,
 ) -> Result<Vec<u8>, RtmptError> {
     let RtmptReply { mut body, events } = reply?;
-    let (Some(session), Some(client)) = (tunnels.session_mut(tunnel), clients.get_mut(tunnel))
+    let (Some(session), Some(Tunnel { client, .. })) =
+        (tunnels.session_mut(tunnel), clients.get_mut(tunnel))
     else {
         return Ok(body);
     };

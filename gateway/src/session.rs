@@ -125,7 +125,7 @@ impl Session {
         mut self,
         request: StartSession,
         stop: CancellationToken,
-        mut commands: mpsc::UnboundedReceiver<SessionCommand>,
+        mut commands: mpsc::Receiver<SessionCommand>,
     ) {
         let registers = self.gateway.config.auth_mode() == AuthMode::Registrar;
         // Listen before registering, so an INVITE right after the 200 finds us.

@@ -443,6 +443,7 @@ impl UserAgent {
             session_expiry: None,
             done: done_sender,
             infos: VecDeque::new(),
+            max_queued_infos: self.max_queued_infos,
             info_in_flight: None,
             reinvite_in_flight: None,
             next_direction: None,
@@ -525,6 +526,9 @@ struct Driver {
     /// order (RFC 6086 allows one INFO transaction per dialog at a time in
     /// practice: many peers answer a second with 500).
     infos: VecDeque<(String, String)>,
+    /// Bounds `infos`: each queued INFO is a transaction of up to 64 × T1
+    /// to come, and digits come from a client.
+    max_queued_infos: usize,
     info_in_flight: Option<AbortHandle>,
     /// Our re-INVITE, one at a time, and the direction asked for meanwhile.
     reinvite_in_flight: Option<AbortHandle>,
@@ -885,6 +889,10 @@ impl Driver {
             CallCommand::Hangup if self.role == TransactionRole::Server && !self.established => {
                 self.dialog
                     .reject(Some(StatusCode::TemporarilyUnavailable), None)
+            }
+            CallCommand::Info { .. } if self.infos.len() >= self.max_queued_infos => {
+                debug!(queued = self.infos.len(), "INFO queue full: digit dropped");
+                Ok(())
             }
             CallCommand::Info { content_type, body } => {
                 self.infos.push_back((content_type, body));

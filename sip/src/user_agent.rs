@@ -1,8 +1,9 @@
 //! The SIP endpoint: one UDP socket and one TCP listener on the same port,
 //! rsipstack's transaction layer behind them, and the handling of requests
-//! that arrive outside any dialog.
+//! that arrive outside any dialog. TCP connections are accepted here, not by
+//! rsipstack's listener, so that the gateway can refuse them (caps).
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -14,9 +15,9 @@ use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Method, Request, SipMessage, StatusCode};
 use rsipstack::transaction::endpoint::{EndpointInnerRef, EndpointOption, TransportEventInspector};
 use rsipstack::transaction::{CallIdFormat, TransactionReceiver};
-use rsipstack::transport::tcp_listener::TcpListenerConnection;
+use rsipstack::transport::tcp::TcpConnection;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::{TransportEvent, TransportLayer};
+use rsipstack::transport::{SipAddr, SipConnection, TransportEvent, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,8 +27,12 @@ use crate::call::{needs_dialog, IncomingRoutes};
 use crate::digest_names::DigestAlgorithmNames;
 use crate::screening::{self, Refusal};
 
+/// Decides whether a SIP-over-TCP connection from an address is taken;
+/// what it returns is held while the connection lives (a place in a cap).
+pub type TcpAdmission = Arc<dyn Fn(IpAddr) -> Option<Box<dyn Send>> + Send + Sync>;
+
 /// How the SIP endpoint listens and presents itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UserAgentConfig {
     /// UDP and TCP both bind this address; port 0 picks a free port.
     pub listen: SocketAddr,
@@ -41,6 +46,15 @@ pub struct UserAgentConfig {
     /// How often an established call checks that the far end still holds
     /// the dialog.
     pub dialog_keepalive: Duration,
+    /// INFO requests (DTMF digits) one call keeps waiting to go out, one
+    /// transaction at a time; more are dropped.
+    pub max_queued_infos: usize,
+    /// A TCP connection (either direction) on which nothing arrives for
+    /// this long is closed; must outlast a registration's refresh interval,
+    /// since the registrar reaches us over the registration's connection.
+    pub tcp_idle_timeout: Duration,
+    /// Asked for every incoming TCP connection; a refused one is closed.
+    pub admit_tcp: TcpAdmission,
     /// The SIP UDP socket's receive buffer, bytes (the kernel may grant
     /// less: `net.core.rmem_max`); a burst of calls must not overflow it.
     pub udp_receive_buffer: usize,
@@ -72,6 +86,7 @@ pub struct UserAgent {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) keepalive: Duration,
+    pub(crate) max_queued_infos: usize,
     pub(crate) transaction_timeout: Duration,
 }
 
@@ -82,7 +97,7 @@ const BIND_ATTEMPTS: usize = 16;
 impl UserAgent {
     pub async fn start(config: UserAgentConfig) -> Result<UserAgent, UserAgentError> {
         let cancel = CancellationToken::new();
-        let (udp, local_addr) =
+        let (udp, tcp, local_addr) =
             bind_udp_and_tcp_port(config.listen, config.udp_receive_buffer, &cancel).await?;
         let advertised_addr = SocketAddr::new(
             config.public_ip.unwrap_or(local_addr.ip()),
@@ -91,14 +106,13 @@ impl UserAgent {
         let external = config.public_ip.map(|_| advertised_addr);
 
         let transport_layer = TransportLayer::new(cancel.child_token());
+        transport_layer.set_stream_idle_timeout(config.tcp_idle_timeout);
         transport_layer.add_transport(udp.into());
-        let tcp = TcpListenerConnection::new(local_addr, external)
-            .await
-            .map_err(|e| UserAgentError::Bind {
-                addr: local_addr,
-                reason: e.to_string(),
-            })?;
-        transport_layer.add_transport(tcp.into());
+        // What rsipstack's own listener would name these connections' local end.
+        let tcp_local = SipAddr {
+            r#type: Some(rsipstack::sip::transport::Transport::Tcp),
+            addr: external.unwrap_or(local_addr).into(),
+        };
 
         let endpoint = EndpointBuilder::new()
             .with_user_agent(&config.user_agent)
@@ -132,11 +146,19 @@ impl UserAgent {
             cancel,
             tasks,
             keepalive: config.dialog_keepalive,
+            max_queued_infos: config.max_queued_infos,
             transaction_timeout: config.t1 * 64,
         };
         user_agent
             .tasks
             .spawn(user_agent.clone().route_requests(incoming));
+        user_agent.tasks.spawn(accept_tcp(
+            tcp,
+            user_agent.endpoint.clone(),
+            tcp_local,
+            config.admit_tcp.clone(),
+            user_agent.cancel.clone(),
+        ));
         info!(%local_addr, %advertised_addr, "SIP user agent listening on UDP and TCP");
         Ok(user_agent)
     }
@@ -194,11 +216,73 @@ fn udp_socket(listen: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpS
     UdpSocket::from_std(socket.into())
 }
 
+/// Connections the kernel completes before we accept them; std's 128
+/// overflows under a burst (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen_tcp(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// After a failed accept (out of descriptors, say), wait this long before
+/// the next: retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts SIP-over-TCP connections that `admit` takes and hands them to
+/// rsipstack, which reads them (and closes them when idle); each keeps its
+/// admission until rsipstack retires it, which cancels its token.
+async fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    endpoint: EndpointInnerRef,
+    local: SipAddr,
+    admit: TcpAdmission,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    debug!(%error, "SIP TCP accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let Some(admission) = admit(peer.ip()) else {
+            continue;
+        };
+        let token = cancel.child_token();
+        let connection =
+            match TcpConnection::from_stream(stream, local.clone(), Some(token.clone())) {
+                Ok(connection) => connection,
+                Err(error) => {
+                    debug!(%error, %peer, "SIP TCP connection unusable");
+                    continue;
+                }
+            };
+        endpoint
+            .transport_layer
+            .add_connection(SipConnection::Tcp(connection));
+        tokio::spawn(async move {
+            token.cancelled().await;
+            drop(admission);
+        });
+    }
+}
+
 async fn bind_udp_and_tcp_port(
     listen: SocketAddr,
     receive_buffer: usize,
     cancel: &CancellationToken,
-) -> Result<(UdpConnection, SocketAddr), UserAgentError> {
+) -> Result<(UdpConnection, tokio::net::TcpListener, SocketAddr), UserAgentError> {
     let mut last_error = String::new();
     let attempts = if listen.port() == 0 { BIND_ATTEMPTS } else { 1 };
     for _ in 0..attempts {
@@ -223,13 +307,8 @@ async fn bind_udp_and_tcp_port(
                 continue;
             }
         };
-        // rsipstack binds the TCP listener later, when the endpoint serves;
-        // probing now turns a port clash into a start-up error.
-        match TcpListener::bind(bound) {
-            Ok(probe) => {
-                drop(probe);
-                return Ok((udp, bound));
-            }
+        match listen_tcp(bound) {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
             Err(e) => last_error = e.to_string(),
         }
     }

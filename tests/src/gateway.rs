@@ -251,6 +251,11 @@ impl Gateway {
             .count())
     }
 
+    /// How many lines of the gateway's log contain `pattern`.
+    pub fn count_log(&self, pattern: &str) -> usize {
+        self.guard.count_log(pattern)
+    }
+
     /// The exit status if the gateway has exited (e.g. crashed), `None` while it runs.
     pub fn try_wait(&self) -> anyhow::Result<Option<ExitStatus>> {
         self.guard.try_wait()

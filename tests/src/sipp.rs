@@ -79,6 +79,12 @@ pub enum UasScenario {
     /// INVITE → 100, 180; waits for the CANCEL, then answers the CANCEL 200 and the INVITE 200
     /// (SDP as `Answer`): a 200 that crossed the CANCEL. Expects ACK, then BYE → 200.
     AnswerCrossingCancel,
+    /// Like `Answer`, but a BYE gets no answer (nor do its retransmissions): a far end that
+    /// stopped answering. Ends silently after [`SippOptions::pause`] (default 60 s).
+    AnswerIgnoringBye,
+    /// A registrar: REGISTER → 200 (Expires: 300), then the next REGISTER of that Call-ID
+    /// (refresh or unregistration) gets nothing. Ends silently after the pause (default 60 s).
+    RegisterThenIgnore,
     /// INVITE → 100, 183 with SDP (as `Answer`'s), then after [`SippOptions::pause`]
     /// (default 4 s) 200 with the same SDP; ACK; BYE → 200: early media before the answer.
     EarlyMedia,
@@ -88,7 +94,7 @@ pub enum UasScenario {
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 17] = [
+    pub const ALL: [UasScenario; 19] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -104,6 +110,8 @@ impl UasScenario {
         UasScenario::ReinviteSessionExpiresOverflow,
         UasScenario::ReinviteG722First,
         UasScenario::AnswerCrossingCancel,
+        UasScenario::AnswerIgnoringBye,
+        UasScenario::RegisterThenIgnore,
         UasScenario::EarlyMedia,
         UasScenario::EarlyMedia100rel,
     ];
@@ -126,6 +134,8 @@ impl UasScenario {
             UasScenario::ReinviteSessionExpiresOverflow => "reinvite_session_expires_overflow",
             UasScenario::ReinviteG722First => "reinvite_g722_first",
             UasScenario::AnswerCrossingCancel => "answer_crossing_cancel",
+            UasScenario::AnswerIgnoringBye => "answer_ignoring_bye",
+            UasScenario::RegisterThenIgnore => "register_then_ignore",
             UasScenario::EarlyMedia => "early_media",
             UasScenario::EarlyMedia100rel => "early_media_100rel",
         }
@@ -158,6 +168,17 @@ impl UasScenario {
                         ),
                 );
             }
+            UasScenario::AnswerIgnoringBye => {
+                // Everything up to the BYE as `Answer`; then silence.
+                let (until_bye, _) = ANSWER
+                    .split_once("  <recv request=\"BYE\"/>")
+                    .unwrap_or((ANSWER, ""));
+                return Cow::Owned(
+                    until_bye.replace("dialtone answer", "dialtone answer_ignoring_bye")
+                        + "  <recv request=\"BYE\"/>\n\n  <pause/>\n</scenario>\n",
+                );
+            }
+            UasScenario::RegisterThenIgnore => include_str!("../rig/sipp/register_then_ignore.xml"),
             UasScenario::SessionExpiresOverflow => OVERFLOW,
             UasScenario::ReinviteG722First => include_str!("../rig/sipp/reinvite_g722_first.xml"),
             UasScenario::AnswerThenInactive => {
@@ -190,6 +211,9 @@ impl UasScenario {
     fn default_pause(self) -> Option<Duration> {
         match self {
             UasScenario::Silent => Some(Duration::from_secs(10)),
+            UasScenario::AnswerIgnoringBye | UasScenario::RegisterThenIgnore => {
+                Some(Duration::from_secs(60))
+            }
             UasScenario::EarlyMedia | UasScenario::EarlyMedia100rel => Some(Duration::from_secs(4)),
             UasScenario::AnswerThenReinvite
             | UasScenario::AnswerThenInactive
@@ -339,8 +363,11 @@ impl Sipp {
     pub fn uas(scenario: UasScenario, opts: SippOptions) -> anyhow::Result<Sipp> {
         let pause = opts.pause.or(scenario.default_pause());
         let mut extra = Vec::new();
-        if scenario == UasScenario::Silent {
-            // Retransmitted INVITEs and a CANCEL during the pause must not end the call.
+        if matches!(
+            scenario,
+            UasScenario::Silent | UasScenario::AnswerIgnoringBye | UasScenario::RegisterThenIgnore
+        ) {
+            // Retransmissions (and a CANCEL) during the pause must not end the call.
             extra.push("-pause_msg_ign".to_owned());
         }
         let mut xml = scenario.xml();

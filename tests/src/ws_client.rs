@@ -116,6 +116,12 @@ impl WsClient {
         self.send(Message::binary(data)).await
     }
 
+    /// Sends any message, raw frames included (`Message::Frame`: a text frame that is not
+    /// UTF-8, say).
+    pub async fn send_message(&mut self, msg: Message) -> anyhow::Result<()> {
+        self.send(msg).await
+    }
+
     async fn send(&mut self, msg: Message) -> anyhow::Result<()> {
         self.ws
             .send(msg)

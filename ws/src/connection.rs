@@ -4,9 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -33,6 +34,9 @@ pub enum ConnectionEnd {
     ClientLeft,
     /// The socket failed or ended without a close frame.
     Dropped,
+    /// The client sent what the protocol cannot take (a frame over the
+    /// hard limit, a text frame that is not UTF-8): closed with a code.
+    Refused,
     /// No frame within the ping timeout.
     PingTimeout,
     ServerShutdown,
@@ -44,6 +48,7 @@ impl ConnectionEnd {
             ConnectionEnd::ClientClosed => "client_closed",
             ConnectionEnd::ClientLeft => "client_left",
             ConnectionEnd::Dropped => "dropped",
+            ConnectionEnd::Refused => "refused",
             ConnectionEnd::PingTimeout => "ping_timeout",
             ConnectionEnd::ServerShutdown => "server_shutdown",
         }
@@ -106,7 +111,11 @@ where
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => {
                         debug!(%error, "WebSocket read failed");
-                        break ConnectionEnd::Dropped;
+                        let Some(close) = close_for(error) else {
+                            break ConnectionEnd::Dropped;
+                        };
+                        let _ = send_within(&mut socket, Message::Close(Some(close)), config.ping_timeout).await;
+                        break ConnectionEnd::Refused;
                     }
                     None => break ConnectionEnd::Dropped,
                 };
@@ -125,7 +134,11 @@ where
                             continue;
                         }
                         match decode_client_message(text.as_str()) {
-                            Ok(ClientMessage::Disconnected(_)) => break ConnectionEnd::ClientLeft,
+                            Ok(ClientMessage::Disconnected(_)) => {
+                                let goodbye = CloseFrame { code: close_code::NORMAL, reason: "client left".into() };
+                                let _ = send_within(&mut socket, Message::Close(Some(goodbye)), config.ping_timeout).await;
+                                break ConnectionEnd::ClientLeft;
+                            }
                             Ok(message) => handler.on_message(message).await,
                             Err(error) => outbox.send_error(error),
                         }
@@ -154,7 +167,8 @@ where
             _ = shutdown.cancelled() => {
                 let goodbye = ServerMessage::Disconnected { client_id: client_id.clone() };
                 let _ = send_within(&mut socket, Message::Text(goodbye.to_json().into()), config.ping_timeout).await;
-                let _ = send_within(&mut socket, Message::Close(None), config.ping_timeout).await;
+                let away = CloseFrame { code: close_code::AWAY, reason: "the gateway is stopping".into() };
+                let _ = send_within(&mut socket, Message::Close(Some(away)), config.ping_timeout).await;
                 break ConnectionEnd::ServerShutdown;
             }
         }
@@ -162,6 +176,23 @@ where
     info!(end = end.as_str(), "WebSocket connection ended");
     handler.on_end(end).await;
     end
+}
+
+/// The close frame for what the client sent, when a read failed on it
+/// rather than on the socket: 1009 for a frame over the hard limit, 1007
+/// for a text frame that is not UTF-8, 1002 for other protocol errors.
+fn close_for(error: axum::Error) -> Option<CloseFrame> {
+    let error = error.into_inner().downcast::<tungstenite::Error>().ok()?;
+    let (code, reason) = match *error {
+        tungstenite::Error::Capacity(_) => (close_code::SIZE, "frame too large"),
+        tungstenite::Error::Utf8(_) => (close_code::INVALID, "text frame is not UTF-8"),
+        tungstenite::Error::Protocol(_) => (close_code::PROTOCOL, "WebSocket protocol error"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
 }
 
 /// A client that stops reading must not stall the loop forever.

@@ -67,6 +67,8 @@ pub(crate) enum CallOutput {
     Finished,
     /// The client's request does not apply now (INVALID_STATE).
     Refused(&'static str),
+    /// The request would pass a configured limit (LIMIT_REACHED).
+    OverLimit(&'static str),
     /// DTMF_RECEIVED: a digit from the SIP far end.
     Digit { digit: char, method: &'static str },
     /// SIP: 180 Ringing to an incoming call.
@@ -138,6 +140,9 @@ pub(crate) struct CallSettings {
     /// Incoming: rejected with 480 when the client has not decided in this
     /// time.
     pub(crate) decision: Duration,
+    /// Digits one SEND_DTMF_SIGNAL may send as SIP INFO, one transaction
+    /// each (`limits.info_digit_queue`).
+    pub(crate) max_info_digits: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -527,6 +532,12 @@ impl CallMachine {
                     self.emit(CallOutput::SendEvents(digits));
                     return;
                 }
+                DtmfMethod::Info if digits.chars().count() > self.settings.max_info_digits => {
+                    self.emit(CallOutput::OverLimit(
+                        "too many digits to send as SIP INFO (limits.info_digit_queue)",
+                    ));
+                    return;
+                }
                 DtmfMethod::Info => {
                     self.emit(CallOutput::SendInfo(digits));
                     return;
@@ -613,6 +624,7 @@ mod tests {
             detect_tones: None,
             no_answer: NO_ANSWER,
             decision: DECISION,
+            max_info_digits: 4,
         }
     }
 
@@ -918,6 +930,12 @@ mod tests {
         machine.handle(start, CallInput::SendDtmf("3".to_string()));
         let out = outputs(&mut machine);
         assert_eq!(out.last(), Some(&CallOutput::SendInfo("3".to_string())));
+        // Each INFO is a transaction: a string longer than the queue is refused whole.
+        machine.handle(start, CallInput::SendDtmf("12345".to_string()));
+        assert!(matches!(
+            outputs(&mut machine).as_slice(),
+            [CallOutput::OverLimit(_)]
+        ));
 
         let mut machine = answered(start, vec![DtmfMethod::Inband]);
         machine.handle(start, CallInput::SendDtmf("4".to_string()));

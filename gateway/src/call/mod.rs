@@ -220,6 +220,7 @@ impl CallTask {
             },
             no_answer: Duration::from_millis(config.calls.no_answer_timeout_ms),
             decision: Duration::from_millis(config.calls.incoming_answer_timeout_ms),
+            max_info_digits: config.limits.info_digit_queue,
         }
     }
 
@@ -409,6 +410,12 @@ impl CallTask {
                 } => self.fail(reason, sip_status, &detail),
                 CallOutput::Finished => self.finish(),
                 CallOutput::Refused(message) => self.refuse(message),
+                CallOutput::OverLimit(message) => self.outbox.send_error(
+                    ProtocolError::new(ErrorCode::LimitReached, message)
+                        .for_request("SEND_DTMF_SIGNAL")
+                        .with_field("dtmfString")
+                        .with_session(&self.ids.session_id),
+                ),
                 CallOutput::Digit { digit, method } => self.report_digit(digit, method),
                 CallOutput::DigitByInfo(digit) => match room {
                     // The room reports it and passes it on to whoever hears
