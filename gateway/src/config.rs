@@ -127,6 +127,10 @@ pub struct CallsConfig {
     /// (the default) turns them on only in open mode with every listener
     /// on loopback; `true` / `false` decide outright.
     pub test_lines: TestLinesSwitch,
+    /// While an outgoing call rings without early media of its own (180
+    /// without SDP), the client hears a ringback tone in this country's
+    /// cadence; `off` (the default) leaves it silent.
+    pub ringback: RingbackTone,
     // Exposure and abuse controls (hardening, see docs/decisions.md).
     /// Test lines answer INVITEs from anyone, not only from the gateway's
     /// own SIP address.
@@ -187,6 +191,16 @@ pub struct MediaConfig {
     /// sending with an SSRC of its own. Off: a new SSRC from anywhere moves
     /// the media at any time (loose symmetric RTP).
     pub strict_source: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingbackTone {
+    Off,
+    /// 440 + 480 Hz, 2 s on, 4 s off.
+    Us,
+    /// 425 Hz, 1 s on, 4 s off.
+    Europe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -400,6 +414,7 @@ impl Default for CallsConfig {
             no_answer_timeout_ms: 60_000,
             incoming_answer_timeout_ms: 30_000,
             test_lines: TestLinesSwitch::Auto(AutoWord::Auto),
+            ringback: RingbackTone::Off,
             test_lines_public: false,
             test_line_max_ms: 5 * 60_000,
             allow: Vec::new(),

@@ -55,7 +55,7 @@ pub mod telephone_event;
 mod tones;
 pub mod webrtc;
 
-pub use lines::{Line, TONE_HZ};
+pub use lines::{Line, Ringback, TONE_HZ};
 pub use mixer::Role;
 pub use point::{PointConfig, PointId, PointKind, PointUpdate, WatchConfig};
 pub use room::{

@@ -1,7 +1,9 @@
 //! The built-in test lines as points of a room: `echo` sends back every
 //! audio packet it hears, `tone` plays a 1 kHz tone, `digits` sends back
-//! each digit it hears as an RFC 4733 event. The room routes to and from
-//! them like any other point; only their source of audio differs.
+//! each digit it hears as an RFC 4733 event; and the ringback a caller
+//! hears while the far end rings without early media of its own. The room
+//! routes to and from them like any other point; only their source of
+//! audio differs.
 
 use std::f64::consts::PI;
 
@@ -14,6 +16,35 @@ pub enum Line {
     Echo,
     Tone,
     Digits,
+    /// Ringback in a country's cadence.
+    Ringback(Ringback),
+}
+
+/// Ringback tones (ITU-T E.180): which frequencies, how long on, how long
+/// the whole cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ringback {
+    /// 440 + 480 Hz, 2 s on, 4 s off.
+    Us,
+    /// 425 Hz, 1 s on, 4 s off (CEPT).
+    Europe,
+}
+
+impl Ringback {
+    fn frequencies(self) -> &'static [f64] {
+        match self {
+            Ringback::Us => &[440.0, 480.0],
+            Ringback::Europe => &[425.0],
+        }
+    }
+
+    /// Frames of 20 ms on, and of the whole cycle.
+    fn cadence(self) -> (u64, u64) {
+        match self {
+            Ringback::Us => (100, 300),
+            Ringback::Europe => (50, 250),
+        }
+    }
 }
 
 impl Line {
@@ -24,6 +55,7 @@ impl Line {
             Line::Echo => "echo",
             Line::Tone => "tone",
             Line::Digits => "digits",
+            Line::Ringback(_) => "ringback",
         }
     }
 }
@@ -37,8 +69,13 @@ pub(crate) struct LinePoint {
     tone: Option<ToneSource>,
 }
 
-/// The tone line's stream: its encoder, phase and RTP numbering.
+/// The tone line's stream: its tones and cadence, encoder, phase and RTP
+/// numbering.
 struct ToneSource {
+    frequencies: &'static [f64],
+    /// Frames on and frames per cycle; `None`: always on.
+    cadence: Option<(u64, u64)>,
+    frame: u64,
     encoder: Box<dyn Encoder>,
     codec: Codec,
     payload_type: u8,
@@ -51,10 +88,18 @@ struct ToneSource {
 
 impl LinePoint {
     pub(crate) fn new(line: Line, audio: Option<(u8, Codec)>) -> LinePoint {
+        let (frequencies, cadence): (&'static [f64], _) = match line {
+            Line::Tone => (&[TONE_HZ], None),
+            Line::Ringback(ringback) => (ringback.frequencies(), Some(ringback.cadence())),
+            Line::Echo | Line::Digits => (&[], None),
+        };
         let tone = audio
-            .filter(|_| line == Line::Tone)
+            .filter(|_| !frequencies.is_empty())
             .and_then(|(payload_type, codec)| {
                 Some(ToneSource {
+                    frequencies,
+                    cadence,
+                    frame: 0,
                     encoder: new_encoder(codec).ok()?,
                     codec,
                     payload_type,
@@ -77,9 +122,27 @@ impl LinePoint {
         let tone = self.tone.as_mut()?;
         let samples = tone.codec.frame_samples();
         let rate = f64::from(tone.codec.sample_rate().hz());
+        let frame = tone.frame;
+        tone.frame += 1;
+        if let Some((on, cycle)) = tone.cadence {
+            if frame % cycle >= on {
+                // Silent part of the cadence: the stream's clock goes on.
+                tone.phase += samples as u64;
+                tone.timestamp = tone
+                    .timestamp
+                    .wrapping_add(tone.codec.rtp_clock_rate() / 50);
+                return None;
+            }
+        }
+        let amplitude = TONE_AMPLITUDE / tone.frequencies.len() as f64;
         for sample in tone.pcm[..samples].iter_mut() {
-            *sample =
-                (TONE_AMPLITUDE * (2.0 * PI * TONE_HZ * tone.phase as f64 / rate).sin()) as i16;
+            let t = tone.phase as f64 / rate;
+            let value: f64 = tone
+                .frequencies
+                .iter()
+                .map(|hz| (2.0 * PI * hz * t).sin())
+                .sum();
+            *sample = (amplitude * value) as i16;
             tone.phase += 1;
         }
         let length = tone.encoder.encode(&tone.pcm[..samples], payload).ok()?;

@@ -389,7 +389,7 @@ impl Point {
             || !self.digits_out.is_idle()
             || self.digit_tail > 0
             || self.tones_busy()
-            || self.line() == Some(Line::Tone)
+            || matches!(self.line(), Some(Line::Tone | Line::Ringback(_)))
     }
 
     /// Whether it hears `source`.

@@ -298,3 +298,46 @@ async fn early_media(scenario: UasScenario) -> anyhow::Result<()> {
     gateway.wait_all_released(REPLY)?;
     Ok(())
 }
+
+/// While the far end rings without early media (180, no SDP) the client hears ringback when
+/// the gateway is set to (`calls.ringback = "us"`: 440 + 480 Hz, 2 s on, 4 s off).
+#[tokio::test]
+async fn a_silent_ringing_far_end_gives_the_client_ringback() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(UasScenario::RingForever, SippOptions::default())?;
+    let gateway = Gateway::start(&format!(
+        "{}ringback = \"us\"\n",
+        proxy_config(sipp.sip_addr(), "")
+    ))?;
+    let client = RtpPeer::bind(Codec::Pcmu).await?;
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    // The callee's own address in the Request-URI: where the CANCEL goes.
+    let callee = format!("sip:3000@{}", sipp.sip_addr());
+    let (call_id, offer) = offer_rtp_call(&mut ws, &session_id, &callee, client.label()).await?;
+    ws.send_json(&json!({
+        "type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id, "sdp": client.answer_sdp()?,
+    }))
+    .await?;
+    let ringing = ws.recv_type("CALL_STARTING", REPLY).await?;
+    ensure!(ringing["stage"] == "RINGING", "{ringing}");
+    // Three seconds: two of ringback, then the start of the four silent ones.
+    let (heard, packets) = client
+        .exchange_packets(sdp_audio_addr(&offer)?, 1000.0, 3.0, 0)
+        .await?;
+    ensure!(
+        (85..=110).contains(&packets.len()),
+        "{} packets of ringback in 3 s: not the 2 s on of its cadence",
+        packets.len()
+    );
+    let shares = dialtone_tests::audio::tone_shares(&heard, 8000, &[440.0, 480.0, 1000.0]);
+    ensure!(
+        shares[0] > 0.2 && shares[1] > 0.2 && shares[2] < 0.01,
+        "ringback heard as {shares:?} (440, 480, the client's own 1000 Hz)"
+    );
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    sipp.wait_success(PEER)?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
+    Ok(())
+}

@@ -111,6 +111,8 @@ pub(crate) enum CallOutput {
     Resumed(HoldSide),
     /// ERROR for HOLD_CALL / RESUME_CALL: the far end refused it.
     DirectionRefused(String),
+    /// The room: ringback toward the client starts, or stops.
+    Ringback(bool),
     /// SIP: REFER the far end to this URI.
     Transfer(String),
     /// TRANSFER_PROGRESS (`stage` `REFER` or `CALL`).
@@ -143,6 +145,8 @@ pub(crate) struct CallSettings {
     /// Digits one SEND_DTMF_SIGNAL may send as SIP INFO, one transaction
     /// each (`limits.info_digit_queue`).
     pub(crate) max_info_digits: usize,
+    /// Play ringback to the client while the far end rings silently.
+    pub(crate) ringback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +186,8 @@ pub(crate) struct CallMachine {
     asked_direction: Option<SdpDirection>,
     /// The far end holds the call (its SDP says it sends nothing to us).
     remote_held: bool,
+    /// Ringback plays toward the client.
+    ringing: bool,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -214,6 +220,7 @@ impl CallMachine {
             local_direction: SdpDirection::SendRecv,
             asked_direction: None,
             remote_held: false,
+            ringing: false,
             outputs: VecDeque::new(),
         }
     }
@@ -316,8 +323,19 @@ impl CallMachine {
     fn on_sip(&mut self, event: CallEvent) {
         let outgoing = self.direction == Direction::Outgoing;
         match event {
-            CallEvent::Progress { status: 180, .. } if outgoing => {
+            CallEvent::Progress {
+                status: 180, media, ..
+            } if outgoing => {
                 self.emit(CallOutput::Stage(CallStage::Ringing));
+                match media {
+                    Some(media) if self.phase == Phase::Setup => self.sip_media(media, true),
+                    // Silence while the far end rings: ringback, when configured.
+                    _ if self.settings.ringback && !self.sip_point && !self.ringing => {
+                        self.ringing = true;
+                        self.emit(CallOutput::Ringback(true));
+                    }
+                    _ => {}
+                }
             }
             CallEvent::Progress {
                 status: 181..=183,
@@ -336,6 +354,7 @@ impl CallMachine {
                     self.phase = Phase::Established;
                 }
                 info!("call established");
+                self.stop_ringback();
                 if let Some(media) = media {
                     self.sip_media(media, false);
                 }
@@ -457,6 +476,7 @@ impl CallMachine {
     /// The SIP leg's media, early or final: the point is added, or (the
     /// 2xx after early media) brought up to date with what the answer says.
     fn sip_media(&mut self, media: NegotiatedMedia, early: bool) {
+        self.stop_ringback();
         self.sip_events = media.telephone_event.is_some();
         if self.sip_point {
             self.update_sip_point(&media);
@@ -469,6 +489,13 @@ impl CallMachine {
             detect_tones,
             early,
         });
+    }
+
+    /// The far end's own audio (or the call's end) takes over from ringback.
+    fn stop_ringback(&mut self) {
+        if std::mem::take(&mut self.ringing) {
+            self.emit(CallOutput::Ringback(false));
+        }
     }
 
     /// SIP ended a call the gateway had not decided to end.
@@ -625,6 +652,7 @@ mod tests {
             no_answer: NO_ANSWER,
             decision: DECISION,
             max_info_digits: 4,
+            ringback: false,
         }
     }
 

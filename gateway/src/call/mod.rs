@@ -22,7 +22,7 @@ mod machine;
 use machine::{CallInput, CallMachine, CallOutput, CallSettings};
 
 use crate::client_point::{latch_config, local_audio, ClientPoint, Negotiator, ReadyPoint};
-use crate::config::InbandDetection;
+use crate::config::{InbandDetection, RingbackTone};
 use crate::media_ports::PortLease;
 use crate::media_room::{sleep_until, MediaRoom, PointIo, PointNews, PointSink, RoomHandle};
 use crate::metrics::Held;
@@ -30,7 +30,7 @@ use crate::rooms::{Membership, NewMember, RoomRegistration, SessionRef};
 use crate::state::{Gateway, MediaStatsWatch};
 use dialtone_room::dtmf_relay::{build_dtmf_relay, DTMF_RELAY_CONTENT_TYPE};
 use dialtone_room::stats::MediaStatsSnapshot;
-use dialtone_room::{Event as RoomEvent, PointConfig, PointId, WatchConfig};
+use dialtone_room::{Event as RoomEvent, Line, PointConfig, PointId, Ringback, WatchConfig};
 
 /// A room a call goes into instead of its own (START_CALL or ACCEPT_CALL
 /// with a roomId), already checked to be open to the session.
@@ -221,6 +221,7 @@ impl CallTask {
             no_answer: Duration::from_millis(config.calls.no_answer_timeout_ms),
             decision: Duration::from_millis(config.calls.incoming_answer_timeout_ms),
             max_info_digits: config.limits.info_digit_queue,
+            ringback: config.calls.ringback != RingbackTone::Off,
         }
     }
 
@@ -325,6 +326,26 @@ impl CallTask {
             }
             Err(problem) => CallInput::AcceptFailed(problem),
         }
+    }
+
+    /// Ringback toward the client's point, as a line of the call's own room
+    /// (never into a room the call went into).
+    fn ringback(&self, media: &CallMedia, on: bool) {
+        let Some((room, _)) = media.room.as_ref().filter(|_| media.target.is_none()) else {
+            return;
+        };
+        if !on {
+            room.remove_point(RINGBACK_POINT);
+            return;
+        }
+        let ringback = match self.gateway.config.calls.ringback {
+            RingbackTone::Off => return,
+            RingbackTone::Us => Ringback::Us,
+            RingbackTone::Europe => Ringback::Europe,
+        };
+        // Made in G.711; the room transcodes it to the client's codec.
+        let line = PointConfig::line(Line::Ringback(ringback), Some((0, Codec::Pcmu)), None);
+        room.add_point(RINGBACK_POINT, line, PointIo::default(), media.sink.clone());
     }
 
     /// The call's own room, joinable by its callId.
@@ -474,6 +495,7 @@ impl CallTask {
                     sip_status: status,
                     sip_reason: reason,
                 }),
+                CallOutput::Ringback(on) => self.ringback(media, on),
                 CallOutput::Deaf(deaf) => {
                     if let Some(room) = room {
                         room.set_deaf(sip_point, deaf);
@@ -734,6 +756,7 @@ pub(crate) fn bridge_codec(codec: &sdp::Codec) -> Option<Codec> {
 /// The call's points in its room: the SIP leg, and the client's own.
 pub(crate) const SIP_POINT: PointId = PointId(0);
 const CLIENT_POINT: PointId = PointId(1);
+const RINGBACK_POINT: PointId = PointId(2);
 
 /// One SIP INFO (dtmf-relay) per digit.
 fn send_digits_by_info(digits: &str, call: &Call) {
