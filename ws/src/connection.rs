@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, trace};
 
 use crate::decode::{decode_client_message, ProtocolError};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
@@ -139,7 +139,11 @@ where
                                 let _ = send_within(&mut socket, Message::Close(Some(goodbye)), config.ping_timeout).await;
                                 break ConnectionEnd::ClientLeft;
                             }
-                            Ok(message) => handler.on_message(message).await,
+                            Ok(message) => {
+                                // The type only: a frame's fields may hold a password.
+                                trace!(message = message.type_name(), "client message");
+                                handler.on_message(message).await
+                            }
                             Err(error) => outbox.send_error(error),
                         }
                     }
