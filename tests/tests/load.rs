@@ -24,9 +24,12 @@ async fn two_hundred_clients_start_sessions_at_once_and_leave_nothing() -> anyho
 {LOOPBACK}[registrar]
 address = "sip:127.0.0.1:{};transport=udp"
 timeout_ms = 20000
-# Two hundred clients from one address: more than the per-IP burst.
+# Two hundred clients from one address: more than the per-IP burst and the
+# per-address connection cap.
 [sessions]
 start_burst = 1000
+[limits]
+max_connections_per_ip = 1000
 "#,
         kamailio.sip_port()
     ))?;
