@@ -253,7 +253,7 @@ fn rtp_packet(u: &mut Unstructured, harness: &mut Harness, point: PointId) -> Re
         sequence: stream.sequence,
         timestamp: stream.timestamp,
         ssrc: if u.ratio(15, 16)? {
-            0x5eed_0000 | u32::from(point.0)
+            0x5eed_0000 | point.0
         } else {
             u.arbitrary()?
         },
