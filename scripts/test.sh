@@ -28,3 +28,8 @@ fi
 ensure_rust
 cargo build --locked --workspace --bins
 cargo test --locked --workspace "$@"
+# Fuzzing (docs/security.md): a short run of every cargo-fuzz target, after
+# the suite; DIALTONE_FUZZ_SECONDS per target (20 by default), 0 skips it.
+if [ "${DIALTONE_FUZZ_SECONDS:-20}" != 0 ]; then
+    scripts/fuzz.sh "${DIALTONE_FUZZ_SECONDS:-20}"
+fi

@@ -20,6 +20,8 @@ mod user_agent;
 pub use call::{
     Call, CallControl, CallEvent, DialError, EndReason, IncomingCall, IncomingCalls, OutgoingCall,
 };
+/// Public for the fuzz target that feeds it received messages.
+pub use digest_names::DigestAlgorithmNames;
 pub use negotiation::{MediaChanges, NegotiatedMedia, Negotiation, OfferAnswer};
 pub use registration::{Account, RegisterError, Registration};
 pub use target::{SipTarget, TargetError, TransportKind};

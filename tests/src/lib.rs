@@ -42,6 +42,7 @@ pub mod process;
 pub mod rtp_peer;
 pub mod rtp_stream;
 pub mod sipp;
+pub mod soak;
 pub mod wait;
 pub mod webrtc_peer;
 pub mod ws_client;

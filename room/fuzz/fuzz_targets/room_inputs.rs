@@ -60,6 +60,8 @@ const AAC_CONFIGS: [[u8; 2]; 5] = [
     [0x12, 0x10],
     [0x15, 0x88],
 ];
+/// The recordings a run may start are 0 to this.
+const LAST_RECORDING: u32 = 2;
 /// Longest simulated wait between inputs.
 const MAX_WAIT_MS: u32 = 12_000;
 /// Timeouts handled at one instant before the room counts as spinning; a
@@ -251,7 +253,7 @@ fn rtp_packet(u: &mut Unstructured, harness: &mut Harness, point: PointId) -> Re
         sequence: stream.sequence,
         timestamp: stream.timestamp,
         ssrc: if u.ratio(15, 16)? {
-            0x5eed_0000 | u32::from(point.0)
+            0x5eed_0000 | point.0
         } else {
             u.arbitrary()?
         },
@@ -528,7 +530,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 harness.drain();
             }
             17 => {
-                let recording = u.int_in_range(0..=2u32)?;
+                let recording = u.int_in_range(0..=LAST_RECORDING)?;
                 if u.ratio(1, 2)? {
                     let _ = harness.room.start_recording(now, recording);
                 } else {
@@ -564,6 +566,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
     harness.advance(Duration::from_secs(2));
     for id in IDS {
         let _ = harness.room.remove_point(harness.now, id);
+        harness.drain();
+    }
+    // A running recording keeps the mix ticking on its own (a conference
+    // recorded while its members come and go), so it is stopped too.
+    for recording in 0..=LAST_RECORDING {
+        let _ = harness.room.stop_recording(harness.now, recording);
         harness.drain();
     }
     assert!(harness.room.is_empty());
