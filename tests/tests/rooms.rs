@@ -218,17 +218,32 @@ async fn hang_up(ws: &mut WsClient, session_id: &str, call_id: &str) -> anyhow::
     Ok(())
 }
 
-/// A call from `user`'s RTP point (PCMU) to the rig user `callee`: the client, its session,
-/// the callId and the gateway's address for the point.
-async fn call(
-    rig: &Rig,
-    user: &str,
-    callee: &str,
-) -> anyhow::Result<(WsClient, String, String, SocketAddr, RtpPeer)> {
-    let (mut ws, session_id) = rig.session(user).await?;
-    let peer = RtpPeer::bind(Codec::Pcmu).await?;
-    let (call_id, point) = start_rtp_call(&mut ws, &session_id, callee, &peer).await?;
-    Ok((ws, session_id, call_id, point, peer))
+/// User 1001's call from an RTP point (PCMU) to baresip 2000 (playing [`CALLEE_HZ`]),
+/// established: every test's starting point.
+struct PhoneCall {
+    callee: Baresip,
+    ws: WsClient,
+    session_id: String,
+    call_id: String,
+    /// Where the gateway listens for the caller's point.
+    point: SocketAddr,
+    caller: RtpPeer,
+}
+
+async fn call_to_phone(rig: &Rig) -> anyhow::Result<PhoneCall> {
+    let callee = rig.phone("2000", CALLEE_HZ)?;
+    let (mut ws, session_id) = rig.session("1001").await?;
+    let caller = RtpPeer::bind(Codec::Pcmu).await?;
+    let (call_id, point) = start_rtp_call(&mut ws, &session_id, "2000", &caller).await?;
+    callee.wait_call_established(REPLY)?;
+    Ok(PhoneCall {
+        callee,
+        ws,
+        session_id,
+        call_id,
+        point,
+        caller,
+    })
 }
 
 /// The recording's file, once RECORDING_STOPPED named it.
@@ -245,9 +260,14 @@ fn recording_path(rig: &Rig, stopped: &Value) -> anyhow::Result<PathBuf> {
 async fn a_second_session_joins_a_call_and_each_party_hears_the_other_two() -> anyhow::Result<()> {
     let rig = Rig::start()?;
     let fds_before = rig.gateway.open_fds()?;
-    let callee = rig.phone("2000", CALLEE_HZ)?;
-    let (mut ws, session_id, call_id, caller_point, caller) = call(&rig, "1001", "2000").await?;
-    callee.wait_call_established(REPLY)?;
+    let PhoneCall {
+        callee,
+        mut ws,
+        session_id,
+        call_id,
+        point: caller_point,
+        caller,
+    } = call_to_phone(&rig).await?;
 
     // The same user, from another tab: its own point, into the call's room.
     let (mut ws2, session2) = rig.session("1001").await?;
@@ -344,9 +364,14 @@ async fn a_second_session_joins_a_call_and_each_party_hears_the_other_two() -> a
 #[tokio::test]
 async fn a_listen_only_member_hears_all_and_a_member_leaves_and_rejoins() -> anyhow::Result<()> {
     let rig = Rig::start()?;
-    let callee = rig.phone("2000", CALLEE_HZ)?;
-    let (mut ws, session_id, call_id, caller_point, caller) = call(&rig, "1001", "2000").await?;
-    callee.wait_call_established(REPLY)?;
+    let PhoneCall {
+        callee: _callee,
+        mut ws,
+        session_id,
+        call_id,
+        point: caller_point,
+        caller,
+    } = call_to_phone(&rig).await?;
     let (mut ws2, session2) = rig.session("1001").await?;
     let member = RtpPeer::bind(Codec::Pcmu).await?;
     let member_point = rtp_point(&mut ws2, &session2, "member", &member).await?;
@@ -443,9 +468,14 @@ async fn a_listen_only_member_hears_all_and_a_member_leaves_and_rejoins() -> any
 #[tokio::test]
 async fn a_foreign_session_is_refused_until_invited_and_limits_hold() -> anyhow::Result<()> {
     let rig = Rig::start_with("[rooms]\nmax_points_per_session = 2\n")?;
-    let callee = rig.phone("2000", CALLEE_HZ)?;
-    let (mut ws, session_id, call_id, _, _caller) = call(&rig, "1001", "2000").await?;
-    callee.wait_call_established(REPLY)?;
+    let PhoneCall {
+        callee: _callee,
+        mut ws,
+        session_id,
+        call_id,
+        point: _,
+        caller: _caller,
+    } = call_to_phone(&rig).await?;
 
     let (mut stranger, stranger_session) = rig.session("1002").await?;
     let peer = RtpPeer::bind(Codec::Pcmu).await?;
@@ -636,9 +666,14 @@ async fn a_conference_dials_out_to_two_phones_and_closing_it_ends_their_calls() 
 #[tokio::test]
 async fn webrtc_and_rtmp_points_are_members_too() -> anyhow::Result<()> {
     let rig = Rig::start()?;
-    let callee = rig.phone("2000", CALLEE_HZ)?;
-    let (mut ws, session_id, call_id, caller_point, caller) = call(&rig, "1001", "2000").await?;
-    callee.wait_call_established(REPLY)?;
+    let PhoneCall {
+        callee: _callee,
+        mut ws,
+        session_id,
+        call_id,
+        point: caller_point,
+        caller,
+    } = call_to_phone(&rig).await?;
     let (mut ws2, session2) = rig.session("1001").await?;
 
     // A browser-like client (str0m), answering the gateway's WebRTC offer.
@@ -769,9 +804,14 @@ async fn an_incoming_call_is_accepted_into_a_conference() -> anyhow::Result<()> 
 async fn a_recording_that_reaches_its_limit_stops_and_the_call_goes_on() -> anyhow::Result<()> {
     // 0.5 s of 16 kHz mono and the header.
     let rig = Rig::start_with("max_bytes = 16044\n")?;
-    let callee = rig.phone("2000", CALLEE_HZ)?;
-    let (mut ws, session_id, call_id, caller_point, caller) = call(&rig, "1001", "2000").await?;
-    callee.wait_call_established(REPLY)?;
+    let PhoneCall {
+        callee: _callee,
+        mut ws,
+        session_id,
+        call_id,
+        point: caller_point,
+        caller,
+    } = call_to_phone(&rig).await?;
     ws.send_json(&json!({"type": "START_RECORDING", "sessionId": session_id, "roomId": call_id}))
         .await?;
     ws.recv_type("RECORDING_STARTED", REPLY).await?;
