@@ -131,6 +131,11 @@ pub struct CallsConfig {
     /// without SDP), the client hears a ringback tone in this country's
     /// cadence; `off` (the default) leaves it silent.
     pub ringback: RingbackTone,
+    /// Send P-Asserted-Identity (RFC 3325) with the session's identity on
+    /// outgoing INVITEs: for a trunk that trusts the gateway. Off by
+    /// default: toward an untrusted network it reveals nothing more than
+    /// From, but a trunk that honours it must only hear it from us.
+    pub asserted_identity: bool,
     // Exposure and abuse controls (hardening, see docs/decisions.md).
     /// Test lines answer INVITEs from anyone, not only from the gateway's
     /// own SIP address.
@@ -415,6 +420,7 @@ impl Default for CallsConfig {
             incoming_answer_timeout_ms: 30_000,
             test_lines: TestLinesSwitch::Auto(AutoWord::Auto),
             ringback: RingbackTone::Off,
+            asserted_identity: false,
             test_lines_public: false,
             test_line_max_ms: 5 * 60_000,
             allow: Vec::new(),

@@ -490,9 +490,11 @@ impl Session {
         let credential = (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone());
         let contact_user = self.contact_user();
         let from_display_name = request.display_name.clone();
+        let asserted_identity = config.calls.asserted_identity;
         let with_offer = move |offer| OutgoingCall {
             from_user,
             from_display_name,
+            asserted_identity,
             from_domain: domain,
             target,
             proxy,

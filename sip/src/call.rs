@@ -43,6 +43,9 @@ pub struct OutgoingCall {
     /// control characters (it goes into the header as it is).
     pub from_display_name: Option<String>,
     pub from_domain: String,
+    /// Send `P-Asserted-Identity` (RFC 3325) with the From identity: for a
+    /// trunk that trusts the gateway to have authenticated its users.
+    pub asserted_identity: bool,
     /// The Request-URI, e.g. `sip:3000@pbx.example.com`.
     pub target: String,
     /// Where the INVITE is sent (registrar / proxy / trunk); the target's
@@ -291,6 +294,17 @@ impl UserAgent {
         let callee = Uri::try_from(request.target.as_str())
             .map_err(|_| DialError::BadTarget(request.target.clone()))?;
         let caller_text = format!("sip:{}@{}", request.from_user, request.from_domain);
+        let asserted = request.asserted_identity.then(|| {
+            let name = request
+                .from_display_name
+                .as_deref()
+                .map(|name| format!("\"{name}\" "))
+                .unwrap_or_default();
+            Header::Other(
+                "P-Asserted-Identity".to_string(),
+                format!("{name}<{caller_text}>"),
+            )
+        });
         let caller =
             Uri::try_from(caller_text.as_str()).map_err(|_| DialError::BadTarget(caller_text))?;
         let (destination, transport) = match &request.proxy {
@@ -308,6 +322,7 @@ impl UserAgent {
             // A far end that requires reliable provisional responses (100rel)
             // gets its PRACK from the stack.
             support_prack: true,
+            headers: asserted.map(|header| vec![header]),
             caller,
             callee,
             destination,

@@ -259,12 +259,16 @@ async fn a_reinvite_right_behind_the_ack_is_answered_every_time() -> anyhow::Res
     Ok(())
 }
 
-/// The caller's display name of START_CALL reaches the far end in From, quoted; one that
-/// could break out of the quotes is refused before anything is sent.
+/// The caller's display name of START_CALL reaches the far end in From, quoted (and in
+/// P-Asserted-Identity toward a trunk set to trust the gateway); one that could break out of
+/// the quotes is refused before anything is sent.
 #[tokio::test]
 async fn the_display_name_of_start_call_is_the_from_display_name() -> anyhow::Result<()> {
     let sipp = Sipp::uas(UasScenario::Answer, SippOptions::default())?;
-    let gateway = Gateway::start(&dialtone_tests::gateway::proxy_config(sipp.sip_addr(), ""))?;
+    let gateway = Gateway::start(&format!(
+        "{}asserted_identity = true\n",
+        dialtone_tests::gateway::proxy_config(sipp.sip_addr(), "")
+    ))?;
     let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
     ws.send_json(
         &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000",
@@ -285,6 +289,13 @@ async fn the_display_name_of_start_call_is_the_from_display_name() -> anyhow::Re
     ensure!(
         from.starts_with("\"Ada Lovelace\" <sip:alice@"),
         "From: {from}"
+    );
+    let asserted = invite
+        .header("P-Asserted-Identity")
+        .context("INVITE without P-Asserted-Identity")?;
+    ensure!(
+        asserted.starts_with("\"Ada Lovelace\" <sip:alice@"),
+        "P-Asserted-Identity: {asserted}"
     );
     ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING"], REPLY)
         .await?;
