@@ -131,6 +131,7 @@ pub fn gateway_config() -> String {
     format!(
         "{LOOPBACK}t1_ms = 100\n[media]\nrtp_port_min = 40000\nrtp_port_max = 49999\n\
          [sessions]\nstart_burst = 1000000\nstarts_per_minute = 1000000\n\
+         [calls]\nstart_burst = 1000000\nstarts_per_minute = 1000000\n\
          [limits]\nmax_connections_per_ip = 10000\n"
     )
 }
