@@ -330,30 +330,12 @@ impl Session {
                 );
             }
             SessionCommand::Media(message) => self.on_media(message).await,
-            SessionCommand::Transfer {
-                call_id,
-                target: given,
-            } => {
-                let domain = self.call_domain();
-                // The target goes into the REFER's Refer-To header.
-                let target = match grammar::request_uri(&given, &domain) {
-                    Ok(target) => target,
-                    Err(error) => {
-                        self.outbox.send_error(
-                            ProtocolError::new(ErrorCode::InvalidValue, format!("target {error}"))
-                                .for_request("TRANSFER_CALL")
-                                .with_field("target")
-                                .with_session(&self.session_id),
-                        );
-                        return;
-                    }
-                };
+            SessionCommand::Transfer { call_id, target } => {
                 // A transfer has the far end call the target on our account:
-                // the same toll-fraud rules as START_CALL.
-                if !self.dial_plan_allows(&target, &domain, ("TRANSFER_CALL", "target", &given)) {
-                    return;
+                // the same rules as START_CALL's bUri.
+                if let Some(target) = self.checked_target(&target, ("TRANSFER_CALL", "target")) {
+                    self.to_call(call_id, CallRequest::Transfer(target), "TRANSFER_CALL");
                 }
-                self.to_call(call_id, CallRequest::Transfer(target), "TRANSFER_CALL");
             }
             SessionCommand::Call {
                 call_id,
@@ -376,6 +358,27 @@ impl Session {
                 .with_session(&self.session_id),
             ),
         }
+    }
+
+    /// Where a client asks a call to go (START_CALL's bUri, TRANSFER_CALL's
+    /// target) as a SIP URI, if the SIP grammar and the dial plan allow it;
+    /// refused with an ERROR naming `field` otherwise.
+    fn checked_target(&self, given: &str, (request_type, field): (&str, &str)) -> Option<String> {
+        let domain = self.call_domain();
+        let target = match grammar::request_uri(given, &domain) {
+            Ok(target) => target,
+            Err(error) => {
+                self.outbox.send_error(
+                    ProtocolError::new(ErrorCode::InvalidValue, format!("{field} {error}"))
+                        .for_request(request_type)
+                        .with_field(field)
+                        .with_session(&self.session_id),
+                );
+                return None;
+            }
+        };
+        self.dial_plan_allows(&target, &domain, (request_type, field, given))
+            .then_some(target)
     }
 
     /// The domain of bare numbers in a bUri.
@@ -469,21 +472,9 @@ impl Session {
             },
             None => None,
         };
-        let target = match grammar::request_uri(&request.b_uri, &domain) {
-            Ok(target) => target,
-            Err(error) => {
-                self.outbox.send_error(
-                    ProtocolError::new(ErrorCode::InvalidValue, format!("bUri {error}"))
-                        .for_request("START_CALL")
-                        .with_field("bUri")
-                        .with_session(&self.session_id),
-                );
-                return;
-            }
-        };
-        if !self.dial_plan_allows(&target, &domain, ("START_CALL", "bUri", &request.b_uri)) {
+        let Some(target) = self.checked_target(&request.b_uri, ("START_CALL", "bUri")) else {
             return;
-        }
+        };
         // Validated at start-up.
         let proxy = config.call_proxy().ok().flatten();
         let from_user = credentials.0.clone();

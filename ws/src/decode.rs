@@ -523,6 +523,21 @@ mod tests {
             refused(r#"{"type":"REGISTRATION_LOST"}"#).code,
             ErrorCode::UnknownType
         );
+        let held = ServerMessage::CallHeld(HoldNotice {
+            session_id: "s".into(),
+            call_id: "c".into(),
+            by: HoldSide::Remote,
+            client_call_id: None,
+        });
+        let value: serde_json::Value = serde_json::from_str(&held.to_json()).unwrap();
+        assert_eq!(
+            (
+                value["type"].as_str(),
+                value["by"].as_str(),
+                value["callId"].as_str()
+            ),
+            (Some("CALL_HELD"), Some("REMOTE"), Some("c"))
+        );
         let offer = ServerMessage::SdpOffer(MediaTarget::Call("c".into()).sdp("s", "v=0".into()));
         let value: serde_json::Value = serde_json::from_str(&offer.to_json()).unwrap();
         assert_eq!(

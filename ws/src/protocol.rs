@@ -346,6 +346,17 @@ pub struct TransferCall {
     pub target: String,
 }
 
+/// What CALL_HELD and CALL_RESUMED say (extension).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldNotice {
+    pub session_id: String,
+    pub call_id: String,
+    pub by: HoldSide,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_call_id: Option<String>,
+}
+
 /// A client saying goodbye before it closes the socket.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -645,23 +656,9 @@ pub enum ServerMessage {
     },
     /// Extension: the call is on hold, by the client (HOLD_CALL answered)
     /// or by the far end.
-    #[serde(rename_all = "camelCase")]
-    CallHeld {
-        session_id: String,
-        call_id: String,
-        by: HoldSide,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        client_call_id: Option<String>,
-    },
+    CallHeld(HoldNotice),
     /// Extension: the call is off hold again.
-    #[serde(rename_all = "camelCase")]
-    CallResumed {
-        session_id: String,
-        call_id: String,
-        by: HoldSide,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        client_call_id: Option<String>,
-    },
+    CallResumed(HoldNotice),
     /// Extension: how TRANSFER_CALL goes: the far end's answer to the
     /// REFER (`stage` `REFER`: 202 it will try, else refused), then the
     /// progress of its call to the target (`stage` `CALL`: 100, 180, 200

@@ -11,8 +11,8 @@ use dialtone_codecs::Codec;
 use dialtone_sip::sdp::{self, LocalAudio};
 use dialtone_sip::{Call, IncomingCall, NegotiatedMedia, OutgoingCall};
 use dialtone_ws::{
-    CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, MediaTarget, Outbox,
-    ProtocolError, RejectReason, RoomMode, ServerMessage,
+    CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, HoldNotice, HoldSide,
+    MediaTarget, Outbox, ProtocolError, RejectReason, RoomMode, ServerMessage,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -501,18 +501,12 @@ impl CallTask {
                         room.set_deaf(sip_point, deaf);
                     }
                 }
-                CallOutput::Held(by) => self.outbox.send(ServerMessage::CallHeld {
-                    session_id: self.ids.session_id.clone(),
-                    call_id: self.ids.call_id.clone(),
-                    by,
-                    client_call_id: self.ids.client_call_id.clone(),
-                }),
-                CallOutput::Resumed(by) => self.outbox.send(ServerMessage::CallResumed {
-                    session_id: self.ids.session_id.clone(),
-                    call_id: self.ids.call_id.clone(),
-                    by,
-                    client_call_id: self.ids.client_call_id.clone(),
-                }),
+                CallOutput::Held(by) => self
+                    .outbox
+                    .send(ServerMessage::CallHeld(self.hold_notice(by))),
+                CallOutput::Resumed(by) => self
+                    .outbox
+                    .send(ServerMessage::CallResumed(self.hold_notice(by))),
                 CallOutput::DirectionRefused(message) => self.outbox.send_error(
                     ProtocolError::new(ErrorCode::InvalidState, message)
                         .with_session(&self.ids.session_id),
@@ -656,6 +650,15 @@ impl CallTask {
 
     fn advertised_ip(&self) -> IpAddr {
         self.gateway.sip.advertised_addr().ip()
+    }
+
+    fn hold_notice(&self, by: HoldSide) -> HoldNotice {
+        HoldNotice {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            by,
+            client_call_id: self.ids.client_call_id.clone(),
+        }
     }
 
     fn send_stage(&self, stage: CallStage) {
