@@ -136,6 +136,10 @@ pub struct CallsConfig {
     /// default: toward an untrusted network it reveals nothing more than
     /// From, but a trunk that honours it must only hear it from us.
     pub asserted_identity: bool,
+    /// A far end's REFER (it transfers us): `dial_plan` (the default)
+    /// follows it when the client itself could call the target, `allow`
+    /// follows any SIP target, `deny` refuses every REFER.
+    pub incoming_refer: ReferPolicy,
     // Exposure and abuse controls (hardening, see docs/decisions.md).
     /// Test lines answer INVITEs from anyone, not only from the gateway's
     /// own SIP address.
@@ -196,6 +200,14 @@ pub struct MediaConfig {
     /// sending with an SSRC of its own. Off: a new SSRC from anywhere moves
     /// the media at any time (loose symmetric RTP).
     pub strict_source: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferPolicy {
+    Allow,
+    Deny,
+    DialPlan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -421,6 +433,7 @@ impl Default for CallsConfig {
             test_lines: TestLinesSwitch::Auto(AutoWord::Auto),
             ringback: RingbackTone::Off,
             asserted_identity: false,
+            incoming_refer: ReferPolicy::DialPlan,
             test_lines_public: false,
             test_line_max_ms: 5 * 60_000,
             allow: Vec::new(),

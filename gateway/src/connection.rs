@@ -243,6 +243,7 @@ impl ConnectionHandler for ClientConnection {
             ClientMessage::TransferCall(m) => SessionCommand::Transfer {
                 call_id: m.call_id,
                 target: m.target,
+                replaces_call_id: m.replaces_call_id,
             },
             ClientMessage::ResumeCall(m) => {
                 call(m.call_id, CallRequest::SetDirection(Direction::SendRecv))

@@ -11,6 +11,7 @@
 
 mod call;
 mod call_slots;
+mod caller;
 mod client_point;
 pub mod config;
 mod connection;

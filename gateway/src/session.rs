@@ -9,10 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use dialtone_sip::grammar;
-use dialtone_sip::{
-    Account, IncomingCall, IncomingCalls, OutgoingCall, RegisterError, Registration,
-};
+use dialtone_sip::{Account, IncomingCall, IncomingCalls, RegisterError, Registration};
 use dialtone_ws::{
     AcceptCall, ClientMessage, ErrorCode, MediaTarget, Outbox, ProtocolError, ServerMessage,
     SessionFailReason, StartCall, StartSession,
@@ -25,8 +22,8 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::call::{CallIds, CallRequest, CallTask, RoomTarget};
 use crate::call_slots::{CallCount, CallSlot, CapReached};
+use crate::caller::{allowed_target, Caller, Dialled};
 use crate::config::AuthMode;
-use crate::dial_plan::Refusal;
 use crate::media_points::SessionMedia;
 use crate::metrics::{Held, ReasonLabel};
 use crate::rate_limit::TokenBucket;
@@ -42,10 +39,12 @@ const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
 pub enum SessionCommand {
     StartCall(StartCall),
     AcceptCall(AcceptCall),
-    /// TRANSFER_CALL: the target is expanded as START_CALL's bUri is.
+    /// TRANSFER_CALL: the target is expanded as START_CALL's bUri is; or
+    /// the call to replace (attended).
     Transfer {
         call_id: String,
-        target: String,
+        target: Option<String>,
+        replaces_call_id: Option<String>,
     },
     /// A media point or room message (CREATE_MEDIA_POINT, JOIN_ROOM, an
     /// SDP or ICE message naming a pointId, ...).
@@ -133,6 +132,7 @@ impl Session {
         let credentials = (request.username.clone(), request.password.clone());
         let authenticated = self.authenticate(request).await;
         self.count_login(&credentials.0, &authenticated);
+        let caller = Caller::new(&self.gateway, &credentials, self.contact_user());
         let registration = match authenticated {
             Ok(registration) => registration,
             Err(failure) => {
@@ -192,11 +192,11 @@ impl Session {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command, &credentials).await,
+                    Some(command) => self.on_command(command, &caller).await,
                     None => break,
                 },
                 Some(news) = self.media.news.recv() => self.media.on_news(news),
-                Some(call) = next_incoming(&mut incoming) => self.take_incoming(call),
+                Some(call) = next_incoming(&mut incoming) => self.take_incoming(call, &caller),
                 Some(call_id) = self.ended_calls.1.recv() => {
                     self.calls.remove(&call_id);
                 }
@@ -268,35 +268,6 @@ impl Session {
         CallSlot::take(&self.connection_calls, &self.gateway.calls_held)
     }
 
-    /// Whether the dial plan lets `target` be called (or transferred to);
-    /// when not, the client is told why, naming its `request`'s type, field
-    /// and value. With a proxy, the target's host must be one the proxy
-    /// serves: nothing goes elsewhere.
-    fn dial_plan_allows(&self, target: &str, domain: &str, request: (&str, &str, &str)) -> bool {
-        let (request_type, field, given) = request;
-        let proxy = self.gateway.config.call_proxy().ok().flatten();
-        let served = proxy
-            .as_ref()
-            .map(|proxy| vec![domain.to_string(), format!("{}:{}", proxy.host, proxy.port)]);
-        let Err(refusal) = self.gateway.dial_plan.check(target, served.as_deref()) else {
-            return true;
-        };
-        let why = match refusal {
-            Refusal::NotAllowed => "is not allowed by the dial plan".to_string(),
-            Refusal::ForeignHost => {
-                format!("names a host other than {domain}, the only one calls go to")
-            }
-        };
-        info!(%target, ?refusal, request = request_type, "refused by the dial plan");
-        self.outbox.send_error(
-            ProtocolError::new(ErrorCode::InvalidValue, format!("{field} {given:?} {why}"))
-                .for_request(request_type)
-                .with_field(field)
-                .with_session(&self.session_id),
-        );
-        false
-    }
-
     /// START_CALL refused before anything is sent.
     fn refuse_call(&self, error: ProtocolError) {
         self.outbox.send_error(
@@ -312,9 +283,9 @@ impl Session {
         format!("dt-{}", self.session_id)
     }
 
-    async fn on_command(&mut self, command: SessionCommand, credentials: &(String, String)) {
+    async fn on_command(&mut self, command: SessionCommand, caller: &Caller) {
         match command {
-            SessionCommand::StartCall(request) => self.start_call(request, credentials),
+            SessionCommand::StartCall(request) => self.start_call(request, caller),
             SessionCommand::AcceptCall(request) => {
                 let target = match request.room_id.as_deref() {
                     Some(room_id) => match self.room_target(room_id, "ACCEPT_CALL") {
@@ -330,18 +301,65 @@ impl Session {
                 );
             }
             SessionCommand::Media(message) => self.on_media(message).await,
-            SessionCommand::Transfer { call_id, target } => {
+            SessionCommand::Transfer {
+                call_id,
+                target: Some(target),
+                ..
+            } => {
                 // A transfer has the far end call the target on our account:
                 // the same rules as START_CALL's bUri.
                 if let Some(target) = self.checked_target(&target, ("TRANSFER_CALL", "target")) {
-                    self.to_call(call_id, CallRequest::Transfer(target), "TRANSFER_CALL");
+                    let refer_to = format!("<{target}>");
+                    self.to_call(call_id, CallRequest::Transfer(refer_to), "TRANSFER_CALL");
                 }
             }
+            SessionCommand::Transfer {
+                call_id,
+                replaces_call_id: Some(replaced),
+                ..
+            } => self.transfer_replacing(call_id, replaced),
+            // The decoder lets through only one of the two.
+            SessionCommand::Transfer { .. } => {}
             SessionCommand::Call {
                 call_id,
                 request,
                 request_type,
             } => self.to_call(call_id, request, request_type),
+        }
+    }
+
+    /// An attended transfer: the far end of `call_id` is to replace the
+    /// client in `replaced`, whose task makes the Refer-To and hands it to
+    /// the first call's.
+    fn transfer_replacing(&self, call_id: String, replaced: String) {
+        let Some(transferred) = self.calls.get(&call_id) else {
+            self.to_call(call_id, CallRequest::Hangup, "TRANSFER_CALL");
+            return;
+        };
+        if replaced == call_id {
+            self.outbox.send_error(
+                ProtocolError::new(ErrorCode::InvalidValue, "a call cannot replace itself")
+                    .for_request("TRANSFER_CALL")
+                    .with_field("replacesCallId")
+                    .with_session(&self.session_id),
+            );
+            return;
+        }
+        match self.calls.get(&replaced) {
+            Some(call) => {
+                let _ = call
+                    .requests
+                    .send(CallRequest::ReferToReplacing(transferred.requests.clone()));
+            }
+            None => self.outbox.send_error(
+                ProtocolError::new(
+                    ErrorCode::UnknownCall,
+                    format!("no call {replaced:?} in this session"),
+                )
+                .for_request("TRANSFER_CALL")
+                .with_field("replacesCallId")
+                .with_session(&self.session_id),
+            ),
         }
     }
 
@@ -364,29 +382,18 @@ impl Session {
     /// target) as a SIP URI, if the SIP grammar and the dial plan allow it;
     /// refused with an ERROR naming `field` otherwise.
     fn checked_target(&self, given: &str, (request_type, field): (&str, &str)) -> Option<String> {
-        let domain = self.call_domain();
-        let target = match grammar::request_uri(given, &domain) {
-            Ok(target) => target,
-            Err(error) => {
+        match allowed_target(&self.gateway, given) {
+            Ok(target) => Some(target),
+            Err(why) => {
                 self.outbox.send_error(
-                    ProtocolError::new(ErrorCode::InvalidValue, format!("{field} {error}"))
+                    ProtocolError::new(ErrorCode::InvalidValue, format!("{field} {why}"))
                         .for_request(request_type)
                         .with_field(field)
                         .with_session(&self.session_id),
                 );
-                return None;
+                None
             }
-        };
-        self.dial_plan_allows(&target, &domain, (request_type, field, given))
-            .then_some(target)
-    }
-
-    /// The domain of bare numbers in a bUri.
-    fn call_domain(&self) -> String {
-        self.gateway
-            .config
-            .sip_domain()
-            .unwrap_or_else(|| self.gateway.sip.advertised_addr().to_string())
+        }
     }
 
     /// Media point and room messages.
@@ -445,7 +452,7 @@ impl Session {
         }
     }
 
-    fn start_call(&mut self, request: StartCall, credentials: &(String, String)) {
+    fn start_call(&mut self, request: StartCall, caller: &Caller) {
         if let Err(wait) = self.call_starts.take(std::time::Instant::now()) {
             self.refuse_call(
                 ProtocolError::new(
@@ -463,8 +470,6 @@ impl Session {
                 return;
             }
         };
-        let config = &self.gateway.config;
-        let domain = self.call_domain();
         let room = match request.room_id.as_deref() {
             Some(room_id) => match self.room_target(room_id, "START_CALL") {
                 Some(room) => Some(room),
@@ -475,33 +480,19 @@ impl Session {
         let Some(target) = self.checked_target(&request.b_uri, ("START_CALL", "bUri")) else {
             return;
         };
-        // Validated at start-up.
-        let proxy = config.call_proxy().ok().flatten();
-        let from_user = credentials.0.clone();
-        let credential = (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone());
-        let contact_user = self.contact_user();
-        let from_display_name = request.display_name.clone();
-        let asserted_identity = config.calls.asserted_identity;
-        let with_offer = move |offer| OutgoingCall {
-            from_user,
-            from_display_name,
-            asserted_identity,
-            from_domain: domain,
-            target,
-            proxy,
-            credential,
-            contact_user,
-            offer,
+        let dialled = Dialled {
+            display_name: request.display_name.clone(),
+            ..Dialled::to(target)
         };
         let cc = request.cc;
-        self.launch_call(slot, request.client_call_id, move |task| {
-            task.run_outgoing(with_offer, cc, room)
+        self.launch_call(slot, request.client_call_id, caller, move |task| {
+            task.run_outgoing(dialled, cc, room)
         });
     }
 
-    fn take_incoming(&mut self, call: IncomingCall) {
+    fn take_incoming(&mut self, call: IncomingCall, caller: &Caller) {
         match self.call_slot() {
-            Ok(slot) => self.launch_call(slot, None, move |task| task.run_incoming(call)),
+            Ok(slot) => self.launch_call(slot, None, caller, move |task| task.run_incoming(call)),
             Err(cap) => {
                 info!(caller = %call.caller, %cap, "incoming call refused: busy");
                 call.call.control.reject(486);
@@ -511,8 +502,13 @@ impl Session {
 
     /// Starts a call task; the session keeps its request channel until the
     /// task reports that it ended.
-    fn launch_call<F, Run>(&mut self, slot: CallSlot, client_call_id: Option<String>, run: F)
-    where
+    fn launch_call<F, Run>(
+        &mut self,
+        slot: CallSlot,
+        client_call_id: Option<String>,
+        caller: &Caller,
+        run: F,
+    ) where
         F: FnOnce(CallTask) -> Run,
         Run: Future<Output = ()> + Send + 'static,
     {
@@ -526,6 +522,7 @@ impl Session {
             self.gateway.clone(),
             ids.clone(),
             self.me.clone(),
+            caller.clone(),
             request_receiver,
         );
         let ended = self.ended_calls.0.clone();

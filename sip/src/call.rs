@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::grammar::{self, GrammarError};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
+use crate::refer::{self, ReferTarget};
 use crate::screening::{self, Refusal};
 use crate::sdp::{self, Direction, LocalAudio};
 use crate::target::{SipTarget, TargetError, TransportKind};
@@ -56,6 +57,10 @@ pub struct OutgoingCall {
     /// The user part of our Contact (routes in-dialog requests back).
     pub contact_user: String,
     pub offer: LocalAudio,
+    /// Following a far end's REFER: the `Replaces` of an attended transfer
+    /// (RFC 3891) and the `Referred-By` (RFC 3892) it named.
+    pub replaces: Option<String>,
+    pub referred_by: Option<String>,
 }
 
 /// What happens to a call, in order; the last event is `Failed` or `Ended`.
@@ -114,6 +119,13 @@ pub enum CallEvent {
         /// own response.
         notified: bool,
     },
+    /// The far end asks us to call `target` instead of it (REFER); answer
+    /// with [`CallControl::answer_refer`], then report how the new call goes
+    /// with [`CallControl::notify_refer`].
+    Referred {
+        target: ReferTarget,
+        referred_by: Option<String>,
+    },
     /// The call ended.
     Ended { reason: EndReason },
 }
@@ -143,8 +155,17 @@ enum CallCommand {
     /// A re-INVITE with our media in this direction: `sendonly` or
     /// `inactive` holds the far end, `sendrecv` resumes.
     Direction(Direction),
-    /// REFER the far end to this URI (a blind transfer).
+    /// REFER the far end with this Refer-To value.
     Transfer(String),
+    /// The far end's REFER: 202 and a first NOTIFY, or 603.
+    AnswerRefer(bool),
+    /// A NOTIFY about the call a far end's REFER made us place; `last`
+    /// ends the subscription.
+    NotifyRefer {
+        status: u16,
+        reason: String,
+        last: bool,
+    },
 }
 
 /// Steers one call. Dropping every clone hangs the call up.
@@ -182,10 +203,28 @@ impl CallControl {
         let _ = self.0.send(CallCommand::Direction(direction));
     }
 
-    /// Asks the far end to call `target` instead (REFER, RFC 3515); its
-    /// progress comes as [`CallEvent::TransferProgress`].
-    pub fn transfer(&self, target: &str) {
-        let _ = self.0.send(CallCommand::Transfer(target.to_string()));
+    /// Asks the far end to call someone else instead (REFER, RFC 3515):
+    /// `refer_to` is `<uri>`, or what [`Call::replacing_refer_to`] made for
+    /// an attended transfer; its progress comes as
+    /// [`CallEvent::TransferProgress`].
+    pub fn transfer(&self, refer_to: String) {
+        let _ = self.0.send(CallCommand::Transfer(refer_to));
+    }
+
+    /// Answers the far end's REFER ([`CallEvent::Referred`]): `true` sends
+    /// 202 and a NOTIFY `100 Trying`, `false` 603 Decline.
+    pub fn answer_refer(&self, accept: bool) {
+        let _ = self.0.send(CallCommand::AnswerRefer(accept));
+    }
+
+    /// Tells the far end that referred us how its new call goes (a NOTIFY
+    /// with a sipfrag); `last` for the final status.
+    pub fn notify_refer(&self, status: u16, reason: &str, last: bool) {
+        let _ = self.0.send(CallCommand::NotifyRefer {
+            status,
+            reason: reason.to_string(),
+            last,
+        });
     }
 
     pub fn send_info(&self, content_type: &str, body: String) {
@@ -204,6 +243,26 @@ impl CallControl {
 pub struct Call {
     pub control: CallControl,
     pub events: mpsc::UnboundedReceiver<CallEvent>,
+    dialog: InviteDialog,
+}
+
+impl Call {
+    /// The Refer-To that has another far end call this one's far end in
+    /// its place (RFC 5589 section 7): its Contact, and a Replaces naming
+    /// this dialog. `None` until the dialog is confirmed.
+    pub fn replacing_refer_to(&self) -> Option<String> {
+        if !self.dialog.state().is_confirmed() {
+            return None;
+        }
+        let id = self.dialog.id();
+        let contact = self.dialog.as_subscription().remote_contact()?;
+        Some(refer::refer_to_replacing(
+            &contact.to_string(),
+            &id.call_id,
+            &id.local_tag,
+            &id.remote_tag,
+        ))
+    }
 }
 
 /// An INVITE that arrived for one of our Contacts.
@@ -305,6 +364,13 @@ impl UserAgent {
                 format!("{name}<{caller_text}>"),
             )
         });
+        let mut headers: Vec<Header> = asserted.into_iter().collect();
+        if let Some(replaces) = request.replaces {
+            headers.push(Header::Other("Replaces".to_string(), replaces));
+        }
+        if let Some(referred_by) = request.referred_by {
+            headers.push(Header::ReferredBy(referred_by.into()));
+        }
         let caller =
             Uri::try_from(caller_text.as_str()).map_err(|_| DialError::BadTarget(caller_text))?;
         let (destination, transport) = match &request.proxy {
@@ -322,7 +388,7 @@ impl UserAgent {
             // A far end that requires reliable provisional responses (100rel)
             // gets its PRACK from the stack.
             support_prack: true,
-            headers: asserted.map(|header| vec![header]),
+            headers: (!headers.is_empty()).then_some(headers),
             caller,
             callee,
             destination,
@@ -464,11 +530,18 @@ impl UserAgent {
             next_direction: None,
             hangup_in_flight: false,
             hangup_after_ack: false,
+            pending_refer: None,
+            refer_notifies: VecDeque::new(),
+            refer_notify_in_flight: false,
+            hangup_after_notifies: false,
+            refer_answer_out: false,
         };
+        let call_dialog = driver.dialog.clone();
         self.tasks.spawn(driver.run(states, commands, done, invite));
         Call {
             control: CallControl(command_sender),
             events,
+            dialog: call_dialog,
         }
     }
 }
@@ -483,12 +556,24 @@ fn refer_progress(request: &Request) -> Option<(u16, String)> {
     if !is_refer {
         return None;
     }
-    let body = String::from_utf8_lossy(&request.body);
-    let status_line = body.lines().next()?.trim();
-    let rest = status_line.strip_prefix("SIP/2.0 ")?;
-    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-    let code: u16 = code.parse().ok().filter(|code| (100..700).contains(code))?;
-    Some((code, reason.chars().take(100).collect()))
+    refer::sipfrag_status(&String::from_utf8_lossy(&request.body))
+}
+
+/// The Refer-To of a far end's REFER, and its Referred-By.
+fn referral(request: &Request) -> Option<(ReferTarget, Option<String>)> {
+    let mut refer_to = None;
+    let mut referred_by = None;
+    for header in request.headers.iter() {
+        match header {
+            Header::ReferTo(value) => refer_to = Some(value.value().to_string()),
+            Header::ReferredBy(value) => referred_by = Some(value.value().to_string()),
+            _ => {}
+        }
+    }
+    let target = refer::parse_refer_to(&refer_to?)?;
+    let referred_by =
+        referred_by.filter(|value| value.len() <= 256 && !value.chars().any(char::is_control));
+    Some((target, referred_by))
 }
 
 fn from_display_name(request: &Request) -> Option<String> {
@@ -551,6 +636,16 @@ struct Driver {
     hangup_in_flight: bool,
     /// Incoming: hung up between our 200 and the caller's ACK.
     hangup_after_ack: bool,
+    /// The far end's REFER, until the gateway decides on it.
+    pending_refer: Option<TransactionHandle>,
+    /// We accepted a REFER: its NOTIFYs go out, one at a time in order.
+    refer_notifies: VecDeque<(u16, String, bool)>,
+    refer_notify_in_flight: bool,
+    /// Hung up while NOTIFYs were still to go: the BYE follows the last,
+    /// so the far end hears how its transfer went.
+    hangup_after_notifies: bool,
+    /// Our 202 to a REFER is on its way; the first NOTIFY waits for it.
+    refer_answer_out: bool,
 }
 
 /// A SIP transaction of the driver that finished.
@@ -562,6 +657,7 @@ enum Done {
         result: rsipstack::Result<Option<Response>>,
     },
     Refer(rsipstack::Result<Option<Response>>),
+    ReferNotify(rsipstack::Result<Option<Response>>),
     Hangup(rsipstack::Result<()>),
     /// A response to an in-dialog request went to its transaction.
     Replied {
@@ -701,6 +797,11 @@ impl Driver {
                     self.start_hangup();
                 }
             }
+            DialogState::Confirmed(..) if self.refer_answer_out => {
+                self.refer_answer_out = false;
+                self.refer_notify_in_flight = false;
+                self.next_refer_notify();
+            }
             DialogState::Updated(_, request, handle) => {
                 let peer = match self.role {
                     TransactionRole::Client => Refresher::Uas,
@@ -737,13 +838,63 @@ impl Driver {
             DialogState::Options(_, request, handle) | DialogState::Message(_, request, handle) => {
                 self.reply(request.method, handle, StatusCode::OK, None);
             }
-            DialogState::Refer(_, request, handle) | DialogState::Publish(_, request, handle) => {
+            DialogState::Refer(_, request, handle) => self.on_refer(request, handle),
+            DialogState::Publish(_, request, handle) => {
                 self.refuse(request.method, handle, Refusal::method_not_allowed());
             }
             DialogState::Terminated(_, reason) => return Some(self.terminated(reason)),
             _ => {}
         }
         None
+    }
+
+    /// A far end's REFER: the gateway decides whether to follow it; one at
+    /// a time, on an established call, naming a SIP URI.
+    fn on_refer(&mut self, request: Request, handle: TransactionHandle) {
+        let status = if !self.established {
+            StatusCode::CallTransactionDoesNotExist
+        } else if self.pending_refer.is_some() || !self.refer_notifies.is_empty() {
+            StatusCode::RequestPending
+        } else if let Some((target, referred_by)) = referral(&request) {
+            info!(target = %target.uri, attended = target.replaces.is_some(), "the far end refers us");
+            self.pending_refer = Some(handle);
+            self.emit(CallEvent::Referred {
+                target,
+                referred_by,
+            });
+            return;
+        } else {
+            StatusCode::BadRequest
+        };
+        info!(%status, "refusing a REFER");
+        self.reply(Method::Refer, handle, status, None);
+    }
+
+    /// Sends the next NOTIFY about a REFER we follow, unless one is in
+    /// flight: a far end takes them in CSeq order.
+    fn next_refer_notify(&mut self) {
+        if self.refer_notify_in_flight || self.hangup_in_flight {
+            return;
+        }
+        let Some((status, reason, last)) = self.refer_notifies.pop_front() else {
+            return;
+        };
+        self.refer_notify_in_flight = true;
+        let dialog = self.dialog.clone();
+        self.spawn_transaction(async move {
+            let state = if last {
+                "terminated;reason=noresource"
+            } else {
+                "active;expires=60"
+            };
+            let headers = vec![
+                Header::Event("refer".into()),
+                Header::SubscriptionState(state.into()),
+                Header::ContentType("message/sipfrag;version=2.0".into()),
+            ];
+            let body = refer::sipfrag(status, &reason).into_bytes();
+            Done::ReferNotify(dialog.notify(Some(headers), Some(body)).await)
+        });
     }
 
     /// Early media: a provisional response's SDP, read against our offer.
@@ -919,9 +1070,8 @@ impl Driver {
                 self.next_reinvite();
                 Ok(())
             }
-            CallCommand::Transfer(target) => {
+            CallCommand::Transfer(refer_to) => {
                 let dialog = self.dialog.clone();
-                let refer_to = format!("<{target}>");
                 self.spawn_transaction(async move {
                     Done::Refer(
                         dialog
@@ -929,6 +1079,39 @@ impl Driver {
                             .await,
                     )
                 });
+                Ok(())
+            }
+            CallCommand::AnswerRefer(accept) => {
+                if let Some(handle) = self.pending_refer.take() {
+                    if accept {
+                        // The 202 goes before the first NOTIFY: a far end
+                        // may not take a NOTIFY for a REFER it has no answer
+                        // to. The stack confirms the dialog again once the
+                        // 202 is out; the NOTIFYs start then.
+                        self.refer_notifies
+                            .push_back((100, "Trying".to_string(), false));
+                        self.refer_notify_in_flight = true;
+                        self.refer_answer_out = true;
+                        self.reply(Method::Refer, handle, StatusCode::Accepted, None);
+                    } else {
+                        self.reply(Method::Refer, handle, StatusCode::Decline, None);
+                    }
+                }
+                Ok(())
+            }
+            CallCommand::NotifyRefer {
+                status,
+                reason,
+                last,
+            } => {
+                self.refer_notifies.push_back((status, reason, last));
+                self.next_refer_notify();
+                Ok(())
+            }
+            CallCommand::Hangup
+                if self.refer_notify_in_flight || !self.refer_notifies.is_empty() =>
+            {
+                self.hangup_after_notifies = true;
                 Ok(())
             }
             CallCommand::Hangup => {
@@ -1118,6 +1301,22 @@ impl Driver {
                     reason,
                     notified: false,
                 });
+            }
+            Done::ReferNotify(result) => {
+                self.refer_notify_in_flight = false;
+                match result {
+                    Ok(Some(response))
+                        if response.status_code.kind() != StatusCodeKind::Successful =>
+                    {
+                        info!(status = %response.status_code, "NOTIFY refused by the far end");
+                    }
+                    Ok(_) => {}
+                    Err(error) => debug!(%error, "NOTIFY failed"),
+                }
+                self.next_refer_notify();
+                if self.hangup_after_notifies && !self.refer_notify_in_flight {
+                    self.start_hangup();
+                }
             }
             Done::Info(result) => {
                 self.info_in_flight = None;

@@ -11,6 +11,7 @@ mod digest_names;
 pub mod grammar;
 pub mod negotiation;
 pub mod peer_numbers;
+pub mod refer;
 mod registration;
 mod screening;
 pub mod sdp;

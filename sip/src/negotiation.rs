@@ -52,14 +52,19 @@ pub struct MediaChanges {
 }
 
 impl MediaChanges {
+    /// Everything is new: another far end altogether.
+    pub fn all() -> MediaChanges {
+        MediaChanges {
+            codec: true,
+            remote_address: true,
+            direction: true,
+            telephone_event: true,
+        }
+    }
+
     fn between(before: Option<&NegotiatedMedia>, after: &NegotiatedMedia) -> MediaChanges {
         let Some(before) = before else {
-            return MediaChanges {
-                codec: true,
-                remote_address: true,
-                direction: true,
-                telephone_event: true,
-            };
+            return MediaChanges::all();
         };
         MediaChanges {
             codec: before.codec != after.codec,

@@ -88,13 +88,21 @@ pub enum UasScenario {
     /// INVITE → 100, 183 with SDP (as `Answer`'s), then after [`SippOptions::pause`]
     /// (default 4 s) 200 with the same SDP; ACK; BYE → 200: early media before the answer.
     EarlyMedia,
+    /// Answers like `Answer`, then after the pause transfers the caller: REFER to
+    /// [`SippOptions::refer_to`]; takes the NOTIFYs until one ends the subscription, then
+    /// expects the caller's BYE.
+    AnswerThenRefer,
+    /// Answers, then sends a REFER the gateway must refuse (603); expects BYE.
+    AnswerThenRefusedRefer,
+    /// Answers, takes a REFER (202), NOTIFYs `SIP/2.0 200 OK` at once; expects BYE.
+    AnswerThenTakeRefer,
     /// `EarlyMedia` with a reliable 183 (`Require: 100rel`, `RSeq: 1`): expects a PRACK and
     /// answers it 200 before the pause.
     EarlyMedia100rel,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 19] = [
+    pub const ALL: [UasScenario; 22] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -114,6 +122,9 @@ impl UasScenario {
         UasScenario::RegisterThenIgnore,
         UasScenario::EarlyMedia,
         UasScenario::EarlyMedia100rel,
+        UasScenario::AnswerThenRefer,
+        UasScenario::AnswerThenRefusedRefer,
+        UasScenario::AnswerThenTakeRefer,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -138,6 +149,9 @@ impl UasScenario {
             UasScenario::RegisterThenIgnore => "register_then_ignore",
             UasScenario::EarlyMedia => "early_media",
             UasScenario::EarlyMedia100rel => "early_media_100rel",
+            UasScenario::AnswerThenRefer => "answer_then_refer",
+            UasScenario::AnswerThenRefusedRefer => "answer_then_refused_refer",
+            UasScenario::AnswerThenTakeRefer => "answer_then_take_refer",
         }
     }
 
@@ -204,6 +218,13 @@ impl UasScenario {
             }
             UasScenario::EarlyMedia => include_str!("../rig/sipp/early_media.xml"),
             UasScenario::EarlyMedia100rel => include_str!("../rig/sipp/early_media_100rel.xml"),
+            UasScenario::AnswerThenRefer => include_str!("../rig/sipp/answer_then_refer.xml"),
+            UasScenario::AnswerThenRefusedRefer => {
+                include_str!("../rig/sipp/answer_then_refused_refer.xml")
+            }
+            UasScenario::AnswerThenTakeRefer => {
+                include_str!("../rig/sipp/answer_then_take_refer.xml")
+            }
         })
     }
 
@@ -219,7 +240,10 @@ impl UasScenario {
             | UasScenario::AnswerThenInactive
             | UasScenario::SessionExpiresOverflow
             | UasScenario::ReinviteSessionExpiresOverflow
-            | UasScenario::ReinviteG722First => Some(Duration::from_millis(500)),
+            | UasScenario::ReinviteG722First
+            | UasScenario::AnswerThenRefusedRefer => Some(Duration::from_millis(500)),
+            // Time for the test to hear the transferor before the transfer.
+            UasScenario::AnswerThenRefer => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -285,6 +309,8 @@ pub struct SippOptions {
     /// own: a socket the test binds, so the test sees every RTP packet sent to the callee and
     /// sends the callee's RTP itself. `None`: SIPp's media port.
     pub media_port: Option<u16>,
+    /// The Refer-To value a transferring scenario sends (`[refer_to]`).
+    pub refer_to: Option<String>,
 }
 
 impl Default for SippOptions {
@@ -296,6 +322,7 @@ impl Default for SippOptions {
             rtp_echo: false,
             calls: 1,
             media_port: None,
+            refer_to: None,
         }
     }
 }
@@ -373,6 +400,9 @@ impl Sipp {
         let mut xml = scenario.xml();
         if let Some(port) = opts.media_port {
             xml = Cow::Owned(xml.replace("[media_port]", &port.to_string()));
+        }
+        if let Some(refer_to) = &opts.refer_to {
+            xml = Cow::Owned(xml.replace("[refer_to]", refer_to));
         }
         let sipp = Sipp::spawn(scenario.name(), Some(&xml), &opts, pause, &extra)?;
         if let Err(e) = sipp.wait_listening() {

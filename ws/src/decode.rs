@@ -78,6 +78,7 @@ const SERVER_ONLY_TYPES: &[&str] = &[
     "CALL_HELD",
     "CALL_RESUMED",
     "TRANSFER_PROGRESS",
+    "CALL_REFERRED",
     "MEDIA_POINT_REMOVED",
     "ROOM_CREATED",
     "ROOM_CLOSED",
@@ -253,7 +254,15 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
             non_empty("roomId", &m.room_id)
         }
         ClientMessage::StopRecording(m) => non_empty("roomId", &m.room_id),
-        ClientMessage::TransferCall(m) => non_empty("target", &m.target),
+        ClientMessage::TransferCall(m) => match (&m.target, &m.replaces_call_id) {
+            (Some(target), None) => non_empty("target", target),
+            (None, Some(call_id)) => non_empty("replacesCallId", call_id),
+            _ => Err(ProtocolError::new(
+                ErrorCode::InvalidValue,
+                "give \"target\" (blind transfer) or \"replacesCallId\" (attended), one of them",
+            )
+            .with_field("target")),
+        },
         ClientMessage::InviteToRoom(m) => {
             non_empty("roomId", &m.room_id)?;
             non_empty("username", &m.username)
@@ -386,12 +395,24 @@ mod tests {
             r#"{"type":"HOLD_CALL","sessionId":"s","callId":"c","mode":"INACTIVE"}"#,
             r#"{"type":"RESUME_CALL","sessionId":"s","callId":"c"}"#,
             r#"{"type":"TRANSFER_CALL","sessionId":"s","callId":"c","target":"2001"}"#,
+            r#"{"type":"TRANSFER_CALL","sessionId":"s","callId":"c","replacesCallId":"d"}"#,
             r#"{"type":"SDP_ANSWER","sessionId":"s","pointId":"p","sdp":"v=0"}"#,
             r#"{"type":"DISCONNECTED","clientId":"x"}"#,
         ];
         for text in samples {
             let m = decode_client_message(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
             assert!(text.contains(m.type_name()));
+        }
+    }
+
+    #[test]
+    fn a_transfer_names_a_target_or_a_call_to_replace_never_both() {
+        for text in [
+            r#"{"type":"TRANSFER_CALL","sessionId":"s","callId":"c"}"#,
+            r#"{"type":"TRANSFER_CALL","sessionId":"s","callId":"c","target":"1","replacesCallId":"d"}"#,
+            r#"{"type":"TRANSFER_CALL","sessionId":"s","callId":"c","replacesCallId":" "}"#,
+        ] {
+            assert_eq!(refused(text).code, ErrorCode::InvalidValue, "{text}");
         }
     }
 

@@ -336,14 +336,19 @@ pub enum HoldSide {
     Remote,
 }
 
-/// Extension: TRANSFER_CALL, a blind transfer of the call's far end.
+/// Extension: TRANSFER_CALL: the call's far end is to call `target`
+/// (blind), or to take the place of the client in another of the
+/// session's calls, `replacesCallId` (attended). One of the two.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TransferCall {
     pub session_id: String,
     pub call_id: String,
     /// Whom the far end is to call: a bUri as START_CALL takes it.
-    pub target: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub replaces_call_id: Option<String>,
 }
 
 /// What CALL_HELD and CALL_RESUMED say (extension).
@@ -670,6 +675,22 @@ pub enum ServerMessage {
         stage: &'static str,
         sip_status: u16,
         sip_reason: String,
+    },
+    /// Extension: the far end asks the gateway to call `target` in its
+    /// place (a REFER); `accepted` says whether the gateway follows it
+    /// (`calls.incoming_refer`). The new call's progress follows as
+    /// TRANSFER_PROGRESS with `stage` `REFERRED_CALL`; on its answer the
+    /// client's call goes on with the new far end.
+    #[serde(rename_all = "camelCase")]
+    CallReferred {
+        session_id: String,
+        call_id: String,
+        target: String,
+        /// An attended transfer: the new call replaces one of the target's.
+        attended: bool,
+        accepted: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Extension: a DTMF digit the far end sent, however it came.
     #[serde(rename_all = "camelCase")]

@@ -230,6 +230,10 @@ impl CallMachine {
         self.phase == Phase::Offered
     }
 
+    pub(crate) fn is_established(&self) -> bool {
+        self.phase == Phase::Established
+    }
+
     pub(crate) fn is_over(&self) -> bool {
         self.phase == Phase::Over
     }
@@ -434,6 +438,9 @@ impl CallMachine {
                 reason,
             ),
             CallEvent::Ended { reason } => self.ended(reason),
+            // The call's task follows a REFER (it places the new call); the
+            // machine hears of the new far end as a change of media.
+            CallEvent::Referred { .. } => {}
         }
     }
 

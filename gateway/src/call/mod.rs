@@ -8,8 +8,9 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use dialtone_codecs::Codec;
+use dialtone_sip::refer::ReferTarget;
 use dialtone_sip::sdp::{self, LocalAudio};
-use dialtone_sip::{Call, IncomingCall, NegotiatedMedia, OutgoingCall};
+use dialtone_sip::{grammar, Call, CallEvent, IncomingCall, MediaChanges, NegotiatedMedia};
 use dialtone_ws::{
     CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, HoldNotice, HoldSide,
     MediaTarget, Outbox, ProtocolError, RejectReason, RoomMode, ServerMessage,
@@ -21,8 +22,9 @@ mod machine;
 
 use machine::{CallInput, CallMachine, CallOutput, CallSettings};
 
+use crate::caller::{allowed_target, call_domain, Caller, Dialled};
 use crate::client_point::{latch_config, local_audio, ClientPoint, Negotiator, ReadyPoint};
-use crate::config::{InbandDetection, RingbackTone};
+use crate::config::{InbandDetection, ReferPolicy, RingbackTone};
 use crate::media_ports::PortLease;
 use crate::media_room::{sleep_until, MediaRoom, PointIo, PointNews, PointSink, RoomHandle};
 use crate::metrics::Held;
@@ -54,8 +56,20 @@ pub enum CallRequest {
     IceCandidate(String),
     /// HOLD_CALL (`sendonly`, `inactive`) or RESUME_CALL (`sendrecv`).
     SetDirection(dialtone_sip::sdp::Direction),
-    /// TRANSFER_CALL to this SIP URI.
+    /// TRANSFER_CALL: REFER with this Refer-To.
     Transfer(String),
+    /// TRANSFER_CALL with this call as `replacesCallId`: the Refer-To that
+    /// replaces it goes to the transferred call's task as a `Transfer`.
+    ReferToReplacing(mpsc::UnboundedSender<CallRequest>),
+}
+
+/// A far end's REFER the gateway follows: the new call, until it is
+/// answered (it then takes the old one's place) or fails.
+struct Referral {
+    call: Call,
+    /// The old far end hung up meanwhile (many do right after their 202):
+    /// the client's call ends with it only if the new call fails.
+    old_leg_end: Option<CallEvent>,
 }
 
 /// What a call holds for its media: its ports, the client's point, its
@@ -104,6 +118,8 @@ pub struct CallTask {
     gateway: Arc<Gateway>,
     ids: CallIds,
     session: SessionRef,
+    /// Who the call's INVITEs (and a REFER's) come from.
+    caller: Caller,
     outbox: Outbox,
     requests: mpsc::UnboundedReceiver<CallRequest>,
     /// The SIP side's media statistics as the room reports them.
@@ -131,6 +147,7 @@ impl CallTask {
         gateway: Arc<Gateway>,
         ids: CallIds,
         session: SessionRef,
+        caller: Caller,
         requests: mpsc::UnboundedReceiver<CallRequest>,
     ) -> CallTask {
         let counted = Held::new(&gateway.metrics.calls);
@@ -139,6 +156,7 @@ impl CallTask {
             ids,
             outbox: session.outbox.clone(),
             session,
+            caller,
             requests,
             stats: watch::channel(None).0,
             media_stats: None,
@@ -150,7 +168,7 @@ impl CallTask {
     /// leg joins that room.
     pub async fn run_outgoing(
         mut self,
-        with_offer: impl FnOnce(LocalAudio) -> OutgoingCall,
+        dialled: Dialled,
         cc: Option<Capabilities>,
         target: Option<RoomTarget>,
     ) {
@@ -167,7 +185,8 @@ impl CallTask {
             self.fail(CallFailReason::MediaFailed, None, "no free media port");
             return;
         };
-        let request = with_offer(local_audio(self.advertised_ip(), &lease, cc.as_ref()));
+        let offer = local_audio(self.advertised_ip(), &lease, cc.as_ref());
+        let request = self.caller.call(dialled, offer);
         let client_point = match media.target {
             Some(_) => None,
             None => self.negotiator().offer(cc.as_ref()),
@@ -236,6 +255,7 @@ impl CallTask {
         incoming_offer: Option<Option<String>>,
     ) {
         self.start_rtmp_point(&mut media);
+        let mut referral: Option<Referral> = None;
         loop {
             self.carry_out(&mut machine, &mut media, Some(&call));
             if machine.is_over() {
@@ -261,13 +281,45 @@ impl CallTask {
                     }
                     PointNews::Evicted(_) => continue,
                 },
-                event = call.events.recv() => event.map_or(CallInput::SipGone, CallInput::Sip),
+                event = call.events.recv() => match event {
+                    Some(CallEvent::Referred { target, referred_by }) => {
+                        if referral.is_none() {
+                            referral = self.follow_refer(&machine, &call, &media, target, referred_by).await;
+                        }
+                        continue;
+                    }
+                    // The transferor leaves: the new call decides.
+                    Some(end @ (CallEvent::Ended { .. } | CallEvent::Failed { .. })) if referral.is_some() => {
+                        if let Some(referral) = referral.as_mut() {
+                            referral.old_leg_end = Some(end);
+                        }
+                        continue;
+                    }
+                    event => event.map_or(CallInput::SipGone, CallInput::Sip),
+                },
+                event = referred_event(&mut referral), if referral.is_some() => {
+                    match self.on_referred_event(event, &call, &mut referral) {
+                        ReferralStep::Wait => continue,
+                        ReferralStep::Failed(Some(end)) => CallInput::Sip(end),
+                        ReferralStep::Failed(None) => continue,
+                        ReferralStep::Answered(new_call, media_change) => {
+                            // Dropping the old call hangs it up (a BYE after
+                            // our last NOTIFY), unless its far end already did.
+                            call = new_call;
+                            CallInput::Sip(media_change)
+                        }
+                    }
+                }
                 request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
                     CallRequest::Hangup => CallInput::Hangup,
                     CallRequest::Reject(reason) => CallInput::Reject(reason),
                     CallRequest::SendDtmf(digits) => CallInput::SendDtmf(digits),
                     CallRequest::SetDirection(direction) => CallInput::SetDirection(direction),
                     CallRequest::Transfer(target) => CallInput::Transfer(target),
+                    CallRequest::ReferToReplacing(transferred) => {
+                        self.refer_to_replacing(&call, transferred);
+                        continue;
+                    }
                     CallRequest::Accept(cc, target) if machine.is_offered() => {
                         if let Some(target) = target {
                             media.room = None;
@@ -303,6 +355,185 @@ impl CallTask {
             };
             machine.handle(Instant::now(), input);
         }
+    }
+
+    /// An attended transfer replaces this call: the transferred call's
+    /// task gets the Refer-To naming it.
+    fn refer_to_replacing(&self, call: &Call, transferred: mpsc::UnboundedSender<CallRequest>) {
+        match call.replacing_refer_to() {
+            Some(refer_to) => {
+                if transferred.send(CallRequest::Transfer(refer_to)).is_err() {
+                    self.refuse_transfer(
+                        ErrorCode::UnknownCall,
+                        "callId",
+                        "the call to transfer ended",
+                    );
+                }
+            }
+            None => self.refuse_transfer(
+                ErrorCode::InvalidState,
+                "replacesCallId",
+                "the call to replace is not started",
+            ),
+        }
+    }
+
+    fn refuse_transfer(&self, code: ErrorCode, field: &str, message: &str) {
+        self.outbox.send_error(
+            ProtocolError::new(code, message)
+                .for_request("TRANSFER_CALL")
+                .with_field(field)
+                .with_session(&self.ids.session_id),
+        );
+    }
+
+    /// The far end's REFER: followed (202, then a new call to the target
+    /// on the same media port) if `calls.incoming_refer` allows the target,
+    /// refused (603) otherwise; the client is told either way.
+    async fn follow_refer(
+        &self,
+        machine: &CallMachine,
+        call: &Call,
+        media: &CallMedia,
+        target: ReferTarget,
+        referred_by: Option<String>,
+    ) -> Option<Referral> {
+        let decision = match self.gateway.config.calls.incoming_refer {
+            _ if !machine.is_established() => Err("the call is not started".to_string()),
+            ReferPolicy::Deny => Err("calls.incoming_refer is deny".to_string()),
+            ReferPolicy::Allow => grammar::request_uri(&target.uri, &call_domain(&self.gateway))
+                .map_err(|error| error.to_string()),
+            ReferPolicy::DialPlan => allowed_target(&self.gateway, &target.uri),
+        };
+        let lease = media.lease.as_ref();
+        let decision = decision.and_then(|uri| {
+            lease
+                .map(|lease| (uri, lease))
+                .ok_or_else(|| "the call has no media port".to_string())
+        });
+        self.outbox.send(ServerMessage::CallReferred {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            target: target.uri.clone(),
+            attended: target.replaces.is_some(),
+            accepted: decision.is_ok(),
+            reason: decision.as_ref().err().cloned(),
+        });
+        let (uri, lease) = match decision {
+            Ok(accepted) => accepted,
+            Err(why) => {
+                info!(target = %target.uri, %why, "not following the far end's REFER");
+                call.control.answer_refer(false);
+                return None;
+            }
+        };
+        call.control.answer_refer(true);
+        info!(target = %uri, "following the far end's REFER");
+        // The new far end gets the port the old one had: the room's SIP
+        // point stays, only its far end changes.
+        let offer = local_audio(self.advertised_ip(), lease, None);
+        let dialled = Dialled {
+            replaces: target.replaces,
+            referred_by,
+            ..Dialled::to(uri)
+        };
+        match self
+            .gateway
+            .sip
+            .dial(self.caller.call(dialled, offer))
+            .await
+        {
+            Ok(new_call) => Some(Referral {
+                call: new_call,
+                old_leg_end: None,
+            }),
+            Err(error) => {
+                self.referral_failed(call, 503, &error.to_string());
+                None
+            }
+        }
+    }
+
+    /// What the call a REFER made us place did: the transferor is told by
+    /// NOTIFY, the client by TRANSFER_PROGRESS `REFERRED_CALL`.
+    fn on_referred_event(
+        &self,
+        event: Option<CallEvent>,
+        call: &Call,
+        referral: &mut Option<Referral>,
+    ) -> ReferralStep {
+        match event {
+            Some(CallEvent::Progress { status, .. }) if status > 100 => {
+                let reason = if status == 180 {
+                    "Ringing"
+                } else {
+                    "Session Progress"
+                };
+                call.control.notify_refer(status, reason, false);
+                self.referral_progress(status, reason);
+                ReferralStep::Wait
+            }
+            Some(CallEvent::Established {
+                media: Some(negotiated),
+                sdp,
+            }) => {
+                call.control.notify_refer(200, "OK", true);
+                call.control.hangup();
+                self.referral_progress(200, "OK");
+                info!("the referred call was answered: it replaces the old one");
+                let Some(Referral { call: new_call, .. }) = referral.take() else {
+                    return ReferralStep::Wait;
+                };
+                ReferralStep::Answered(
+                    new_call,
+                    CallEvent::MediaChanged {
+                        media: negotiated,
+                        changes: MediaChanges::all(),
+                        sdp: sdp.unwrap_or_default(),
+                    },
+                )
+            }
+            Some(CallEvent::Established { media: None, .. }) => {
+                if let Some(referral) = referral.as_ref() {
+                    referral.call.control.hangup();
+                }
+                self.end_referral(call, referral, 488, "no usable media")
+            }
+            Some(CallEvent::Failed { status, reason }) => {
+                self.end_referral(call, referral, status, &reason)
+            }
+            Some(CallEvent::Ended { .. }) | None => {
+                self.end_referral(call, referral, 487, "Request Terminated")
+            }
+            Some(_) => ReferralStep::Wait,
+        }
+    }
+
+    fn end_referral(
+        &self,
+        call: &Call,
+        referral: &mut Option<Referral>,
+        status: u16,
+        reason: &str,
+    ) -> ReferralStep {
+        self.referral_failed(call, status, reason);
+        ReferralStep::Failed(referral.take().and_then(|referral| referral.old_leg_end))
+    }
+
+    fn referral_failed(&self, call: &Call, status: u16, reason: &str) {
+        info!(status, %reason, "the referred call failed");
+        call.control.notify_refer(status, reason, true);
+        self.referral_progress(status, reason);
+    }
+
+    fn referral_progress(&self, status: u16, reason: &str) {
+        self.outbox.send(ServerMessage::TransferProgress {
+            session_id: self.ids.session_id.clone(),
+            call_id: self.ids.call_id.clone(),
+            stage: "REFERRED_CALL",
+            sip_status: status,
+            sip_reason: reason.to_string(),
+        });
     }
 
     /// ACCEPT_CALL: our answer on fresh ports, and the client's own point
@@ -479,9 +710,9 @@ impl CallTask {
                         call.control.set_direction(direction);
                     }
                 }
-                CallOutput::Transfer(target) => {
+                CallOutput::Transfer(refer_to) => {
                     if let Some(call) = call {
-                        call.control.transfer(&target);
+                        call.control.transfer(refer_to);
                     }
                 }
                 CallOutput::TransferProgress {
@@ -724,6 +955,24 @@ impl CallTask {
         self.outbox.send_error(
             ProtocolError::new(ErrorCode::InvalidState, message).with_session(&self.ids.session_id),
         );
+    }
+}
+
+/// What a referred call's event means for the client's call.
+enum ReferralStep {
+    Wait,
+    /// The new call failed; the old leg's end, if it came meanwhile.
+    Failed(Option<CallEvent>),
+    /// The new call takes the old one's place; the machine hears of it as
+    /// this change of media.
+    Answered(Call, CallEvent),
+}
+
+/// The next event of a referred call; never ready without one.
+async fn referred_event(referral: &mut Option<Referral>) -> Option<CallEvent> {
+    match referral {
+        Some(referral) => referral.call.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,10 +1,12 @@
 //! The readers of what a SIP peer sends that a call and a registration act
 //! on: header values (Session-Expires, registration lifetimes) and SDP
-//! offers / answers through the call's negotiation. None may panic.
+//! offers / answers through the call's negotiation, a REFER's Refer-To and
+//! a NOTIFY's sipfrag. None may panic.
 #![no_main]
 
 use dialtone_sip::negotiation::Negotiation;
 use dialtone_sip::peer_numbers;
+use dialtone_sip::refer;
 use dialtone_sip::sdp::{self, Direction, LocalAudio};
 use libfuzzer_sys::fuzz_target;
 use tokio::time::Instant;
@@ -21,6 +23,11 @@ fuzz_target!(|data: &[u8]| {
         let lifetime = peer_numbers::registration_lifetime(Some(granted), 3600);
         let _ = Instant::now().checked_add(peer_numbers::registration_refresh(lifetime));
     }
+    if let Some(target) = refer::parse_refer_to(&text) {
+        // What a far end's Replaces becomes must be fit for a header.
+        assert!(target.replaces.is_none_or(|r| !r.chars().any(char::is_control)));
+    }
+    let _ = refer::sipfrag_status(&text);
     // The SDP a far end answers or (re-)offers.
     let ours = LocalAudio {
         address: std::net::Ipv4Addr::LOCALHOST.into(),
