@@ -112,7 +112,7 @@ pub struct WebRtcConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallsConfig {
-    /// Where INVITEs go (`sip:host:port;transport=udp|tcp`); the registrar
+    /// Where INVITEs go (`sip:host:port;transport=udp|tcp|tls` or `sips:…`); the registrar
     /// when empty. With neither, a bUri must name its host.
     pub proxy: String,
     /// Domain for bare numbers in bUri; the registrar's domain when empty.
@@ -324,7 +324,7 @@ pub struct SessionsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrarConfig {
-    /// `sip:host:port;transport=udp|tcp`.
+    /// `sip:host:port;transport=udp|tcp|tls`, or `sips:host[:port]` (TLS).
     pub address: String,
     /// Domain of the users' addresses of record; the registrar's host:port
     /// when empty.
