@@ -112,7 +112,7 @@ pub struct WebRtcConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallsConfig {
-    /// Where INVITEs go (`sip:host:port;transport=udp|tcp`); the registrar
+    /// Where INVITEs go (`sip:host:port;transport=udp|tcp|tls` or `sips:…`); the registrar
     /// when empty. With neither, a bUri must name its host.
     pub proxy: String,
     /// Domain for bare numbers in bUri; the registrar's domain when empty.
@@ -257,6 +257,10 @@ pub struct HttpConfig {
     /// address), for the per-source-IP limits; without them every client
     /// behind a proxy shares the proxy's address.
     pub trusted_proxies: Vec<IpAddr>,
+    /// PEM certificate chain and key: the listener then speaks only
+    /// HTTPS (and WSS at `/ws`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +288,13 @@ pub struct SipConfig {
     /// The SIP UDP socket's receive buffer, bytes; the kernel grants at
     /// most `net.core.rmem_max` (the gateway logs what it got).
     pub udp_receive_buffer: usize,
+    /// PEM CA certificates trusted for registrars and proxies reached over
+    /// TLS; the system's roots when unset.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM chain and key (PKCS#8 or PKCS#1) presented to a TLS server
+    /// that asks for a client certificate.
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    pub tls_client_key: Option<std::path::PathBuf>,
 }
 
 /// How START_SESSION checks a user.
@@ -325,7 +336,7 @@ pub struct SessionsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrarConfig {
-    /// `sip:host:port;transport=udp|tcp`.
+    /// `sip:host:port;transport=udp|tcp|tls`, or `sips:host[:port]` (TLS).
     pub address: String,
     /// Domain of the users' addresses of record; the registrar's host:port
     /// when empty.
@@ -394,6 +405,8 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             status_token: None,
             trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -419,6 +432,9 @@ impl Default for SipConfig {
             dialog_keepalive_ms: 30_000,
             // A burst of a thousand calls' INVITEs and BYEs.
             udp_receive_buffer: 4 * 1024 * 1024,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }
@@ -752,6 +768,9 @@ impl Config {
         ];
         if tls.contains(&true) && tls.contains(&false) {
             bail!("rtmp.tls_listen, rtmp.tls_cert and rtmp.tls_key go together");
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            bail!("http.tls_cert and http.tls_key go together");
         }
         // Zero would make every connection's ping timer panic.
         if self.websocket.ping_interval_ms == 0 {

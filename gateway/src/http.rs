@@ -1,6 +1,7 @@
 //! The one HTTP server: the client WebSocket at `/ws`, `/health`,
 //! `/status`, `/metrics`, `POST /drain`, and the softphone web page at `/`
-//! (with its `/app.js` and `/style.css`, built into the binary).
+//! (with its `/app.js` and `/style.css`, built into the binary). With a
+//! certificate it speaks HTTPS (WSS) only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use axum::Router;
 use dialtone_ws::{run_connection, ConnectionConfig};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -44,7 +47,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// closed on accept) and must send each request head within
 /// `limits.header_timeout_ms`, which also ends an idle keep-alive
 /// connection. A WebSocket keeps its connection's place while it lives.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: CancellationToken) {
+/// With `tls`, the TLS handshake must also end within that time; a client
+/// that does not speak TLS is closed.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    stop: CancellationToken,
+) {
     let limits = &gateway.config.limits;
     let gate = ConnectionGate::behind_proxies(
         "HTTP",
@@ -80,25 +90,24 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellat
             },
         );
         let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(
-                    TokioIo::new(LingeringClose(Some(stream))),
-                    TowerToHyperService::new(service),
-                )
-                .with_upgrades();
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            let service = TowerToHyperService::new(service);
+            let Some(tls) = tls else {
+                return serve_connection(stream, service, header_timeout, stop, peer).await;
             };
-            if let Err(error) = result {
-                debug!(%error, %peer, "HTTP connection ended");
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(header_timeout, tls.accept(stream)) => handshake,
+                _ = stop.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, service, header_timeout, stop, peer).await
+                }
+                // Plain HTTP on the HTTPS port ends here, as any other
+                // client that does not speak TLS (or trust our certificate).
+                Ok(Err(error)) => debug!(%error, %peer, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -116,6 +125,42 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellat
     }
 }
 
+/// Serves one connection's requests until it ends or `stop` (then
+/// gracefully: requests in flight are answered).
+async fn serve_connection<S, Svc>(
+    stream: S,
+    service: Svc,
+    header_timeout: Duration,
+    stop: CancellationToken,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(LingeringClose(Some(stream))), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%error, %peer, "HTTP connection ended");
+    }
+}
+
 /// How long a closed connection's unread input is still read and dropped.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -124,9 +169,9 @@ const LINGER: Duration = Duration::from_secs(2);
 /// socket with unread input resets it, and a reset can destroy what was
 /// sent just before (the close frame with 1009 to a client still sending
 /// an oversized frame), as HTTP servers' lingering close avoids.
-struct LingeringClose(Option<tokio::net::TcpStream>);
+struct LingeringClose<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(Option<S>);
 
-impl Drop for LingeringClose {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for LingeringClose<S> {
     fn drop(&mut self) {
         let (Some(mut stream), Ok(runtime)) =
             (self.0.take(), tokio::runtime::Handle::try_current())
@@ -145,8 +190,8 @@ impl Drop for LingeringClose {
     }
 }
 
-impl LingeringClose {
-    fn stream(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut tokio::net::TcpStream> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> LingeringClose<S> {
+    fn stream(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut S> {
         match &mut self.get_mut().0 {
             Some(stream) => std::pin::Pin::new(stream),
             // Taken only on drop.
@@ -155,7 +200,7 @@ impl LingeringClose {
     }
 }
 
-impl tokio::io::AsyncRead for LingeringClose {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for LingeringClose<S> {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -165,7 +210,7 @@ impl tokio::io::AsyncRead for LingeringClose {
     }
 }
 
-impl tokio::io::AsyncWrite for LingeringClose {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for LingeringClose<S> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

@@ -32,6 +32,7 @@ mod rtmpt;
 mod session;
 mod state;
 mod test_lines;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,11 +91,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             })
         },
         udp_receive_buffer: config.sip.udp_receive_buffer,
+        tls: dialtone_sip::SipTlsConfig {
+            ca_file: config.sip.tls_ca_file.clone(),
+            client_certificate: config.sip.tls_client_cert.clone(),
+            client_key: config.sip.tls_client_key.clone(),
+        },
     })
     .await?;
     let listener = limits::listen(config.http.listen)
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
+    let https = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, "http")?),
+        _ => None,
+    };
+    let rtmpt_scheme = if https.is_some() { "rtmpts" } else { "rtmpt" };
     if config.auth_mode() == AuthMode::Open {
         warn!("no registrar and no users configured: any user name may start a session (auth = \"open\")");
     }
@@ -129,7 +140,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     );
     let rtmps = match tls {
         (Some(address), Some(cert), Some(key)) if config.rtmp.enabled => {
-            let acceptor = rtmp_server::tls_acceptor(cert, key)?;
+            let acceptor = tls::acceptor(cert, key, "rtmp")?;
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen for RTMPS on {address}"))?;
@@ -154,6 +165,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let rtmp_urls = rtmp_urls(
         &config,
         [rtmp_addr, rtmps_addr, rtmp_addr.map(|_| http_addr)],
+        rtmpt_scheme,
         sip.advertised_addr().ip(),
     );
     let rooms = Arc::new(Rooms::new(metrics.clone(), config.rooms.max_rooms));
@@ -212,9 +224,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let rtmp = rtmp_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
     let rtmps = rtmps_addr.map_or_else(|| "off".to_string(), |addr| addr.to_string());
-    info!(http = %http_addr, sip = %sip.local_addr(), %rtmp, %rtmps, auth = ?gateway.config.auth_mode(), "dialtone ready");
+    info!(http = %http_addr, https = https.is_some(), sip = %sip.local_addr(), %rtmp, %rtmps, auth = ?gateway.config.auth_mode(), "dialtone ready");
 
-    http::serve(listener, gateway.clone(), stop.clone()).await;
+    http::serve(listener, https, gateway.clone(), stop.clone()).await;
 
     // Sessions hang up their calls (the BYEs go out) and unregister; a
     // peer that does not answer must not hold the exit, so each step is
@@ -275,12 +287,13 @@ async fn stop_when_drained(gateway: Arc<Gateway>) {
 fn rtmp_urls(
     config: &Config,
     [rtmp, rtmps, rtmpt]: [Option<std::net::SocketAddr>; 3],
+    rtmpt_scheme: &str,
     advertised: std::net::IpAddr,
 ) -> Vec<String> {
     if !config.rtmp.urls.is_empty() {
         return config.rtmp.urls.clone();
     }
-    [("rtmp", rtmp), ("rtmps", rtmps), ("rtmpt", rtmpt)]
+    [("rtmp", rtmp), ("rtmps", rtmps), (rtmpt_scheme, rtmpt)]
         .into_iter()
         .filter_map(|(scheme, address)| {
             let address = std::net::SocketAddr::new(advertised, address?.port());

@@ -20,7 +20,6 @@ use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::headers::untyped::ContentType;
 use rsipstack::sip::{Header, Headers, Method, Request, Response, StatusCode, StatusCodeKind, Uri};
 use rsipstack::transaction::key::TransactionRole;
-use rsipstack::transport::SipAddr;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -374,14 +373,12 @@ impl UserAgent {
         let caller =
             Uri::try_from(caller_text.as_str()).map_err(|_| DialError::BadTarget(caller_text))?;
         let (destination, transport) = match &request.proxy {
-            Some(proxy) => (
-                Some(SipAddr {
-                    r#type: Some(proxy.transport.into()),
-                    addr: proxy.resolve().await?.into(),
-                }),
-                proxy.transport,
-            ),
+            Some(proxy) => (Some(self.next_hop(proxy).await?), proxy.transport),
             None => (None, TransportKind::Udp),
+        };
+        let contact_addr = match &destination {
+            Some(hop) => self.hop_addrs(hop).await.map_err(DialError::Stack)?.contact,
+            None => self.advertised_addr(),
         };
         let option = InviteOption {
             caller_display_name: request.from_display_name,
@@ -394,7 +391,7 @@ impl UserAgent {
             destination,
             content_type: Some("application/sdp".to_string()),
             offer: Some(request.offer.render().into_bytes()),
-            contact: self.contact_uri(&request.contact_user, transport)?,
+            contact: self.contact_uri(&request.contact_user, transport, contact_addr)?,
             credential: request.credential.map(|(username, password)| Credential {
                 username,
                 password,
@@ -433,11 +430,20 @@ impl UserAgent {
         route: mpsc::UnboundedSender<IncomingCall>,
     ) {
         let request = transaction.original.clone();
-        let transport = match transaction.connection.as_ref().map(|c| c.transport()) {
-            Some(rsipstack::sip::Transport::Tcp) => TransportKind::Tcp,
-            _ => TransportKind::Udp,
+        let (transport, contact_addr) = match &transaction.connection {
+            Some(connection) if connection.transport() == rsipstack::sip::Transport::Tls => (
+                TransportKind::Tls,
+                // Our end of the connection it came over: we do not
+                // listen for TLS, so in-dialog requests must use it too.
+                self.contact_over(connection.get_addr())
+                    .unwrap_or(self.advertised_addr()),
+            ),
+            Some(connection) if connection.transport() == rsipstack::sip::Transport::Tcp => {
+                (TransportKind::Tcp, self.advertised_addr())
+            }
+            _ => (TransportKind::Udp, self.advertised_addr()),
         };
-        let contact = match self.contact_uri(&contact_user, transport) {
+        let contact = match self.contact_uri(&contact_user, transport, contact_addr) {
             Ok(contact) => contact,
             Err(error) => {
                 warn!(%error, "cannot build a Contact for an incoming call");
@@ -489,12 +495,18 @@ impl UserAgent {
         }
     }
 
-    fn contact_uri(&self, user: &str, transport: TransportKind) -> Result<Uri, DialError> {
+    fn contact_uri(
+        &self,
+        user: &str,
+        transport: TransportKind,
+        addr: std::net::SocketAddr,
+    ) -> Result<Uri, DialError> {
         let transport = match transport {
             TransportKind::Udp => "",
             TransportKind::Tcp => ";transport=tcp",
+            TransportKind::Tls => ";transport=tls",
         };
-        let text = format!("sip:{user}@{}{transport}", self.advertised_addr());
+        let text = format!("sip:{user}@{addr}{transport}");
         Uri::try_from(text.as_str()).map_err(|_| DialError::BadTarget(text))
     }
 
@@ -1494,6 +1506,7 @@ impl From<TransportKind> for rsipstack::sip::Transport {
         match kind {
             TransportKind::Udp => rsipstack::sip::Transport::Udp,
             TransportKind::Tcp => rsipstack::sip::Transport::Tcp,
+            TransportKind::Tls => rsipstack::sip::Transport::Tls,
         }
     }
 }

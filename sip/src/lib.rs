@@ -1,8 +1,8 @@
 //! The gateway's SIP user agent.
 //!
-//! Owns SIP transports (UDP and TCP on one port), transactions and digest
-//! authentication (through rsipstack), and the registration of web users
-//! with a registrar. It knows nothing of WebSockets, JSON, sessions or media:
+//! Owns SIP transports (UDP and TCP on one port, TLS toward registrars and
+//! proxies), transactions and digest authentication (through rsipstack),
+//! and the registration of web users with a registrar. It knows nothing of WebSockets, JSON, sessions or media:
 //! callers hand it plain strings and socket addresses and get plain results.
 //! rsipstack's types stay inside this crate.
 
@@ -16,6 +16,7 @@ mod registration;
 mod screening;
 pub mod sdp;
 mod target;
+mod tls;
 mod user_agent;
 
 pub use call::{
@@ -26,4 +27,5 @@ pub use digest_names::DigestAlgorithmNames;
 pub use negotiation::{MediaChanges, NegotiatedMedia, Negotiation, OfferAnswer};
 pub use registration::{Account, RegisterError, Registration};
 pub use target::{SipTarget, TargetError, TransportKind};
+pub use tls::SipTlsConfig;
 pub use user_agent::{SipStats, UserAgent, UserAgentConfig, UserAgentError};

@@ -8,6 +8,7 @@ use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::registration::Registration as StackRegistration;
 use rsipstack::sip::typed::Contact;
 use rsipstack::sip::{Auth, HostWithPort, Param, Scheme, StatusCodeKind, Transport, Uri};
+use rsipstack::transport::SipAddr;
 use tracing::debug;
 
 use crate::grammar::{self, GrammarError};
@@ -54,6 +55,9 @@ pub enum RegisterError {
 /// when the user leaves.
 pub struct Registration {
     stack: StackRegistration,
+    agent: UserAgent,
+    /// Where REGISTERs go, as given to rsipstack.
+    hop: SipAddr,
     request_uri: Uri,
     requested_expires: u32,
     timeout: Duration,
@@ -74,7 +78,11 @@ impl UserAgent {
         if let Some(auth_username) = &account.auth_username {
             grammar::check_user(auth_username)?;
         }
-        let proxy = registrar.resolve().await?;
+        let hop = self.next_hop(registrar).await?;
+        let addrs = self
+            .hop_addrs(&hop)
+            .await
+            .map_err(RegisterError::Unreachable)?;
         let domain = if account.domain.is_empty() {
             format!("{}:{}", registrar.host, registrar.port)
         } else {
@@ -92,10 +100,11 @@ impl UserAgent {
                     user: account.contact_user.clone(),
                     password: None,
                 }),
-                host_with_port: HostWithPort::from(self.advertised_addr()),
+                host_with_port: HostWithPort::from(addrs.contact),
                 params: match registrar.transport {
                     TransportKind::Udp => vec![],
                     TransportKind::Tcp => vec![Param::Transport(Transport::Tcp)],
+                    TransportKind::Tls => vec![Param::Transport(Transport::Tls)],
                 },
                 headers: vec![],
             },
@@ -109,9 +118,11 @@ impl UserAgent {
         };
         let mut stack = StackRegistration::new(self.endpoint.clone(), Some(credential));
         stack.contact = Some(contact);
-        stack.outbound_proxy = Some(proxy);
+        stack.outbound_proxy = Some(addrs.peer);
         let mut registration = Registration {
             stack,
+            agent: self.clone(),
+            hop,
             request_uri,
             requested_expires: expires,
             timeout,
@@ -160,6 +171,21 @@ impl Registration {
     }
 
     async fn send(&mut self, expires: u32) -> Result<(), RegisterError> {
+        if self.hop.r#type == Some(Transport::Tls) {
+            // A connection the registrar closed is opened again here, its
+            // certificate checked against the registrar's name (rsipstack
+            // would check it against the address); our Contact follows the
+            // new connection.
+            let addrs = self
+                .agent
+                .hop_addrs(&self.hop)
+                .await
+                .map_err(RegisterError::Unreachable)?;
+            if let Some(contact) = &mut self.stack.contact {
+                contact.uri.host_with_port = addrs.contact.into();
+            }
+            self.stack.outbound_proxy = Some(addrs.peer);
+        }
         let exchange = self.stack.register(self.request_uri.clone(), Some(expires));
         let response = tokio::time::timeout(self.timeout, exchange)
             .await

@@ -10,6 +10,7 @@ pub enum TransportKind {
     #[default]
     Udp,
     Tcp,
+    Tls,
 }
 
 impl TransportKind {
@@ -17,14 +18,24 @@ impl TransportKind {
         match self {
             TransportKind::Udp => "udp",
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+        }
+    }
+
+    /// The port a target without one is reached at (RFC 3261 section 19.1.2).
+    fn default_port(self) -> u16 {
+        match self {
+            TransportKind::Tls => 5061,
+            TransportKind::Udp | TransportKind::Tcp => 5060,
         }
     }
 }
 
 /// A registrar or proxy: host, port and transport.
 ///
-/// Written as a SIP URI (`sip:pbx.example.com:5060;transport=tcp`) or a bare
-/// `host[:port]`. The host is resolved each time it is used, so a DNS change
+/// Written as a SIP URI (`sip:pbx.example.com:5060;transport=tcp`,
+/// `sips:pbx.example.com` for TLS) or a bare `host[:port]`; without a port,
+/// 5060 (5061 for TLS). The host is resolved each time it is used, so a DNS change
 /// is followed without a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipTarget {
@@ -37,7 +48,7 @@ pub struct SipTarget {
 pub enum TargetError {
     #[error("'{0}' is not a host with an optional port (e.g. sip:192.0.2.10:5060;transport=udp)")]
     BadAddress(String),
-    #[error("transport '{0}' is not supported (udp or tcp)")]
+    #[error("transport '{0}' is not supported (udp, tcp or tls)")]
     BadTransport(String),
     #[error("'{0}' does not resolve to an IPv4 address")]
     Unresolved(String),
@@ -61,34 +72,42 @@ impl FromStr for SipTarget {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
-        let text = text.strip_prefix("sip:").unwrap_or(text);
+        let (secure, text) = match text.strip_prefix("sips:") {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix("sip:").unwrap_or(text)),
+        };
         let mut parts = text.split(';');
         let host_port = parts.next().unwrap_or_default();
         let bad = || TargetError::BadAddress(host_port.to_string());
         let (host, port) = match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse::<u16>().map_err(|_| bad())?),
-            None => (host_port, 5060),
+            Some((host, port)) => (host, Some(port.parse::<u16>().map_err(|_| bad())?)),
+            None => (host_port, None),
         };
         let host_is_valid = !host.is_empty()
             && host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        if !host_is_valid || port == 0 {
+        if !host_is_valid || port == Some(0) {
             return Err(bad());
         }
-        let mut transport = TransportKind::Udp;
+        let mut transport = match secure {
+            true => TransportKind::Tls,
+            false => TransportKind::Udp,
+        };
         for param in parts {
             if let Some(value) = param.strip_prefix("transport=") {
-                transport = match value.to_ascii_lowercase().as_str() {
-                    "udp" => TransportKind::Udp,
-                    "tcp" => TransportKind::Tcp,
-                    other => return Err(TargetError::BadTransport(other.to_string())),
+                transport = match (value.to_ascii_lowercase().as_str(), secure) {
+                    ("udp", false) => TransportKind::Udp,
+                    ("tcp", false) => TransportKind::Tcp,
+                    // A sips: URI over TCP is TLS over TCP (RFC 3261 26.2.2).
+                    ("tls", _) | ("tcp", true) => TransportKind::Tls,
+                    (other, _) => return Err(TargetError::BadTransport(other.to_string())),
                 };
             }
         }
         Ok(SipTarget {
             host: host.to_string(),
-            port,
+            port: port.unwrap_or(transport.default_port()),
             transport,
         })
     }
@@ -118,6 +137,25 @@ mod tests {
         let bare: SipTarget = "pbx.example.com".parse().unwrap();
         assert_eq!(bare.port, 5060);
         assert_eq!(bare.to_string(), "sip:pbx.example.com:5060;transport=udp");
+    }
+
+    #[test]
+    fn tls_by_parameter_or_sips_scheme_defaults_to_5061() {
+        for text in [
+            "sip:pbx.example.com;transport=tls",
+            "sips:pbx.example.com",
+            "sips:pbx.example.com;transport=tcp",
+        ] {
+            let target: SipTarget = text.parse().unwrap();
+            assert_eq!(target.transport, TransportKind::Tls, "{text}");
+            assert_eq!(target.port, 5061, "{text}");
+        }
+        let explicit: SipTarget = "sips:127.0.0.1:5071".parse().unwrap();
+        assert_eq!(explicit.to_string(), "sip:127.0.0.1:5071;transport=tls");
+        assert_eq!(
+            "sips:pbx.example.com;transport=udp".parse::<SipTarget>(),
+            Err(TargetError::BadTransport("udp".into()))
+        );
     }
 
     #[test]

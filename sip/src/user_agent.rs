@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::call::{needs_dialog, IncomingRoutes};
 use crate::digest_names::DigestAlgorithmNames;
 use crate::screening::{self, Refusal};
+use crate::tls::{self, SipTlsConfig};
 
 /// Decides whether a SIP-over-TCP connection from an address is taken;
 /// what it returns is held while the connection lives (a place in a cap).
@@ -58,12 +59,16 @@ pub struct UserAgentConfig {
     /// The SIP UDP socket's receive buffer, bytes (the kernel may grant
     /// less: `net.core.rmem_max`); a burst of calls must not overflow it.
     pub udp_receive_buffer: usize,
+    /// Trust anchors and client identity for SIP over TLS.
+    pub tls: SipTlsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserAgentError {
     #[error("cannot bind SIP UDP+TCP on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    #[error("SIP TLS: {0}")]
+    Tls(String),
 }
 
 /// Counters of what the SIP layer holds right now.
@@ -96,6 +101,7 @@ const BIND_ATTEMPTS: usize = 16;
 
 impl UserAgent {
     pub async fn start(config: UserAgentConfig) -> Result<UserAgent, UserAgentError> {
+        let tls = tls::load(&config.tls).map_err(UserAgentError::Tls)?;
         let cancel = CancellationToken::new();
         let (udp, tcp, local_addr) =
             bind_udp_and_tcp_port(config.listen, config.udp_receive_buffer, &cancel).await?;
@@ -108,6 +114,8 @@ impl UserAgent {
         let transport_layer = TransportLayer::new(cancel.child_token());
         transport_layer.set_stream_idle_timeout(config.tcp_idle_timeout);
         transport_layer.add_transport(udp.into());
+        // Connections to TLS targets are opened by rsipstack when first used.
+        transport_layer.set_tls_config(tls);
         // What rsipstack's own listener would name these connections' local end.
         let tcp_local = SipAddr {
             r#type: Some(rsipstack::sip::transport::Transport::Tcp),

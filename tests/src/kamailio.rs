@@ -88,6 +88,53 @@ pub struct KamailioOptions {
     pub sip_port: Option<u16>,
     /// Run this config instead of the rig's template (the other options then do not apply).
     pub own_config: Option<OwnConfig>,
+    /// Also listen for SIP over TLS (module `tls.so`, package `kamailio-tls-modules`).
+    pub tls: Option<KamailioTls>,
+}
+
+/// A TLS listener of the rig's Kamailio.
+#[derive(Debug, Clone)]
+pub struct KamailioTls {
+    pub port: u16,
+    /// PEM certificate chain and key (PKCS#8) Kamailio presents.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Require a client certificate signed by one of these PEM CAs; `None`: ask for none.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl KamailioTls {
+    /// The config lines: the listener and the module's settings (no `tls.cfg` file).
+    fn config(&self) -> anyhow::Result<String> {
+        let path = |p: &Path| {
+            p.to_str()
+                .filter(|s| !s.contains('"'))
+                .map(str::to_owned)
+                .with_context(|| format!("TLS file path {p:?} is not plain UTF-8"))
+        };
+        let mut cfg = format!(
+            "enable_tls=yes\nlisten=tls:127.0.0.1:{port}\nloadmodule \"tls.so\"\n\
+             modparam(\"tls\", \"certificate\", \"{cert}\")\n\
+             modparam(\"tls\", \"private_key\", \"{key}\")\n\
+             modparam(\"tls\", \"tls_method\", \"TLSv1.2+\")\n",
+            port = self.port,
+            cert = path(&self.certificate)?,
+            key = path(&self.private_key)?,
+        );
+        match &self.client_ca {
+            Some(ca) => cfg.push_str(&format!(
+                "modparam(\"tls\", \"ca_list\", \"{}\")\n\
+                 modparam(\"tls\", \"verify_certificate\", 1)\n\
+                 modparam(\"tls\", \"require_certificate\", 1)\n",
+                path(ca)?
+            )),
+            None => cfg.push_str(
+                "modparam(\"tls\", \"verify_certificate\", 0)\n\
+                 modparam(\"tls\", \"require_certificate\", 0)\n",
+            ),
+        }
+        Ok(cfg)
+    }
 }
 
 /// A config of the project's own, such as `deploy/kamailio/kamailio.cfg`, run as it is: what
@@ -497,7 +544,16 @@ fn render_config(opts: &KamailioOptions, port: u16, dir: &Path) -> anyhow::Resul
         .replace("@ALGORITHM@", opts.algorithm.as_str())
         .replace("@CALLEE@", &callee.to_string())
         .replace("@REGISTER_AUTH@", register_auth)
-        .replace("@REGISTER_CHALLENGE@", register_challenge);
+        .replace("@REGISTER_CHALLENGE@", register_challenge)
+        .replace(
+            "@TLS@",
+            &opts
+                .tls
+                .as_ref()
+                .map(KamailioTls::config)
+                .transpose()?
+                .unwrap_or_default(),
+        );
     if let Some(left) = find_placeholder(&cfg) {
         bail!("kamailio.cfg template has an unknown placeholder {left}");
     }
@@ -744,6 +800,7 @@ mod tests {
             register_with_407: true,
             sip_port: None,
             own_config: None,
+            tls: None,
         };
         let cfg = render_config(&opts, 15060, Path::new("/tmp/x"))?;
         assert!(cfg.contains("listen=udp:127.0.0.1:15060"));

@@ -37,6 +37,7 @@ mod http;
 pub mod kamailio;
 pub mod netns;
 pub mod nginx;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod rtp_peer;
