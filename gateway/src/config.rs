@@ -140,6 +140,9 @@ pub struct CallsConfig {
     /// follows it when the client itself could call the target, `allow`
     /// follows any SIP target, `deny` refuses every REFER.
     pub incoming_refer: ReferPolicy,
+    /// A WAV file (16-bit PCM mono, 8 kHz) a far end hears in a loop while
+    /// the client holds it with `sendonly`; silence when empty.
+    pub hold_music: std::path::PathBuf,
     // Exposure and abuse controls (hardening, see docs/decisions.md).
     /// Test lines answer INVITEs from anyone, not only from the gateway's
     /// own SIP address.
@@ -450,6 +453,7 @@ impl Default for CallsConfig {
             ringback: RingbackTone::Off,
             asserted_identity: false,
             incoming_refer: ReferPolicy::DialPlan,
+            hold_music: std::path::PathBuf::new(),
             test_lines_public: false,
             test_line_max_ms: 5 * 60_000,
             allow: Vec::new(),
@@ -848,7 +852,16 @@ impl Config {
             bail!("sessions.lockout_max_ms must be at least sessions.lockout_ms");
         }
         crate::dial_plan::DialPlan::new(&calls.allow, &calls.deny)?;
+        self.hold_music()?;
         Ok(())
+    }
+
+    /// `calls.hold_music`, read; `None` when not set.
+    pub fn hold_music(&self) -> anyhow::Result<Option<std::sync::Arc<[i16]>>> {
+        match self.calls.hold_music.as_os_str().is_empty() {
+            true => Ok(None),
+            false => crate::hold_music::load(&self.calls.hold_music).map(Some),
+        }
     }
 
     /// The HTTP and SIP listeners not on a loopback address, by setting

@@ -16,6 +16,7 @@ mod client_point;
 pub mod config;
 mod connection;
 mod dial_plan;
+mod hold_music;
 mod http;
 mod limits;
 pub mod logging;
@@ -172,6 +173,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let config_login_limits = config.login_limits();
     let config_max_calls = config.calls.max_calls;
     let plan = dial_plan::DialPlan::new(&config.calls.allow, &config.calls.deny)?;
+    let hold_music = config.hold_music()?;
     let gateway = Arc::new(Gateway {
         rooms,
         config,
@@ -187,6 +189,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         tasks: TaskTracker::new(),
         login_limiter: std::sync::Mutex::new(rate_limit::LoginLimiter::new(config_login_limits)),
         dial_plan: plan,
+        hold_music,
         calls_held: call_slots::CallCount::new(config_max_calls),
         shutdown: stop.clone(),
         draining: drain,

@@ -1,11 +1,12 @@
 //! The built-in test lines as points of a room: `echo` sends back every
 //! audio packet it hears, `tone` plays a 1 kHz tone, `digits` sends back
 //! each digit it hears as an RFC 4733 event; and the ringback a caller
-//! hears while the far end rings without early media of its own. The room
-//! routes to and from them like any other point; only their source of
-//! audio differs.
+//! hears while the far end rings without early media of its own, and the
+//! music a held far end hears. The room routes to and from them like any
+//! other point; only their source of audio differs.
 
 use std::f64::consts::PI;
+use std::sync::Arc;
 
 use dialtone_codecs::{new_encoder, Codec, Encoder, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN};
 
@@ -18,6 +19,8 @@ pub enum Line {
     Digits,
     /// Ringback in a country's cadence.
     Ringback(Ringback),
+    /// Recorded audio played in a loop (music on hold).
+    Music,
 }
 
 /// Ringback tones (ITU-T E.180): which frequencies, how long on, how long
@@ -56,6 +59,7 @@ impl Line {
             Line::Tone => "tone",
             Line::Digits => "digits",
             Line::Ringback(_) => "ringback",
+            Line::Music => "music",
         }
     }
 }
@@ -73,6 +77,8 @@ pub(crate) struct LinePoint {
 /// numbering.
 struct ToneSource {
     frequencies: &'static [f64],
+    /// Samples at the codec's rate played in a loop instead of tones.
+    recording: Option<Arc<[i16]>>,
     /// Frames on and frames per cycle; `None`: always on.
     cadence: Option<(u64, u64)>,
     frame: u64,
@@ -88,16 +94,30 @@ struct ToneSource {
 
 impl LinePoint {
     pub(crate) fn new(line: Line, audio: Option<(u8, Codec)>) -> LinePoint {
+        LinePoint::playing(line, audio, None)
+    }
+
+    /// A music line: `recording` (at `audio`'s sample rate) in a loop.
+    pub(crate) fn music(recording: Arc<[i16]>, audio: Option<(u8, Codec)>) -> LinePoint {
+        LinePoint::playing(
+            Line::Music,
+            audio,
+            Some(recording).filter(|r| !r.is_empty()),
+        )
+    }
+
+    fn playing(line: Line, audio: Option<(u8, Codec)>, recording: Option<Arc<[i16]>>) -> LinePoint {
         let (frequencies, cadence): (&'static [f64], _) = match line {
             Line::Tone => (&[TONE_HZ], None),
             Line::Ringback(ringback) => (ringback.frequencies(), Some(ringback.cadence())),
-            Line::Echo | Line::Digits => (&[], None),
+            Line::Echo | Line::Digits | Line::Music => (&[], None),
         };
         let tone = audio
-            .filter(|_| !frequencies.is_empty())
+            .filter(|_| !frequencies.is_empty() || recording.is_some())
             .and_then(|(payload_type, codec)| {
                 Some(ToneSource {
                     frequencies,
+                    recording,
                     cadence,
                     frame: 0,
                     encoder: new_encoder(codec).ok()?,
@@ -134,8 +154,19 @@ impl LinePoint {
                 return None;
             }
         }
-        let amplitude = TONE_AMPLITUDE / tone.frequencies.len() as f64;
-        for sample in tone.pcm[..samples].iter_mut() {
+        if let Some(recording) = &tone.recording {
+            for sample in tone.pcm[..samples].iter_mut() {
+                // `phase` counts samples played; the recording is not empty.
+                let at = (tone.phase % recording.len() as u64) as usize;
+                *sample = recording.get(at).copied().unwrap_or_default();
+                tone.phase += 1;
+            }
+        }
+        let amplitude = TONE_AMPLITUDE / tone.frequencies.len().max(1) as f64;
+        for sample in tone.pcm[..samples]
+            .iter_mut()
+            .filter(|_| tone.recording.is_none())
+        {
             let t = tone.phase as f64 / rate;
             let value: f64 = tone
                 .frequencies

@@ -4,6 +4,7 @@
 //! and for watched legs RTCP statistics and the inactivity timer).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dialtone_codecs::{new_encoder, Codec, Transcoder, MAX_FRAME_SAMPLES, MAX_PAYLOAD_LEN};
@@ -42,6 +43,8 @@ pub enum PointKind {
     /// An RTMP client: what it publishes comes in as FLV tags, what the
     /// room sends goes to its players as FLV tags in `send`.
     Rtmp { send: Codec },
+    /// Recorded audio (at the codec's rate) played in a loop.
+    Music(Arc<[i16]>),
     /// A built-in test line, inside the room.
     Line(Line),
 }
@@ -133,6 +136,16 @@ impl PointConfig {
             latch: LatchConfig::default(),
             role: Role::Full,
         }
+    }
+
+    /// Music on hold toward `listener` only: it is heard even by a deaf
+    /// point (a held far end hears nobody else).
+    pub fn music(recording: Arc<[i16]>, audio: (u8, Codec), listener: PointId) -> Self {
+        PointConfig {
+            kind: PointKind::Music(recording),
+            ..PointConfig::line(Line::Music, Some(audio), None)
+        }
+        .with_role(Role::Whisper(listener))
     }
 
     pub fn watched(self, watch: WatchConfig) -> Self {
@@ -300,6 +313,9 @@ impl Point {
                 }
             }
             PointKind::Line(line) => Transport::Line(Box::new(LinePoint::new(line, audio))),
+            PointKind::Music(recording) => {
+                Transport::Line(Box::new(LinePoint::music(recording, audio)))
+            }
         };
         let clock = audio.map_or(8000, |(_, codec)| codec.rtp_clock_rate());
         let sender = RtpSender::new(rand::random(), rand::random(), rand::random());
@@ -389,7 +405,10 @@ impl Point {
             || !self.digits_out.is_idle()
             || self.digit_tail > 0
             || self.tones_busy()
-            || matches!(self.line(), Some(Line::Tone | Line::Ringback(_)))
+            || matches!(
+                self.line(),
+                Some(Line::Tone | Line::Ringback(_) | Line::Music)
+            )
     }
 
     /// Whether it hears `source`.

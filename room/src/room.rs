@@ -639,7 +639,13 @@ impl Room {
             let deaf = point.deaf;
             point.sources = speakers
                 .iter()
-                .filter(|(id, role, _)| !deaf && *id != listener && role.heard_by(listener))
+                // A deaf point (a held far end) still hears what is
+                // whispered to it alone: its music on hold.
+                .filter(|(id, role, _)| {
+                    *id != listener
+                        && role.heard_by(listener)
+                        && (!deaf || *role == Role::Whisper(listener))
+                })
                 .map(|(id, ..)| *id)
                 .collect();
             let audible: Vec<(PointId, Codec)> = speakers

@@ -1054,3 +1054,40 @@ fn a_deaf_point_hears_nobody_until_it_hears_again() {
     room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 2, 160, 2), &[2; 160]));
     assert_eq!(room.take_rtp(SIP).len(), 1);
 }
+
+#[test]
+fn a_held_far_end_hears_its_music_and_only_that() {
+    const MUSIC: PointId = THIRD;
+    let mut room = Harness::bridge(PCMU, PCMU);
+    assert_eq!(room.room.set_deaf(room.now, SIP, true), Ok(()));
+    // One second of 600 Hz at 8 kHz, played in a loop.
+    let recording: std::sync::Arc<[i16]> = (0..8000u32)
+        .map(|n| ((std::f64::consts::TAU * 600.0 * f64::from(n) / 8000.0).sin() * 6000.0) as i16)
+        .collect();
+    room.add(MUSIC, PointConfig::music(recording, (0, Codec::Pcmu), SIP));
+    all_send(&mut room, &[(CLIENT, CLIENT_END, 440.0)], 100);
+    let to_far_end = room.take_rtp(SIP);
+    assert!(
+        (95..=105).contains(&to_far_end.len()),
+        "{} frames of music in 2 s",
+        to_far_end.len()
+    );
+    let powers = heard(&to_far_end, &[600.0, 440.0]);
+    assert!(
+        powers[1] < 0.01,
+        "the held far end hears the client: {powers:?}"
+    );
+    assert!(
+        room.take_rtp(CLIENT).is_empty(),
+        "the client hears the music"
+    );
+    // Resumed: the music goes, the client is heard again.
+    assert_eq!(room.room.remove_point(room.now, MUSIC), Ok(()));
+    assert_eq!(room.room.set_deaf(room.now, SIP, false), Ok(()));
+    all_send(&mut room, &[(CLIENT, CLIENT_END, 440.0)], 50);
+    let powers = heard(&room.take_rtp(SIP), &[600.0, 440.0]);
+    assert!(
+        powers[0] < 0.01 && powers[1] == 1.0,
+        "after the resume: {powers:?}"
+    );
+}

@@ -96,13 +96,16 @@ pub enum UasScenario {
     AnswerThenRefusedRefer,
     /// Answers, takes a REFER (202), NOTIFYs `SIP/2.0 200 OK` at once; expects BYE.
     AnswerThenTakeRefer,
+    /// Answers, then takes two re-INVITEs: the hold (answered `recvonly`) and the resume
+    /// (`sendrecv`); expects BYE.
+    AnswerTakeHoldAndResume,
     /// `EarlyMedia` with a reliable 183 (`Require: 100rel`, `RSeq: 1`): expects a PRACK and
     /// answers it 200 before the pause.
     EarlyMedia100rel,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 22] = [
+    pub const ALL: [UasScenario; 23] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -125,6 +128,7 @@ impl UasScenario {
         UasScenario::AnswerThenRefer,
         UasScenario::AnswerThenRefusedRefer,
         UasScenario::AnswerThenTakeRefer,
+        UasScenario::AnswerTakeHoldAndResume,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -152,6 +156,7 @@ impl UasScenario {
             UasScenario::AnswerThenRefer => "answer_then_refer",
             UasScenario::AnswerThenRefusedRefer => "answer_then_refused_refer",
             UasScenario::AnswerThenTakeRefer => "answer_then_take_refer",
+            UasScenario::AnswerTakeHoldAndResume => "answer_take_hold_and_resume",
         }
     }
 
@@ -224,6 +229,9 @@ impl UasScenario {
             }
             UasScenario::AnswerThenTakeRefer => {
                 include_str!("../rig/sipp/answer_then_take_refer.xml")
+            }
+            UasScenario::AnswerTakeHoldAndResume => {
+                include_str!("../rig/sipp/answer_take_hold_and_resume.xml")
             }
         })
     }

@@ -113,6 +113,8 @@ pub(crate) enum CallOutput {
     DirectionRefused(String),
     /// The room: ringback toward the client starts, or stops.
     Ringback(bool),
+    /// The room: music on hold toward the SIP far end starts, or stops.
+    HoldMusic(bool),
     /// SIP: REFER the far end to this URI.
     Transfer(String),
     /// TRANSFER_PROGRESS (`stage` `REFER` or `CALL`).
@@ -147,6 +149,8 @@ pub(crate) struct CallSettings {
     pub(crate) max_info_digits: usize,
     /// Play ringback to the client while the far end rings silently.
     pub(crate) ringback: bool,
+    /// Play music to a far end the client holds (`sendonly`).
+    pub(crate) hold_music: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -394,6 +398,10 @@ impl CallMachine {
                 self.update_sip_point(&media);
                 let held = direction != SdpDirection::SendRecv;
                 self.emit(CallOutput::Deaf(held));
+                // `inactive` sends nothing at all: music only with `sendonly`.
+                if self.settings.hold_music {
+                    self.emit(CallOutput::HoldMusic(direction == SdpDirection::SendOnly));
+                }
                 self.emit(if held {
                     CallOutput::Held(HoldSide::Local)
                 } else {
@@ -660,6 +668,7 @@ mod tests {
             decision: DECISION,
             max_info_digits: 4,
             ringback: false,
+            hold_music: true,
         }
     }
 
@@ -1215,6 +1224,7 @@ mod tests {
                     sends: false,
                 }),
                 CallOutput::Deaf(true),
+                CallOutput::HoldMusic(true),
                 CallOutput::Held(HoldSide::Local)
             ]
         );

@@ -241,6 +241,7 @@ impl CallTask {
             decision: Duration::from_millis(config.calls.incoming_answer_timeout_ms),
             max_info_digits: config.limits.info_digit_queue,
             ringback: config.calls.ringback != RingbackTone::Off,
+            hold_music: self.gateway.hold_music.is_some(),
         }
     }
 
@@ -579,6 +580,26 @@ impl CallTask {
         room.add_point(RINGBACK_POINT, line, PointIo::default(), media.sink.clone());
     }
 
+    /// Music on hold toward the SIP leg, as a line of the call's own room
+    /// whispering to it alone (never into a room the call went into).
+    fn hold_music(&self, media: &CallMedia, on: bool) {
+        let Some((room, _)) = media.room.as_ref().filter(|_| media.target.is_none()) else {
+            return;
+        };
+        match (&self.gateway.hold_music, on) {
+            (Some(recording), true) => {
+                let line = PointConfig::music(recording.clone(), (0, Codec::Pcmu), media.sip_point);
+                room.add_point(
+                    HOLD_MUSIC_POINT,
+                    line,
+                    PointIo::default(),
+                    media.sink.clone(),
+                );
+            }
+            _ => room.remove_point(HOLD_MUSIC_POINT),
+        }
+    }
+
     /// The call's own room, joinable by its callId.
     fn start_own_room(&mut self, media: &mut CallMedia) {
         let room = MediaRoom::start(&self.gateway.tasks);
@@ -727,6 +748,7 @@ impl CallTask {
                     sip_reason: reason,
                 }),
                 CallOutput::Ringback(on) => self.ringback(media, on),
+                CallOutput::HoldMusic(on) => self.hold_music(media, on),
                 CallOutput::Deaf(deaf) => {
                     if let Some(room) = room {
                         room.set_deaf(sip_point, deaf);
@@ -1009,6 +1031,7 @@ pub(crate) fn bridge_codec(codec: &sdp::Codec) -> Option<Codec> {
 pub(crate) const SIP_POINT: PointId = PointId(0);
 const CLIENT_POINT: PointId = PointId(1);
 const RINGBACK_POINT: PointId = PointId(2);
+const HOLD_MUSIC_POINT: PointId = PointId(3);
 
 /// One SIP INFO (dtmf-relay) per digit.
 fn send_digits_by_info(digits: &str, call: &Call) {
