@@ -416,7 +416,6 @@ impl RtpIndex {
 /// One direction of a leg: its SRTP and SRTCP keys and where its indices
 /// are.
 struct Stream {
-    master: MasterKey,
     rtp: Cipher,
     rtcp: Cipher,
     rtp_index: Option<RtpIndex>,
@@ -429,7 +428,6 @@ struct Stream {
 impl Stream {
     fn new(master: MasterKey) -> Result<Stream, SrtpError> {
         Ok(Stream {
-            master,
             rtp: Cipher::derive(&master, &RTP_LABELS, false)?,
             rtcp: Cipher::derive(&master, &RTCP_LABELS, true)?,
             rtp_index: None,
@@ -462,18 +460,6 @@ impl SrtpSession {
             send: Stream::new(keys.send)?,
             receive: Stream::new(keys.receive)?,
         })
-    }
-
-    /// New keys after a re-offer: a direction whose key did not change
-    /// keeps its indices and replay window.
-    pub fn rekey(&mut self, keys: &SrtpKeys) -> Result<(), SrtpError> {
-        if keys.send != self.send.master {
-            self.send = Stream::new(keys.send)?;
-        }
-        if keys.receive != self.receive.master {
-            self.receive = Stream::new(keys.receive)?;
-        }
-        Ok(())
     }
 
     /// Protects the RTP packet in `buffer[..len]` in place; the buffer
