@@ -22,7 +22,7 @@ pub use call::{
 };
 /// Public for the fuzz target that feeds it received messages.
 pub use digest_names::DigestAlgorithmNames;
-pub use negotiation::{MediaChanges, NegotiatedMedia, Negotiation, OfferAnswer};
+pub use negotiation::{MediaChanges, NegotiatedMedia, Negotiation, OfferAnswer, SrtpAgreement};
 pub use registration::{Account, RegisterError, Registration};
 pub use target::{SipTarget, TargetError, TransportKind};
 pub use user_agent::{SipStats, UserAgent, UserAgentConfig, UserAgentError};

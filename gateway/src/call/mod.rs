@@ -27,6 +27,7 @@ use crate::media_ports::PortLease;
 use crate::media_room::{sleep_until, MediaRoom, PointIo, PointNews, PointSink, RoomHandle};
 use crate::metrics::Held;
 use crate::rooms::{Membership, NewMember, RoomRegistration, SessionRef};
+use crate::srtp;
 use crate::state::{Gateway, MediaStatsWatch};
 use dialtone_room::dtmf_relay::{build_dtmf_relay, DTMF_RELAY_CONTENT_TYPE};
 use dialtone_room::stats::MediaStatsSnapshot;
@@ -167,7 +168,17 @@ impl CallTask {
             self.fail(CallFailReason::MediaFailed, None, "no free media port");
             return;
         };
-        let request = with_offer(local_audio(self.advertised_ip(), &lease, cc.as_ref()));
+        let crypto = match srtp::our_crypto(self.gateway.config.media.srtp, true) {
+            Ok(crypto) => crypto,
+            Err(error) => {
+                self.fail(CallFailReason::MediaFailed, None, &error.to_string());
+                return;
+            }
+        };
+        let request = with_offer(LocalAudio {
+            crypto,
+            ..local_audio(self.advertised_ip(), &lease, cc.as_ref())
+        });
         let client_point = match media.target {
             Some(_) => None,
             None => self.negotiator().offer(cc.as_ref()),
@@ -598,10 +609,17 @@ impl CallTask {
             .ports
             .lease()
             .ok_or_else(|| "no free media port".to_string())?;
-        let ours = local_audio(self.advertised_ip(), &lease, cc);
+        let policy = self.gateway.config.media.srtp;
+        let ours = LocalAudio {
+            crypto: srtp::our_crypto(policy, offer.is_none()).map_err(|e| e.to_string())?,
+            ..local_audio(self.advertised_ip(), &lease, cc)
+        };
         let answer = match offer {
             Some(offer) => sdp::parse_remote(offer)
-                .and_then(|remote| sdp::answer(&remote, &ours))
+                .and_then(|remote| {
+                    srtp::check_offer(policy, &remote)?;
+                    sdp::answer(&remote, &ours)
+                })
                 .map_err(|e| e.to_string())?,
             None => ours,
         };
@@ -627,8 +645,18 @@ impl CallTask {
                 return None;
             }
         };
-        let config = PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event)
-            .latching(self.latch_config());
+        let mut config =
+            PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event)
+                .latching(self.latch_config());
+        if let Some(agreement) = &media.srtp {
+            match srtp::point_keys(agreement) {
+                Ok(keys) => config = config.secured(keys),
+                Err(error) => {
+                    warn!(%error, "unusable SRTP keys");
+                    return None;
+                }
+            }
+        }
         let watch = WatchConfig {
             rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
             // Early media may stop at any time; the answer restarts the watch.
