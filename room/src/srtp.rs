@@ -142,8 +142,21 @@ impl MasterKey {
         Ok(MasterKey { profile, material })
     }
 
+    /// A fresh key and salt from aws-lc's CSPRNG.
+    pub fn random(profile: SrtpProfile) -> Result<MasterKey, SrtpError> {
+        let mut material = [0; MAX_MASTER_LEN];
+        let len = profile.master_key_len() + profile.master_salt_len();
+        aws_lc_rs::rand::fill(&mut material[..len])?;
+        Ok(MasterKey { profile, material })
+    }
+
     pub fn profile(&self) -> SrtpProfile {
         self.profile
+    }
+
+    /// Key || salt, as SDES's `inline:` carries it.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.material[..self.profile.master_key_len() + self.profile.master_salt_len()]
     }
 
     fn key(&self) -> &[u8] {
@@ -953,6 +966,12 @@ mod tests {
             Err(SrtpError::KeyLength { expected: 30, .. })
         ));
         assert!(MasterKey::new(SrtpProfile::AeadAes256Gcm, &[0; 44]).is_ok());
+        let fresh = MasterKey::random(SrtpProfile::AeadAes256Gcm).unwrap();
+        assert_eq!(fresh.as_bytes().len(), 44);
+        assert_ne!(
+            fresh,
+            MasterKey::random(SrtpProfile::AeadAes256Gcm).unwrap()
+        );
         let key = master(SrtpProfile::AeadAes128Gcm, 0xab);
         assert!(!format!("{key:?}").contains("171"));
     }

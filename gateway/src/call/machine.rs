@@ -668,6 +668,7 @@ mod tests {
             telephone_event,
             remote_direction: SdpDirection::SendRecv,
             local_direction: SdpDirection::SendRecv,
+            srtp: None,
         }
     }
 
