@@ -198,13 +198,11 @@ mod tests {
             "{line}"
         );
         assert_eq!(redact_credentials("no secrets"), "no secrets");
-        let sdp = r#"raw_message="m=audio 1 RTP/SAVP 0
-a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31
-a=sendrecv""#;
+        let sdp = r#"raw_message="m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31\r\na=sendrecv""#;
         let line = redact_credentials(sdp);
         assert!(!line.contains("WVNf"), "{line}");
         assert!(
-            line.contains("AES_CM_128_HMAC_SHA1_80 inline: <redacted>\r\na=sendrecv"),
+            line.contains("AES_CM_128_HMAC_SHA1_80 inline: <redacted>\\r\\na=sendrecv"),
             "{line}"
         );
     }

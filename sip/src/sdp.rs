@@ -187,32 +187,36 @@ impl Crypto {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed a=crypto line")]
+pub struct MalformedCrypto;
+
 /// Reads the value of an `a=crypto` attribute (after `crypto:`). A line
 /// we cannot use (another suite, several keys, an MKI, a key lifetime
 /// shorter than a call could need, session parameters) is `Ok(None)`:
 /// the offerer listed it among alternatives. Err when it is malformed.
-pub fn parse_crypto(value: &str) -> Result<Option<Crypto>, ()> {
+pub fn parse_crypto(value: &str) -> Result<Option<Crypto>, MalformedCrypto> {
     let mut fields = value.split_whitespace();
     let tag = fields
         .next()
         .filter(|tag| tag.len() <= 9 && tag.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|tag| tag.parse::<u32>().ok())
-        .ok_or(())?;
-    let suite = fields.next().ok_or(())?;
-    let key_params = fields.next().ok_or(())?;
+        .ok_or(MalformedCrypto)?;
+    let suite = fields.next().ok_or(MalformedCrypto)?;
+    let key_params = fields.next().ok_or(MalformedCrypto)?;
     let Some(suite) = CryptoSuite::from_name(suite) else {
         return Ok(None);
     };
     if fields.next().is_some() || key_params.contains(';') {
         return Ok(None);
     }
-    let inline = key_params.strip_prefix("inline:").ok_or(())?;
+    let inline = key_params.strip_prefix("inline:").ok_or(MalformedCrypto)?;
     let mut parts = inline.split('|');
     let key = STANDARD
         .decode(parts.next().unwrap_or_default())
-        .map_err(|_| ())?;
+        .map_err(|_| MalformedCrypto)?;
     if key.len() != suite.key_len() {
-        return Err(());
+        return Err(MalformedCrypto);
     }
     for part in parts {
         // A lifetime (`2^31` or a number) is fine: we never send that
@@ -228,7 +232,7 @@ pub fn parse_crypto(value: &str) -> Result<Option<Crypto>, ()> {
                 .map(|p| 1u64 << p),
             None => part.parse::<u64>().ok(),
         };
-        if lifetime.ok_or(())? < 1 << 31 {
+        if lifetime.ok_or(MalformedCrypto)? < 1 << 31 {
             return Ok(None);
         }
     }
@@ -392,7 +396,7 @@ pub fn parse_remote(sdp: &str) -> Result<RemoteAudio, SdpError> {
                     }
                 } else if let Some(line) = value.strip_prefix("crypto:") {
                     if in_audio {
-                        crypto.extend(parse_crypto(line).map_err(|()| malformed())?);
+                        crypto.extend(parse_crypto(line).map_err(|_| malformed())?);
                     }
                 } else if let Some(found) = parse_direction(value) {
                     direction = found;
@@ -626,7 +630,7 @@ mod tests {
             "1 AES_CM_128_HMAC_SHA1_80 key:AAAA",
             "99999999999 AES_CM_128_HMAC_SHA1_80 inline:AAAA",
         ] {
-            assert_eq!(parse_crypto(malformed), Err(()), "{malformed}");
+            assert_eq!(parse_crypto(malformed), Err(MalformedCrypto), "{malformed}");
         }
     }
 
