@@ -418,5 +418,6 @@ pub fn local_audio(ip: IpAddr, lease: &PortLease, cc: Option<&Capabilities>) -> 
         direction: Direction::SendRecv,
         session_id: u64::from(lease.rtp_port()),
         version: 1,
+        crypto: Vec::new(),
     }
 }

@@ -203,6 +203,22 @@ pub struct MediaConfig {
     /// sending with an SSRC of its own. Off: a new SSRC from anywhere moves
     /// the media at any time (loose symmetric RTP).
     pub strict_source: bool,
+    /// SDES-SRTP on the SIP side (docs/decisions.md, "SRTP"): `off`,
+    /// `offer` (SRTP whenever the far end offers it) or `require`.
+    pub srtp: SrtpPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpPolicy {
+    /// Plain RTP only: an `RTP/SAVP` offer gets 488.
+    Off,
+    /// Our offers are plain `RTP/AVP` (a SAVP offer cannot fall back);
+    /// an `RTP/SAVP` offer is answered with SRTP, a plain one with RTP.
+    Offer,
+    /// Our offers are `RTP/SAVP`; a plain offer gets 488, a plain answer
+    /// leaves the call without media.
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -492,6 +508,7 @@ impl Default for MediaConfig {
             dtmf_send: vec![DtmfMethod::Rfc4733, DtmfMethod::Info, DtmfMethod::Inband],
             inband_detection: InbandDetection::Auto,
             strict_source: true,
+            srtp: SrtpPolicy::Off,
         }
     }
 }

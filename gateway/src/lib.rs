@@ -31,6 +31,7 @@ mod rtmp_server;
 mod rtmp_streams;
 mod rtmpt;
 mod session;
+mod srtp;
 mod state;
 mod test_lines;
 mod tls;

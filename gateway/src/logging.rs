@@ -7,7 +7,8 @@
 //!   newline in a user name cannot forge a line and an escape sequence
 //!   cannot drive the operator's terminal;
 //! - `Authorization` / `Proxy-Authorization` values (digest credentials in
-//!   the raw SIP messages rsipstack logs) are replaced by `<redacted>`;
+//!   the raw SIP messages rsipstack logs) and SDES-SRTP keys (`a=crypto`'s
+//!   `inline:`, in SDP anywhere) are replaced by `<redacted>`;
 //! - WARN and ERROR lines are cut at `log.max_line_chars`;
 //! - tungstenite's TRACE events are never logged: they print every frame,
 //!   START_SESSION passwords included, and no filter may turn them on.
@@ -135,16 +136,21 @@ fn safe_line(event: &str, max_chars: Option<usize>) -> String {
     line
 }
 
-/// Replaces the value of every `Authorization:` header (`Proxy-` too) up
-/// to the end of its (escaped) line.
+/// Replaces the value of every `Authorization:` header (`Proxy-` too) and
+/// of every SRTP key (`inline:`) up to the end of its (escaped) line.
 fn redact_credentials(line: &str) -> String {
-    const HEADER: &str = "authorization:";
+    ["authorization:", "inline:"]
+        .iter()
+        .fold(line.to_string(), |line, marker| redact_after(&line, marker))
+}
+
+fn redact_after(line: &str, marker: &str) -> String {
     const REDACTED: &str = " <redacted>";
     let lower = line.to_ascii_lowercase();
     let mut out = String::with_capacity(line.len());
     let mut from = 0;
-    while let Some(found) = lower[from..].find(HEADER) {
-        let value_start = from + found + HEADER.len();
+    while let Some(found) = lower[from..].find(marker) {
+        let value_start = from + found + marker.len();
         out.push_str(&line[from..value_start]);
         out.push_str(REDACTED);
         // rsipstack logs messages with their CRLFs escaped (`\r\n`).
@@ -192,5 +198,12 @@ mod tests {
             "{line}"
         );
         assert_eq!(redact_credentials("no secrets"), "no secrets");
+        let sdp = r#"raw_message="m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31\r\na=sendrecv""#;
+        let line = redact_credentials(sdp);
+        assert!(!line.contains("WVNf"), "{line}");
+        assert!(
+            line.contains("AES_CM_128_HMAC_SHA1_80 inline: <redacted>\\r\\na=sendrecv"),
+            "{line}"
+        );
     }
 }

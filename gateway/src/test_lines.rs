@@ -97,6 +97,7 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
                 direction: Direction::SendRecv,
                 session_id: u64::from(lease.rtp_port()),
                 version: 1,
+                crypto: Vec::new(),
             };
             let answer = sdp::answer(&remote, &ours).map_err(|e| e.to_string())?;
             Ok((remote, answer))

@@ -34,7 +34,7 @@
 //! This crate must not know SIP, SDP text, the WebSocket protocol or
 //! tokio: callers pass in the negotiated payload types, codecs and
 //! addresses. The blocks below are usable alone: RTP numbering
-//! ([`rtp`]), latching ([`symmetric`]), the jitter buffer ([`jitter`]),
+//! ([`rtp`]), SDES-keyed SRTP ([`srtp`]), latching ([`symmetric`]), the jitter buffer ([`jitter`]),
 //! RTCP and statistics ([`rtcp`], [`stats`]), the inactivity timer
 //! ([`inactivity`]), RFC 4733 ([`telephone_event`]) and SIP INFO bodies
 //! ([`dtmf_relay`]). DTMF digits are `char`s `0`-`9`, `*`, `#`, `A`-`D`.
@@ -49,6 +49,7 @@ mod room;
 pub mod rtcp;
 mod rtmp_point;
 pub mod rtp;
+pub mod srtp;
 pub mod stats;
 pub mod symmetric;
 pub mod telephone_event;

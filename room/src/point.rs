@@ -15,6 +15,7 @@ use crate::lines::{Line, LinePoint};
 use crate::mixer::{MixInput, MixOutput, Role};
 use crate::rtmp_point::{RtmpPoint, RTMP_PAYLOAD_TYPE};
 use crate::rtp::RtpSender;
+use crate::srtp::{SrtpError, SrtpKeys, SrtpSession, MAX_OVERHEAD};
 use crate::stats::{MediaStats, MediaStatsConfig};
 use crate::symmetric::{LatchConfig, RtpLatch};
 use crate::telephone_event::{
@@ -66,6 +67,9 @@ pub struct PointConfig {
     pub latch: LatchConfig,
     /// Who hears it.
     pub role: Role,
+    /// SDES-SRTP keys of an RTP point: every packet out is protected,
+    /// every packet in must authenticate.
+    pub srtp: Option<SrtpKeys>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +95,7 @@ impl PointConfig {
             detect_tones: false,
             latch: LatchConfig::default(),
             role: Role::Full,
+            srtp: None,
         }
     }
 
@@ -111,6 +116,7 @@ impl PointConfig {
             detect_tones: false,
             latch: LatchConfig::default(),
             role: Role::Full,
+            srtp: None,
         }
     }
 
@@ -123,6 +129,7 @@ impl PointConfig {
             detect_tones: false,
             latch: LatchConfig::default(),
             role: Role::Full,
+            srtp: None,
         }
     }
 
@@ -135,6 +142,7 @@ impl PointConfig {
             detect_tones: false,
             latch: LatchConfig::default(),
             role: Role::Full,
+            srtp: None,
         }
     }
 
@@ -168,6 +176,13 @@ impl PointConfig {
 
     pub fn with_role(self, role: Role) -> Self {
         PointConfig { role, ..self }
+    }
+
+    pub fn secured(self, keys: SrtpKeys) -> Self {
+        PointConfig {
+            srtp: Some(keys),
+            ..self
+        }
     }
 }
 
@@ -273,10 +288,13 @@ pub(crate) struct Point {
     /// Detects in-band DTMF in this point's audio.
     pub(crate) detector: Option<ToneDetector>,
     pub(crate) watch: Option<Watch>,
+    pub(crate) srtp: Option<Box<SrtpSession>>,
+    /// Packets dropped for failing SRTP or SRTCP checks.
+    pub(crate) srtp_rejected: u64,
 }
 
 impl Point {
-    pub(crate) fn new(id: PointId, config: PointConfig, now: Instant) -> Point {
+    pub(crate) fn new(id: PointId, config: PointConfig, now: Instant) -> Result<Point, SrtpError> {
         let PointConfig {
             kind,
             audio,
@@ -285,7 +303,11 @@ impl Point {
             detect_tones,
             latch,
             role,
+            srtp,
         } = config;
+        let srtp = srtp
+            .map(|keys| SrtpSession::new(&keys).map(Box::new))
+            .transpose()?;
         let mut received_events: Vec<u8> = telephone_event.into_iter().collect();
         let mut receive = audio;
         let transport = match kind {
@@ -342,7 +364,7 @@ impl Point {
             }
         });
         let codec = audio.map(|(_, codec)| codec);
-        Point {
+        Ok(Point {
             id,
             transport,
             audio,
@@ -366,6 +388,70 @@ impl Point {
             tones: None,
             detector: codec.filter(|_| detect_tones).and_then(ToneDetector::new),
             watch,
+            srtp,
+            srtp_rejected: 0,
+        })
+    }
+
+    /// Protects one of our packets for an SRTP point, in place (the
+    /// buffer's spare capacity takes the tag); false when it must not go.
+    pub(crate) fn protect(&mut self, packet: &mut Vec<u8>, rtcp: bool) -> bool {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return true;
+        };
+        let len = packet.len();
+        packet.resize(len + MAX_OVERHEAD, 0);
+        let protected = if rtcp {
+            srtp.protect_rtcp(packet, len)
+        } else {
+            srtp.protect_rtp(packet, len)
+        };
+        match protected {
+            Ok(len) => {
+                packet.truncate(len);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(point = self.id.0, %error, "cannot protect a packet");
+                false
+            }
+        }
+    }
+
+    /// The plain packet of an SRTP point's datagram, decrypted into
+    /// `scratch`; the datagram itself for a point without SRTP. None (and
+    /// counted) when it fails authentication or replay checks.
+    pub(crate) fn unprotect<'a>(
+        &mut self,
+        data: &'a [u8],
+        scratch: &'a mut [u8],
+        rtcp: bool,
+    ) -> Option<&'a [u8]> {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return Some(data);
+        };
+        let result = match scratch.get_mut(..data.len()) {
+            Some(packet) => {
+                packet.copy_from_slice(data);
+                if rtcp {
+                    srtp.unprotect_rtcp(packet)
+                } else {
+                    srtp.unprotect_rtp(packet)
+                }
+            }
+            None => Err(SrtpError::TooShort(data.len())),
+        };
+        match result {
+            Ok(len) => Some(&scratch[..len]),
+            Err(error) => {
+                self.srtp_rejected += 1;
+                // The first says keys or peer are wrong; the rest would
+                // only fill the log.
+                if self.srtp_rejected == 1 {
+                    tracing::info!(point = self.id.0, %error, rtcp, "SRTP packet rejected");
+                }
+                None
+            }
         }
     }
 

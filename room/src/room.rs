@@ -19,6 +19,7 @@ use crate::point::{
 };
 use crate::rtmp_point::{Payloads, RtmpPoint, L16_FRAME_BYTES, RTMP_PAYLOAD_TYPE};
 use crate::rtp::{RtpHeader, RtpPacket};
+use crate::srtp::{SrtpError, MAX_OVERHEAD};
 use crate::stats::MediaStatsSnapshot;
 use crate::symmetric::LatchDecision;
 use crate::telephone_event::{
@@ -31,7 +32,8 @@ use crate::webrtc::Polled;
 pub const FRAME: Duration = Duration::from_millis(20);
 /// How often a watched leg's statistics are reported.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
-/// Large enough for any RTP packet the room writes (header + payload).
+/// Large enough for any RTP packet the room writes (header + payload),
+/// and for any the room takes in.
 const PACKET_BUFFER: usize = 1500;
 /// A tick this late is not caught up frame by frame: the clock restarts.
 const MAX_TICK_LAG: Duration = Duration::from_millis(200);
@@ -168,6 +170,8 @@ pub enum RoomError {
     DuplicateRecording(u32),
     #[error("no recording {0}")]
     UnknownRecording(u32),
+    #[error(transparent)]
+    Srtp(#[from] SrtpError),
 }
 
 enum Pending {
@@ -247,6 +251,8 @@ pub struct Room {
     recordings: Vec<u32>,
     /// From the mix rate to [`RECORDING_RATE`], while recording.
     recording_resampler: Option<Resampler>,
+    /// Where SRTP and SRTCP datagrams are decrypted.
+    scratch: Vec<u8>,
 }
 
 impl Default for Room {
@@ -265,6 +271,7 @@ impl Room {
             mix: Box::default(),
             recordings: Vec::new(),
             recording_resampler: None,
+            scratch: vec![0; PACKET_BUFFER + MAX_OVERHEAD],
         }
     }
 
@@ -289,7 +296,7 @@ impl Room {
         self.insert_point(
             now,
             id,
-            DetachedPoint(Box::new(Point::new(id, config, now))),
+            DetachedPoint(Box::new(Point::new(id, config, now)?)),
         )
     }
 
@@ -473,7 +480,10 @@ impl Room {
     pub fn stats(&self, id: PointId) -> Option<MediaStatsSnapshot> {
         let point = &self.points[self.index(id)?];
         let watch = point.watch.as_ref()?;
-        Some(watch.stats.snapshot(&point.sender.counters()))
+        Some(MediaStatsSnapshot {
+            srtp_rejected: point.srtp_rejected,
+            ..watch.stats.snapshot(&point.sender.counters())
+        })
     }
 
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
@@ -484,16 +494,20 @@ impl Room {
                 data,
             } => {
                 if let Some(index) = self.index(point) {
-                    self.on_datagram(now, index, source, data);
+                    let mut scratch = std::mem::take(&mut self.scratch);
+                    if let Some(data) = self.points[index].unprotect(data, &mut scratch, false) {
+                        self.on_datagram(now, index, source, data);
+                    }
+                    self.scratch = scratch;
                 }
             }
             Input::Rtcp { point, data } => {
-                let watch = self
-                    .index(point)
-                    .and_then(|index| self.points[index].watch.as_mut());
-                if let Some(watch) = watch {
-                    if let Err(error) = watch.stats.on_rtcp(data, now) {
-                        debug!(%error, "unreadable RTCP");
+                if let Some(point) = self.index(point).map(|index| &mut self.points[index]) {
+                    let data = point.unprotect(data, &mut self.scratch, true);
+                    if let (Some(data), Some(watch)) = (data, point.watch.as_mut()) {
+                        if let Err(error) = watch.stats.on_rtcp(data, now) {
+                            debug!(%error, "unreadable RTCP");
+                        }
                     }
                 }
             }
@@ -854,7 +868,12 @@ impl Room {
         match &mut point.transport {
             Transport::Rtp(latch) => {
                 if let Some(destination) = latch.destination() {
-                    self.outputs.transmit(id, Socket::Rtp, destination, packet);
+                    let mut packet = packet;
+                    if point.protect(&mut packet, false) {
+                        self.outputs.transmit(id, Socket::Rtp, destination, packet);
+                    } else {
+                        self.outputs.recycle(packet);
+                    }
                     return;
                 }
             }
@@ -1011,7 +1030,11 @@ impl Room {
                     Some(rtp) => {
                         buffer.truncate(length);
                         let rtcp = SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1));
-                        self.outputs.transmit(id, Socket::Rtcp, rtcp, buffer);
+                        if point.protect(&mut buffer, true) {
+                            self.outputs.transmit(id, Socket::Rtcp, rtcp, buffer);
+                        } else {
+                            self.outputs.recycle(buffer);
+                        }
                     }
                     None => self.outputs.recycle(buffer),
                 },
@@ -1021,12 +1044,17 @@ impl Room {
                 }
             }
         }
-        let Some(watch) = self.points[index].watch.as_mut() else {
+        let point = &mut self.points[index];
+        let srtp_rejected = point.srtp_rejected;
+        let Some(watch) = point.watch.as_mut() else {
             return;
         };
         if now >= watch.next_snapshot {
             watch.next_snapshot = now + SNAPSHOT_INTERVAL;
-            let snapshot = watch.stats.snapshot(&sent);
+            let snapshot = MediaStatsSnapshot {
+                srtp_rejected,
+                ..watch.stats.snapshot(&sent)
+            };
             self.outputs.event(Event::Stats {
                 point: id,
                 snapshot,

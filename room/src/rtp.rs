@@ -76,6 +76,57 @@ impl<'a> RtpPacket<'a> {
 
     /// Parses and validates one datagram. Never panics, whatever the bytes.
     pub fn parse(packet: &'a [u8]) -> Result<Self, RtpError> {
+        let Layout {
+            header,
+            has_padding,
+            csrc_bytes,
+            extension,
+            body_start,
+        } = Layout::parse(packet)?;
+        let body = packet.get(body_start..).ok_or(RtpError::Truncated)?;
+        let padding_len = if has_padding {
+            // The last octet counts the padding, itself included.
+            let count = body.last().copied().ok_or(RtpError::BadPadding(0))?;
+            if count == 0 || usize::from(count) > body.len() {
+                return Err(RtpError::BadPadding(count));
+            }
+            usize::from(count)
+        } else {
+            0
+        };
+        Ok(Self {
+            header,
+            extension,
+            padding_len,
+            payload: &body[..body.len() - padding_len],
+            csrc_bytes,
+        })
+    }
+
+    pub fn csrc_count(&self) -> usize {
+        self.csrc_bytes.len() / 4
+    }
+
+    /// The contributing sources, in packet order.
+    pub fn csrcs(&self) -> impl Iterator<Item = u32> + 'a {
+        self.csrc_bytes
+            .chunks_exact(4)
+            .map(|word| u32::from_be_bytes([word[0], word[1], word[2], word[3]]))
+    }
+}
+
+/// Where a packet's header parts are.
+struct Layout<'a> {
+    header: RtpHeader,
+    has_padding: bool,
+    csrc_bytes: &'a [u8],
+    extension: Option<RtpExtension<'a>>,
+    /// Where the payload (or padding) starts.
+    body_start: usize,
+}
+
+impl<'a> Layout<'a> {
+    fn parse(packet: &'a [u8]) -> Result<Self, RtpError> {
         let fixed = packet
             .get(..RTP_HEADER_LEN)
             .ok_or(RtpError::TooShort(packet.len()))?;
@@ -116,36 +167,21 @@ impl<'a> RtpPacket<'a> {
             None
         };
 
-        let body = packet.get(body_start..).ok_or(RtpError::Truncated)?;
-        let padding_len = if has_padding {
-            // The last octet counts the padding, itself included.
-            let count = body.last().copied().ok_or(RtpError::BadPadding(0))?;
-            if count == 0 || usize::from(count) > body.len() {
-                return Err(RtpError::BadPadding(count));
-            }
-            usize::from(count)
-        } else {
-            0
-        };
-        Ok(Self {
+        Ok(Layout {
             header,
-            extension,
-            padding_len,
-            payload: &body[..body.len() - padding_len],
+            has_padding,
             csrc_bytes,
+            extension,
+            body_start,
         })
     }
+}
 
-    pub fn csrc_count(&self) -> usize {
-        self.csrc_bytes.len() / 4
-    }
-
-    /// The contributing sources, in packet order.
-    pub fn csrcs(&self) -> impl Iterator<Item = u32> + 'a {
-        self.csrc_bytes
-            .chunks_exact(4)
-            .map(|word| u32::from_be_bytes([word[0], word[1], word[2], word[3]]))
-    }
+/// Length of a packet's header: the fixed part, its CSRCs and its header
+/// extension, checked against the packet's length. SRTP needs it without
+/// looking at the (encrypted) body.
+pub fn header_len(packet: &[u8]) -> Result<usize, RtpError> {
+    Layout::parse(packet).map(|layout| layout.body_start)
 }
 
 impl RtpHeader {

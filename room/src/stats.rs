@@ -343,6 +343,9 @@ pub struct MediaStatsSnapshot {
     /// The far end's report on our stream, once one arrived.
     pub remote_fraction_lost: Option<f64>,
     pub remote_jitter_ms: Option<f64>,
+    /// Packets dropped for failing SRTP or SRTCP authentication or replay
+    /// checks (the room fills it in).
+    pub srtp_rejected: u64,
 }
 
 /// How many of our recent SRs a report block's LSR may refer to.
@@ -571,6 +574,7 @@ impl MediaStats {
                     self.config.clock_rate,
                 )))
             }),
+            srtp_rejected: 0,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use dialtone_codecs::{linear_to_ulaw, ulaw_to_linear, Codec};
 use dialtone_room::rtp::{RtpHeader, RtpPacket};
+use dialtone_room::srtp::{MasterKey, SrtpKeys, SrtpProfile, SrtpSession};
 use dialtone_room::symmetric::LatchConfig;
 use dialtone_room::telephone_event::TelephoneEvent;
 use dialtone_room::{
@@ -37,6 +38,8 @@ struct Sent {
     destination: SocketAddr,
     header: RtpHeader,
     payload: Vec<u8>,
+    /// The datagram as it went out.
+    data: Vec<u8>,
 }
 
 /// A room under test and its simulated clock.
@@ -122,6 +125,7 @@ impl Harness {
                         destination: transmit.destination,
                         header,
                         payload,
+                        data: transmit.data.to_vec(),
                     });
                 }
                 Output::Flv { .. } => {}
@@ -1090,4 +1094,68 @@ fn a_held_far_end_hears_its_music_and_only_that() {
         powers[0] < 0.01 && powers[1] == 1.0,
         "after the resume: {powers:?}"
     );
+}
+
+/// An SRTP SIP leg: what its far end sends is authenticated and decrypted
+/// before the room looks at it, what the room sends it (RTP and RTCP) is
+/// protected, and forgeries are dropped and counted.
+#[test]
+fn an_srtp_leg_protects_what_goes_out_and_drops_what_fails_authentication() {
+    let profile = SrtpProfile::AesCm128HmacSha1_80;
+    let ours = MasterKey::new(profile, &[1; 30]).unwrap();
+    let theirs = MasterKey::new(profile, &[2; 30]).unwrap();
+    let mut far_end = SrtpSession::new(&SrtpKeys {
+        send: theirs,
+        receive: ours,
+    })
+    .unwrap();
+    let mut room = Harness::new();
+    room.add(
+        SIP,
+        sip_leg(PCMU, true).secured(SrtpKeys {
+            send: ours,
+            receive: theirs,
+        }),
+    );
+    room.add(CLIENT, PointConfig::rtp(address(CLIENT_END), PCMU, EVENTS));
+
+    let plain = rtp(header(0, 7, 1120, 99), &[0x42; 160]);
+    let mut protected = plain.clone();
+    protected.resize(plain.len() + 10, 0);
+    let len = far_end.protect_rtp(&mut protected, plain.len()).unwrap();
+    protected.truncate(len);
+    let mut forged = protected.clone();
+    forged[20] ^= 1;
+    room.datagram(SIP, SIP_FAR_END, &forged);
+    room.datagram(SIP, SIP_FAR_END, &plain);
+    assert!(room.take_rtp(CLIENT).is_empty(), "forged and plain dropped");
+    room.datagram(SIP, SIP_FAR_END, &protected);
+    room.datagram(SIP, SIP_FAR_END, &protected);
+    let relayed = room.take_rtp(CLIENT);
+    assert_eq!(relayed.len(), 1, "the replay is dropped");
+    assert_eq!(relayed[0].payload, vec![0x42; 160]);
+    assert_eq!(room.room.stats(SIP).map(|s| s.srtp_rejected), Some(3));
+
+    room.datagram(CLIENT, CLIENT_END, &rtp(header(0, 1, 160, 5), &[0x24; 160]));
+    let sent = room.take_rtp(SIP);
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].data.windows(16).any(|w| w == [0x24; 16]));
+    let mut wire = sent[0].data.clone();
+    let len = far_end.unprotect_rtp(&mut wire).unwrap();
+    assert_eq!(
+        RtpPacket::parse(&wire[..len]).unwrap().payload,
+        &[0x24; 160]
+    );
+
+    room.advance(Duration::from_secs(12));
+    let mut reports: Vec<Sent> = room
+        .sent
+        .iter()
+        .filter(|sent| sent.point == SIP && sent.socket == Socket::Rtcp)
+        .cloned()
+        .collect();
+    assert!(!reports.is_empty());
+    for report in &mut reports {
+        assert!(far_end.unprotect_rtcp(&mut report.data).is_ok());
+    }
 }

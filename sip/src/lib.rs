@@ -24,7 +24,7 @@ pub use call::{
 };
 /// Public for the fuzz target that feeds it received messages.
 pub use digest_names::DigestAlgorithmNames;
-pub use negotiation::{MediaChanges, NegotiatedMedia, Negotiation, OfferAnswer};
+pub use negotiation::{MediaChanges, NegotiatedMedia, Negotiation, OfferAnswer, SrtpAgreement};
 pub use registration::{Account, RegisterError, Registration};
 pub use target::{SipTarget, TargetError, TransportKind};
 pub use tls::SipTlsConfig;

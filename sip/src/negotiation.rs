@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 
-use crate::sdp::{self, Codec, Direction, LocalAudio, RemoteAudio, SdpError};
+use crate::sdp::{self, Codec, Crypto, CryptoSuite, Direction, LocalAudio, RemoteAudio, SdpError};
 
 /// What both sides agreed on: what the media side needs to send and expect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,26 @@ pub struct NegotiatedMedia {
     pub remote_direction: Direction,
     /// What our SDP says we do.
     pub local_direction: Direction,
+    /// SDES-SRTP keys, when the stream is `RTP/SAVP`.
+    pub srtp: Option<SrtpAgreement>,
+}
+
+/// The crypto suite both sides use and each side's master key and salt.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpAgreement {
+    pub suite: CryptoSuite,
+    /// Ours: what we send is protected with it.
+    pub local_key: Vec<u8>,
+    /// The far end's: what it sends is checked with it.
+    pub remote_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for SrtpAgreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpAgreement")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NegotiatedMedia {
@@ -150,6 +170,8 @@ impl Negotiation {
             ..self.local.clone()
         };
         let media = agreed(&remote, &ours)?;
+        // Later offers of ours carry only the line in use.
+        self.local.crypto = in_use(&remote, &self.local.crypto);
         self.media = Some(media.clone());
         Ok(media)
     }
@@ -183,8 +205,23 @@ impl Negotiation {
         if let Some(events) = telephone_event(&remote) {
             codecs.push(events.clone());
         }
-        let answer = self.next_local(codecs, remote.direction.answer());
+        let crypto = sdp::answer_crypto(&remote, &self.local.crypto)?;
+        let mut answer = self.next_local(codecs, remote.direction.answer());
+        if crypto != answer.crypto && answer.version == self.local.version {
+            // Another tag for the same key is still another SDP.
+            answer.version = answer.version.saturating_add(1);
+        }
+        answer.crypto = crypto;
         let media = agreed(&remote, &answer)?;
+        // Re-keying would need the media side to start new SRTP streams;
+        // keeping the suite and keys is what peers do in practice.
+        if self
+            .media
+            .as_ref()
+            .is_some_and(|before| before.srtp != media.srtp)
+        {
+            return Err(SdpError::SrtpChanged);
+        }
         let changes = MediaChanges::between(self.media.as_ref(), &media);
         self.local = answer.clone();
         self.media = Some(media.clone());
@@ -250,6 +287,51 @@ impl Negotiation {
     }
 }
 
+/// Our crypto lines that `remote` (an answer) took up: the one whose tag
+/// and suite it echoes.
+fn in_use(remote: &RemoteAudio, ours: &[Crypto]) -> Vec<Crypto> {
+    ours.iter()
+        .filter(|mine| {
+            remote
+                .crypto
+                .iter()
+                .any(|theirs| theirs.tag == mine.tag && theirs.suite == mine.suite)
+        })
+        .take(1)
+        .cloned()
+        .collect()
+}
+
+/// The SRTP keys of an offer/answer pair: both plain, or both `RTP/SAVP`
+/// with a crypto line of the same tag and suite on each side.
+fn agreed_srtp(
+    remote: &RemoteAudio,
+    local: &LocalAudio,
+) -> Result<Option<SrtpAgreement>, SdpError> {
+    match (local.crypto.is_empty(), remote.secure) {
+        (true, false) => return Ok(None),
+        (true, true) => return Err(SdpError::SrtpOff),
+        (false, false) => return Err(SdpError::SrtpRequired),
+        (false, true) => {}
+    }
+    local
+        .crypto
+        .iter()
+        .find_map(|mine| {
+            remote
+                .crypto
+                .iter()
+                .find(|theirs| theirs.tag == mine.tag && theirs.suite == mine.suite)
+                .map(|theirs| SrtpAgreement {
+                    suite: mine.suite,
+                    local_key: mine.key.clone(),
+                    remote_key: theirs.key.clone(),
+                })
+        })
+        .map(Some)
+        .ok_or(SdpError::NoCommonCrypto)
+}
+
 fn telephone_event(remote: &RemoteAudio) -> Option<&Codec> {
     remote
         .codecs
@@ -283,6 +365,7 @@ fn agreed(remote: &RemoteAudio, local: &LocalAudio) -> Result<NegotiatedMedia, S
         telephone_event,
         remote_direction: remote.direction,
         local_direction: local.direction,
+        srtp: agreed_srtp(remote, local)?,
     })
 }
 
@@ -299,6 +382,7 @@ mod tests {
             direction: Direction::SendRecv,
             session_id: 7,
             version: 1,
+            crypto: Vec::new(),
         }
     }
 
@@ -481,5 +565,109 @@ mod tests {
             Err(SdpError::NoCommonCodec { .. })
         ));
         assert_eq!(negotiation.media(), None);
+    }
+
+    fn crypto(tag: u32, suite: CryptoSuite, fill: u8) -> Crypto {
+        Crypto {
+            tag,
+            suite,
+            key: vec![fill; suite.key_len()],
+        }
+    }
+
+    /// An offer of ours with a fresh key per suite, as the gateway makes it.
+    fn secure_offer() -> LocalAudio {
+        LocalAudio {
+            crypto: CryptoSuite::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, suite)| crypto(i as u32 + 1, *suite, 1))
+                .collect(),
+            ..our_offer()
+        }
+    }
+
+    fn secure_sdp(version: u32, lines: &[&Crypto]) -> String {
+        let mut sdp = far_sdp(version, 4000, "0 101", "sendrecv").replace("RTP/AVP", "RTP/SAVP");
+        for line in lines {
+            sdp.push_str(&format!(
+                "a=crypto:{} {} inline:{}\r\n",
+                line.tag,
+                line.suite.name(),
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &line.key)
+            ));
+        }
+        sdp
+    }
+
+    #[test]
+    fn an_srtp_answer_picks_our_line_by_tag_and_later_offers_carry_only_it() {
+        let mut negotiation = Negotiation::offered(secure_offer());
+        let theirs = crypto(3, CryptoSuite::AeadAes128Gcm, 9);
+        let media = negotiation
+            .on_remote_answer(&secure_sdp(1, &[&theirs]))
+            .unwrap();
+        let srtp = media.srtp.unwrap();
+        assert_eq!(srtp.suite, CryptoSuite::AeadAes128Gcm);
+        assert_eq!(srtp.local_key, vec![1; 28]);
+        assert_eq!(srtp.remote_key, vec![9; 28]);
+        let hold = negotiation.offer_with(Direction::SendOnly);
+        assert_eq!(hold.crypto, vec![crypto(3, CryptoSuite::AeadAes128Gcm, 1)]);
+        assert!(hold.render().contains("m=audio 30000 RTP/SAVP 0 101\r\n"));
+    }
+
+    #[test]
+    fn a_plain_answer_to_srtp_or_an_unknown_tag_is_unusable() {
+        let mut negotiation = Negotiation::offered(secure_offer());
+        assert_eq!(
+            negotiation.on_remote_answer(&far_sdp(1, 4000, "0", "sendrecv")),
+            Err(SdpError::SrtpRequired)
+        );
+        let stranger = crypto(9, CryptoSuite::AesCm128HmacSha1_80, 9);
+        assert_eq!(
+            negotiation.on_remote_answer(&secure_sdp(1, &[&stranger])),
+            Err(SdpError::NoCommonCrypto)
+        );
+    }
+
+    #[test]
+    fn an_incoming_srtp_offer_is_answered_with_our_key_and_its_tag_and_keys_must_stay() {
+        let first = crypto(5, CryptoSuite::AesCm128HmacSha1_32, 7);
+        let offer = sdp::parse_remote(&secure_sdp(1, &[&first])).unwrap();
+        let ours = LocalAudio {
+            codecs: sip_codecs(),
+            ..secure_offer()
+        };
+        let answer = sdp::answer(&offer, &ours).unwrap();
+        assert_eq!(
+            answer.crypto,
+            vec![crypto(5, CryptoSuite::AesCm128HmacSha1_32, 1)]
+        );
+        let mut negotiation = Negotiation::answered(sip_codecs(), &offer, answer).unwrap();
+        assert_eq!(
+            negotiation
+                .media()
+                .and_then(|m| m.srtp.clone())
+                .map(|s| s.remote_key),
+            Some(vec![7; 30])
+        );
+        // A hold re-offer with the same key: answered, same key of ours.
+        let hold = secure_sdp(2, &[&first]).replace("a=sendrecv", "a=sendonly");
+        let result = negotiation.on_remote_offer(&hold).unwrap();
+        assert_eq!(result.answer.crypto[0].key, vec![1; 30]);
+        // A new key, or plain RTP, is refused.
+        let rekeyed = crypto(5, CryptoSuite::AesCm128HmacSha1_32, 8);
+        assert_eq!(
+            negotiation
+                .on_remote_offer(&secure_sdp(3, &[&rekeyed]))
+                .map(|_| ()),
+            Err(SdpError::SrtpChanged)
+        );
+        assert_eq!(
+            negotiation
+                .on_remote_offer(&far_sdp(3, 4000, "0 101", "sendrecv"))
+                .map(|_| ()),
+            Err(SdpError::SrtpChanged)
+        );
     }
 }

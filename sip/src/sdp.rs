@@ -7,6 +7,9 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 /// An audio codec as SDP names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Codec {
@@ -110,6 +113,132 @@ impl Direction {
     }
 }
 
+/// The SRTP crypto suites we carry (RFC 4568, RFC 7714), in our order of
+/// preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CryptoSuite {
+    AesCm128HmacSha1_80,
+    AesCm128HmacSha1_32,
+    AeadAes128Gcm,
+    AeadAes256Gcm,
+}
+
+impl CryptoSuite {
+    pub const ALL: [CryptoSuite; 4] = [
+        CryptoSuite::AesCm128HmacSha1_80,
+        CryptoSuite::AesCm128HmacSha1_32,
+        CryptoSuite::AeadAes128Gcm,
+        CryptoSuite::AeadAes256Gcm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CryptoSuite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            CryptoSuite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+            CryptoSuite::AeadAes128Gcm => "AEAD_AES_128_GCM",
+            CryptoSuite::AeadAes256Gcm => "AEAD_AES_256_GCM",
+        }
+    }
+
+    /// Octets of master key and salt its `inline:` carries.
+    pub fn key_len(self) -> usize {
+        match self {
+            CryptoSuite::AesCm128HmacSha1_80 | CryptoSuite::AesCm128HmacSha1_32 => 16 + 14,
+            CryptoSuite::AeadAes128Gcm => 16 + 12,
+            CryptoSuite::AeadAes256Gcm => 32 + 12,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<CryptoSuite> {
+        CryptoSuite::ALL
+            .into_iter()
+            .find(|suite| suite.name() == name)
+    }
+}
+
+/// One usable `a=crypto` line (RFC 4568): a suite we carry, a single
+/// master key and salt, no MKI, no session parameters. Its Debug form
+/// does not show the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Crypto {
+    pub tag: u32,
+    pub suite: CryptoSuite,
+    /// Master key || master salt, [`CryptoSuite::key_len`] octets.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crypto")
+            .field("tag", &self.tag)
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Crypto {
+    fn render(&self) -> String {
+        format!(
+            "a=crypto:{} {} inline:{}\r\n",
+            self.tag,
+            self.suite.name(),
+            STANDARD.encode(&self.key)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed a=crypto line")]
+pub struct MalformedCrypto;
+
+/// Reads the value of an `a=crypto` attribute (after `crypto:`). A line
+/// we cannot use (another suite, several keys, an MKI, a key lifetime
+/// shorter than a call could need, session parameters) is `Ok(None)`:
+/// the offerer listed it among alternatives. Err when it is malformed.
+pub fn parse_crypto(value: &str) -> Result<Option<Crypto>, MalformedCrypto> {
+    let mut fields = value.split_whitespace();
+    let tag = fields
+        .next()
+        .filter(|tag| tag.len() <= 9 && tag.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|tag| tag.parse::<u32>().ok())
+        .ok_or(MalformedCrypto)?;
+    let suite = fields.next().ok_or(MalformedCrypto)?;
+    let key_params = fields.next().ok_or(MalformedCrypto)?;
+    let Some(suite) = CryptoSuite::from_name(suite) else {
+        return Ok(None);
+    };
+    if fields.next().is_some() || key_params.contains(';') {
+        return Ok(None);
+    }
+    let inline = key_params.strip_prefix("inline:").ok_or(MalformedCrypto)?;
+    let mut parts = inline.split('|');
+    let key = STANDARD
+        .decode(parts.next().unwrap_or_default())
+        .map_err(|_| MalformedCrypto)?;
+    if key.len() != suite.key_len() {
+        return Err(MalformedCrypto);
+    }
+    for part in parts {
+        // A lifetime (`2^31` or a number) is fine: we never send that
+        // much; an MKI (`1:4`) needs MKI support we lack.
+        if part.contains(':') {
+            return Ok(None);
+        }
+        let lifetime = match part.strip_prefix("2^") {
+            Some(power) => power
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p < 64)
+                .map(|p| 1u64 << p),
+            None => part.parse::<u64>().ok(),
+        };
+        if lifetime.ok_or(MalformedCrypto)? < 1 << 31 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Crypto { tag, suite, key }))
+}
+
 /// Our side of the audio stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalAudio {
@@ -120,6 +249,9 @@ pub struct LocalAudio {
     /// `o=` session id and version; the version grows with each change.
     pub session_id: u64,
     pub version: u64,
+    /// SDES-SRTP: the crypto lines we offer or answered with. Empty:
+    /// plain `RTP/AVP`; else `RTP/SAVP`.
+    pub crypto: Vec<Crypto>,
 }
 
 impl LocalAudio {
@@ -131,10 +263,15 @@ impl LocalAudio {
             .iter()
             .map(|c| c.payload_type.to_string())
             .collect();
+        let profile = if self.crypto.is_empty() {
+            "RTP/AVP"
+        } else {
+            "RTP/SAVP"
+        };
         // Writing to a String cannot fail.
         let _ = write!(
             sdp,
-            "v=0\r\no=dialtone {} {} IN {family} {}\r\ns=dialtone\r\nc=IN {family} {}\r\nt=0 0\r\nm=audio {} RTP/AVP {}\r\n",
+            "v=0\r\no=dialtone {} {} IN {family} {}\r\ns=dialtone\r\nc=IN {family} {}\r\nt=0 0\r\nm=audio {} {profile} {}\r\n",
             self.session_id,
             self.version,
             self.address,
@@ -142,6 +279,9 @@ impl LocalAudio {
             self.port,
             payload_types.join(" ")
         );
+        for crypto in &self.crypto {
+            sdp.push_str(&crypto.render());
+        }
         for codec in &self.codecs {
             let channels = if codec.channels > 1 {
                 format!("/{}", codec.channels)
@@ -169,6 +309,10 @@ pub struct RemoteAudio {
     pub port: u16,
     pub codecs: Vec<Codec>,
     pub direction: Direction,
+    /// Its profile is `RTP/SAVP`.
+    pub secure: bool,
+    /// Its usable `a=crypto` lines, in its order.
+    pub crypto: Vec<Crypto>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +325,14 @@ pub enum SdpError {
     Malformed { line: usize, text: String },
     #[error("no codec in common: offered {offered:?}")]
     NoCommonCodec { offered: Vec<String> },
+    #[error("SRTP required, and the SDP is plain RTP/AVP")]
+    SrtpRequired,
+    #[error("RTP/SAVP with no SRTP crypto suite in common")]
+    NoCommonCrypto,
+    #[error("the SDP is RTP/SAVP, and SRTP is off")]
+    SrtpOff,
+    #[error("a re-offer may not change the SRTP profile or key in use")]
+    SrtpChanged,
 }
 
 /// Reads the first audio stream of an SDP body.
@@ -190,6 +342,8 @@ pub fn parse_remote(sdp: &str) -> Result<RemoteAudio, SdpError> {
     let mut audio_address = None;
     let mut rtpmaps: Vec<Codec> = Vec::new();
     let mut direction = Direction::SendRecv;
+    let mut secure = false;
+    let mut crypto = Vec::new();
     let mut in_audio = false;
     let mut seen_audio = false;
     for (index, raw) in sdp.lines().enumerate() {
@@ -215,7 +369,7 @@ pub fn parse_remote(sdp: &str) -> Result<RemoteAudio, SdpError> {
                         .and_then(|p| p.split('/').next())
                         .and_then(|p| p.parse::<u16>().ok())
                         .ok_or_else(malformed)?;
-                    let _protocol = fields.next().ok_or_else(malformed)?;
+                    secure = fields.next().ok_or_else(malformed)? == "RTP/SAVP";
                     let formats = fields
                         .map(|f| f.parse::<u8>().map_err(|_| malformed()))
                         .collect::<Result<Vec<u8>, _>>()?;
@@ -239,6 +393,10 @@ pub fn parse_remote(sdp: &str) -> Result<RemoteAudio, SdpError> {
                 if let Some(map) = value.strip_prefix("rtpmap:") {
                     if in_audio {
                         rtpmaps.push(parse_rtpmap(map).ok_or_else(malformed)?);
+                    }
+                } else if let Some(line) = value.strip_prefix("crypto:") {
+                    if in_audio {
+                        crypto.extend(parse_crypto(line).map_err(|_| malformed())?);
                     }
                 } else if let Some(found) = parse_direction(value) {
                     direction = found;
@@ -266,6 +424,8 @@ pub fn parse_remote(sdp: &str) -> Result<RemoteAudio, SdpError> {
         port,
         codecs,
         direction,
+        secure,
+        crypto,
     })
 }
 
@@ -328,8 +488,34 @@ pub fn answer(offer: &RemoteAudio, local: &LocalAudio) -> Result<LocalAudio, Sdp
     Ok(LocalAudio {
         codecs,
         direction: offer.direction.answer(),
+        crypto: answer_crypto(offer, &local.crypto)?,
         ..local.clone()
     })
+}
+
+/// The crypto line answering an `RTP/SAVP` offer: the first offered line
+/// whose suite is among `ours` (one fresh key per suite, or none when SRTP
+/// is off), with the offer's tag and our key. A plain offer gets none.
+pub fn answer_crypto(offer: &RemoteAudio, ours: &[Crypto]) -> Result<Vec<Crypto>, SdpError> {
+    if !offer.secure {
+        return Ok(Vec::new());
+    }
+    if ours.is_empty() {
+        return Err(SdpError::SrtpOff);
+    }
+    offer
+        .crypto
+        .iter()
+        .find_map(|offered| {
+            ours.iter()
+                .find(|mine| mine.suite == offered.suite)
+                .map(|mine| Crypto {
+                    tag: offered.tag,
+                    ..mine.clone()
+                })
+        })
+        .map(|chosen| vec![chosen])
+        .ok_or(SdpError::NoCommonCrypto)
 }
 
 #[cfg(test)]
@@ -344,6 +530,7 @@ mod tests {
             direction: Direction::SendRecv,
             session_id: 42,
             version: 1,
+            crypto: Vec::new(),
         }
     }
 
@@ -409,5 +596,90 @@ mod tests {
         ] {
             let _ = parse_remote(garbage);
         }
+    }
+
+    #[test]
+    fn crypto_lines_are_read_and_unusable_ones_skipped() {
+        let key = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        let line = parse_crypto(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (line.tag, line.suite),
+            (1, CryptoSuite::AesCm128HmacSha1_80)
+        );
+        assert_eq!(line.key.len(), 30);
+        assert!(!format!("{line:?}").contains(key));
+        let lifetime = format!("2 AES_CM_128_HMAC_SHA1_32 inline:{key}|2^31");
+        assert!(parse_crypto(&lifetime).unwrap().is_some());
+        for unusable in [
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^20|1:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^10"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key} UNENCRYPTED_SRTP"),
+            format!("1 F8_128_HMAC_SHA1_80 inline:{key}"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key};inline:{key}"),
+        ] {
+            assert_eq!(parse_crypto(&unusable), Ok(None), "{unusable}");
+        }
+        for malformed in [
+            "",
+            "x AES_CM_128_HMAC_SHA1_80 inline:AAAA",
+            "1 AES_CM_128_HMAC_SHA1_80",
+            "1 AES_CM_128_HMAC_SHA1_80 inline:AAAA",
+            "1 AES_CM_128_HMAC_SHA1_80 inline:!!!",
+            "1 AES_CM_128_HMAC_SHA1_80 key:AAAA",
+            "99999999999 AES_CM_128_HMAC_SHA1_80 inline:AAAA",
+        ] {
+            assert_eq!(parse_crypto(malformed), Err(MalformedCrypto), "{malformed}");
+        }
+    }
+
+    #[test]
+    fn a_savp_offer_gets_the_first_line_we_carry_or_an_error() {
+        let key = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        let offer = BARESIP_OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+            "a=sendrecv",
+            &format!("a=crypto:1 F8_128_HMAC_SHA1_80 inline:{key}\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{key}\r\na=sendrecv"),
+        );
+        let offer = parse_remote(&offer).unwrap();
+        assert!(offer.secure);
+        let ours: Vec<Crypto> = CryptoSuite::ALL
+            .iter()
+            .map(|suite| Crypto {
+                tag: 1,
+                suite: *suite,
+                key: vec![3; suite.key_len()],
+            })
+            .collect();
+        let answer = answer(
+            &offer,
+            &LocalAudio {
+                crypto: ours,
+                ..local()
+            },
+        )
+        .unwrap();
+        assert_eq!(answer.crypto.len(), 1);
+        assert_eq!(
+            (answer.crypto[0].tag, answer.crypto[0].suite),
+            (2, CryptoSuite::AesCm128HmacSha1_32)
+        );
+        let text = answer.render();
+        assert!(text.contains("m=audio 30000 RTP/SAVP 0 101\r\n"), "{text}");
+        assert!(text.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMD\r\n"), "{text}");
+        assert_eq!(super::answer(&offer, &local()), Err(SdpError::SrtpOff));
+        let none_usable = RemoteAudio {
+            crypto: Vec::new(),
+            ..offer
+        };
+        let ours = vec![Crypto {
+            tag: 1,
+            suite: CryptoSuite::AeadAes128Gcm,
+            key: vec![0; 28],
+        }];
+        assert_eq!(
+            answer_crypto(&none_usable, &ours),
+            Err(SdpError::NoCommonCrypto)
+        );
     }
 }

@@ -129,6 +129,9 @@ pub struct BaresipOptions {
     /// `dump-<timestamp>-dec.wav` (what it heard, decoded from the peer's RTP) and
     /// `dump-<timestamp>-enc.wav` (what it sent, before encoding).
     pub record: bool,
+    /// The account's `mediaenc`: `srtp-mand` makes it offer and insist on RTP/SAVP with
+    /// SDES keys (the `srtp` module is always loaded). `None`: plain RTP.
+    pub media_encryption: Option<String>,
 }
 
 impl Default for BaresipOptions {
@@ -140,6 +143,7 @@ impl Default for BaresipOptions {
             audio_source: None,
             codecs: vec!["PCMU".to_owned(), "PCMA".to_owned()],
             record: false,
+            media_encryption: None,
         }
     }
 }
@@ -254,6 +258,13 @@ impl Baresip {
                 ),
                 ("REGINT", regint.to_string()),
                 ("CODECS", opts.codecs.join(",")),
+                (
+                    "MEDIAENC",
+                    opts.media_encryption
+                        .as_ref()
+                        .map(|mode| format!(";mediaenc={mode}"))
+                        .unwrap_or_default(),
+                ),
             ],
         )?;
         std::fs::write(dir_path.join("config"), config).context("writing baresip config")?;

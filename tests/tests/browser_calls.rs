@@ -115,6 +115,7 @@ fn page_calls_baresip() -> anyhow::Result<()> {
         codecs: vec!["PCMU".to_string()],
         audio_source: Some(prompt),
         record: true,
+        ..Default::default()
     })?;
     let gateway = registrar_gateway(&kamailio)?;
     let mut page = logged_in_page(&gateway, &mic, "1001", "secret1001")?;

@@ -119,6 +119,7 @@ async fn rtmp_client_talks_to_baresip_in_speex_g711_aac_and_opus() -> anyhow::Re
             codecs: vec!["PCMU".to_string()],
             audio_source: Some(prompt.clone()),
             record: true,
+            ..Default::default()
         })?;
         let (label, play_codec) = played(codec);
         let offer = rtmp_call(&mut ws, &session_id, "2000", &[label]).await?;

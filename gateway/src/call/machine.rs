@@ -43,8 +43,11 @@ pub(crate) enum CallInput {
     SendDtmf(String),
     /// HOLD_CALL (`sendonly` or `inactive`) or RESUME_CALL (`sendrecv`).
     SetDirection(SdpDirection),
-    /// TRANSFER_CALL to this SIP URI.
+    /// TRANSFER_CALL: REFER with this Refer-To.
     Transfer(String),
+    /// A far end's REFER was followed: the call the gateway placed was
+    /// answered with this media and takes the old SIP leg's place.
+    FarEndReplaced(NegotiatedMedia),
     Room(RoomEvent),
     /// The time [`CallMachine::poll_timeout`] named has come.
     Timeout,
@@ -90,6 +93,8 @@ pub(crate) enum CallOutput {
     },
     /// The room: the SIP far end changed (re-INVITE, UPDATE).
     UpdateSipPoint(PointUpdate),
+    /// The room: the SIP leg's point goes (another far end replaces it).
+    RemoveSipPoint,
     /// The room: digits to the SIP far end as RFC 4733 events.
     SendEvents(String),
     /// The room: digits to the SIP far end as in-band tones.
@@ -278,6 +283,7 @@ impl CallMachine {
                     self.refuse("a transfer applies to a started call");
                 }
             }
+            CallInput::FarEndReplaced(media) => self.far_end_replaced(media),
             CallInput::Room(event) => self.on_room(event),
             CallInput::Timeout => {
                 let due = self.poll_timeout().is_some_and(|at| at <= now);
@@ -314,7 +320,7 @@ impl CallMachine {
             // Before an answer only the caller giving up can happen.
             CallInput::SipGone
             | CallInput::Sip(CallEvent::Ended { .. } | CallEvent::Failed { .. }) => self.finish(),
-            CallInput::Sip(_) | CallInput::Room(_) => {}
+            CallInput::Sip(_) | CallInput::Room(_) | CallInput::FarEndReplaced(_) => {}
             CallInput::Timeout => {
                 if self.deadline.is_some_and(|at| at <= now) {
                     self.emit(CallOutput::Reject(480));
@@ -506,6 +512,31 @@ impl CallMachine {
         });
     }
 
+    /// Another far end in the old one's place (a REFER followed): a fresh
+    /// SIP point (its codec, address and keys may all differ), and the
+    /// holds of the old call are over, the new one was offered sendrecv.
+    fn far_end_replaced(&mut self, media: NegotiatedMedia) {
+        if self.phase != Phase::Established {
+            return;
+        }
+        info!("a new far end takes the call's place");
+        if std::mem::take(&mut self.sip_point) {
+            self.emit(CallOutput::RemoveSipPoint);
+        }
+        if std::mem::take(&mut self.remote_held) {
+            self.emit(CallOutput::Resumed(HoldSide::Remote));
+        }
+        self.asked_direction = None;
+        if self.local_direction != SdpDirection::SendRecv {
+            self.local_direction = SdpDirection::SendRecv;
+            if self.settings.hold_music {
+                self.emit(CallOutput::HoldMusic(false));
+            }
+            self.emit(CallOutput::Resumed(HoldSide::Local));
+        }
+        self.sip_media(media, false);
+    }
+
     /// The far end's own audio (or the call's end) takes over from ringback.
     fn stop_ringback(&mut self) {
         if std::mem::take(&mut self.ringing) {
@@ -684,6 +715,7 @@ mod tests {
             telephone_event,
             remote_direction: SdpDirection::SendRecv,
             local_direction: SdpDirection::SendRecv,
+            srtp: None,
         }
     }
 
@@ -1265,5 +1297,41 @@ mod tests {
             machine.handle(start, CallInput::Sip(changed));
             assert_eq!(outputs(&mut machine)[0], expected);
         }
+    }
+
+    #[test]
+    fn a_followed_refer_gives_the_call_a_fresh_sip_point_and_ends_the_old_holds() {
+        let start = Instant::now();
+        let mut machine = answered(start, vec![DtmfMethod::Rfc4733]);
+        let held = CallEvent::MediaChanged {
+            media: NegotiatedMedia {
+                remote_direction: SdpDirection::SendOnly,
+                ..media("PCMU", 0, Some(101))
+            },
+            changes: MediaChanges::default(),
+            sdp: String::new(),
+        };
+        machine.handle(start, CallInput::Sip(held));
+        outputs(&mut machine);
+        let new_far_end = media("G722", 9, None);
+        machine.handle(start, CallInput::FarEndReplaced(new_far_end.clone()));
+        assert_eq!(
+            outputs(&mut machine),
+            [
+                CallOutput::RemoveSipPoint,
+                CallOutput::Resumed(HoldSide::Remote),
+                CallOutput::AddSipPoint {
+                    media: new_far_end,
+                    detect_tones: true,
+                    early: false,
+                },
+            ]
+        );
+        // No telephone-event on the new leg: RFC 4733, the only method allowed, no longer applies.
+        machine.handle(start, CallInput::SendDtmf("1".to_string()));
+        assert!(matches!(
+            outputs(&mut machine)[..],
+            [CallOutput::Refused(_)]
+        ));
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dialtone_codecs::Codec;
 use dialtone_sip::refer::ReferTarget;
 use dialtone_sip::sdp::{self, LocalAudio};
-use dialtone_sip::{grammar, Call, CallEvent, IncomingCall, MediaChanges, NegotiatedMedia};
+use dialtone_sip::{grammar, Call, CallEvent, IncomingCall, NegotiatedMedia};
 use dialtone_ws::{
     CallFailReason, CallQuality, CallStage, Capabilities, ErrorCode, HoldNotice, HoldSide,
     MediaTarget, Outbox, ProtocolError, RejectReason, RoomMode, ServerMessage,
@@ -29,6 +29,7 @@ use crate::media_ports::PortLease;
 use crate::media_room::{sleep_until, MediaRoom, PointIo, PointNews, PointSink, RoomHandle};
 use crate::metrics::Held;
 use crate::rooms::{Membership, NewMember, RoomRegistration, SessionRef};
+use crate::srtp;
 use crate::state::{Gateway, MediaStatsWatch};
 use dialtone_room::dtmf_relay::{build_dtmf_relay, DTMF_RELAY_CONTENT_TYPE};
 use dialtone_room::stats::MediaStatsSnapshot;
@@ -185,7 +186,17 @@ impl CallTask {
             self.fail(CallFailReason::MediaFailed, None, "no free media port");
             return;
         };
-        let offer = local_audio(self.advertised_ip(), &lease, cc.as_ref());
+        let crypto = match srtp::our_crypto(self.gateway.config.media.srtp, true) {
+            Ok(crypto) => crypto,
+            Err(error) => {
+                self.fail(CallFailReason::MediaFailed, None, &error.to_string());
+                return;
+            }
+        };
+        let offer = LocalAudio {
+            crypto,
+            ..local_audio(self.advertised_ip(), &lease, cc.as_ref())
+        };
         let request = self.caller.call(dialled, offer);
         let client_point = match media.target {
             Some(_) => None,
@@ -303,11 +314,11 @@ impl CallTask {
                         ReferralStep::Wait => continue,
                         ReferralStep::Failed(Some(end)) => CallInput::Sip(end),
                         ReferralStep::Failed(None) => continue,
-                        ReferralStep::Answered(new_call, media_change) => {
+                        ReferralStep::Answered(new_call, negotiated) => {
                             // Dropping the old call hangs it up (a BYE after
                             // our last NOTIFY), unless its far end already did.
                             call = new_call;
-                            CallInput::Sip(media_change)
+                            CallInput::FarEndReplaced(negotiated)
                         }
                     }
                 }
@@ -430,9 +441,18 @@ impl CallTask {
         };
         call.control.answer_refer(true);
         info!(target = %uri, "following the far end's REFER");
-        // The new far end gets the port the old one had: the room's SIP
-        // point stays, only its far end changes.
-        let offer = local_audio(self.advertised_ip(), lease, None);
+        // The new far end gets the port the old one had.
+        let crypto = match srtp::our_crypto(self.gateway.config.media.srtp, true) {
+            Ok(crypto) => crypto,
+            Err(error) => {
+                self.referral_failed(call, 500, &error.to_string());
+                return None;
+            }
+        };
+        let offer = LocalAudio {
+            crypto,
+            ..local_audio(self.advertised_ip(), lease, None)
+        };
         let dialled = Dialled {
             replaces: target.replaces,
             referred_by,
@@ -476,7 +496,7 @@ impl CallTask {
             }
             Some(CallEvent::Established {
                 media: Some(negotiated),
-                sdp,
+                ..
             }) => {
                 call.control.notify_refer(200, "OK", true);
                 call.control.hangup();
@@ -485,14 +505,7 @@ impl CallTask {
                 let Some(Referral { call: new_call, .. }) = referral.take() else {
                     return ReferralStep::Wait;
                 };
-                ReferralStep::Answered(
-                    new_call,
-                    CallEvent::MediaChanged {
-                        media: negotiated,
-                        changes: MediaChanges::all(),
-                        sdp: sdp.unwrap_or_default(),
-                    },
-                )
+                ReferralStep::Answered(new_call, negotiated)
             }
             Some(CallEvent::Established { media: None, .. }) => {
                 if let Some(referral) = referral.as_ref() {
@@ -711,6 +724,11 @@ impl CallTask {
                         self.join_target(media);
                     }
                 }
+                CallOutput::RemoveSipPoint => {
+                    if let Some(room) = room {
+                        room.remove_point(sip_point);
+                    }
+                }
                 CallOutput::UpdateSipPoint(update) => {
                     if let Some(room) = room {
                         room.update_point(sip_point, update);
@@ -851,10 +869,17 @@ impl CallTask {
             .ports
             .lease()
             .ok_or_else(|| "no free media port".to_string())?;
-        let ours = local_audio(self.advertised_ip(), &lease, cc);
+        let policy = self.gateway.config.media.srtp;
+        let ours = LocalAudio {
+            crypto: srtp::our_crypto(policy, offer.is_none()).map_err(|e| e.to_string())?,
+            ..local_audio(self.advertised_ip(), &lease, cc)
+        };
         let answer = match offer {
             Some(offer) => sdp::parse_remote(offer)
-                .and_then(|remote| sdp::answer(&remote, &ours))
+                .and_then(|remote| {
+                    srtp::check_offer(policy, &remote)?;
+                    sdp::answer(&remote, &ours)
+                })
                 .map_err(|e| e.to_string())?,
             None => ours,
         };
@@ -880,8 +905,18 @@ impl CallTask {
                 return None;
             }
         };
-        let config = PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event)
-            .latching(self.latch_config());
+        let mut config =
+            PointConfig::rtp(media.remote, bridged(&media.codec), media.telephone_event)
+                .latching(self.latch_config());
+        if let Some(agreement) = &media.srtp {
+            match srtp::point_keys(agreement) {
+                Ok(keys) => config = config.secured(keys),
+                Err(error) => {
+                    warn!(%error, "unusable SRTP keys");
+                    return None;
+                }
+            }
+        }
         let watch = WatchConfig {
             rtp_timeout: Duration::from_millis(self.gateway.config.media.rtp_timeout_ms),
             // Early media may stop at any time; the answer restarts the watch.
@@ -985,9 +1020,8 @@ enum ReferralStep {
     Wait,
     /// The new call failed; the old leg's end, if it came meanwhile.
     Failed(Option<CallEvent>),
-    /// The new call takes the old one's place; the machine hears of it as
-    /// this change of media.
-    Answered(Call, CallEvent),
+    /// The new call takes the old one's place with this media.
+    Answered(Call, NegotiatedMedia),
 }
 
 /// The next event of a referred call; never ready without one.

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         direction: Direction::SendRecv,
         session_id: 1,
         version: u64::MAX - 1,
+        crypto: Vec::new(),
     };
     let mut negotiation = Negotiation::offered(ours);
     let _ = negotiation.on_remote_answer(&text);
