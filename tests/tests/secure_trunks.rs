@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use dialtone_tests::audio::analyze;
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions, KamailioTls};
 use dialtone_tests::pki::TestPki;
@@ -41,8 +42,8 @@ fn tls_kamailio(pki: &TestPki) -> anyhow::Result<(Kamailio, u16)> {
 }
 
 /// A gateway registering at Kamailio's TLS port, trusting `ca`, presenting the PKI's client
-/// certificate.
-fn tls_gateway(pki: &TestPki, tls_port: u16, ca: &Path) -> anyhow::Result<Gateway> {
+/// certificate; `extra` goes at the end of its configuration.
+fn tls_gateway(pki: &TestPki, tls_port: u16, ca: &Path, extra: &str) -> anyhow::Result<Gateway> {
     Gateway::start(&format!(
         r#"
 [http]
@@ -56,7 +57,7 @@ tls_client_key = "{}"
 [registrar]
 address = "sip:127.0.0.1:{tls_port};transport=tls"
 timeout_ms = 5000
-"#,
+{extra}"#,
         ca.display(),
         pki.client_cert.display(),
         pki.client_key.display(),
@@ -86,14 +87,23 @@ fn registered_over_tls(kamailio: &Kamailio) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// REGISTER and an outgoing call over TLS through Kamailio to baresip (on UDP): the call
-/// starts, the client hears baresip's 440 Hz tone, and the hang-up reaches baresip.
+/// REGISTER and an outgoing call over TLS through Kamailio to baresip (on UDP), the media
+/// SRTP both ways (`media.srtp = "require"`, baresip's `mediaenc=srtp-mand`): the call starts,
+/// each side hears the other's tone, every packet the SIP leg took passed SRTP
+/// authentication, and the hang-up reaches baresip.
 #[tokio::test]
-async fn registers_and_calls_over_tls_with_a_client_certificate() -> anyhow::Result<()> {
+async fn registers_and_calls_over_tls_with_srtp_and_a_client_certificate() -> anyhow::Result<()> {
     let pki = TestPki::new()?;
     let (kamailio, tls_port) = tls_kamailio(&pki)?;
-    let callee = phone(&kamailio, "2000", true)?;
-    let gateway = tls_gateway(&pki, tls_port, &pki.ca)?;
+    let callee = Baresip::start(BaresipOptions {
+        account: Some(BaresipAccount::rig_user("2000", kamailio.sip_addr())?),
+        auto_answer: true,
+        codecs: vec!["PCMU".to_string()],
+        record: true,
+        media_encryption: Some("srtp-mand".to_string()),
+        ..Default::default()
+    })?;
+    let gateway = tls_gateway(&pki, tls_port, &pki.ca, "[media]\nsrtp = \"require\"\n")?;
     let (mut ws, session_id) =
         WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
     registered_over_tls(&kamailio)?;
@@ -110,13 +120,26 @@ async fn registers_and_calls_over_tls_with_a_client_certificate() -> anyhow::Res
         "the INVITE should reach Kamailio over TLS\n{}",
         kamailio.log_text()
     );
-    let heard = dominant_hz(&peer.exchange(point, 1000.0, 2.0, 0).await?, 8000)?;
+    let heard = dominant_hz(&peer.exchange(point, 1000.0, 3.0, 0).await?, 8000)?;
     ensure!((heard - 440.0).abs() < 15.0, "the client heard {heard} Hz");
+    let stats = gateway.status()?["media"][&call_id].clone();
+    // baresip 1.0 sends one plain RTCP packet before its SRTCP is keyed.
+    ensure!(
+        stats["packetsReceived"].as_u64().is_some_and(|n| n > 50)
+            && stats["srtpRejected"].as_u64().is_some_and(|n| n <= 2),
+        "the SIP leg: {stats}"
+    );
 
     ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
         .await?;
     ws.recv_type("CALL_FINISHED", REPLY).await?;
     callee.wait_call_closed(REPLY)?;
+    let recording = callee.wait_heard_recording_finished(REPLY)?;
+    let baresip_heard = analyze(&recording, 1000.0)?.dominant_hz;
+    ensure!(
+        (baresip_heard - 1000.0).abs() < 15.0,
+        "baresip heard {baresip_heard} Hz"
+    );
     ws.close().await?;
     gateway.wait_all_released(CLEANUP)?;
     Ok(())
@@ -130,7 +153,7 @@ async fn incoming_call_arrives_over_the_registration_connection() -> anyhow::Res
     let pki = TestPki::new()?;
     let (kamailio, tls_port) = tls_kamailio(&pki)?;
     let caller = phone(&kamailio, "1002", false)?;
-    let gateway = tls_gateway(&pki, tls_port, &pki.ca)?;
+    let gateway = tls_gateway(&pki, tls_port, &pki.ca, "")?;
     let (mut ws, session_id) =
         WsClient::start_session(&gateway.ws_url(), "1001", "secret1001").await?;
     registered_over_tls(&kamailio)?;
@@ -164,7 +187,7 @@ async fn incoming_call_arrives_over_the_registration_connection() -> anyhow::Res
 async fn untrusted_registrar_certificate_fails_the_session() -> anyhow::Result<()> {
     let pki = TestPki::new()?;
     let (kamailio, tls_port) = tls_kamailio(&pki)?;
-    let gateway = tls_gateway(&pki, tls_port, &pki.other_ca)?;
+    let gateway = tls_gateway(&pki, tls_port, &pki.other_ca, "")?;
     let mut ws = WsClient::connect(&gateway.ws_url()).await?;
     ws.recv_type("CONNECTED", REPLY).await?;
     ws.send_json(&json!({"type": "START_SESSION", "username": "1001", "password": "secret1001"}))
