@@ -14,7 +14,12 @@ use crate::state::Gateway;
 /// A session's identity toward SIP.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    from_user: String,
+    /// The session's user name: From's user part unless a caller number
+    /// is claimed.
+    user: String,
+    /// START_SESSION's defaults for the session's calls.
+    display_name: Option<String>,
+    caller_number: Option<String>,
     from_domain: String,
     /// Digest credentials, when the registrar authenticates the session.
     credential: Option<(String, String)>,
@@ -27,6 +32,7 @@ pub struct Caller {
 pub struct Dialled {
     pub target: String,
     pub display_name: Option<String>,
+    pub caller_number: Option<String>,
     pub replaces: Option<String>,
     pub referred_by: Option<String>,
 }
@@ -36,6 +42,7 @@ impl Dialled {
         Dialled {
             target,
             display_name: None,
+            caller_number: None,
             replaces: None,
             referred_by: None,
         }
@@ -43,10 +50,17 @@ impl Dialled {
 }
 
 impl Caller {
-    pub fn new(gateway: &Gateway, credentials: &(String, String), contact_user: String) -> Caller {
+    pub fn new(
+        gateway: &Gateway,
+        credentials: &(String, String),
+        contact_user: String,
+        (display_name, caller_number): (Option<String>, Option<String>),
+    ) -> Caller {
         let config = &gateway.config;
         Caller {
-            from_user: credentials.0.clone(),
+            user: credentials.0.clone(),
+            display_name,
+            caller_number,
             from_domain: call_domain(gateway),
             credential: (config.auth_mode() == AuthMode::Registrar).then(|| credentials.clone()),
             contact_user,
@@ -56,10 +70,42 @@ impl Caller {
         }
     }
 
+    /// The caller number a call would go out with (`None`: the user
+    /// name), if the user may claim it (`calls.caller_numbers`); `Err`
+    /// names the number refused.
+    pub fn claimed_number(
+        &self,
+        gateway: &Gateway,
+        dialled: &Dialled,
+    ) -> Result<Option<String>, String> {
+        match dialled
+            .caller_number
+            .as_ref()
+            .or(self.caller_number.as_ref())
+        {
+            Some(number) if *number != self.user => {
+                let claimable = grammar::check_user(number).is_ok()
+                    && gateway.caller_numbers.allows(&self.user, number);
+                if claimable {
+                    Ok(Some(number.clone()))
+                } else {
+                    Err(number.clone())
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The INVITE's parameters; the caller number must have passed
+    /// [`Caller::claimed_number`].
     pub fn call(&self, dialled: Dialled, offer: LocalAudio) -> OutgoingCall {
+        let from_user = dialled
+            .caller_number
+            .or_else(|| self.caller_number.clone())
+            .unwrap_or_else(|| self.user.clone());
         OutgoingCall {
-            from_user: self.from_user.clone(),
-            from_display_name: dialled.display_name,
+            from_user,
+            from_display_name: dialled.display_name.or_else(|| self.display_name.clone()),
             asserted_identity: self.asserted_identity,
             from_domain: self.from_domain.clone(),
             target: dialled.target,

@@ -143,6 +143,10 @@ pub struct CallsConfig {
     /// A WAV file (16-bit PCM mono, 8 kHz) a far end hears in a loop while
     /// the client holds it with `sendonly`; silence when empty.
     pub hold_music: std::path::PathBuf,
+    /// Caller numbers (From's user part) a client may claim with
+    /// `callerNumber`: user name, or `*` for everyone, to glob patterns.
+    /// Empty: calls come from the user name only.
+    pub caller_numbers: std::collections::BTreeMap<String, Vec<String>>,
     // Exposure and abuse controls (hardening, see docs/decisions.md).
     /// Test lines answer INVITEs from anyone, not only from the gateway's
     /// own SIP address.
@@ -470,6 +474,7 @@ impl Default for CallsConfig {
             asserted_identity: false,
             incoming_refer: ReferPolicy::DialPlan,
             hold_music: std::path::PathBuf::new(),
+            caller_numbers: Default::default(),
             test_lines_public: false,
             test_line_max_ms: 5 * 60_000,
             allow: Vec::new(),
@@ -869,6 +874,7 @@ impl Config {
             bail!("sessions.lockout_max_ms must be at least sessions.lockout_ms");
         }
         crate::dial_plan::DialPlan::new(&calls.allow, &calls.deny)?;
+        crate::dial_plan::CallerNumbers::new(&calls.caller_numbers)?;
         self.hold_music()?;
         Ok(())
     }

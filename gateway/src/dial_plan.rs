@@ -115,6 +115,28 @@ fn same_host(served: &str, host: &str) -> bool {
     with_port(served) == with_port(host)
 }
 
+/// Which caller numbers (the user part of From) each user may claim:
+/// `calls.caller_numbers`, user name (or `*`, everyone) to glob patterns.
+#[derive(Debug, Clone, Default)]
+pub struct CallerNumbers(std::collections::BTreeMap<String, Vec<String>>);
+
+impl CallerNumbers {
+    pub fn new(patterns: &std::collections::BTreeMap<String, Vec<String>>) -> anyhow::Result<Self> {
+        for glob in patterns.values().flatten() {
+            Pattern::new(glob)?;
+        }
+        Ok(CallerNumbers(patterns.clone()))
+    }
+
+    pub fn allows(&self, user: &str, number: &str) -> bool {
+        [user, "*"]
+            .iter()
+            .filter_map(|key| self.0.get(*key))
+            .flatten()
+            .any(|glob| glob_matches(glob, number))
+    }
+}
+
 /// `*` any run of characters, `?` exactly one; the rest literally,
 /// ASCII case-insensitively.
 fn glob_matches(glob: &str, text: &str) -> bool {
@@ -204,5 +226,25 @@ mod tests {
     fn bad_patterns_are_refused() {
         assert!(DialPlan::new(&["".to_string()], &[]).is_err());
         assert!(DialPlan::new(&[], &["9 00*".to_string()]).is_err());
+    }
+
+    #[test]
+    fn a_user_claims_only_the_numbers_listed_for_it_or_for_everyone() {
+        let patterns = [
+            ("alice".to_string(), vec!["+1555010?".to_string()]),
+            ("*".to_string(), vec!["100".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        let numbers = CallerNumbers::new(&patterns).unwrap();
+        assert!(numbers.allows("alice", "+15550101"));
+        assert!(numbers.allows("alice", "100") && numbers.allows("bob", "100"));
+        assert!(!numbers.allows("bob", "+15550101"));
+        assert!(!numbers.allows("alice", "+155501011"));
+        assert!(!CallerNumbers::default().allows("alice", "100"));
+        let bad = [("x".to_string(), vec![" ".to_string()])]
+            .into_iter()
+            .collect();
+        assert!(CallerNumbers::new(&bad).is_err());
     }
 }

@@ -175,6 +175,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let config_max_calls = config.calls.max_calls;
     let plan = dial_plan::DialPlan::new(&config.calls.allow, &config.calls.deny)?;
     let hold_music = config.hold_music()?;
+    let caller_numbers = dial_plan::CallerNumbers::new(&config.calls.caller_numbers)?;
     let gateway = Arc::new(Gateway {
         rooms,
         config,
@@ -191,6 +192,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         login_limiter: std::sync::Mutex::new(rate_limit::LoginLimiter::new(config_login_limits)),
         dial_plan: plan,
         hold_music,
+        caller_numbers,
         calls_held: call_slots::CallCount::new(config_max_calls),
         shutdown: stop.clone(),
         draining: drain,

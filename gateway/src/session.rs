@@ -130,9 +130,19 @@ impl Session {
         // Listen before registering, so an INVITE right after the 200 finds us.
         let mut incoming = registers.then(|| self.gateway.sip.incoming_calls(&self.contact_user()));
         let credentials = (request.username.clone(), request.password.clone());
+        let identity = (request.display_name.clone(), request.caller_number.clone());
+        let caller = Caller::new(&self.gateway, &credentials, self.contact_user(), identity);
+        // The session's caller number goes on every call it places, a
+        // REFER's included: checked once, before anything is registered.
+        if let Err(number) = caller.claimed_number(&self.gateway, &Dialled::to(String::new())) {
+            self.fail(Failure::forbidden(
+                None,
+                &format!("callerNumber {number:?} is not one this user may claim"),
+            ));
+            return;
+        }
         let authenticated = self.authenticate(request).await;
         self.count_login(&credentials.0, &authenticated);
-        let caller = Caller::new(&self.gateway, &credentials, self.contact_user());
         let registration = match authenticated {
             Ok(registration) => registration,
             Err(failure) => {
@@ -482,8 +492,20 @@ impl Session {
         };
         let dialled = Dialled {
             display_name: request.display_name.clone(),
+            caller_number: request.caller_number.clone(),
             ..Dialled::to(target)
         };
+        if let Err(number) = caller.claimed_number(&self.gateway, &dialled) {
+            info!(%number, "refused caller number");
+            self.refuse_call(
+                ProtocolError::new(
+                    ErrorCode::InvalidValue,
+                    format!("callerNumber {number:?} is not one this user may claim (calls.caller_numbers)"),
+                )
+                .with_field("callerNumber"),
+            );
+            return;
+        }
         let cc = request.cc;
         self.launch_call(slot, request.client_call_id, caller, move |task| {
             task.run_outgoing(dialled, cc, room)

@@ -53,6 +53,8 @@ pub struct Gateway {
     pub login_limiter: Mutex<LoginLimiter>,
     /// Which bUris clients may call.
     pub dial_plan: DialPlan,
+    /// Which caller numbers each user may claim.
+    pub caller_numbers: crate::dial_plan::CallerNumbers,
     /// What a far end the client holds hears (`calls.hold_music`).
     pub hold_music: Option<std::sync::Arc<[i16]>>,
     /// Calls of every session, against `calls.max_calls`.

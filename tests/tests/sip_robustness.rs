@@ -259,6 +259,81 @@ async fn a_reinvite_right_behind_the_ack_is_answered_every_time() -> anyhow::Res
     Ok(())
 }
 
+/// A caller number the gateway lets the user claim (`calls.caller_numbers`) is the From user
+/// (and the P-Asserted-Identity) of the INVITE, with the session's display name; one it does
+/// not is refused before anything is sent, on START_CALL and on START_SESSION.
+#[tokio::test]
+async fn a_caller_number_goes_out_only_when_the_user_may_claim_it() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(UasScenario::Answer, SippOptions::default())?;
+    let gateway = Gateway::start(&format!(
+        "{}asserted_identity = true\ncaller_numbers = {{ alice = [\"+1555010?\"] }}\n",
+        dialtone_tests::gateway::proxy_config(sipp.sip_addr(), "")
+    ))?;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await?;
+    ws.send_json(
+        &json!({"type": "START_SESSION", "username": "alice", "password": "x",
+        "displayName": "Front Desk"}),
+    )
+    .await?;
+    let session_id = ws
+        .recv_type_skipping("SESSION_STARTED", &["CONNECTED"], REPLY)
+        .await?["sessionId"]
+        .as_str()
+        .context("no sessionId")?
+        .to_string();
+    ws.send_json(
+        &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000",
+        "callerNumber": "+15550199"}),
+    )
+    .await?;
+    let error = ws.recv_type("ERROR", REPLY).await?;
+    ensure!(
+        error["field"] == "callerNumber" && error["code"] == "INVALID_VALUE",
+        "{error}"
+    );
+    let call_id = ws
+        .start_call(
+            &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000",
+                "callerNumber": "+15550101"}),
+            REPLY,
+        )
+        .await?;
+    // SIPp takes one call: the refused one never reached it.
+    let invite = sipp.wait_for_message("INVITE sip:", PEER)?;
+    let from = invite.header("From").context("INVITE without From")?;
+    ensure!(
+        from.starts_with("\"Front Desk\" <sip:+15550101@"),
+        "From: {from}"
+    );
+    let asserted = invite.header("P-Asserted-Identity").unwrap_or_default();
+    ensure!(
+        asserted.contains("<sip:+15550101@"),
+        "P-Asserted-Identity: {asserted}"
+    );
+    ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING"], REPLY)
+        .await?;
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    sipp.wait_success(PEER)?;
+
+    // Another user may not claim alice's number, not even as its session's default.
+    let mut bob = WsClient::connect(&gateway.ws_url()).await?;
+    bob.send_json(
+        &json!({"type": "START_SESSION", "username": "bob", "password": "x",
+        "callerNumber": "+15550101"}),
+    )
+    .await?;
+    let failed = bob
+        .recv_type_skipping("SESSION_FAILED", &["CONNECTED"], REPLY)
+        .await?;
+    ensure!(failed["reason"] == "FORBIDDEN", "{failed}");
+    bob.close().await?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
+    Ok(())
+}
+
 /// The caller's display name of START_CALL reaches the far end in From, quoted (and in
 /// P-Asserted-Identity toward a trunk set to trust the gateway); one that could break out of
 /// the quotes is refused before anything is sent.

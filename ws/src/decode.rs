@@ -206,13 +206,13 @@ fn validate(message: &ClientMessage) -> Result<(), ProtocolError> {
         non_empty("sessionId", session_id)?;
     }
     match message {
-        ClientMessage::StartSession(m) => non_empty("username", &m.username),
+        ClientMessage::StartSession(m) => {
+            non_empty("username", &m.username)?;
+            caller_identity(&m.display_name, &m.caller_number)
+        }
         ClientMessage::StartCall(m) => {
             non_empty("bUri", &m.b_uri)?;
-            match &m.display_name {
-                Some(name) => display_name("displayName", name),
-                None => Ok(()),
-            }
+            caller_identity(&m.display_name, &m.caller_number)
         }
         ClientMessage::SendDtmfSignal(m) => {
             let valid = !m.dtmf_string.is_empty()
@@ -287,6 +287,30 @@ fn display_name(field: &str, name: &str) -> Result<(), ProtocolError> {
             format!("{field} must be 1 to 64 characters without quotes, backslashes, angle brackets or control characters"),
         )
         .with_field(field))
+    }
+}
+
+/// A display name and a caller number, when given; whether the user may
+/// claim the number is the gateway's to decide.
+fn caller_identity(name: &Option<String>, number: &Option<String>) -> Result<(), ProtocolError> {
+    if let Some(name) = name {
+        display_name("displayName", name)?;
+    }
+    match number {
+        Some(number)
+            if number.is_empty()
+                || number.len() > 32
+                || !number.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '+' | '*' | '#' | '-' | '.' | '_')
+                }) =>
+        {
+            Err(ProtocolError::new(
+                ErrorCode::InvalidValue,
+                "callerNumber must be 1 to 32 of 0-9 A-Z a-z + * # - . _",
+            )
+            .with_field("callerNumber"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -37,6 +37,12 @@ pub struct StartSession {
     pub client_id: Option<String>,
     #[serde(default)]
     pub sender: Option<String>,
+    /// Extension: the display name and caller number of the session's
+    /// calls, unless a call names its own (see START_CALL).
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub caller_number: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -60,6 +66,10 @@ pub struct StartCall {
     /// characters; no `"`, `\`, `<`, `>` or control characters).
     #[serde(default)]
     pub display_name: Option<String>,
+    /// Extension: the user part of the call's From, when the gateway lets
+    /// this user claim it (`calls.caller_numbers`); the user name if unset.
+    #[serde(default)]
+    pub caller_number: Option<String>,
     #[serde(default)]
     pub cc: Option<Capabilities>,
     /// Voice, video.
