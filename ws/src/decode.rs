@@ -374,6 +374,8 @@ mod tests {
                 password: "pw".into(),
                 client_id: Some("c1".into()),
                 sender: Some("web".into()),
+                display_name: None,
+                caller_number: None,
             })
         );
     }
