@@ -99,13 +99,16 @@ pub enum UasScenario {
     /// Answers, then takes two re-INVITEs: the hold (answered `recvonly`) and the resume
     /// (`sendrecv`); expects BYE.
     AnswerTakeHoldAndResume,
+    /// Answers, refuses the first re-INVITE with 491 (glare), takes the retry (`recvonly`);
+    /// expects BYE.
+    AnswerGlareThenTakeHold,
     /// `EarlyMedia` with a reliable 183 (`Require: 100rel`, `RSeq: 1`): expects a PRACK and
     /// answers it 200 before the pause.
     EarlyMedia100rel,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 23] = [
+    pub const ALL: [UasScenario; 24] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -129,6 +132,7 @@ impl UasScenario {
         UasScenario::AnswerThenRefusedRefer,
         UasScenario::AnswerThenTakeRefer,
         UasScenario::AnswerTakeHoldAndResume,
+        UasScenario::AnswerGlareThenTakeHold,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -157,6 +161,7 @@ impl UasScenario {
             UasScenario::AnswerThenRefusedRefer => "answer_then_refused_refer",
             UasScenario::AnswerThenTakeRefer => "answer_then_take_refer",
             UasScenario::AnswerTakeHoldAndResume => "answer_take_hold_and_resume",
+            UasScenario::AnswerGlareThenTakeHold => "answer_glare_then_take_hold",
         }
     }
 
@@ -232,6 +237,9 @@ impl UasScenario {
             }
             UasScenario::AnswerTakeHoldAndResume => {
                 include_str!("../rig/sipp/answer_take_hold_and_resume.xml")
+            }
+            UasScenario::AnswerGlareThenTakeHold => {
+                include_str!("../rig/sipp/answer_glare_then_take_hold.xml")
             }
         })
     }

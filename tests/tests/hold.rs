@@ -1,4 +1,5 @@
-//! Music on hold (`calls.hold_music`): while the client holds a call with HOLD_CALL
+//! Holding a call against SIPp far ends: the glare back-off (RFC 3261 section 14.1), and
+//! music on hold (`calls.hold_music`): while the client holds a call with HOLD_CALL
 //! (`sendonly`), the far end hears the configured recording instead of the client, in the
 //! call's one RTP stream; after RESUME_CALL it hears the client again. The far end is a SIPp
 //! callee taking the re-INVITEs whose media is a socket of the test.
@@ -132,5 +133,44 @@ async fn a_hold_music_file_of_the_wrong_kind_is_refused_at_start() -> anyhow::Re
         log.contains("calls.hold_music") && log.contains("8 kHz"),
         "the refusal does not say what to do:\n{log}"
     );
+    Ok(())
+}
+
+/// A far end whose re-INVITE crossed ours answers ours 491: the gateway retries after the RFC
+/// 3261 back-off (2.1 to 4 s for the Call-ID's owner) and the client gets CALL_HELD once the
+/// retry is answered, no ERROR.
+#[tokio::test]
+async fn a_hold_refused_by_glare_is_retried_after_the_back_off() -> anyhow::Result<()> {
+    let sipp = Sipp::uas(UasScenario::AnswerGlareThenTakeHold, SippOptions::default())?;
+    let gateway = Gateway::start(&format!("{LOOPBACK}t1_ms = 100\n"))?;
+    let client = RtpPeer::bind(Codec::Pcmu).await?;
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    let b_uri = format!("sip:3000@{}", sipp.sip_addr());
+    let (call_id, _) = start_rtp_call(&mut ws, &session_id, &b_uri, &client).await?;
+    let asked = std::time::Instant::now();
+    ws.send_json(&json!({"type": "HOLD_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    let held = ws.recv_type("CALL_HELD", Duration::from_secs(15)).await?;
+    let waited = asked.elapsed();
+    ensure!(held["by"] == "LOCAL", "{held}");
+    ensure!(
+        waited >= Duration::from_millis(2100),
+        "the retry came {waited:?} after the hold: no glare back-off"
+    );
+    let reinvites = sipp
+        .messages()
+        .into_iter()
+        .filter(|message| !message.sent && message.is_request("INVITE"))
+        .count();
+    ensure!(
+        reinvites == 3,
+        "{reinvites} INVITEs reached the far end, not the call's and two re-INVITEs"
+    );
+    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+        .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    sipp.wait_success(PEER)?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
     Ok(())
 }
