@@ -491,6 +491,51 @@ pub fn dtmf_in_wav(path: &std::path::Path) -> anyhow::Result<Vec<char>> {
     Ok(digits)
 }
 
+/// What the client plays in [`srtp_call_tones_both_ways`].
+pub const SRTP_CALL_TONE_HZ: f64 = 1000.0;
+
+/// An SRTP call between the client's RTP point and baresip, as both hear it: plays a
+/// [`SRTP_CALL_TONE_HZ`] tone from the client's point while baresip plays its own (440 Hz);
+/// checks that the SIP leg took baresip's stream (each packet counted
+/// there passed SRTP authentication; baresip 1.0 sends one plain RTCP
+/// packet before its SRTCP is keyed, which is rejected); ends the call
+/// from the client; checks what each side heard.
+pub async fn srtp_call_tones_both_ways(
+    gateway: &crate::gateway::Gateway,
+    ws: &mut crate::ws_client::WsClient,
+    session_id: &str,
+    call_id: &str,
+    point: std::net::SocketAddr,
+    peer: &RtpPeer,
+    baresip: &crate::baresip::Baresip,
+) -> anyhow::Result<()> {
+    let heard = peer.exchange(point, SRTP_CALL_TONE_HZ, 3.0, 0).await?;
+    let stats = gateway.status()?["media"][call_id].clone();
+    anyhow::ensure!(
+        stats["packetsReceived"].as_u64().is_some_and(|n| n > 50)
+            && stats["srtpRejected"].as_u64().is_some_and(|n| n <= 2),
+        "the SIP leg: {stats}"
+    );
+    ws.send_json(
+        &serde_json::json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}),
+    )
+    .await?;
+    ws.recv_type("CALL_FINISHED", REPLY).await?;
+    baresip.wait_call_closed(REPLY)?;
+    let recording = baresip.wait_heard_recording_finished(REPLY)?;
+    let baresip_heard = crate::audio::analyze(&recording, SRTP_CALL_TONE_HZ)?.dominant_hz;
+    let client_heard = dominant_hz(&heard, 8000)?;
+    anyhow::ensure!(
+        (baresip_heard - SRTP_CALL_TONE_HZ).abs() < 15.0,
+        "baresip heard {baresip_heard} Hz"
+    );
+    anyhow::ensure!(
+        (client_heard - 440.0).abs() < 15.0,
+        "the client heard {client_heard} Hz"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use dialtone_tests::audio::analyze;
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions, KamailioTls};
 use dialtone_tests::pki::TestPki;
 use dialtone_tests::process::Logged;
-use dialtone_tests::rtp_peer::{dominant_hz, start_rtp_call, RtpPeer};
+use dialtone_tests::rtp_peer::{srtp_call_tones_both_ways, start_rtp_call, RtpPeer};
 use dialtone_tests::ws_client::WsClient;
 use dialtone_tests::{free_port, Gateway};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -120,26 +119,16 @@ async fn registers_and_calls_over_tls_with_srtp_and_a_client_certificate() -> an
         "the INVITE should reach Kamailio over TLS\n{}",
         kamailio.log_text()
     );
-    let heard = dominant_hz(&peer.exchange(point, 1000.0, 3.0, 0).await?, 8000)?;
-    ensure!((heard - 440.0).abs() < 15.0, "the client heard {heard} Hz");
-    let stats = gateway.status()?["media"][&call_id].clone();
-    // baresip 1.0 sends one plain RTCP packet before its SRTCP is keyed.
-    ensure!(
-        stats["packetsReceived"].as_u64().is_some_and(|n| n > 50)
-            && stats["srtpRejected"].as_u64().is_some_and(|n| n <= 2),
-        "the SIP leg: {stats}"
-    );
-
-    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
-        .await?;
-    ws.recv_type("CALL_FINISHED", REPLY).await?;
-    callee.wait_call_closed(REPLY)?;
-    let recording = callee.wait_heard_recording_finished(REPLY)?;
-    let baresip_heard = analyze(&recording, 1000.0)?.dominant_hz;
-    ensure!(
-        (baresip_heard - 1000.0).abs() < 15.0,
-        "baresip heard {baresip_heard} Hz"
-    );
+    srtp_call_tones_both_ways(
+        &gateway,
+        &mut ws,
+        &session_id,
+        &call_id,
+        point,
+        &peer,
+        &callee,
+    )
+    .await?;
     ws.close().await?;
     gateway.wait_all_released(CLEANUP)?;
     Ok(())

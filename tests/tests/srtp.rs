@@ -8,18 +8,16 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use dialtone_codecs::Codec;
-use dialtone_tests::audio::analyze;
 use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions};
 use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
-use dialtone_tests::rtp_peer::{dominant_hz, sdp_audio_addr, start_rtp_call, RtpPeer};
+use dialtone_tests::rtp_peer::{
+    sdp_audio_addr, srtp_call_tones_both_ways, start_rtp_call, RtpPeer,
+};
 use dialtone_tests::ws_client::WsClient;
 use serde_json::json;
 
 const REPLY: Duration = Duration::from_secs(10);
-const TONE_HZ: f64 = 1000.0;
-/// baresip's default source tone.
-const BARESIP_TONE_HZ: f64 = 440.0;
 
 struct Line {
     kamailio: Kamailio,
@@ -51,45 +49,6 @@ impl Line {
     async fn session(&self) -> anyhow::Result<(WsClient, String)> {
         WsClient::start_session(&self.gateway.ws_url(), "1001", "secret1001").await
     }
-}
-
-/// Plays a tone from the client's RTP point while baresip plays its own;
-/// checks that the SIP leg took baresip's stream (each packet counted
-/// there passed SRTP authentication; baresip 1.0 sends one plain RTCP
-/// packet before its SRTCP is keyed, which is rejected); ends the call
-/// from the client; checks what each side heard.
-async fn tones_both_ways(
-    gateway: &Gateway,
-    ws: &mut WsClient,
-    session_id: &str,
-    call_id: &str,
-    point: std::net::SocketAddr,
-    peer: &RtpPeer,
-    baresip: &Baresip,
-) -> anyhow::Result<()> {
-    let heard = peer.exchange(point, TONE_HZ, 3.0, 0).await?;
-    let stats = gateway.status()?["media"][call_id].clone();
-    ensure!(
-        stats["packetsReceived"].as_u64().is_some_and(|n| n > 50)
-            && stats["srtpRejected"].as_u64().is_some_and(|n| n <= 2),
-        "the SIP leg: {stats}"
-    );
-    ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
-        .await?;
-    ws.recv_type("CALL_FINISHED", REPLY).await?;
-    baresip.wait_call_closed(REPLY)?;
-    let recording = baresip.wait_heard_recording_finished(REPLY)?;
-    let baresip_heard = analyze(&recording, TONE_HZ)?.dominant_hz;
-    let client_heard = dominant_hz(&heard, 8000)?;
-    ensure!(
-        (baresip_heard - TONE_HZ).abs() < 15.0,
-        "baresip heard {baresip_heard} Hz"
-    );
-    ensure!(
-        (client_heard - BARESIP_TONE_HZ).abs() < 15.0,
-        "the client heard {client_heard} Hz"
-    );
-    Ok(())
 }
 
 /// baresip's log of the call: its srtp module names the suite it keyed
@@ -126,7 +85,7 @@ async fn call_to_baresip_with_mandatory_srtp_carries_audio_both_ways() -> anyhow
         "no crypto lines sent"
     );
     ensure!(line.gateway.count_log("SRTP packet rejected") <= 1);
-    tones_both_ways(
+    srtp_call_tones_both_ways(
         &line.gateway,
         &mut ws,
         &session_id,
@@ -170,7 +129,7 @@ async fn call_from_baresip_offering_srtp_is_answered_with_srtp() -> anyhow::Resu
     ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING"], REPLY)
         .await?;
     caller.wait_call_established(REPLY)?;
-    tones_both_ways(
+    srtp_call_tones_both_ways(
         &line.gateway,
         &mut ws,
         &session_id,
