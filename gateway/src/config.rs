@@ -272,6 +272,13 @@ pub struct SipConfig {
     /// The SIP UDP socket's receive buffer, bytes; the kernel grants at
     /// most `net.core.rmem_max` (the gateway logs what it got).
     pub udp_receive_buffer: usize,
+    /// DNS servers (`ip:port`) for registrar and proxy names (RFC 3263:
+    /// NAPTR, SRV, A/AAAA); /etc/resolv.conf's when empty.
+    pub dns_servers: Vec<SocketAddr>,
+    /// A request to one of a name's servers that has no answer at all
+    /// after this long goes to the next server; the last one gets the
+    /// request's whole time.
+    pub failover_timeout_ms: u64,
 }
 
 /// How START_SESSION checks a user.
@@ -407,6 +414,10 @@ impl Default for SipConfig {
             dialog_keepalive_ms: 30_000,
             // A burst of a thousand calls' INVITEs and BYEs.
             udp_receive_buffer: 4 * 1024 * 1024,
+            dns_servers: vec![],
+            // Four INVITE retransmissions at the default T1: a live server
+            // has answered by then, and a caller barely notices the wait.
+            failover_timeout_ms: 2000,
         }
     }
 }
@@ -932,10 +943,7 @@ impl Config {
         if !registrar.domain.is_empty() {
             return Some(registrar.domain.clone());
         }
-        registrar
-            .target()
-            .ok()
-            .map(|t| format!("{}:{}", t.host, t.port))
+        registrar.target().ok().map(|t| t.host_port())
     }
 }
 
@@ -995,7 +1003,7 @@ mod tests {
         assert_eq!(config.auth_mode(), AuthMode::Registrar);
         assert_eq!(config.http.listen.port(), 9000);
         let target = config.registrar.unwrap().target().unwrap();
-        assert_eq!(target.port, 5070);
+        assert_eq!(target.port, Some(5070));
     }
 
     #[test]

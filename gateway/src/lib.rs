@@ -89,6 +89,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             })
         },
         udp_receive_buffer: config.sip.udp_receive_buffer,
+        dns_servers: config.sip.dns_servers.clone(),
+        failover_timeout: Duration::from_millis(config.sip.failover_timeout_ms.max(1)),
     })
     .await?;
     let listener = limits::listen(config.http.listen)

@@ -277,7 +277,7 @@ impl Session {
         let proxy = self.gateway.config.call_proxy().ok().flatten();
         let served = proxy
             .as_ref()
-            .map(|proxy| vec![domain.to_string(), format!("{}:{}", proxy.host, proxy.port)]);
+            .map(|proxy| vec![domain.to_string(), proxy.host_port()]);
         let Err(refusal) = self.gateway.dial_plan.check(target, served.as_deref()) else {
             return true;
         };

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::grammar::{self, GrammarError};
+use crate::locate::{Failover, Failure};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
 use crate::screening::{self, Refusal};
@@ -307,17 +308,13 @@ impl UserAgent {
         });
         let caller =
             Uri::try_from(caller_text.as_str()).map_err(|_| DialError::BadTarget(caller_text))?;
-        let (destination, transport) = match &request.proxy {
-            Some(proxy) => (
-                Some(SipAddr {
-                    r#type: Some(proxy.transport.into()),
-                    addr: proxy.resolve().await?.into(),
-                }),
-                proxy.transport,
-            ),
-            None => (None, TransportKind::Udp),
+        // Where the INVITE may go, in RFC 3263 order; the Request-URI's own
+        // host (left to rsipstack) without a proxy.
+        let destinations = match &request.proxy {
+            Some(proxy) => self.locator.locate(proxy).await?,
+            None => vec![],
         };
-        let option = InviteOption {
+        let template = InviteOption {
             caller_display_name: request.from_display_name,
             // A far end that requires reliable provisional responses (100rel)
             // gets its PRACK from the stack.
@@ -325,10 +322,10 @@ impl UserAgent {
             headers: asserted.map(|header| vec![header]),
             caller,
             callee,
-            destination,
+            destination: None,
             content_type: Some("application/sdp".to_string()),
             offer: Some(request.offer.render().into_bytes()),
-            contact: self.contact_uri(&request.contact_user, transport)?,
+            contact: self.contact_uri(&request.contact_user, TransportKind::Udp)?,
             credential: request.credential.map(|(username, password)| Credential {
                 username,
                 password,
@@ -337,13 +334,37 @@ impl UserAgent {
             }),
             ..Default::default()
         };
+        let mut options = Vec::with_capacity(destinations.len());
+        for destination in &destinations {
+            options.push(InviteOption {
+                destination: Some(SipAddr {
+                    r#type: Some(destination.transport.into()),
+                    addr: destination.addr.into(),
+                }),
+                contact: self.contact_uri(&request.contact_user, destination.transport)?,
+                ..template.clone()
+            });
+        }
+        if options.is_empty() {
+            options.push(template);
+        }
+        let failover = Failover::new(options)
+            .ok_or_else(|| DialError::Stack("no destination for the INVITE".to_string()))?;
         let (state_sender, states) = self.dialogs.new_dialog_state_channel();
         let (dialog, invite) = self
             .dialogs
-            .do_invite_async(option, state_sender)
+            .do_invite_async(failover.current().clone(), state_sender)
             .map_err(|e| DialError::Stack(e.to_string()))?;
+        let attempts = (!failover.is_last()).then(|| Attempts {
+            deadline: failover
+                .patience(self.failover_timeout)
+                .map(|patience| Instant::now() + patience),
+            failover,
+            patience: self.failover_timeout,
+            ringing: false,
+        });
         let negotiation = Negotiation::offered(request.offer);
-        Ok(self.drive(dialog, states, Some(invite), Some(negotiation)))
+        Ok(self.drive(dialog, states, Some(invite), Some(negotiation), attempts))
     }
 
     /// Routes INVITEs whose Request-URI user is `contact_user` to the
@@ -401,7 +422,7 @@ impl UserAgent {
             }
         });
         // Our SDP comes with the answer, when the gateway accepts.
-        let call = self.drive(dialog, states, None, None);
+        let call = self.drive(dialog, states, None, None, None);
         let offer =
             (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
         let caller = from_uri(&request);
@@ -438,6 +459,7 @@ impl UserAgent {
         states: DialogStateReceiver,
         invite: Option<JoinHandle<InviteAsyncResult>>,
         negotiation: Option<Negotiation>,
+        attempts: Option<Attempts>,
     ) -> Call {
         let (command_sender, commands) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
@@ -464,6 +486,7 @@ impl UserAgent {
             next_direction: None,
             hangup_in_flight: false,
             hangup_after_ack: false,
+            attempts,
         };
         self.tasks.spawn(driver.run(states, commands, done, invite));
         Call {
@@ -551,6 +574,22 @@ struct Driver {
     hangup_in_flight: bool,
     /// Incoming: hung up between our 200 and the caller's ACK.
     hangup_after_ack: bool,
+    /// Outgoing, with destinations left to try.
+    attempts: Option<Attempts>,
+}
+
+/// An outgoing INVITE's destinations (RFC 3263) while one is left to try:
+/// a silent destination, an unreachable one or a 503 sends the INVITE on.
+struct Attempts {
+    /// The INVITE for each destination, in order.
+    failover: Failover<InviteOption>,
+    /// How long a destination may stay silent.
+    patience: Duration,
+    /// When the current destination, silent so far, is given up.
+    deadline: Option<Instant>,
+    /// The current destination sent a 18x: a 503 after that comes from
+    /// beyond it, and another destination would only ring the callee again.
+    ringing: bool,
 }
 
 /// A SIP transaction of the driver that finished.
@@ -596,10 +635,21 @@ impl Driver {
                     }
                     self.next_probe = Some(Instant::now() + self.keepalive);
                 }
+                _ = sleep_until(self.attempts.as_ref().and_then(|a| a.deadline)) => {
+                    if let Some(attempts) = self.attempts.as_mut() {
+                        attempts.deadline = None;
+                    }
+                    self.fail_over(Failure::Timeout, &mut states, &mut invite);
+                }
                 state = states.recv() => {
                     let Some(state) = state else {
                         break self.ended(EndReason::Timeout);
                     };
+                    if let Some(failure) = self.attempt_heard(&state) {
+                        if self.fail_over(failure, &mut states, &mut invite) {
+                            continue;
+                        }
+                    }
                     if let DialogState::Confirmed(id, _) = &state {
                         confirmed_id = Some(id.clone());
                     }
@@ -609,6 +659,11 @@ impl Driver {
                 }
                 outcome = invite_outcome(&mut invite), if invite.is_some() => {
                     invite = None;
+                    if let Some(failure) = invite_failure(&outcome) {
+                        if self.fail_over(failure, &mut states, &mut invite) {
+                            continue;
+                        }
+                    }
                     if let Some(last) = self.on_invite_outcome(outcome) {
                         break last;
                     }
@@ -658,6 +713,77 @@ impl Driver {
         self.dialogs.remove_dialog(&self.dialog.id());
         if let Some(id) = confirmed_id {
             self.dialogs.remove_dialog(&id);
+        }
+    }
+
+    /// Notes what the current destination said; a final error is a failure
+    /// that may fail over.
+    fn attempt_heard(&mut self, state: &DialogState) -> Option<Failure> {
+        let attempts = self.attempts.as_mut()?;
+        match state {
+            DialogState::Trying(_) => attempts.deadline = None,
+            DialogState::Early(_, _) => {
+                attempts.deadline = None;
+                attempts.ringing = true;
+            }
+            DialogState::Terminated(_, TerminatedReason::UasOther(status)) => {
+                return Some(Failure::Status(status.code()));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Sends the INVITE to the next destination after `failure`, when
+    /// RFC 3263 says so, one is left and the caller still wants the call;
+    /// whether it did.
+    fn fail_over(
+        &mut self,
+        failure: Failure,
+        states: &mut DialogStateReceiver,
+        invite: &mut Option<JoinHandle<InviteAsyncResult>>,
+    ) -> bool {
+        if self.hangup_in_flight || self.established {
+            return false;
+        }
+        let Some(attempts) = self.attempts.as_mut() else {
+            return false;
+        };
+        if attempts.ringing && matches!(failure, Failure::Status(_)) {
+            return false;
+        }
+        let from = attempts.failover.current().destination.clone();
+        let Some(next) = attempts.failover.next_after(failure) else {
+            return false;
+        };
+        // RFC 3263 section 4.3: the same request, in a new transaction.
+        let option = InviteOption {
+            call_id: Some(self.dialog.id().call_id),
+            ..next.clone()
+        };
+        info!(?from, to = ?option.destination, ?failure, "the INVITE fails over to the next destination");
+        // The given-up INVITE stops; rsipstack CANCELs it should it answer
+        // late, and BYEs a late 2xx.
+        if let Some(given_up) = invite.take() {
+            given_up.abort();
+        }
+        let (state_sender, receiver) = self.dialogs.new_dialog_state_channel();
+        match self.dialogs.do_invite_async(option, state_sender) {
+            Ok((dialog, handle)) => {
+                self.dialog = dialog;
+                *states = receiver;
+                *invite = Some(handle);
+                attempts.ringing = false;
+                attempts.deadline = attempts
+                    .failover
+                    .patience(attempts.patience)
+                    .map(|patience| Instant::now() + patience);
+                true
+            }
+            Err(error) => {
+                warn!(%error, "cannot send the INVITE to the next destination");
+                false
+            }
         }
     }
 
@@ -1277,6 +1403,22 @@ async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task:
     match task {
         Some(handle) => handle.await,
         None => std::future::pending().await,
+    }
+}
+
+/// How our INVITE transaction failed, when it did in a way that may fail
+/// over (the status is checked by [`Failure::moves_on`]).
+fn invite_failure(outcome: &Result<InviteAsyncResult, tokio::task::JoinError>) -> Option<Failure> {
+    match outcome {
+        Ok(Ok((_, Some(response))))
+            if response.status_code.kind() != StatusCodeKind::Successful =>
+        {
+            Some(Failure::Status(response.status_code.code()))
+        }
+        Ok(Ok((_, Some(_)))) => None,
+        Ok(Ok((_, None))) => Some(Failure::Timeout),
+        Ok(Err(_)) => Some(Failure::Unreachable),
+        Err(_) => None,
     }
 }
 

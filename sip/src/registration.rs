@@ -7,10 +7,12 @@ use std::time::Duration;
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::registration::Registration as StackRegistration;
 use rsipstack::sip::typed::Contact;
-use rsipstack::sip::{Auth, HostWithPort, Param, Scheme, StatusCodeKind, Transport, Uri};
-use tracing::debug;
+use rsipstack::sip::{Auth, HostWithPort, Param, Response, Scheme, StatusCodeKind, Transport, Uri};
+use tracing::{debug, info};
 
+use crate::dns::Locator;
 use crate::grammar::{self, GrammarError};
+use crate::locate::{Destination, Failover, Failure};
 use crate::peer_numbers;
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
@@ -54,7 +56,13 @@ pub enum RegisterError {
 /// when the user leaves.
 pub struct Registration {
     stack: StackRegistration,
-    request_uri: Uri,
+    /// Located again for every REGISTER (the DNS cache keeps answers for
+    /// their TTL), so a refresh follows DNS and fails over like the first.
+    registrar: SipTarget,
+    /// The Request-URI's host: the AOR domain.
+    domain: String,
+    locator: Locator,
+    failover_timeout: Duration,
     requested_expires: u32,
     timeout: Duration,
 }
@@ -74,16 +82,13 @@ impl UserAgent {
         if let Some(auth_username) = &account.auth_username {
             grammar::check_user(auth_username)?;
         }
-        let proxy = registrar.resolve().await?;
         let domain = if account.domain.is_empty() {
-            format!("{}:{}", registrar.host, registrar.port)
+            registrar.host_port()
         } else {
             account.domain.clone()
         };
-        let request_uri = parse_uri(&format!(
-            "sip:{domain};transport={}",
-            registrar.transport.as_str()
-        ))?;
+        // Checked now: a domain that makes no URI is the configuration's fault.
+        parse_uri(&format!("sip:{domain}"))?;
         let contact = Contact {
             display_name: None,
             uri: Uri {
@@ -93,10 +98,8 @@ impl UserAgent {
                     password: None,
                 }),
                 host_with_port: HostWithPort::from(self.advertised_addr()),
-                params: match registrar.transport {
-                    TransportKind::Udp => vec![],
-                    TransportKind::Tcp => vec![Param::Transport(Transport::Tcp)],
-                },
+                // The transport parameter follows the destination of each REGISTER.
+                params: vec![],
                 headers: vec![],
             },
             params: vec![],
@@ -109,10 +112,12 @@ impl UserAgent {
         };
         let mut stack = StackRegistration::new(self.endpoint.clone(), Some(credential));
         stack.contact = Some(contact);
-        stack.outbound_proxy = Some(proxy);
         let mut registration = Registration {
             stack,
-            request_uri,
+            registrar: registrar.clone(),
+            domain,
+            locator: self.locator.clone(),
+            failover_timeout: self.failover_timeout,
             requested_expires: expires,
             timeout,
         };
@@ -159,20 +164,88 @@ impl Registration {
         self.send(0).await
     }
 
+    /// One REGISTER, to the registrar's destinations in turn until one
+    /// answers (RFC 3263 failover), all within the timeout.
     async fn send(&mut self, expires: u32) -> Result<(), RegisterError> {
-        let exchange = self.stack.register(self.request_uri.clone(), Some(expires));
-        let response = tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, self.send_with_failover(expires))
             .await
             .map_err(|_| RegisterError::NoAnswer(self.timeout))?
-            .map_err(|e| RegisterError::Unreachable(e.to_string()))?;
-        debug!(status = %response.status_code, expires, "REGISTER answered");
-        if response.status_code.kind() == StatusCodeKind::Successful {
-            return Ok(());
+    }
+
+    async fn send_with_failover(&mut self, expires: u32) -> Result<(), RegisterError> {
+        let destinations = self.locator.locate(&self.registrar).await?;
+        let Some(mut failover) = Failover::new(destinations) else {
+            return Err(RegisterError::Unreachable(format!(
+                "no address for {}",
+                self.registrar
+            )));
+        };
+        loop {
+            let destination = *failover.current();
+            let patience = failover.patience(self.failover_timeout);
+            let (failure, error) = match self.exchange(destination, expires, patience).await? {
+                Ok(response) if response.status_code.kind() == StatusCodeKind::Successful => {
+                    debug!(status = %response.status_code, expires, to = %destination.addr, "REGISTER answered");
+                    return Ok(());
+                }
+                Ok(response) => {
+                    debug!(status = %response.status_code, expires, to = %destination.addr, "REGISTER answered");
+                    let status = response.status_code.code();
+                    (
+                        Failure::Status(status),
+                        RegisterError::Rejected {
+                            status,
+                            reason: response.status_code.text().to_string(),
+                        },
+                    )
+                }
+                Err((failure, reason)) => (failure, RegisterError::Unreachable(reason)),
+            };
+            if failover.next_after(failure).is_none() {
+                return Err(error);
+            }
+            info!(from = %destination.addr, ?failure, next = %failover.current().addr, "REGISTER fails over to the registrar's next address");
         }
-        Err(RegisterError::Rejected {
-            status: response.status_code.code(),
-            reason: response.status_code.text().to_string(),
-        })
+    }
+
+    /// The REGISTER exchange (challenge included) with one destination;
+    /// `patience` bounds it when others are left to try.
+    async fn exchange(
+        &mut self,
+        to: Destination,
+        expires: u32,
+        patience: Option<Duration>,
+    ) -> Result<Result<Response, (Failure, String)>, RegisterError> {
+        let request_uri = parse_uri(&format!(
+            "sip:{};transport={}",
+            self.domain,
+            to.transport.as_str()
+        ))?;
+        if let Some(contact) = self.stack.contact.as_mut() {
+            contact
+                .uri
+                .params
+                .retain(|param| !matches!(param, Param::Transport(_)));
+            if to.transport == TransportKind::Tcp {
+                contact.uri.params.push(Param::Transport(Transport::Tcp));
+            }
+        }
+        self.stack.outbound_proxy = Some(to.addr);
+        let exchange = self.stack.register(request_uri, Some(expires));
+        let outcome = match patience {
+            Some(patience) => match tokio::time::timeout(patience, exchange).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return Ok(Err((
+                        Failure::Timeout,
+                        format!("no answer from {} within {patience:?}", to.addr),
+                    )))
+                }
+            },
+            None => exchange.await,
+        };
+        // rsipstack reports a transport error and a transaction timeout alike.
+        Ok(outcome.map_err(|error| (Failure::Unreachable, error.to_string())))
     }
 }
 

@@ -1,7 +1,6 @@
 //! Where SIP requests go: a registrar or proxy address with its transport.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The SIP transports the gateway speaks toward registrars and proxies.
@@ -24,13 +23,17 @@ impl TransportKind {
 /// A registrar or proxy: host, port and transport.
 ///
 /// Written as a SIP URI (`sip:pbx.example.com:5060;transport=tcp`) or a bare
-/// `host[:port]`. The host is resolved each time it is used, so a DNS change
-/// is followed without a restart.
+/// `host[:port]`. What is left out is found as RFC 3263 says (NAPTR, SRV,
+/// then 5060 over UDP); the host is resolved each time it is used (DNS
+/// answers are cached for their TTL), so a DNS change is followed without a
+/// restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipTarget {
     pub host: String,
-    pub port: u16,
-    pub transport: TransportKind,
+    /// The explicit port, if any: with one, only A/AAAA records are looked up.
+    pub port: Option<u16>,
+    /// The explicit `transport=`, if any: with one, NAPTR is skipped.
+    pub transport: Option<TransportKind>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,20 +42,18 @@ pub enum TargetError {
     BadAddress(String),
     #[error("transport '{0}' is not supported (udp or tcp)")]
     BadTransport(String),
-    #[error("'{0}' does not resolve to an IPv4 address")]
-    Unresolved(String),
+    #[error("'{0}' does not resolve to an address we can reach: {1}")]
+    Unresolved(String, String),
 }
 
 impl SipTarget {
-    /// Resolves the host to the first IPv4 address it names.
-    pub async fn resolve(&self) -> Result<SocketAddr, TargetError> {
-        let found = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|_| TargetError::Unresolved(self.host.clone()))?;
-        found
-            .into_iter()
-            .find(SocketAddr::is_ipv4)
-            .ok_or_else(|| TargetError::Unresolved(self.host.clone()))
+    /// `host` or `host:port` as written: the domain of a Request-URI and
+    /// what a target's host is compared with.
+    pub fn host_port(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        }
     }
 }
 
@@ -66,22 +67,22 @@ impl FromStr for SipTarget {
         let host_port = parts.next().unwrap_or_default();
         let bad = || TargetError::BadAddress(host_port.to_string());
         let (host, port) = match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse::<u16>().map_err(|_| bad())?),
-            None => (host_port, 5060),
+            Some((host, port)) => (host, Some(port.parse::<u16>().map_err(|_| bad())?)),
+            None => (host_port, None),
         };
         let host_is_valid = !host.is_empty()
             && host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        if !host_is_valid || port == 0 {
+        if !host_is_valid || port == Some(0) {
             return Err(bad());
         }
-        let mut transport = TransportKind::Udp;
+        let mut transport = None;
         for param in parts {
             if let Some(value) = param.strip_prefix("transport=") {
                 transport = match value.to_ascii_lowercase().as_str() {
-                    "udp" => TransportKind::Udp,
-                    "tcp" => TransportKind::Tcp,
+                    "udp" => Some(TransportKind::Udp),
+                    "tcp" => Some(TransportKind::Tcp),
                     other => return Err(TargetError::BadTransport(other.to_string())),
                 };
             }
@@ -96,13 +97,11 @@ impl FromStr for SipTarget {
 
 impl fmt::Display for SipTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "sip:{}:{};transport={}",
-            self.host,
-            self.port,
-            self.transport.as_str()
-        )
+        write!(f, "sip:{}", self.host_port())?;
+        match self.transport {
+            Some(transport) => write!(f, ";transport={}", transport.as_str()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -113,11 +112,12 @@ mod tests {
     #[test]
     fn parses_uri_and_bare_forms() {
         let tcp: SipTarget = "sip:127.0.0.1:5070;transport=TCP".parse().unwrap();
-        assert_eq!((tcp.host.as_str(), tcp.port), ("127.0.0.1", 5070));
-        assert_eq!(tcp.transport, TransportKind::Tcp);
+        assert_eq!((tcp.host.as_str(), tcp.port), ("127.0.0.1", Some(5070)));
+        assert_eq!(tcp.transport, Some(TransportKind::Tcp));
+        assert_eq!(tcp.to_string(), "sip:127.0.0.1:5070;transport=tcp");
         let bare: SipTarget = "pbx.example.com".parse().unwrap();
-        assert_eq!(bare.port, 5060);
-        assert_eq!(bare.to_string(), "sip:pbx.example.com:5060;transport=udp");
+        assert_eq!((bare.port, bare.transport), (None, None));
+        assert_eq!(bare.to_string(), "sip:pbx.example.com");
     }
 
     #[test]
@@ -131,15 +131,6 @@ mod tests {
         assert_eq!(
             "sip:127.0.0.1:5060;transport=sctp".parse::<SipTarget>(),
             Err(TargetError::BadTransport("sctp".into()))
-        );
-    }
-
-    #[tokio::test]
-    async fn resolves_literal_addresses_without_dns() {
-        let target: SipTarget = "127.0.0.1:5999".parse().unwrap();
-        assert_eq!(
-            target.resolve().await.unwrap(),
-            "127.0.0.1:5999".parse().unwrap()
         );
     }
 }
