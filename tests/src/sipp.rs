@@ -91,10 +91,14 @@ pub enum UasScenario {
     /// `EarlyMedia` with a reliable 183 (`Require: 100rel`, `RSeq: 1`): expects a PRACK and
     /// answers it 200 before the pause.
     EarlyMedia100rel,
+    /// INVITE → 100, 503 Service Unavailable; ACK: a proxy out of service.
+    Unavailable,
+    /// REGISTER → 503 Service Unavailable: a registrar out of service.
+    RegisterUnavailable,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 19] = [
+    pub const ALL: [UasScenario; 21] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -114,6 +118,8 @@ impl UasScenario {
         UasScenario::RegisterThenIgnore,
         UasScenario::EarlyMedia,
         UasScenario::EarlyMedia100rel,
+        UasScenario::Unavailable,
+        UasScenario::RegisterUnavailable,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -138,6 +144,8 @@ impl UasScenario {
             UasScenario::RegisterThenIgnore => "register_then_ignore",
             UasScenario::EarlyMedia => "early_media",
             UasScenario::EarlyMedia100rel => "early_media_100rel",
+            UasScenario::Unavailable => "unavailable",
+            UasScenario::RegisterUnavailable => "register_unavailable",
         }
     }
 
@@ -146,6 +154,16 @@ impl UasScenario {
         const ANSWER: &str = include_str!("../rig/sipp/answer.xml");
         const OVERFLOW: &str = include_str!("../rig/sipp/session_expires_overflow.xml");
         Cow::Borrowed(match self {
+            UasScenario::Unavailable => {
+                return Cow::Owned(
+                    include_str!("../rig/sipp/busy.xml")
+                        .replace("486 Busy Here", "503 Service Unavailable")
+                        .replace("dialtone busy", "dialtone unavailable"),
+                )
+            }
+            UasScenario::RegisterUnavailable => {
+                include_str!("../rig/sipp/register_unavailable.xml")
+            }
             UasScenario::AnswerPtime30 => {
                 return Cow::Owned(
                     ANSWER
