@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::grammar::{self, GrammarError};
-use crate::locate::{Failover, Failure};
+use crate::locate::{Destination, Failover, Failure};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
 use crate::screening::{self, Refusal};
@@ -334,14 +334,27 @@ impl UserAgent {
             }),
             ..Default::default()
         };
+        // rsipstack sends a CANCEL by its Request-URI's host unless a Route
+        // names the next hop; for a proxy found in DNS that host is the
+        // domain, not the server the INVITE went to. A preloaded Route to
+        // that server (RFC 3261 section 8.1.2) keeps the CANCEL with it.
+        let located_by_dns = request
+            .proxy
+            .as_ref()
+            .is_some_and(|proxy| proxy.host.parse::<std::net::IpAddr>().is_err());
         let mut options = Vec::with_capacity(destinations.len());
         for destination in &destinations {
+            let route_set = match located_by_dns {
+                true => vec![route_to(*destination)?],
+                false => vec![],
+            };
             options.push(InviteOption {
                 destination: Some(SipAddr {
                     r#type: Some(destination.transport.into()),
                     addr: destination.addr.into(),
                 }),
                 contact: self.contact_uri(&request.contact_user, destination.transport)?,
+                route_set,
                 ..template.clone()
             });
         }
@@ -1404,6 +1417,21 @@ async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task:
         Some(handle) => handle.await,
         None => std::future::pending().await,
     }
+}
+
+/// A loose Route to one destination: `<sip:192.0.2.1:5060;transport=udp;lr>`.
+fn route_to(destination: Destination) -> Result<rsipstack::sip::typed::Route, DialError> {
+    let text = format!(
+        "sip:{};transport={};lr",
+        destination.addr,
+        destination.transport.as_str()
+    );
+    let uri = Uri::try_from(text.as_str()).map_err(|_| DialError::BadTarget(text))?;
+    Ok(rsipstack::sip::typed::Route {
+        display_name: None,
+        uri,
+        params: vec![],
+    })
 }
 
 /// How our INVITE transaction failed, when it did in a way that may fail

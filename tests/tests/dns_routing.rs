@@ -242,3 +242,55 @@ async fn a_503_sends_register_and_invite_to_the_next_server() -> anyhow::Result<
     ws.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_call_hung_up_while_ringing_is_cancelled_where_it_went() -> anyhow::Result<()> {
+    // INVITE → 100, 180; CANCEL → 200, 487: the scenario only completes if our CANCEL
+    // reaches it through the server the INVITE went to (not the domain's own host, which
+    // has no address here).
+    let callee = Sipp::uas(UasScenario::RingForever, SippOptions::default())?;
+    let kamailio = Kamailio::start(KamailioOptions {
+        fixed_callee: Some(callee.sip_addr()),
+        ..KamailioOptions::default()
+    })?;
+    let dead_port = free_port();
+    let dns = Dnsmasq::start(
+        &DnsRecords::default()
+            .srv(
+                "_sip._udp.dialtone.test",
+                "dead.dialtone.test",
+                dead_port,
+                10,
+                10,
+            )
+            .srv(
+                "_sip._udp.dialtone.test",
+                "live.dialtone.test",
+                kamailio.sip_port(),
+                20,
+                10,
+            )
+            .host("dead.dialtone.test", LOCALHOST)
+            .host("live.dialtone.test", LOCALHOST),
+    )?;
+    let gateway = Gateway::start(&gateway_config(&dns, "sip:dialtone.test", None))?;
+    let (mut ws, session_id, _) = start_session(&gateway).await?;
+    let call_id = ws
+        .start_call(
+            &json!({"type": "START_CALL", "sessionId": session_id, "bUri": "3000"}),
+            REPLY,
+        )
+        .await?;
+    loop {
+        let progress = ws.recv_type("CALL_STARTING", REPLY).await?;
+        if progress["stage"] == "RINGING" {
+            break;
+        }
+    }
+    hang_up(&mut ws, &session_id, &call_id).await?;
+    callee
+        .wait_success(PEER)
+        .context("the ringing callee did not get our CANCEL")?;
+    ws.close().await?;
+    Ok(())
+}
