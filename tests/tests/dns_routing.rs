@@ -225,17 +225,15 @@ async fn a_503_sends_register_and_invite_to_the_next_server() -> anyhow::Result<
     // Same Call-ID on both servers: one request retried (RFC 3263 section 4.3).
     let first = proxy_503.received_requests("INVITE");
     let second = callee.received_requests("INVITE");
-    let call_ids = |messages: &[dialtone_tests::TracedMessage]| {
+    let call_id_of = |messages: &[dialtone_tests::TracedMessage]| {
         messages
-            .iter()
-            .filter_map(|m| m.header("Call-ID").map(str::to_string))
-            .collect::<Vec<_>>()
+            .first()
+            .and_then(|m| m.header("Call-ID").map(str::to_string))
     };
+    let (first, second) = (call_id_of(&first), call_id_of(&second));
     ensure!(
-        call_ids(&first).first().is_some() && call_ids(&first).first() == call_ids(&second).first(),
-        "Call-IDs differ: {:?} vs {:?}",
-        call_ids(&first),
-        call_ids(&second)
+        first.is_some() && first == second,
+        "Call-IDs differ: {first:?} vs {second:?}"
     );
     hang_up(&mut ws, &session_id, &call_id).await?;
     callee.wait_success(PEER)?;
