@@ -137,7 +137,7 @@ pub fn allowed_target(gateway: &Gateway, given: &str) -> Result<String, String> 
     let proxy = gateway.config.call_proxy().ok().flatten();
     let served = proxy
         .as_ref()
-        .map(|proxy| vec![domain.clone(), format!("{}:{}", proxy.host, proxy.port)]);
+        .map(|proxy| vec![domain.clone(), proxy.host_port()]);
     let Err(refusal) = gateway.dial_plan.check(&target, served.as_deref()) else {
         return Ok(target);
     };

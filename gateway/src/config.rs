@@ -318,6 +318,13 @@ pub struct SipConfig {
     /// that asks for a client certificate.
     pub tls_client_cert: Option<std::path::PathBuf>,
     pub tls_client_key: Option<std::path::PathBuf>,
+    /// DNS servers (`ip:port`) for registrar and proxy names (RFC 3263:
+    /// NAPTR, SRV, A/AAAA); /etc/resolv.conf's when empty.
+    pub dns_servers: Vec<SocketAddr>,
+    /// A request to one of a name's servers that has no answer at all
+    /// after this long goes to the next server; the last one gets the
+    /// request's whole time.
+    pub failover_timeout_ms: u64,
 }
 
 /// How START_SESSION checks a user.
@@ -458,6 +465,10 @@ impl Default for SipConfig {
             tls_ca_file: None,
             tls_client_cert: None,
             tls_client_key: None,
+            dns_servers: vec![],
+            // Four INVITE retransmissions at the default T1: a live server
+            // has answered by then, and a caller barely notices the wait.
+            failover_timeout_ms: 2000,
         }
     }
 }
@@ -1000,10 +1011,7 @@ impl Config {
         if !registrar.domain.is_empty() {
             return Some(registrar.domain.clone());
         }
-        registrar
-            .target()
-            .ok()
-            .map(|t| format!("{}:{}", t.host, t.port))
+        registrar.target().ok().map(|t| t.host_port())
     }
 }
 
@@ -1063,7 +1071,7 @@ mod tests {
         assert_eq!(config.auth_mode(), AuthMode::Registrar);
         assert_eq!(config.http.listen.port(), 9000);
         let target = config.registrar.unwrap().target().unwrap();
-        assert_eq!(target.port, 5070);
+        assert_eq!(target.port, Some(5070));
     }
 
     #[test]

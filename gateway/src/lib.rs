@@ -98,6 +98,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             client_certificate: config.sip.tls_client_cert.clone(),
             client_key: config.sip.tls_client_key.clone(),
         },
+        dns_servers: config.sip.dns_servers.clone(),
+        failover_timeout: Duration::from_millis(config.sip.failover_timeout_ms.max(1)),
     })
     .await?;
     let listener = limits::listen(config.http.listen)

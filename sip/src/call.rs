@@ -20,12 +20,14 @@ use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::headers::untyped::ContentType;
 use rsipstack::sip::{Header, Headers, Method, Request, Response, StatusCode, StatusCodeKind, Uri};
 use rsipstack::transaction::key::TransactionRole;
+use rsipstack::transport::SipAddr;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::grammar::{self, GrammarError};
+use crate::locate::{Destination, Failover, Failure};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
 use crate::peer_numbers::{self, Refresher};
 use crate::refer::{self, ReferTarget};
@@ -372,15 +374,34 @@ impl UserAgent {
         }
         let caller =
             Uri::try_from(caller_text.as_str()).map_err(|_| DialError::BadTarget(caller_text))?;
-        let (destination, transport) = match &request.proxy {
-            Some(proxy) => (Some(self.next_hop(proxy).await?), proxy.transport),
-            None => (None, TransportKind::Udp),
+        // Where the INVITE may go: a TLS proxy as written (its certificate
+        // is checked against that name, and our Contact names our end of
+        // the connection), others in RFC 3263 order; without a proxy, the
+        // Request-URI's own host (left to rsipstack).
+        let (destinations, tls_hop) = match &request.proxy {
+            Some(proxy) if proxy.is_tls() => {
+                let hop = self.next_hop(proxy);
+                let contact = self
+                    .hop_addrs(&hop)
+                    .await
+                    .map_err(DialError::Stack)?
+                    .contact;
+                (vec![], Some((hop, contact)))
+            }
+            Some(proxy) => (self.locator.locate(proxy).await?, None),
+            None => (vec![], None),
         };
-        let contact_addr = match &destination {
-            Some(hop) => self.hop_addrs(hop).await.map_err(DialError::Stack)?.contact,
-            None => self.advertised_addr(),
+        let contact = match &tls_hop {
+            Some((_, contact)) => {
+                self.contact_uri(&request.contact_user, TransportKind::Tls, *contact)?
+            }
+            None => self.contact_uri(
+                &request.contact_user,
+                TransportKind::Udp,
+                self.advertised_addr(),
+            )?,
         };
-        let option = InviteOption {
+        let template = InviteOption {
             caller_display_name: request.from_display_name,
             // A far end that requires reliable provisional responses (100rel)
             // gets its PRACK from the stack.
@@ -388,10 +409,10 @@ impl UserAgent {
             headers: (!headers.is_empty()).then_some(headers),
             caller,
             callee,
-            destination,
+            destination: tls_hop.map(|(hop, _)| hop),
             content_type: Some("application/sdp".to_string()),
             offer: Some(request.offer.render().into_bytes()),
-            contact: self.contact_uri(&request.contact_user, transport, contact_addr)?,
+            contact,
             credential: request.credential.map(|(username, password)| Credential {
                 username,
                 password,
@@ -400,13 +421,54 @@ impl UserAgent {
             }),
             ..Default::default()
         };
+        // rsipstack sends a CANCEL by its Request-URI's host unless a Route
+        // names the next hop; for a proxy found in DNS that host is the
+        // domain, not the server the INVITE went to. A preloaded Route to
+        // that server (RFC 3261 section 8.1.2) keeps the CANCEL with it.
+        let located_by_dns = request
+            .proxy
+            .as_ref()
+            .is_some_and(|proxy| proxy.host.parse::<std::net::IpAddr>().is_err());
+        let mut options = Vec::with_capacity(destinations.len());
+        for destination in &destinations {
+            let route_set = match located_by_dns {
+                true => vec![route_to(*destination)?],
+                false => vec![],
+            };
+            options.push(InviteOption {
+                destination: Some(SipAddr {
+                    r#type: Some(destination.transport.into()),
+                    addr: destination.addr.into(),
+                }),
+                contact: self.contact_uri(
+                    &request.contact_user,
+                    destination.transport,
+                    self.advertised_addr(),
+                )?,
+                route_set,
+                ..template.clone()
+            });
+        }
+        if options.is_empty() {
+            options.push(template);
+        }
+        let failover = Failover::new(options)
+            .ok_or_else(|| DialError::Stack("no destination for the INVITE".to_string()))?;
         let (state_sender, states) = self.dialogs.new_dialog_state_channel();
         let (dialog, invite) = self
             .dialogs
-            .do_invite_async(option, state_sender)
+            .do_invite_async(failover.current().clone(), state_sender)
             .map_err(|e| DialError::Stack(e.to_string()))?;
+        let attempts = (!failover.is_last()).then(|| Attempts {
+            deadline: failover
+                .patience(self.failover_timeout)
+                .map(|patience| Instant::now() + patience),
+            failover,
+            patience: self.failover_timeout,
+            ringing: false,
+        });
         let negotiation = Negotiation::offered(request.offer);
-        Ok(self.drive(dialog, states, Some(invite), Some(negotiation)))
+        Ok(self.drive(dialog, states, Some(invite), Some(negotiation), attempts))
     }
 
     /// Routes INVITEs whose Request-URI user is `contact_user` to the
@@ -473,7 +535,7 @@ impl UserAgent {
             }
         });
         // Our SDP comes with the answer, when the gateway accepts.
-        let call = self.drive(dialog, states, None, None);
+        let call = self.drive(dialog, states, None, None, None);
         let offer =
             (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
         let caller = from_uri(&request);
@@ -516,6 +578,7 @@ impl UserAgent {
         states: DialogStateReceiver,
         invite: Option<JoinHandle<InviteAsyncResult>>,
         negotiation: Option<Negotiation>,
+        attempts: Option<Attempts>,
     ) -> Call {
         let (command_sender, commands) = mpsc::unbounded_channel();
         let (event_sender, events) = mpsc::unbounded_channel();
@@ -547,6 +610,7 @@ impl UserAgent {
             refer_notify_in_flight: false,
             hangup_after_notifies: false,
             refer_answer_out: false,
+            attempts,
         };
         let call_dialog = driver.dialog.clone();
         self.tasks.spawn(driver.run(states, commands, done, invite));
@@ -658,6 +722,22 @@ struct Driver {
     hangup_after_notifies: bool,
     /// Our 202 to a REFER is on its way; the first NOTIFY waits for it.
     refer_answer_out: bool,
+    /// Outgoing, with destinations left to try.
+    attempts: Option<Attempts>,
+}
+
+/// An outgoing INVITE's destinations (RFC 3263) while one is left to try:
+/// a silent destination, an unreachable one or a 503 sends the INVITE on.
+struct Attempts {
+    /// The INVITE for each destination, in order.
+    failover: Failover<InviteOption>,
+    /// How long a destination may stay silent.
+    patience: Duration,
+    /// When the current destination, silent so far, is given up.
+    deadline: Option<Instant>,
+    /// The current destination sent a 18x: a 503 after that comes from
+    /// beyond it, and another destination would only ring the callee again.
+    ringing: bool,
 }
 
 /// A SIP transaction of the driver that finished.
@@ -704,10 +784,21 @@ impl Driver {
                     }
                     self.next_probe = Some(Instant::now() + self.keepalive);
                 }
+                _ = sleep_until(self.attempts.as_ref().and_then(|a| a.deadline)) => {
+                    if let Some(attempts) = self.attempts.as_mut() {
+                        attempts.deadline = None;
+                    }
+                    self.fail_over(Failure::Timeout, &mut states, &mut invite);
+                }
                 state = states.recv() => {
                     let Some(state) = state else {
                         break self.ended(EndReason::Timeout);
                     };
+                    if let Some(failure) = self.attempt_heard(&state) {
+                        if self.fail_over(failure, &mut states, &mut invite) {
+                            continue;
+                        }
+                    }
                     if let DialogState::Confirmed(id, _) = &state {
                         confirmed_id = Some(id.clone());
                     }
@@ -717,6 +808,11 @@ impl Driver {
                 }
                 outcome = invite_outcome(&mut invite), if invite.is_some() => {
                     invite = None;
+                    if let Some(failure) = invite_failure(&outcome) {
+                        if self.fail_over(failure, &mut states, &mut invite) {
+                            continue;
+                        }
+                    }
                     if let Some(last) = self.on_invite_outcome(outcome) {
                         break last;
                     }
@@ -766,6 +862,77 @@ impl Driver {
         self.dialogs.remove_dialog(&self.dialog.id());
         if let Some(id) = confirmed_id {
             self.dialogs.remove_dialog(&id);
+        }
+    }
+
+    /// Notes what the current destination said; a final error is a failure
+    /// that may fail over.
+    fn attempt_heard(&mut self, state: &DialogState) -> Option<Failure> {
+        let attempts = self.attempts.as_mut()?;
+        match state {
+            DialogState::Trying(_) => attempts.deadline = None,
+            DialogState::Early(_, _) => {
+                attempts.deadline = None;
+                attempts.ringing = true;
+            }
+            DialogState::Terminated(_, TerminatedReason::UasOther(status)) => {
+                return Some(Failure::Status(status.code()));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Sends the INVITE to the next destination after `failure`, when
+    /// RFC 3263 says so, one is left and the caller still wants the call;
+    /// whether it did.
+    fn fail_over(
+        &mut self,
+        failure: Failure,
+        states: &mut DialogStateReceiver,
+        invite: &mut Option<JoinHandle<InviteAsyncResult>>,
+    ) -> bool {
+        if self.hangup_in_flight || self.established {
+            return false;
+        }
+        let Some(attempts) = self.attempts.as_mut() else {
+            return false;
+        };
+        if attempts.ringing && matches!(failure, Failure::Status(_)) {
+            return false;
+        }
+        let from = attempts.failover.current().destination.clone();
+        let Some(next) = attempts.failover.next_after(failure) else {
+            return false;
+        };
+        // RFC 3263 section 4.3: the same request, in a new transaction.
+        let option = InviteOption {
+            call_id: Some(self.dialog.id().call_id),
+            ..next.clone()
+        };
+        info!(?from, to = ?option.destination, ?failure, "the INVITE fails over to the next destination");
+        // The given-up INVITE stops; rsipstack CANCELs it should it answer
+        // late, and BYEs a late 2xx.
+        if let Some(given_up) = invite.take() {
+            given_up.abort();
+        }
+        let (state_sender, receiver) = self.dialogs.new_dialog_state_channel();
+        match self.dialogs.do_invite_async(option, state_sender) {
+            Ok((dialog, handle)) => {
+                self.dialog = dialog;
+                *states = receiver;
+                *invite = Some(handle);
+                attempts.ringing = false;
+                attempts.deadline = attempts
+                    .failover
+                    .patience(attempts.patience)
+                    .map(|patience| Instant::now() + patience);
+                true
+            }
+            Err(error) => {
+                warn!(%error, "cannot send the INVITE to the next destination");
+                false
+            }
         }
     }
 
@@ -1488,6 +1655,37 @@ async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task:
     match task {
         Some(handle) => handle.await,
         None => std::future::pending().await,
+    }
+}
+
+/// A loose Route to one destination: `<sip:192.0.2.1:5060;transport=udp;lr>`.
+fn route_to(destination: Destination) -> Result<rsipstack::sip::typed::Route, DialError> {
+    let text = format!(
+        "sip:{};transport={};lr",
+        destination.addr,
+        destination.transport.as_str()
+    );
+    let uri = Uri::try_from(text.as_str()).map_err(|_| DialError::BadTarget(text))?;
+    Ok(rsipstack::sip::typed::Route {
+        display_name: None,
+        uri,
+        params: vec![],
+    })
+}
+
+/// How our INVITE transaction failed, when it did in a way that may fail
+/// over (the status is checked by [`Failure::moves_on`]).
+fn invite_failure(outcome: &Result<InviteAsyncResult, tokio::task::JoinError>) -> Option<Failure> {
+    match outcome {
+        Ok(Ok((_, Some(response))))
+            if response.status_code.kind() != StatusCodeKind::Successful =>
+        {
+            Some(Failure::Status(response.status_code.code()))
+        }
+        Ok(Ok((_, Some(_)))) => None,
+        Ok(Ok((_, None))) => Some(Failure::Timeout),
+        Ok(Err(_)) => Some(Failure::Unreachable),
+        Err(_) => None,
     }
 }
 

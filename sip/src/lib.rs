@@ -8,7 +8,9 @@
 
 mod call;
 mod digest_names;
+mod dns;
 pub mod grammar;
+mod locate;
 pub mod negotiation;
 pub mod peer_numbers;
 pub mod refer;

@@ -7,11 +7,12 @@ use std::time::Duration;
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::registration::Registration as StackRegistration;
 use rsipstack::sip::typed::Contact;
-use rsipstack::sip::{Auth, HostWithPort, Param, Scheme, StatusCodeKind, Transport, Uri};
-use rsipstack::transport::SipAddr;
-use tracing::debug;
+use rsipstack::sip::{Auth, HostWithPort, Param, Response, Scheme, StatusCodeKind, Transport, Uri};
+use tracing::{debug, info};
 
+use crate::dns::Locator;
 use crate::grammar::{self, GrammarError};
+use crate::locate::{Destination, Failover, Failure};
 use crate::peer_numbers;
 use crate::target::{SipTarget, TargetError, TransportKind};
 use crate::user_agent::UserAgent;
@@ -56,9 +57,13 @@ pub enum RegisterError {
 pub struct Registration {
     stack: StackRegistration,
     agent: UserAgent,
-    /// Where REGISTERs go, as given to rsipstack.
-    hop: SipAddr,
-    request_uri: Uri,
+    /// Located again for every REGISTER (the DNS cache keeps answers for
+    /// their TTL), so a refresh follows DNS and fails over like the first.
+    registrar: SipTarget,
+    /// The Request-URI's host: the AOR domain.
+    domain: String,
+    locator: Locator,
+    failover_timeout: Duration,
     requested_expires: u32,
     timeout: Duration,
 }
@@ -78,20 +83,13 @@ impl UserAgent {
         if let Some(auth_username) = &account.auth_username {
             grammar::check_user(auth_username)?;
         }
-        let hop = self.next_hop(registrar).await?;
-        let addrs = self
-            .hop_addrs(&hop)
-            .await
-            .map_err(RegisterError::Unreachable)?;
         let domain = if account.domain.is_empty() {
-            format!("{}:{}", registrar.host, registrar.port)
+            registrar.host_port()
         } else {
             account.domain.clone()
         };
-        let request_uri = parse_uri(&format!(
-            "sip:{domain};transport={}",
-            registrar.transport.as_str()
-        ))?;
+        // Checked now: a domain that makes no URI is the configuration's fault.
+        parse_uri(&format!("sip:{domain}"))?;
         let contact = Contact {
             display_name: None,
             uri: Uri {
@@ -100,12 +98,9 @@ impl UserAgent {
                     user: account.contact_user.clone(),
                     password: None,
                 }),
-                host_with_port: HostWithPort::from(addrs.contact),
-                params: match registrar.transport {
-                    TransportKind::Udp => vec![],
-                    TransportKind::Tcp => vec![Param::Transport(Transport::Tcp)],
-                    TransportKind::Tls => vec![Param::Transport(Transport::Tls)],
-                },
+                host_with_port: HostWithPort::from(self.advertised_addr()),
+                // The transport parameter follows the destination of each REGISTER.
+                params: vec![],
                 headers: vec![],
             },
             params: vec![],
@@ -118,12 +113,13 @@ impl UserAgent {
         };
         let mut stack = StackRegistration::new(self.endpoint.clone(), Some(credential));
         stack.contact = Some(contact);
-        stack.outbound_proxy = Some(addrs.peer);
         let mut registration = Registration {
             stack,
             agent: self.clone(),
-            hop,
-            request_uri,
+            registrar: registrar.clone(),
+            domain,
+            locator: self.locator.clone(),
+            failover_timeout: self.failover_timeout,
             requested_expires: expires,
             timeout,
         };
@@ -170,35 +166,113 @@ impl Registration {
         self.send(0).await
     }
 
+    /// One REGISTER, to the registrar's destinations in turn until one
+    /// answers (RFC 3263 failover), all within the timeout.
     async fn send(&mut self, expires: u32) -> Result<(), RegisterError> {
-        if self.hop.r#type == Some(Transport::Tls) {
-            // A connection the registrar closed is opened again here, its
-            // certificate checked against the registrar's name (rsipstack
-            // would check it against the address); our Contact follows the
-            // new connection.
-            let addrs = self
-                .agent
-                .hop_addrs(&self.hop)
-                .await
-                .map_err(RegisterError::Unreachable)?;
-            if let Some(contact) = &mut self.stack.contact {
-                contact.uri.host_with_port = addrs.contact.into();
-            }
-            self.stack.outbound_proxy = Some(addrs.peer);
-        }
-        let exchange = self.stack.register(self.request_uri.clone(), Some(expires));
-        let response = tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, self.send_with_failover(expires))
             .await
             .map_err(|_| RegisterError::NoAnswer(self.timeout))?
-            .map_err(|e| RegisterError::Unreachable(e.to_string()))?;
-        debug!(status = %response.status_code, expires, "REGISTER answered");
-        if response.status_code.kind() == StatusCodeKind::Successful {
-            return Ok(());
+    }
+
+    async fn send_with_failover(&mut self, expires: u32) -> Result<(), RegisterError> {
+        let destinations = match self.registrar.is_tls() {
+            true => vec![self.tls_destination().await?],
+            false => self.locator.locate(&self.registrar).await?,
+        };
+        let Some(mut failover) = Failover::new(destinations) else {
+            return Err(RegisterError::Unreachable(format!(
+                "no address for {}",
+                self.registrar
+            )));
+        };
+        loop {
+            let destination = *failover.current();
+            let patience = failover.patience(self.failover_timeout);
+            let (failure, error) = match self.exchange(destination, expires, patience).await? {
+                Ok(response) if response.status_code.kind() == StatusCodeKind::Successful => {
+                    debug!(status = %response.status_code, expires, to = %destination.addr, "REGISTER answered");
+                    return Ok(());
+                }
+                Ok(response) => {
+                    debug!(status = %response.status_code, expires, to = %destination.addr, "REGISTER answered");
+                    let status = response.status_code.code();
+                    (
+                        Failure::Status(status),
+                        RegisterError::Rejected {
+                            status,
+                            reason: response.status_code.text().to_string(),
+                        },
+                    )
+                }
+                Err((failure, reason)) => (failure, RegisterError::Unreachable(reason)),
+            };
+            if failover.next_after(failure).is_none() {
+                return Err(error);
+            }
+            info!(from = %destination.addr, ?failure, next = %failover.current().addr, "REGISTER fails over to the registrar's next address");
         }
-        Err(RegisterError::Rejected {
-            status: response.status_code.code(),
-            reason: response.status_code.text().to_string(),
+    }
+
+    /// A TLS registrar, as written: the connection to it is opened again
+    /// if it was closed, its certificate checked against the registrar's
+    /// name (rsipstack would check it against the address), and our
+    /// Contact names our end of it, the only way back to us.
+    async fn tls_destination(&mut self) -> Result<Destination, RegisterError> {
+        let hop = self.agent.next_hop(&self.registrar);
+        let addrs = self
+            .agent
+            .hop_addrs(&hop)
+            .await
+            .map_err(RegisterError::Unreachable)?;
+        if let Some(contact) = &mut self.stack.contact {
+            contact.uri.host_with_port = addrs.contact.into();
+        }
+        Ok(Destination {
+            addr: addrs.peer,
+            transport: TransportKind::Tls,
         })
+    }
+
+    /// The REGISTER exchange (challenge included) with one destination;
+    /// `patience` bounds it when others are left to try.
+    async fn exchange(
+        &mut self,
+        to: Destination,
+        expires: u32,
+        patience: Option<Duration>,
+    ) -> Result<Result<Response, (Failure, String)>, RegisterError> {
+        let request_uri = parse_uri(&format!(
+            "sip:{};transport={}",
+            self.domain,
+            to.transport.as_str()
+        ))?;
+        if let Some(contact) = self.stack.contact.as_mut() {
+            contact
+                .uri
+                .params
+                .retain(|param| !matches!(param, Param::Transport(_)));
+            match to.transport {
+                TransportKind::Udp => {}
+                TransportKind::Tcp => contact.uri.params.push(Param::Transport(Transport::Tcp)),
+                TransportKind::Tls => contact.uri.params.push(Param::Transport(Transport::Tls)),
+            }
+        }
+        self.stack.outbound_proxy = Some(to.addr);
+        let exchange = self.stack.register(request_uri, Some(expires));
+        let outcome = match patience {
+            Some(patience) => match tokio::time::timeout(patience, exchange).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return Ok(Err((
+                        Failure::Timeout,
+                        format!("no answer from {} within {patience:?}", to.addr),
+                    )))
+                }
+            },
+            None => exchange.await,
+        };
+        // rsipstack reports a transport error and a transaction timeout alike.
+        Ok(outcome.map_err(|error| (Failure::Unreachable, error.to_string())))
     }
 }
 

@@ -1,7 +1,6 @@
 //! Where SIP requests go: a registrar or proxy address with its transport.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The SIP transports the gateway speaks toward registrars and proxies.
@@ -23,7 +22,7 @@ impl TransportKind {
     }
 
     /// The port a target without one is reached at (RFC 3261 section 19.1.2).
-    fn default_port(self) -> u16 {
+    pub fn default_port(self) -> u16 {
         match self {
             TransportKind::Tls => 5061,
             TransportKind::Udp | TransportKind::Tcp => 5060,
@@ -34,14 +33,19 @@ impl TransportKind {
 /// A registrar or proxy: host, port and transport.
 ///
 /// Written as a SIP URI (`sip:pbx.example.com:5060;transport=tcp`,
-/// `sips:pbx.example.com` for TLS) or a bare `host[:port]`; without a port,
-/// 5060 (5061 for TLS). The host is resolved each time it is used, so a DNS change
-/// is followed without a restart.
+/// `sips:pbx.example.com` for TLS) or a bare `host[:port]`. What is left
+/// out of a UDP or TCP target is found as RFC 3263 says (NAPTR, SRV, then
+/// 5060 over UDP); a TLS target's host is resolved as it is, on 5061
+/// without a port. Hosts are resolved each time they are used (DNS answers
+/// are cached for their TTL), so a DNS change is followed without a
+/// restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipTarget {
     pub host: String,
-    pub port: u16,
-    pub transport: TransportKind,
+    /// The explicit port, if any: with one, only A/AAAA records are looked up.
+    pub port: Option<u16>,
+    /// The explicit `transport=`, if any: with one, NAPTR is skipped.
+    pub transport: Option<TransportKind>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,20 +54,24 @@ pub enum TargetError {
     BadAddress(String),
     #[error("transport '{0}' is not supported (udp, tcp or tls)")]
     BadTransport(String),
-    #[error("'{0}' does not resolve to an IPv4 address")]
-    Unresolved(String),
+    #[error("'{0}' does not resolve to an address we can reach: {1}")]
+    Unresolved(String, String),
 }
 
 impl SipTarget {
-    /// Resolves the host to the first IPv4 address it names.
-    pub async fn resolve(&self) -> Result<SocketAddr, TargetError> {
-        let found = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|_| TargetError::Unresolved(self.host.clone()))?;
-        found
-            .into_iter()
-            .find(SocketAddr::is_ipv4)
-            .ok_or_else(|| TargetError::Unresolved(self.host.clone()))
+    /// Over TLS: the certificate is checked against the host as written,
+    /// so a TLS target goes where it says, not by NAPTR / SRV.
+    pub fn is_tls(&self) -> bool {
+        self.transport == Some(TransportKind::Tls)
+    }
+
+    /// `host` or `host:port` as written: the domain of a Request-URI and
+    /// what a target's host is compared with.
+    pub fn host_port(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        }
     }
 }
 
@@ -90,24 +98,22 @@ impl FromStr for SipTarget {
         if !host_is_valid || port == Some(0) {
             return Err(bad());
         }
-        let mut transport = match secure {
-            true => TransportKind::Tls,
-            false => TransportKind::Udp,
-        };
+        // A sips: URI is TLS whatever else it says (TLS over TCP, RFC 3261
+        // section 26.2.2); plain sip: names the transport or leaves it to DNS.
+        let mut transport = secure.then_some(TransportKind::Tls);
         for param in parts {
             if let Some(value) = param.strip_prefix("transport=") {
                 transport = match (value.to_ascii_lowercase().as_str(), secure) {
-                    ("udp", false) => TransportKind::Udp,
-                    ("tcp", false) => TransportKind::Tcp,
-                    // A sips: URI over TCP is TLS over TCP (RFC 3261 26.2.2).
-                    ("tls", _) | ("tcp", true) => TransportKind::Tls,
+                    ("udp", false) => Some(TransportKind::Udp),
+                    ("tcp", false) => Some(TransportKind::Tcp),
+                    ("tls", _) | ("tcp", true) => Some(TransportKind::Tls),
                     (other, _) => return Err(TargetError::BadTransport(other.to_string())),
                 };
             }
         }
         Ok(SipTarget {
             host: host.to_string(),
-            port: port.unwrap_or(transport.default_port()),
+            port,
             transport,
         })
     }
@@ -115,13 +121,11 @@ impl FromStr for SipTarget {
 
 impl fmt::Display for SipTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "sip:{}:{};transport={}",
-            self.host,
-            self.port,
-            self.transport.as_str()
-        )
+        write!(f, "sip:{}", self.host_port())?;
+        match self.transport {
+            Some(transport) => write!(f, ";transport={}", transport.as_str()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -132,11 +136,12 @@ mod tests {
     #[test]
     fn parses_uri_and_bare_forms() {
         let tcp: SipTarget = "sip:127.0.0.1:5070;transport=TCP".parse().unwrap();
-        assert_eq!((tcp.host.as_str(), tcp.port), ("127.0.0.1", 5070));
-        assert_eq!(tcp.transport, TransportKind::Tcp);
+        assert_eq!((tcp.host.as_str(), tcp.port), ("127.0.0.1", Some(5070)));
+        assert_eq!(tcp.transport, Some(TransportKind::Tcp));
+        assert_eq!(tcp.to_string(), "sip:127.0.0.1:5070;transport=tcp");
         let bare: SipTarget = "pbx.example.com".parse().unwrap();
-        assert_eq!(bare.port, 5060);
-        assert_eq!(bare.to_string(), "sip:pbx.example.com:5060;transport=udp");
+        assert_eq!((bare.port, bare.transport), (None, None));
+        assert_eq!(bare.to_string(), "sip:pbx.example.com");
     }
 
     #[test]
@@ -147,8 +152,8 @@ mod tests {
             "sips:pbx.example.com;transport=tcp",
         ] {
             let target: SipTarget = text.parse().unwrap();
-            assert_eq!(target.transport, TransportKind::Tls, "{text}");
-            assert_eq!(target.port, 5061, "{text}");
+            assert_eq!(target.transport, Some(TransportKind::Tls), "{text}");
+            assert_eq!(target.port, None, "{text}");
         }
         let explicit: SipTarget = "sips:127.0.0.1:5071".parse().unwrap();
         assert_eq!(explicit.to_string(), "sip:127.0.0.1:5071;transport=tls");
@@ -169,15 +174,6 @@ mod tests {
         assert_eq!(
             "sip:127.0.0.1:5060;transport=sctp".parse::<SipTarget>(),
             Err(TargetError::BadTransport("sctp".into()))
-        );
-    }
-
-    #[tokio::test]
-    async fn resolves_literal_addresses_without_dns() {
-        let target: SipTarget = "127.0.0.1:5999".parse().unwrap();
-        assert_eq!(
-            target.resolve().await.unwrap(),
-            "127.0.0.1:5999".parse().unwrap()
         );
     }
 }

@@ -19,7 +19,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
-use crate::target::{SipTarget, TargetError, TransportKind};
+use crate::target::SipTarget;
 use crate::user_agent::UserAgent;
 
 /// The TLS client's trust anchors and its own identity.
@@ -162,18 +162,20 @@ impl UserAgent {
     /// target named by a host name keeps it: rsipstack resolves it and
     /// checks the certificate against it (and sends it as SNI), which an
     /// address would not match.
-    pub(crate) async fn next_hop(&self, target: &SipTarget) -> Result<SipAddr, TargetError> {
-        let addr = match (target.transport, target.host.parse::<IpAddr>()) {
-            (TransportKind::Tls, Err(_)) => HostWithPort {
+    pub(crate) fn next_hop(&self, target: &SipTarget) -> SipAddr {
+        let transport = target.transport.unwrap_or_default();
+        let port = target.port.unwrap_or(transport.default_port());
+        let addr = match target.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port).into(),
+            Err(_) => HostWithPort {
                 host: Host::Domain(target.host.clone().into()),
-                port: Some(target.port.into()),
+                port: Some(port.into()),
             },
-            _ => target.resolve().await?.into(),
         };
-        Ok(SipAddr {
-            r#type: Some(target.transport.into()),
+        SipAddr {
+            r#type: Some(transport.into()),
             addr,
-        })
+        }
     }
 
     /// The addresses of the way to `hop`: over TLS, the connection to it is

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::call::{needs_dialog, IncomingRoutes};
 use crate::digest_names::DigestAlgorithmNames;
+use crate::dns::Locator;
 use crate::screening::{self, Refusal};
 use crate::tls::{self, SipTlsConfig};
 
@@ -61,6 +62,13 @@ pub struct UserAgentConfig {
     pub udp_receive_buffer: usize,
     /// Trust anchors and client identity for SIP over TLS.
     pub tls: SipTlsConfig,
+    /// DNS servers (`ip:port`) for registrar and proxy names; the system's
+    /// (/etc/resolv.conf) when empty.
+    pub dns_servers: Vec<SocketAddr>,
+    /// How long a request waits for any answer from one of a name's
+    /// servers before trying the next (RFC 3263 failover); the last server
+    /// gets the request's whole time.
+    pub failover_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +77,8 @@ pub enum UserAgentError {
     Bind { addr: SocketAddr, reason: String },
     #[error("SIP TLS: {0}")]
     Tls(String),
+    #[error("cannot set up DNS: {0}")]
+    Dns(String),
 }
 
 /// Counters of what the SIP layer holds right now.
@@ -93,6 +103,8 @@ pub struct UserAgent {
     pub(crate) keepalive: Duration,
     pub(crate) max_queued_infos: usize,
     pub(crate) transaction_timeout: Duration,
+    pub(crate) locator: Locator,
+    pub(crate) failover_timeout: Duration,
 }
 
 /// Binding a port for UDP and then TCP can race with other programs; a few
@@ -102,6 +114,8 @@ const BIND_ATTEMPTS: usize = 16;
 impl UserAgent {
     pub async fn start(config: UserAgentConfig) -> Result<UserAgent, UserAgentError> {
         let tls = tls::load(&config.tls).map_err(UserAgentError::Tls)?;
+        let locator = Locator::new(&config.dns_servers, config.listen.is_ipv6())
+            .map_err(UserAgentError::Dns)?;
         let cancel = CancellationToken::new();
         let (udp, tcp, local_addr) =
             bind_udp_and_tcp_port(config.listen, config.udp_receive_buffer, &cancel).await?;
@@ -156,6 +170,8 @@ impl UserAgent {
             keepalive: config.dialog_keepalive,
             max_queued_infos: config.max_queued_infos,
             transaction_timeout: config.t1 * 64,
+            locator,
+            failover_timeout: config.failover_timeout,
         };
         user_agent
             .tasks

@@ -31,6 +31,7 @@ pub mod audio;
 pub mod baresip;
 pub mod browser;
 pub mod deploy;
+pub mod dnsmasq;
 pub mod ffmpeg;
 pub mod gateway;
 mod http;

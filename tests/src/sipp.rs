@@ -105,10 +105,14 @@ pub enum UasScenario {
     /// `EarlyMedia` with a reliable 183 (`Require: 100rel`, `RSeq: 1`): expects a PRACK and
     /// answers it 200 before the pause.
     EarlyMedia100rel,
+    /// INVITE → 100, 503 Service Unavailable; ACK: a proxy out of service.
+    Unavailable,
+    /// REGISTER → 503 Service Unavailable: a registrar out of service.
+    RegisterUnavailable,
 }
 
 impl UasScenario {
-    pub const ALL: [UasScenario; 24] = [
+    pub const ALL: [UasScenario; 26] = [
         UasScenario::Answer,
         UasScenario::Busy,
         UasScenario::Decline,
@@ -133,6 +137,8 @@ impl UasScenario {
         UasScenario::AnswerThenTakeRefer,
         UasScenario::AnswerTakeHoldAndResume,
         UasScenario::AnswerGlareThenTakeHold,
+        UasScenario::Unavailable,
+        UasScenario::RegisterUnavailable,
     ];
 
     /// The file stem in `tests/rig/sipp/`.
@@ -162,6 +168,8 @@ impl UasScenario {
             UasScenario::AnswerThenTakeRefer => "answer_then_take_refer",
             UasScenario::AnswerTakeHoldAndResume => "answer_take_hold_and_resume",
             UasScenario::AnswerGlareThenTakeHold => "answer_glare_then_take_hold",
+            UasScenario::Unavailable => "unavailable",
+            UasScenario::RegisterUnavailable => "register_unavailable",
         }
     }
 
@@ -170,6 +178,16 @@ impl UasScenario {
         const ANSWER: &str = include_str!("../rig/sipp/answer.xml");
         const OVERFLOW: &str = include_str!("../rig/sipp/session_expires_overflow.xml");
         Cow::Borrowed(match self {
+            UasScenario::Unavailable => {
+                return Cow::Owned(
+                    include_str!("../rig/sipp/busy.xml")
+                        .replace("486 Busy Here", "503 Service Unavailable")
+                        .replace("dialtone busy", "dialtone unavailable"),
+                )
+            }
+            UasScenario::RegisterUnavailable => {
+                include_str!("../rig/sipp/register_unavailable.xml")
+            }
             UasScenario::AnswerPtime30 => {
                 return Cow::Owned(
                     ANSWER
