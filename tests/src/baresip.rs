@@ -1056,11 +1056,12 @@ mod tests {
                 ("ANSWERMODE", "auto".into()),
                 ("REGINT", "60".into()),
                 ("CODECS", "PCMU,PCMA".into()),
+                ("MEDIAENC", ";mediaenc=srtp-mand".into()),
             ],
         )?;
         assert!(accounts.contains(
             "\n<sip:1001@127.0.0.1:5060>;auth_pass=secret1001;answermode=auto;regint=60;\
-             audio_codecs=PCMU,PCMA\n"
+             audio_codecs=PCMU,PCMA;mediaenc=srtp-mand\n"
         ));
         assert!(render("@NOPE@", &[]).is_err());
         Ok(())
