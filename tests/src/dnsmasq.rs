@@ -49,6 +49,27 @@ impl DnsRecords {
     }
 
     /// An A record `name` → `address`.
+    /// `_sip._udp.dialtone.test` served by a dead server first (priority 10) and a live one
+    /// second (priority 20), both on 127.0.0.1.
+    pub fn dead_then_live(self, dead_port: u16, live_port: u16) -> Self {
+        self.srv(
+            "_sip._udp.dialtone.test",
+            "dead.dialtone.test",
+            dead_port,
+            10,
+            10,
+        )
+        .srv(
+            "_sip._udp.dialtone.test",
+            "live.dialtone.test",
+            live_port,
+            20,
+            10,
+        )
+        .host("dead.dialtone.test", Ipv4Addr::LOCALHOST)
+        .host("live.dialtone.test", Ipv4Addr::LOCALHOST)
+    }
+
     pub fn host(mut self, name: &str, address: Ipv4Addr) -> Self {
         self.args.push(format!("--host-record={name},{address}"));
         self

@@ -91,22 +91,7 @@ async fn register_and_call_fail_over_from_a_dead_server() -> anyhow::Result<()> 
                 "SIP+D2U",
                 "_sip._udp.dialtone.test",
             )
-            .srv(
-                "_sip._udp.dialtone.test",
-                "dead.dialtone.test",
-                dead_port,
-                10,
-                10,
-            )
-            .srv(
-                "_sip._udp.dialtone.test",
-                "live.dialtone.test",
-                kamailio.sip_port(),
-                20,
-                10,
-            )
-            .host("dead.dialtone.test", LOCALHOST)
-            .host("live.dialtone.test", LOCALHOST),
+            .dead_then_live(dead_port, kamailio.sip_port()),
     )?;
     let gateway = Gateway::start(&gateway_config(&dns, "sip:dialtone.test", None))?;
 
@@ -252,25 +237,8 @@ async fn a_call_hung_up_while_ringing_is_cancelled_where_it_went() -> anyhow::Re
         ..KamailioOptions::default()
     })?;
     let dead_port = free_port();
-    let dns = Dnsmasq::start(
-        &DnsRecords::default()
-            .srv(
-                "_sip._udp.dialtone.test",
-                "dead.dialtone.test",
-                dead_port,
-                10,
-                10,
-            )
-            .srv(
-                "_sip._udp.dialtone.test",
-                "live.dialtone.test",
-                kamailio.sip_port(),
-                20,
-                10,
-            )
-            .host("dead.dialtone.test", LOCALHOST)
-            .host("live.dialtone.test", LOCALHOST),
-    )?;
+    let dns =
+        Dnsmasq::start(&DnsRecords::default().dead_then_live(dead_port, kamailio.sip_port()))?;
     let gateway = Gateway::start(&gateway_config(&dns, "sip:dialtone.test", None))?;
     let (mut ws, session_id, _) = start_session(&gateway).await?;
     let call_id = ws
