@@ -372,7 +372,8 @@ impl ReplayWindow {
             };
             self.seen |= 1;
             self.highest = index;
-        } else {
+        } else if self.highest - index < REPLAY_WINDOW {
+            // Older than the window: nothing to remember (the check refuses it).
             self.seen |= 1 << (self.highest - index);
         }
     }
