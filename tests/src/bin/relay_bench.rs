@@ -406,7 +406,33 @@ async fn run_once(relay: Relay, calls: usize, seconds: u64) -> anyhow::Result<Ru
         before,
         after,
     };
+    // Where packets went missing: each stream against what its peer (the
+    // other socket of the call) sent.
+    let sent_by: Vec<u64> = stats.iter().map(|leg| leg.sent).collect();
+    let mut lossy = 0;
+    for (stream, leg) in stats.iter().enumerate() {
+        let peer_sent = sent_by.get(stream ^ 1).copied().unwrap_or_default();
+        let unique = leg.received - leg.duplicates;
+        if unique < peer_sent || leg.foreign + leg.receive_errors > 0 {
+            lossy += 1;
+            if lossy <= 10 {
+                eprintln!(
+                    "[relay_bench]   stream {stream} (call {}, {}): received {unique} of {peer_sent}, \
+                     indices {:?}, foreign {}, receive errors {}",
+                    stream / 2,
+                    if stream % 2 == 0 { "caller" } else { "callee" },
+                    leg.first_last,
+                    leg.foreign,
+                    leg.receive_errors
+                );
+            }
+        }
+    }
+    if lossy > 10 {
+        eprintln!("[relay_bench]   ... {lossy} streams with loss or stray datagrams in all");
+    }
     for leg in stats {
+        result.foreign += leg.receive_errors;
         result.sent += leg.sent;
         result.received += leg.received;
         result.duplicates += leg.duplicates;
@@ -457,6 +483,10 @@ struct LegStats {
     late: u64,
     /// Datagrams that are not this benchmark's packets.
     foreign: u64,
+    /// Receive errors on the socket (an ICMP error, say).
+    receive_errors: u64,
+    /// The lowest and highest index received.
+    first_last: Option<(u32, u32)>,
     delays_us: Vec<u32>,
     send_lag_us: Vec<u32>,
 }
@@ -506,7 +536,7 @@ impl Leg {
                     let now = Instant::now();
                     // A stray ICMP error on the socket is no packet of ours.
                     let Ok((length, _)) = received else {
-                        stats.foreign += 1;
+                        stats.receive_errors += 1;
                         continue;
                     };
                     let Some((index, slot_ns, sent_ns)) = parse(&incoming[..length]) else {
@@ -524,6 +554,10 @@ impl Leg {
                         continue;
                     }
                     *mark = true;
+                    stats.first_last = Some(match stats.first_last {
+                        Some((first, last)) => (first.min(index), last.max(index)),
+                        None => (index, index),
+                    });
                     match highest {
                         Some(h) if index < h => stats.reordered += 1,
                         _ => highest = Some(index),
