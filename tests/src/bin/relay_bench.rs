@@ -1,0 +1,1236 @@
+//! Side by side: Dialtone's media relay against sipwise rtpengine (userspace
+//! forwarding), the same load generator driving both in one sitting.
+//!
+//! For each call count N, runs Dialtone, rtpengine, Dialtone, rtpengine
+//! (`--rounds` pairs), each with a fresh relay process, and prints one row per
+//! run and a summary with the ratio Dialtone / rtpengine.
+//!
+//! - **Dialtone**: the release gateway in open mode on 127.0.0.1, the per-client
+//!   caps and rate limits lifted; each call is a WebSocket session (START_SESSION,
+//!   START_CALL with a client RTP point offering PCMU, SDP_ANSWER naming the
+//!   generator's caller socket), and the SIP far end is this tool's own minimal
+//!   UDP UAS (100/200 with an SDP naming the generator's callee socket, ACK,
+//!   BYE 200). Both sides PCMU: the gateway forwards, it does not transcode.
+//! - **rtpengine**: `rtpengine` in the foreground on 127.0.0.1, `--table=-1`
+//!   (no kernel module), driven by its ng protocol (bencode over UDP): `offer`
+//!   with the caller socket's SDP, `answer` with the callee socket's, `delete`
+//!   at the end.
+//!
+//! The generator is one thread (tokio `current_thread`), one task per socket:
+//! each of the 2 N sockets sends 20 ms PCMU packets (172 bytes) to the relay for
+//! `--seconds` and records what arrives, so each call carries four streams (both
+//! legs, both directions) and the relay forwards 100 packets/s per call. Streams
+//! start staggered over one 20 ms period. The payload carries the stream, the
+//! packet's index, its scheduled slot and the time it was actually sent, so
+//! what is measured does not depend on how a relay renumbers RTP.
+//!
+//! Per run: packets sent / received, loss, reordered (arrived after a later
+//! one), duplicates, late (arrived more than 40 ms after its 20 ms slot),
+//! delay variation p50 / p99 as packet delay variation (RFC 5481 PDV: each
+//! packet's one-way delay, arrival minus actual send time on the one clock of
+//! this process, minus the smallest delay of its stream), the relay's CPU
+//! (utime + stime from /proc/PID/stat, all threads) per forwarded packet and
+//! per call over the steady window (after a 1 s warm-up to the end of sending),
+//! calls per core at that CPU, the relay's RSS per call (VmRSS during the calls
+//! minus VmRSS before the first), the generator's own CPU, and the machine's
+//! state: the 1-minute load average before and after, and whether a `rustc` or
+//! `cargo` process was running (read from /proc; nothing is stopped).
+//!
+//! ```sh
+//! cargo build --release -p dialtone-gateway -p dialtone-tests --bin dialtone --bin relay_bench
+//! DIALTONE_BIN=$PWD/target/release/dialtone target/release/relay_bench --calls 50,200 --seconds 20
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use dialtone_tests::gateway::{Gateway, LOOPBACK};
+use dialtone_tests::ports::free_port;
+use dialtone_tests::process::ChildGuard;
+use dialtone_tests::rtp_peer::{offer_rtp_call, sdp_audio_addr};
+use dialtone_tests::ws_client::WsClient;
+use futures_util::StreamExt as _;
+use serde_json::json;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// 20 ms of PCMU.
+const PTIME: Duration = Duration::from_millis(20);
+const PAYLOAD: usize = 160;
+const HEADER: usize = 12;
+/// A packet arriving this long after its slot is late.
+const LATE: Duration = Duration::from_millis(40);
+/// CPU is measured from this long after the media starts.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Receiving goes on this long after the last packet was sent.
+const DRAIN: Duration = Duration::from_millis(300);
+/// Calls set up at once.
+const SETUP_CONCURRENCY: usize = 16;
+const REPLY: Duration = Duration::from_secs(10);
+/// Media port ranges of the two relays (disjoint, both skip ports in use).
+const DIALTONE_PORTS: (u16, u16) = (40_000, 44_999);
+const RTPENGINE_PORTS: (u16, u16) = (45_000, 49_999);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Relay {
+    Dialtone,
+    Rtpengine,
+}
+
+impl Relay {
+    fn name(self) -> &'static str {
+        match self {
+            Relay::Dialtone => "Dialtone",
+            Relay::Rtpengine => "rtpengine",
+        }
+    }
+}
+
+struct Options {
+    calls: Vec<usize>,
+    seconds: u64,
+    rounds: usize,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        calls: vec![50],
+        seconds: 20,
+        rounds: 2,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--calls" => {
+                options.calls = value
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--calls {value}"))?;
+            }
+            "--seconds" => options.seconds = value.parse()?,
+            "--rounds" => options.rounds = value.parse()?,
+            other => bail!("unknown flag {other}; use --calls N[,N...] --seconds T --rounds R"),
+        }
+    }
+    ensure!(
+        options.seconds >= 3,
+        "--seconds must be at least 3 (1 s warm-up)"
+    );
+    ensure!(
+        options.calls.iter().all(|&n| n > 0),
+        "--calls must be positive"
+    );
+    Ok(options)
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = options()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(sitting(options))
+}
+
+async fn sitting(options: Options) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for &calls in &options.calls {
+        for round in 0..options.rounds {
+            for relay in [Relay::Dialtone, Relay::Rtpengine] {
+                eprintln!(
+                    "[relay_bench] {} {calls} calls, {} s (round {})",
+                    relay.name(),
+                    options.seconds,
+                    round + 1
+                );
+                let result = run_once(relay, calls, options.seconds)
+                    .await
+                    .with_context(|| format!("{} with {calls} calls", relay.name()))?;
+                eprintln!("[relay_bench]   {}", result.row());
+                results.push(result);
+            }
+        }
+    }
+    print_table(&results, options.seconds);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- one run
+
+struct RunResult {
+    relay: Relay,
+    calls: usize,
+    sent: u64,
+    received: u64,
+    duplicates: u64,
+    reordered: u64,
+    late: u64,
+    foreign: u64,
+    pdv_p50_ms: f64,
+    pdv_p99_ms: f64,
+    send_lag_p99_ms: f64,
+    /// Relay CPU seconds over the window, and the window.
+    cpu_s: f64,
+    window_s: f64,
+    forwarded_in_window: u64,
+    generator_cpu_s: f64,
+    rss_before_kib: u64,
+    rss_during_kib: u64,
+    calls_dropped: usize,
+    before: Quiet,
+    after: Quiet,
+}
+
+impl RunResult {
+    fn loss(&self) -> u64 {
+        self.sent.saturating_sub(self.received - self.duplicates)
+    }
+    fn cpu_us_per_packet(&self) -> f64 {
+        self.cpu_s * 1e6 / self.forwarded_in_window.max(1) as f64
+    }
+    /// Share of one core per call.
+    fn core_per_call(&self) -> f64 {
+        self.cpu_s / self.window_s / self.calls as f64
+    }
+    fn calls_per_core(&self) -> f64 {
+        1.0 / self.core_per_call()
+    }
+    fn rss_per_call_kib(&self) -> f64 {
+        self.rss_during_kib.saturating_sub(self.rss_before_kib) as f64 / self.calls as f64
+    }
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {:.3} % | {} | {} | {:.2} / {:.2} | {:.2} | {:.1} % | {:.2} | {:.3} % | {:.0} | {} → {} KiB, {:.0} | {:.1} % | {:.2}{} / {:.2}{} |",
+            self.relay.name(),
+            self.calls,
+            self.sent,
+            self.received,
+            self.loss() as f64 * 100.0 / self.sent.max(1) as f64,
+            self.reordered,
+            self.late,
+            self.pdv_p50_ms,
+            self.pdv_p99_ms,
+            self.send_lag_p99_ms,
+            self.cpu_s / self.window_s * 100.0,
+            self.cpu_us_per_packet(),
+            self.core_per_call() * 100.0,
+            self.calls_per_core(),
+            self.rss_before_kib,
+            self.rss_during_kib,
+            self.rss_per_call_kib(),
+            self.generator_cpu_s / self.window_s * 100.0,
+            self.before.load1,
+            if self.before.rust_running { "*" } else { "" },
+            self.after.load1,
+            if self.after.rust_running { "*" } else { "" },
+        ) + &if self.duplicates + self.foreign + self.calls_dropped as u64 > 0 {
+            format!(
+                " duplicates {} foreign {} calls dropped {}",
+                self.duplicates, self.foreign, self.calls_dropped
+            )
+        } else {
+            String::new()
+        }
+    }
+}
+
+const HEAD: &str = "| relay | calls | sent | received | loss | reordered | late > 40 ms | PDV p50 / p99 ms | generator send lag p99 ms | relay CPU | CPU µs / forwarded packet | core per call | calls per core | RSS before → during, per call | generator CPU | load1 before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+fn print_table(results: &[RunResult], seconds: u64) {
+    println!("\n{seconds} s of media per run; * = a rustc or cargo process was running\n");
+    println!("{HEAD}");
+    for result in results {
+        println!("{}", result.row());
+    }
+    println!("\n| calls | CPU µs / packet D / R | ratio | calls per core D / R | ratio | RSS KiB / call D / R | ratio |\n|---|---|---|---|---|---|---|");
+    let mut counts: Vec<usize> = results.iter().map(|r| r.calls).collect();
+    counts.dedup();
+    for calls in counts {
+        let mean = |relay: Relay, f: &dyn Fn(&RunResult) -> f64| {
+            let values: Vec<f64> = results
+                .iter()
+                .filter(|r| r.relay == relay && r.calls == calls)
+                .map(f)
+                .collect();
+            values.iter().sum::<f64>() / values.len().max(1) as f64
+        };
+        let per_packet = (
+            mean(Relay::Dialtone, &RunResult::cpu_us_per_packet),
+            mean(Relay::Rtpengine, &RunResult::cpu_us_per_packet),
+        );
+        let per_core = (
+            mean(Relay::Dialtone, &RunResult::calls_per_core),
+            mean(Relay::Rtpengine, &RunResult::calls_per_core),
+        );
+        let rss = (
+            mean(Relay::Dialtone, &RunResult::rss_per_call_kib),
+            mean(Relay::Rtpengine, &RunResult::rss_per_call_kib),
+        );
+        println!(
+            "| {calls} | {:.2} / {:.2} | {:.2} | {:.0} / {:.0} | {:.2} | {:.0} / {:.0} | {:.2} |",
+            per_packet.0,
+            per_packet.1,
+            per_packet.0 / per_packet.1,
+            per_core.0,
+            per_core.1,
+            per_core.0 / per_core.1,
+            rss.0,
+            rss.1,
+            rss.0 / rss.1,
+        );
+    }
+}
+
+/// The two generator sockets of a call and where each sends (the relay's
+/// address for it).
+struct CallMedia {
+    caller: UdpSocket,
+    callee: UdpSocket,
+    caller_to: SocketAddr,
+    callee_to: SocketAddr,
+}
+
+async fn run_once(relay: Relay, calls: usize, seconds: u64) -> anyhow::Result<RunResult> {
+    let before = Quiet::now();
+    let mut sockets = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        sockets.push((
+            UdpSocket::bind("127.0.0.1:0").await?,
+            UdpSocket::bind("127.0.0.1:0").await?,
+        ));
+    }
+    let addresses: Vec<(SocketAddr, SocketAddr)> = sockets
+        .iter()
+        .map(|(a, b)| Ok((a.local_addr()?, b.local_addr()?)))
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut relay_process = match relay {
+        Relay::Dialtone => RelayProcess::dialtone(&addresses).await?,
+        Relay::Rtpengine => RelayProcess::rtpengine().await?,
+    };
+    let pid = relay_process.pid();
+    // Let it settle before the baseline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before_kib = resident_kib(pid)?;
+    let relay_addresses = relay_process.set_up(&addresses).await?;
+    let media: Vec<CallMedia> = sockets
+        .into_iter()
+        .zip(relay_addresses)
+        .map(|((caller, callee), (caller_to, callee_to))| CallMedia {
+            caller,
+            callee,
+            caller_to,
+            callee_to,
+        })
+        .collect();
+
+    let frames = u32::try_from(seconds * 50)?;
+    let origin = Instant::now();
+    let start = origin + Duration::from_millis(100);
+    let streams = media.len() * 2;
+    let received_total = Arc::new(AtomicU64::new(0));
+    let mut legs = Vec::with_capacity(streams);
+    for (index, call) in media.into_iter().enumerate() {
+        for (side, socket, to) in [
+            (0, call.caller, call.caller_to),
+            (1, call.callee, call.callee_to),
+        ] {
+            let stream = index * 2 + side;
+            let leg = Leg {
+                socket,
+                to,
+                stream: u32::try_from(stream)?,
+                origin,
+                start: start + PTIME * u32::try_from(stream)? / u32::try_from(streams)?,
+                frames,
+                stop: start + PTIME * frames + DRAIN,
+                received_total: received_total.clone(),
+            };
+            legs.push(tokio::spawn(leg.run()));
+        }
+    }
+
+    let clock = clock_ticks()?;
+    tokio::time::sleep_until(start + WARM_UP).await;
+    let window_began = Instant::now();
+    let cpu0 = cpu_ticks(pid)?;
+    let generator0 = cpu_ticks(std::process::id())?;
+    let received0 = received_total.load(Ordering::Relaxed);
+    tokio::time::sleep_until(start + PTIME * frames / 2).await;
+    let rss_during_kib = resident_kib(pid)?;
+    tokio::time::sleep_until(start + PTIME * frames).await;
+    let cpu1 = cpu_ticks(pid)?;
+    let generator1 = cpu_ticks(std::process::id())?;
+    let received1 = received_total.load(Ordering::Relaxed);
+    let window_s = window_began.elapsed().as_secs_f64();
+
+    let mut stats = Vec::with_capacity(streams);
+    for leg in legs {
+        stats.push(leg.await??);
+    }
+    let calls_dropped = relay_process.calls_dropped();
+    relay_process.tear_down().await;
+    drop(relay_process);
+    let after = Quiet::now();
+
+    let mut pdv = Vec::new();
+    let mut send_lag = Vec::new();
+    let mut result = RunResult {
+        relay,
+        calls,
+        sent: 0,
+        received: 0,
+        duplicates: 0,
+        reordered: 0,
+        late: 0,
+        foreign: 0,
+        pdv_p50_ms: 0.0,
+        pdv_p99_ms: 0.0,
+        send_lag_p99_ms: 0.0,
+        cpu_s: cpu1.saturating_sub(cpu0) as f64 / clock,
+        window_s,
+        forwarded_in_window: received1 - received0,
+        generator_cpu_s: generator1.saturating_sub(generator0) as f64 / clock,
+        rss_before_kib,
+        rss_during_kib,
+        calls_dropped,
+        before,
+        after,
+    };
+    // Where packets went missing: each stream against what its peer (the
+    // other socket of the call) sent.
+    let sent_by: Vec<u64> = stats.iter().map(|leg| leg.sent).collect();
+    let mut lossy = 0;
+    for (stream, leg) in stats.iter().enumerate() {
+        let peer_sent = sent_by.get(stream ^ 1).copied().unwrap_or_default();
+        let unique = leg.received - leg.duplicates;
+        if unique < peer_sent || leg.foreign + leg.receive_errors > 0 {
+            lossy += 1;
+            if lossy <= 10 {
+                eprintln!(
+                    "[relay_bench]   stream {stream} (call {}, {}): received {unique} of {peer_sent}, \
+                     indices {:?}, foreign {}, receive errors {}",
+                    stream / 2,
+                    if stream % 2 == 0 { "caller" } else { "callee" },
+                    leg.first_last,
+                    leg.foreign,
+                    leg.receive_errors
+                );
+            }
+        }
+    }
+    if lossy > 10 {
+        eprintln!("[relay_bench]   ... {lossy} streams with loss or stray datagrams in all");
+    }
+    for leg in stats {
+        result.foreign += leg.receive_errors;
+        result.sent += leg.sent;
+        result.received += leg.received;
+        result.duplicates += leg.duplicates;
+        result.reordered += leg.reordered;
+        result.late += leg.late;
+        result.foreign += leg.foreign;
+        if let Some(&least) = leg.delays_us.iter().min() {
+            pdv.extend(leg.delays_us.iter().map(|&d| d - least));
+        }
+        send_lag.extend(leg.send_lag_us);
+    }
+    result.pdv_p50_ms = percentile(&mut pdv, 0.50) / 1000.0;
+    result.pdv_p99_ms = percentile(&mut pdv, 0.99) / 1000.0;
+    result.send_lag_p99_ms = percentile(&mut send_lag, 0.99) / 1000.0;
+    Ok(result)
+}
+
+fn percentile(values: &mut [u32], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_unstable();
+    let at = ((values.len() - 1) as f64 * p).round() as usize;
+    values.get(at).map_or(f64::NAN, |&v| f64::from(v))
+}
+
+// ---------------------------------------------------------------- media
+
+/// One generator socket: sends `frames` packets to `to`, one per 20 ms slot
+/// from `start`, and records every packet that arrives until `stop`.
+struct Leg {
+    socket: UdpSocket,
+    to: SocketAddr,
+    stream: u32,
+    origin: Instant,
+    start: Instant,
+    frames: u32,
+    stop: Instant,
+    received_total: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct LegStats {
+    sent: u64,
+    received: u64,
+    duplicates: u64,
+    reordered: u64,
+    late: u64,
+    /// Datagrams that are not this benchmark's packets.
+    foreign: u64,
+    /// Receive errors on the socket (an ICMP error, say).
+    receive_errors: u64,
+    /// The lowest and highest index received.
+    first_last: Option<(u32, u32)>,
+    delays_us: Vec<u32>,
+    send_lag_us: Vec<u32>,
+}
+
+impl Leg {
+    async fn run(self) -> anyhow::Result<LegStats> {
+        let mut stats = LegStats {
+            delays_us: Vec::with_capacity(self.frames as usize),
+            send_lag_us: Vec::with_capacity(self.frames as usize),
+            ..LegStats::default()
+        };
+        let mut seen = vec![false; self.frames as usize];
+        let mut highest: Option<u32> = None;
+        let mut packet = [0xffu8; HEADER + PAYLOAD];
+        packet[0] = 0x80;
+        packet[1] = 0; // PCMU
+        packet[8..12].copy_from_slice(&self.stream.to_be_bytes());
+        let mut incoming = [0u8; 2048];
+        let mut next = 0u32;
+        let slot = |index: u32| self.start + PTIME * index;
+        let send_timer = tokio::time::sleep_until(self.start);
+        tokio::pin!(send_timer);
+        let stop_timer = tokio::time::sleep_until(self.stop);
+        tokio::pin!(stop_timer);
+        loop {
+            tokio::select! {
+                () = &mut send_timer, if next < self.frames => {
+                    let now = Instant::now();
+                    let slot_ns = nanos(slot(next) - self.origin);
+                    packet[2..4].copy_from_slice(&(next as u16).to_be_bytes());
+                    packet[4..8].copy_from_slice(&next.wrapping_mul(160).to_be_bytes());
+                    packet[12..16].copy_from_slice(&self.stream.to_be_bytes());
+                    packet[16..20].copy_from_slice(&next.to_be_bytes());
+                    packet[20..28].copy_from_slice(&slot_ns.to_be_bytes());
+                    packet[28..36].copy_from_slice(&nanos(now - self.origin).to_be_bytes());
+                    // A full socket buffer counts as a packet lost, not an error.
+                    if self.socket.try_send_to(&packet, self.to).is_ok()
+                        || self.socket.send_to(&packet, self.to).await.is_ok()
+                    {
+                        stats.sent += 1;
+                    }
+                    stats.send_lag_us.push(micros(now.saturating_duration_since(slot(next))));
+                    next += 1;
+                    send_timer.as_mut().reset(slot(next));
+                }
+                received = self.socket.recv_from(&mut incoming) => {
+                    let now = Instant::now();
+                    // A stray ICMP error on the socket is no packet of ours.
+                    let Ok((length, _)) = received else {
+                        stats.receive_errors += 1;
+                        continue;
+                    };
+                    let Some((index, slot_ns, sent_ns)) = parse(&incoming[..length]) else {
+                        stats.foreign += 1;
+                        continue;
+                    };
+                    let Some(mark) = seen.get_mut(index as usize) else {
+                        stats.foreign += 1;
+                        continue;
+                    };
+                    self.received_total.fetch_add(1, Ordering::Relaxed);
+                    stats.received += 1;
+                    if *mark {
+                        stats.duplicates += 1;
+                        continue;
+                    }
+                    *mark = true;
+                    stats.first_last = Some(match stats.first_last {
+                        Some((first, last)) => (first.min(index), last.max(index)),
+                        None => (index, index),
+                    });
+                    match highest {
+                        Some(h) if index < h => stats.reordered += 1,
+                        _ => highest = Some(index),
+                    }
+                    let arrival_ns = nanos(now - self.origin);
+                    if arrival_ns.saturating_sub(slot_ns) > nanos(LATE) {
+                        stats.late += 1;
+                    }
+                    stats.delays_us.push(u32::try_from(arrival_ns.saturating_sub(sent_ns) / 1000).unwrap_or(u32::MAX));
+                }
+                () = &mut stop_timer => return Ok(stats),
+            }
+        }
+    }
+}
+
+/// (index, slot, sent) of one of our packets, whatever RTP header the relay
+/// wrote.
+fn parse(datagram: &[u8]) -> Option<(u32, u64, u64)> {
+    if datagram.len() != HEADER + PAYLOAD || datagram[0] >> 6 != 2 || datagram[1] & 0x7f != 0 {
+        return None;
+    }
+    let field = |from: usize, to: usize| datagram.get(from..to);
+    let index = u32::from_be_bytes(field(16, 20)?.try_into().ok()?);
+    let slot = u64::from_be_bytes(field(20, 28)?.try_into().ok()?);
+    let sent = u64::from_be_bytes(field(28, 36)?.try_into().ok()?);
+    Some((index, slot, sent))
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// PCMU/8000 (and telephone-event) at `address`.
+fn sdp(address: SocketAddr, session: u64) -> String {
+    format!(
+        "v=0\r\no=bench {session} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n",
+        ip = address.ip(),
+        port = address.port()
+    )
+}
+
+// ---------------------------------------------------------------- relays
+
+enum RelayProcess {
+    Dialtone {
+        gateway: Gateway,
+        uas: tokio::task::JoinHandle<()>,
+        uas_state: Arc<Mutex<UasState>>,
+        clients: Vec<ClientCall>,
+    },
+    Rtpengine {
+        guard: ChildGuard,
+        _dir: tempfile::TempDir,
+        ng: NgClient,
+        calls: usize,
+    },
+}
+
+/// A call's WebSocket client, kept reading (pings) by its task until told to
+/// hang up.
+struct ClientCall {
+    hang_up: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<bool>>,
+}
+
+impl RelayProcess {
+    async fn dialtone(addresses: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<RelayProcess> {
+        let uas_socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let uas_address = uas_socket.local_addr()?;
+        let uas_state = Arc::new(Mutex::new(UasState {
+            callees: addresses.iter().map(|&(_, callee)| callee).collect(),
+            ..UasState::default()
+        }));
+        let uas = tokio::spawn(run_uas(uas_socket, uas_state.clone()));
+        let (min, max) = DIALTONE_PORTS;
+        let config = format!(
+            r#"{LOOPBACK}[calls]
+proxy = "sip:{uas_address};transport=udp"
+# A load generator is one heavy client: lift the per-client limits.
+max_calls_per_session = 100000
+max_calls_per_connection = 100000
+max_calls = 100000
+start_burst = 1000000
+starts_per_minute = 1000000
+[sessions]
+start_burst = 1000000
+starts_per_minute = 1000000
+[limits]
+max_connections_per_ip = 100000
+[media]
+rtp_port_min = {min}
+rtp_port_max = {max}
+[log]
+level = "warn"
+"#
+        );
+        let gateway =
+            Gateway::start_with_env(Some(&config), &[("RUST_LOG", "warn,dialtone_gateway=info")]);
+        let gateway = match gateway {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                uas.abort();
+                return Err(e);
+            }
+        };
+        Ok(RelayProcess::Dialtone {
+            gateway,
+            uas,
+            uas_state,
+            clients: Vec::new(),
+        })
+    }
+
+    async fn rtpengine() -> anyhow::Result<RelayProcess> {
+        let dir = tempfile::Builder::new().prefix("rtpengine-").tempdir()?;
+        let ng_port = free_port();
+        let (min, max) = RTPENGINE_PORTS;
+        let mut command = Command::new("rtpengine");
+        command
+            .arg("--config-file=none")
+            .arg("--foreground")
+            .arg("--log-stderr")
+            .arg("--log-level=5")
+            .arg("--interface=127.0.0.1")
+            .arg(format!("--listen-ng=127.0.0.1:{ng_port}"))
+            .arg(format!("--port-min={min}"))
+            .arg(format!("--port-max={max}"))
+            .arg("--table=-1")
+            .arg("--delete-delay=0");
+        let guard = ChildGuard::spawn("rtpengine", command, &dir.path().join("rtpengine.log"))?;
+        // Ready when it answers an ng ping (its start-up line is below log level 5).
+        let ng = NgClient::connect(SocketAddr::from(([127, 0, 0, 1], ng_port))).await?;
+        let mut ready = ng.request(&[("command", "ping")]).await;
+        let deadline = Instant::now() + REPLY;
+        while ready.is_err() && Instant::now() < deadline {
+            if guard.try_wait()?.is_some() {
+                bail!("rtpengine exited\n{}", guard.tail_report());
+            }
+            ready = ng.request(&[("command", "ping")]).await;
+        }
+        ready.with_context(|| format!("rtpengine did not start\n{}", guard.tail_report()))?;
+        Ok(RelayProcess::Rtpengine {
+            guard,
+            _dir: dir,
+            ng,
+            calls: 0,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            RelayProcess::Dialtone { gateway, .. } => gateway.pid(),
+            RelayProcess::Rtpengine { guard, .. } => guard.pid(),
+        }
+    }
+
+    /// Sets up one call per (caller, callee) pair; returns where each sends.
+    async fn set_up(
+        &mut self,
+        addresses: &[(SocketAddr, SocketAddr)],
+    ) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+        match self {
+            RelayProcess::Dialtone {
+                gateway,
+                uas_state,
+                clients,
+                ..
+            } => {
+                let url = gateway.ws_url();
+                let mut set_up = futures_util::stream::iter(addresses.iter().enumerate())
+                    .map(|(index, &(caller, _))| dialtone_call(url.clone(), index, caller))
+                    .buffered(SETUP_CONCURRENCY);
+                let mut caller_to = Vec::with_capacity(addresses.len());
+                while let Some(call) = set_up.next().await {
+                    let (client, to) = call?;
+                    clients.push(client);
+                    caller_to.push(to);
+                }
+                let state = uas_state
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("UAS poisoned"))?;
+                caller_to
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, to)| {
+                        let callee_to = state
+                            .offers
+                            .get(&index)
+                            .copied()
+                            .with_context(|| format!("no SIP offer seen for call {index}"))?;
+                        Ok((to, callee_to))
+                    })
+                    .collect()
+            }
+            RelayProcess::Rtpengine { ng, calls, .. } => {
+                let mut result = Vec::with_capacity(addresses.len());
+                for (index, &(caller, callee)) in addresses.iter().enumerate() {
+                    let call_id = format!("bench-{index}");
+                    let offer = ng
+                        .request(&[
+                            ("command", "offer"),
+                            ("call-id", &call_id),
+                            ("from-tag", "caller"),
+                            ("sdp", &sdp(caller, index as u64)),
+                        ])
+                        .await?;
+                    let callee_to = sdp_audio_addr(&offer).context("rtpengine's offer")?;
+                    let answer = ng
+                        .request(&[
+                            ("command", "answer"),
+                            ("call-id", &call_id),
+                            ("from-tag", "caller"),
+                            ("to-tag", "callee"),
+                            ("sdp", &sdp(callee, index as u64)),
+                        ])
+                        .await?;
+                    let caller_to = sdp_audio_addr(&answer).context("rtpengine's answer")?;
+                    *calls += 1;
+                    result.push((caller_to, callee_to));
+                }
+                Ok(result)
+            }
+        }
+    }
+
+    /// Calls that ended before their hang-up (Dialtone: CALL_FAILED or
+    /// CALL_FINISHED unasked).
+    fn calls_dropped(&self) -> usize {
+        match self {
+            RelayProcess::Dialtone { clients, .. } => {
+                clients.iter().filter(|c| c.task.is_finished()).count()
+            }
+            RelayProcess::Rtpengine { .. } => 0,
+        }
+    }
+
+    /// Ends every call (errors are reported, not returned: the process stops
+    /// anyway when dropped).
+    async fn tear_down(&mut self) {
+        match self {
+            RelayProcess::Dialtone { clients, uas, .. } => {
+                for client in clients.iter_mut() {
+                    if let Some(hang_up) = client.hang_up.take() {
+                        let _ = hang_up.send(());
+                    }
+                }
+                let mut unfinished = 0;
+                for client in clients.drain(..) {
+                    if !matches!(client.task.await, Ok(Ok(true))) {
+                        unfinished += 1;
+                    }
+                }
+                if unfinished > 0 {
+                    eprintln!("[relay_bench] {unfinished} calls did not finish cleanly");
+                }
+                uas.abort();
+            }
+            RelayProcess::Rtpengine { ng, calls, .. } => {
+                for index in 0..*calls {
+                    let call_id = format!("bench-{index}");
+                    if let Err(e) = ng
+                        .request(&[("command", "delete"), ("call-id", &call_id)])
+                        .await
+                    {
+                        eprintln!("[relay_bench] rtpengine delete {call_id}: {e:#}");
+                    }
+                }
+                *calls = 0;
+            }
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        // The gateway and rtpengine stop by PID when their guards drop.
+        if let RelayProcess::Dialtone { uas, .. } = self {
+            uas.abort();
+        }
+    }
+}
+
+/// One call through Dialtone from its own WebSocket session: the client point
+/// answered for `caller`. Returns the client's task and where the caller
+/// sends (the gateway's client point).
+async fn dialtone_call(
+    url: String,
+    index: usize,
+    caller: SocketAddr,
+) -> anyhow::Result<(ClientCall, SocketAddr)> {
+    let (mut ws, session_id) = WsClient::start_session(&url, &format!("bench{index}"), "").await?;
+    let (call_id, offer) =
+        offer_rtp_call(&mut ws, &session_id, &format!("bench{index}"), "PCMU/8000")
+            .await
+            .with_context(|| format!("call {index}"))?;
+    let point = sdp_audio_addr(&offer).context("the gateway's SDP_OFFER")?;
+    ws.send_json(&json!({
+        "type": "SDP_ANSWER", "sessionId": session_id, "callId": call_id,
+        "sdp": sdp(caller, index as u64),
+    }))
+    .await?;
+    ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING", "CALL_RINGING"], REPLY)
+        .await
+        .with_context(|| format!("call {index}"))?;
+    let (hang_up, mut told) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut told => break,
+                message = ws.recv_json(Duration::from_secs(3600)) => {
+                    let message = message?;
+                    if matches!(message["type"].as_str(), Some("CALL_FAILED" | "CALL_FINISHED")) {
+                        eprintln!("[relay_bench] call {index} ended early: {message}");
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
+            .await?;
+        let deadline = Instant::now() + REPLY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = ws.recv_json(left).await?;
+            if message["type"] == "CALL_FINISHED" {
+                return Ok(true);
+            }
+        }
+    });
+    Ok((
+        ClientCall {
+            hang_up: Some(hang_up),
+            task,
+        },
+        point,
+    ))
+}
+
+// ---------------------------------------------------------------- SIP UAS
+
+#[derive(Default)]
+struct UasState {
+    /// The generator's callee socket of each call, by index (`bench<index>`
+    /// in the Request-URI).
+    callees: Vec<SocketAddr>,
+    /// Where the gateway's SIP leg listens, from its offer, by call index.
+    offers: HashMap<usize, SocketAddr>,
+    /// The 200 sent for each INVITE's Call-ID, for retransmissions.
+    answered: HashMap<String, Vec<u8>>,
+}
+
+/// A minimal UDP UAS: INVITE gets 100 and 200 with an SDP naming the call's
+/// callee socket, ACK nothing, BYE (and anything else) 200.
+async fn run_uas(socket: UdpSocket, state: Arc<Mutex<UasState>>) {
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let Ok((length, from)) = socket.recv_from(&mut buffer).await else {
+            continue;
+        };
+        let replies = match handle_sip(&buffer[..length], &state) {
+            Ok(replies) => replies,
+            Err(e) => {
+                eprintln!("[relay_bench] UAS: {e:#}");
+                continue;
+            }
+        };
+        for reply in replies {
+            if let Err(e) = socket.send_to(&reply, from).await {
+                eprintln!("[relay_bench] UAS send to {from}: {e}");
+            }
+        }
+    }
+}
+
+fn handle_sip(datagram: &[u8], state: &Mutex<UasState>) -> anyhow::Result<Vec<Vec<u8>>> {
+    let text = std::str::from_utf8(datagram).context("SIP message not UTF-8")?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    if request_line.starts_with("SIP/2.0") {
+        return Ok(Vec::new()); // a response: nothing to do
+    }
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let uri = parts.next().unwrap_or_default();
+    let headers: Vec<(String, &str)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (expand_header(name.trim()), value.trim()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .with_context(|| format!("{method} without {name}"))
+    };
+    let call_id = header("call-id")?;
+    let mut state = state.lock().map_err(|_| anyhow::anyhow!("UAS poisoned"))?;
+    match method {
+        "ACK" => Ok(Vec::new()),
+        "INVITE" => {
+            if let Some(answered) = state.answered.get(call_id) {
+                return Ok(vec![answered.clone()]);
+            }
+            let index: usize = uri
+                .split_once("bench")
+                .and_then(|(_, rest)| {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().ok()
+                })
+                .with_context(|| format!("INVITE to {uri}: no bench<index>"))?;
+            let callee = state
+                .callees
+                .get(index)
+                .copied()
+                .with_context(|| format!("INVITE for call {index}: no such call"))?;
+            let offer = sdp_audio_addr(body).context("the gateway's INVITE offer")?;
+            state.offers.insert(index, offer);
+            let trying = response(&headers, "100 Trying", None, None);
+            let answer = sdp(callee, index as u64);
+            let ok = response(
+                &headers,
+                "200 OK",
+                Some(&format!("bench{index}")),
+                Some(&answer),
+            );
+            state.answered.insert(call_id.to_string(), ok.clone());
+            Ok(vec![trying, ok])
+        }
+        _ => Ok(vec![response(&headers, "200 OK", None, None)]),
+    }
+}
+
+/// Compact header forms to full names, lower case.
+fn expand_header(name: &str) -> String {
+    let name = name.to_ascii_lowercase();
+    match name.as_str() {
+        "v" => "via".into(),
+        "f" => "from".into(),
+        "t" => "to".into(),
+        "i" => "call-id".into(),
+        "m" => "contact".into(),
+        "l" => "content-length".into(),
+        "c" => "content-type".into(),
+        _ => name,
+    }
+}
+
+/// A response to the request with `headers`: its Via, From, To (with a tag
+/// added when `tag` is given and it has none), Call-ID and CSeq; with a
+/// Contact and an SDP body when `sdp` is given.
+fn response(
+    headers: &[(String, &str)],
+    status: &str,
+    tag: Option<&str>,
+    sdp: Option<&str>,
+) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for (name, value) in headers {
+        match name.as_str() {
+            "via" => out += &format!("Via: {value}\r\n"),
+            "from" => out += &format!("From: {value}\r\n"),
+            "call-id" => out += &format!("Call-ID: {value}\r\n"),
+            "cseq" => out += &format!("CSeq: {value}\r\n"),
+            "to" => match tag {
+                Some(tag) if !value.contains(";tag=") => {
+                    out += &format!("To: {value};tag={tag}\r\n");
+                }
+                _ => out += &format!("To: {value}\r\n"),
+            },
+            _ => {}
+        }
+    }
+    match sdp {
+        Some(sdp) => {
+            out += "Contact: <sip:bench@127.0.0.1>\r\nContent-Type: application/sdp\r\n";
+            out += &format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len());
+        }
+        None => out += "Content-Length: 0\r\n\r\n",
+    }
+    out.into_bytes()
+}
+
+// ---------------------------------------------------------------- rtpengine ng
+
+/// rtpengine's ng control protocol: `<cookie> <bencoded dictionary>` over UDP.
+struct NgClient {
+    socket: UdpSocket,
+    cookie: AtomicU64,
+}
+
+impl NgClient {
+    async fn connect(to: SocketAddr) -> anyhow::Result<NgClient> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        socket.connect(to).await?;
+        Ok(NgClient {
+            socket,
+            cookie: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends a dictionary of strings; returns the reply's `sdp` (empty if
+    /// none) if its `result` is `ok` or `pong`.
+    async fn request(&self, fields: &[(&str, &str)]) -> anyhow::Result<String> {
+        let cookie = format!("c{}", self.cookie.fetch_add(1, Ordering::Relaxed));
+        let mut sorted = fields.to_vec();
+        sorted.sort_by_key(|(key, _)| *key);
+        let mut message = format!("{cookie} d").into_bytes();
+        for (key, value) in sorted {
+            for item in [key, value] {
+                message.extend_from_slice(format!("{}:", item.len()).as_bytes());
+                message.extend_from_slice(item.as_bytes());
+            }
+        }
+        message.push(b'e');
+        let mut buffer = vec![0u8; 65_536];
+        for _attempt in 0..3 {
+            self.socket.send(&message).await?;
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while let Ok(received) =
+                tokio::time::timeout_at(deadline, self.socket.recv(&mut buffer)).await
+            {
+                let length = received?;
+                let reply = &buffer[..length];
+                let Some(rest) = reply.strip_prefix(format!("{cookie} ").as_bytes()) else {
+                    continue; // a late reply to an earlier attempt
+                };
+                let mut at = 0;
+                let value = Bencode::parse(rest, &mut at).context("rtpengine's reply")?;
+                let result = value.get("result").unwrap_or_default();
+                if result != "ok" && result != "pong" {
+                    bail!(
+                        "rtpengine refused {fields:?}: {result} {}",
+                        value.get("error-reason").unwrap_or_default()
+                    );
+                }
+                return Ok(value.get("sdp").unwrap_or_default());
+            }
+        }
+        bail!("rtpengine did not answer {fields:?}")
+    }
+}
+
+enum Bencode {
+    Integer,
+    Bytes(Vec<u8>),
+    List,
+    Dictionary(Vec<(Vec<u8>, Bencode)>),
+}
+
+impl Bencode {
+    fn parse(input: &[u8], at: &mut usize) -> anyhow::Result<Bencode> {
+        let byte = |at: usize| input.get(at).copied().context("bencode cut short");
+        match byte(*at)? {
+            b'i' => {
+                let end = input[*at..]
+                    .iter()
+                    .position(|&b| b == b'e')
+                    .context("bencode integer without end")?;
+                *at += end + 1;
+                Ok(Bencode::Integer)
+            }
+            b'l' => {
+                *at += 1;
+                while byte(*at)? != b'e' {
+                    Bencode::parse(input, at)?;
+                }
+                *at += 1;
+                Ok(Bencode::List)
+            }
+            b'd' => {
+                *at += 1;
+                let mut entries = Vec::new();
+                while byte(*at)? != b'e' {
+                    let Bencode::Bytes(key) = Bencode::parse(input, at)? else {
+                        bail!("bencode dictionary key is no string");
+                    };
+                    entries.push((key, Bencode::parse(input, at)?));
+                }
+                *at += 1;
+                Ok(Bencode::Dictionary(entries))
+            }
+            b'0'..=b'9' => {
+                let colon = input[*at..]
+                    .iter()
+                    .position(|&b| b == b':')
+                    .context("bencode string without length")?;
+                let length: usize = std::str::from_utf8(&input[*at..*at + colon])?.parse()?;
+                let start = *at + colon + 1;
+                let bytes = input
+                    .get(start..start + length)
+                    .context("bencode string cut short")?;
+                *at = start + length;
+                Ok(Bencode::Bytes(bytes.to_vec()))
+            }
+            other => bail!("bencode: unexpected byte {other:#x}"),
+        }
+    }
+
+    /// A string entry of a dictionary.
+    fn get(&self, key: &str) -> Option<String> {
+        let Bencode::Dictionary(entries) = self else {
+            return None;
+        };
+        entries.iter().find_map(|(k, v)| match v {
+            Bencode::Bytes(bytes) if k == key.as_bytes() => {
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+            _ => None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(n - 3).context("/proc/PID/stat field")?.parse()?)
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+fn clock_ticks() -> anyhow::Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(ticks > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(ticks as f64)
+}
+
+fn resident_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// Whether the machine was quiet: the 1-minute load average and whether a
+/// compiler was running.
+#[derive(Clone, Copy)]
+struct Quiet {
+    load1: f64,
+    rust_running: bool,
+}
+
+impl Quiet {
+    fn now() -> Quiet {
+        let load1 = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::NAN);
+        let rust_running = std::fs::read_dir("/proc").is_ok_and(|entries| {
+            entries.flatten().any(|entry| {
+                std::fs::read_to_string(entry.path().join("comm"))
+                    .is_ok_and(|comm| matches!(comm.trim(), "rustc" | "cargo"))
+            })
+        });
+        Quiet {
+            load1,
+            rust_running,
+        }
+    }
+}
