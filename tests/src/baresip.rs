@@ -175,7 +175,20 @@ impl Baresip {
     /// Writes the config into a fresh temp dir, starts baresip, connects to ctrl_tcp and, with
     /// an account, waits until it has registered (up to [`READY_TIMEOUT`]; the error has the
     /// log tail).
+    ///
+    /// baresip 1.0 has been seen (once, on CI) to die right after opening ctrl_tcp, before any
+    /// call: such a start is reported on stderr and tried once more.
     pub fn start(opts: BaresipOptions) -> anyhow::Result<Baresip> {
+        match Self::start_once(opts.clone()) {
+            Err(e) if e.downcast_ref::<StartupCrash>().is_some() => {
+                eprintln!("[dialtone-tests] baresip died starting up, starting it again: {e:#}");
+                Self::start_once(opts)
+            }
+            started => started,
+        }
+    }
+
+    fn start_once(opts: BaresipOptions) -> anyhow::Result<Baresip> {
         if !Path::new(BARESIP_BIN).exists() {
             bail!("{BARESIP_BIN} not found: install baresip 1.0 (apt-get install baresip-core)");
         }
@@ -796,6 +809,18 @@ struct Ctrl {
     next_token: AtomicU64,
 }
 
+/// baresip ended by itself while starting up (not a refused configuration: that fails later).
+#[derive(Debug)]
+struct StartupCrash(String);
+
+impl std::fmt::Display for StartupCrash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartupCrash {}
+
 #[derive(Default)]
 struct CtrlShared {
     state: Mutex<CtrlState>,
@@ -824,10 +849,10 @@ impl Ctrl {
                 Ok(s) => break s,
                 Err(e) => {
                     if let Some(status) = guard.try_wait()? {
-                        bail!(
+                        return Err(anyhow::Error::new(StartupCrash(format!(
                             "baresip exited ({status}) during startup\n{}",
                             guard.tail_report()
-                        );
+                        ))));
                     }
                     if Instant::now() >= deadline {
                         bail!(
@@ -855,9 +880,22 @@ impl Ctrl {
             next_token: AtomicU64::new(1),
         };
         // A port taken by someone else would still accept: make sure baresip answers.
-        let resp = ctrl
-            .command("reginfo", "")
-            .context("first ctrl_tcp command")?;
+        let resp = match ctrl.command("reginfo", "") {
+            Ok(resp) => resp,
+            Err(e) => {
+                // A reset here has meant baresip died just after listening: say how it ended.
+                return match guard.wait_exit(Duration::from_secs(1)) {
+                    Ok(status) => Err(anyhow::Error::new(StartupCrash(format!(
+                        "baresip exited ({status}) at its first ctrl_tcp command ({e:#})\n{}",
+                        guard.tail_report()
+                    )))),
+                    Err(_) => Err(e.context(format!(
+                        "first ctrl_tcp command\n{}",
+                        guard.tail_report()
+                    ))),
+                };
+            }
+        };
         if resp["response"] != true {
             bail!("unexpected ctrl_tcp answer {resp}");
         }
