@@ -17,6 +17,7 @@ use crate::mixer::{self, MixBuffers, MixInput, Role};
 use crate::point::{
     Point, PointConfig, PointId, PointUpdate, Route, Silence, Transport, DIGIT_TAIL_FRAMES,
 };
+use crate::rtcp;
 use crate::rtmp_point::{Payloads, RtmpPoint, L16_FRAME_BYTES, RTMP_PAYLOAD_TYPE};
 use crate::rtp::{RtpHeader, RtpPacket};
 use crate::srtp::{SrtpError, MAX_OVERHEAD};
@@ -700,6 +701,15 @@ impl Room {
 
     fn on_datagram(&mut self, now: Instant, index: usize, source: SocketAddr, data: &[u8]) {
         let point = &mut self.points[index];
+        // A plain RTP point is never offered rtcp-mux: RTCP here is stray
+        // (another stream's report sent to port + 1 of a neighbour).
+        let packet = match RtpPacket::parse(data) {
+            Ok(packet) if !rtcp::is_rtcp(data) => Some(packet),
+            _ => None,
+        };
+        let negotiated = packet
+            .as_ref()
+            .is_some_and(|packet| point.takes_payload_type(packet.header.payload_type));
         let latch = match &mut point.transport {
             Transport::Rtp(latch) => latch,
             Transport::WebRtc {
@@ -712,10 +722,19 @@ impl Room {
             }
             _ => return,
         };
-        let Ok(packet) = RtpPacket::parse(data) else {
+        let Some(packet) = packet else {
             return;
         };
-        match latch.on_packet(now, source, packet.header.ssrc) {
+        // Only the far end's negotiated media may latch. Other payload types
+        // (comfort noise, say) are taken from the latched address alone.
+        let decision = if negotiated {
+            latch.on_packet(now, source, packet.header.ssrc)
+        } else if latch.is_latched_to(source) {
+            LatchDecision::Accept
+        } else {
+            LatchDecision::Reject
+        };
+        match decision {
             // Not logged: whoever sprays a port would fill the log.
             LatchDecision::Reject => return,
             LatchDecision::Latched {

@@ -178,6 +178,11 @@ impl RtpLatch {
         }
     }
 
+    /// Whether `source` is where the latch took the far end's media from.
+    pub fn is_latched_to(&self, source: SocketAddr) -> bool {
+        self.latched.is_some_and(|latched| latched.source == source)
+    }
+
     fn source_allowed(&self, source: SocketAddr) -> bool {
         if !self.config.require_signalled_ip {
             return true;

@@ -946,6 +946,37 @@ fn after_the_learning_window_an_attacker_with_its_own_ssrc_takes_nothing() {
     }
 }
 
+/// Within the learning window, datagrams from elsewhere that are not the far end's media move
+/// nothing: an RTCP report (another call's, sent to port + 1 of some peer that happens to be
+/// this RTP port: seen under load, where it cut a relayed call in both directions) and RTP of a
+/// payload type this point never negotiated.
+#[test]
+fn within_the_learning_window_stray_rtcp_and_unnegotiated_payloads_move_nothing() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    for frame in 0..10 {
+        both_talk(&mut room, frame, SIP_FAR_END, 0x77);
+    }
+    room.take_rtp(SIP);
+    room.take_rtp(CLIENT);
+    // A sender report: version 2, PT 200, length 6, SSRC 0x0bad, NTP, RTP time, counts.
+    let mut report = vec![0x80, 200, 0, 6, 0, 0, 0x0b, 0xad];
+    report.extend_from_slice(&[0; 20]);
+    let unnegotiated = rtp(header(96, 1, 0, 0x0bae), &[ATTACKER_BYTE; 160]);
+    for frame in 10..150 {
+        if frame % 10 == 0 {
+            for point in [SIP, CLIENT] {
+                room.datagram(point, ATTACKER, &report);
+                room.datagram(point, ATTACKER + 2, &unnegotiated);
+            }
+        }
+        both_talk(&mut room, frame, SIP_FAR_END, 0x77);
+    }
+    let to_far_end = destinations_and_senders(&room.take_rtp(SIP));
+    let to_client = destinations_and_senders(&room.take_rtp(CLIENT));
+    assert_eq!(to_far_end, (vec![address(SIP_FAR_END)], vec![CLIENT_BYTE]));
+    assert_eq!(to_client, (vec![address(CLIENT_END)], vec![FAR_END_BYTE]));
+}
+
 #[test]
 fn within_the_learning_window_a_far_end_moving_with_a_new_ssrc_is_followed() {
     let mut room = Harness::bridge(PCMU, PCMU);
