@@ -430,6 +430,11 @@ impl RtpSender {
             }
             mapping.highest_sequence = foreign.sequence;
             mapping.highest_timestamp = foreign.timestamp;
+            // Only the last MAX_MISORDER numbers may still come: the anchor
+            // stays among them, so the signed distance to it never wraps.
+            if foreign.sequence.wrapping_sub(mapping.anchor_sequence) > MAX_MISORDER {
+                mapping.anchor_sequence = foreign.sequence.wrapping_sub(MAX_MISORDER);
+            }
         }
         if (sequence.wrapping_sub(self.next_sequence) as i16) >= 0 {
             self.next_sequence = sequence.wrapping_add(1);
@@ -768,6 +773,28 @@ mod tests {
         );
         let next = rewrite(&mut sender, &packet(false, 0, 15, 800, 5, &[0; 4])).unwrap();
         assert_eq!((next.sequence, next.timestamp), (5, 800));
+    }
+
+    #[test]
+    fn a_reordered_packet_is_relayed_however_long_the_stream_has_run() {
+        // 40 000 packets (13 minutes of 20 ms audio) into the mapping, past
+        // half the sequence space, a reordered packet is still relayed.
+        let mut sender = RtpSender::new(1, 0, 0);
+        for index in 0..40_000u16 {
+            rewrite(
+                &mut sender,
+                &packet(false, 0, index, 160 * u32::from(index), 5, &[0; 4]),
+            );
+        }
+        rewrite(
+            &mut sender,
+            &packet(false, 0, 40_001, 160 * 40_001, 5, &[0; 4]),
+        );
+        let late = rewrite(
+            &mut sender,
+            &packet(false, 0, 40_000, 160 * 40_000, 5, &[0; 4]),
+        );
+        assert_eq!(late.map(|header| header.sequence), Some(40_000));
     }
 
     #[test]
