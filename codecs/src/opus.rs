@@ -1,4 +1,6 @@
-//! Opus through the system libopus (`audiopus`): mono, 48 kHz, 20 ms.
+//! Opus through the system libopus (`audiopus`): mono, 20 ms, its PCM at
+//! 48 kHz or, facing a narrower codec, at that codec's rate (libopus codes
+//! at 8 and 16 kHz natively, so no resampler runs between them).
 
 use audiopus::coder::{Decoder as InnerOpusDecoder, Encoder as InnerOpusEncoder};
 use audiopus::{Application, Bandwidth, Bitrate, Channels, SampleRate as OpusRate};
@@ -22,31 +24,38 @@ const MAX_PACKET_SAMPLES: usize = 5_760;
 /// on.
 pub struct OpusEncoder {
     inner: InnerOpusEncoder,
+    rate: SampleRate,
 }
 
 impl OpusEncoder {
     /// An encoder for full-band 48 kHz audio.
     pub fn new() -> Result<Self, CodecError> {
-        Self::for_source_rate(SampleRate::Hz48000)
+        Self::at_rate(SampleRate::Hz48000)
     }
 
-    /// An encoder for 48 kHz audio resampled from `source`, which holds
-    /// nothing above `source`'s Nyquist frequency. Capping the coded band
-    /// to match loses nothing and, for 8 kHz sources, halves the encoder's
-    /// CPU time.
-    pub fn for_source_rate(source: SampleRate) -> Result<Self, CodecError> {
-        let mut inner =
-            InnerOpusEncoder::new(OpusRate::Hz48000, Channels::Mono, Application::Voip)?;
+    /// An encoder taking PCM at `rate`. The coded band is capped to what
+    /// that rate holds: nothing is lost, and for 8 kHz the encoder's CPU
+    /// time is about halved.
+    pub fn at_rate(rate: SampleRate) -> Result<Self, CodecError> {
+        let mut inner = InnerOpusEncoder::new(opus_rate(rate), Channels::Mono, Application::Voip)?;
         inner.set_bitrate(Bitrate::BitsPerSecond(BITRATE_BPS))?;
         inner.set_complexity(COMPLEXITY)?;
         inner.set_inband_fec(true)?;
         inner.set_packet_loss_perc(EXPECTED_LOSS_PERCENT)?;
-        inner.set_max_bandwidth(match source {
+        inner.set_max_bandwidth(match rate {
             SampleRate::Hz8000 => Bandwidth::Narrowband,
             SampleRate::Hz16000 => Bandwidth::Wideband,
             SampleRate::Hz48000 => Bandwidth::Fullband,
         })?;
-        Ok(Self { inner })
+        Ok(Self { inner, rate })
+    }
+}
+
+fn opus_rate(rate: SampleRate) -> OpusRate {
+    match rate {
+        SampleRate::Hz8000 => OpusRate::Hz8000,
+        SampleRate::Hz16000 => OpusRate::Hz16000,
+        SampleRate::Hz48000 => OpusRate::Hz48000,
     }
 }
 
@@ -56,7 +65,7 @@ impl Encoder for OpusEncoder {
     }
 
     fn encode(&mut self, pcm: &[i16], payload: &mut [u8]) -> Result<usize, CodecError> {
-        SampleRate::Hz48000.check_frame(pcm)?;
+        self.rate.check_frame(pcm)?;
         let out = Codec::Opus.payload_out(payload)?;
         Ok(self.inner.encode(pcm, out)?)
     }
@@ -70,12 +79,21 @@ impl Encoder for OpusEncoder {
 /// in the ordinary way.
 pub struct OpusDecoder {
     inner: InnerOpusDecoder,
+    rate: SampleRate,
 }
 
 impl OpusDecoder {
+    /// A decoder giving 48 kHz PCM.
     pub fn new() -> Result<Self, CodecError> {
+        Self::at_rate(SampleRate::Hz48000)
+    }
+
+    /// A decoder giving PCM at `rate` (libopus decodes any Opus packet at
+    /// any of its rates).
+    pub fn at_rate(rate: SampleRate) -> Result<Self, CodecError> {
         Ok(Self {
-            inner: InnerOpusDecoder::new(OpusRate::Hz48000, Channels::Mono)?,
+            inner: InnerOpusDecoder::new(opus_rate(rate), Channels::Mono)?,
+            rate,
         })
     }
 
@@ -104,13 +122,13 @@ impl Decoder for OpusDecoder {
         if payload.is_empty() {
             return self.conceal(pcm);
         }
-        let out = SampleRate::Hz48000.frame_out(pcm)?;
+        let out = self.rate.frame_out(pcm)?;
         Self::check_duration(payload)?;
         Ok(self.inner.decode(Some(payload), out, false)?)
     }
 
     fn conceal(&mut self, pcm: &mut [i16]) -> Result<usize, CodecError> {
-        let out = SampleRate::Hz48000.frame_out(pcm)?;
+        let out = self.rate.frame_out(pcm)?;
         // The output length tells libopus how much audio was lost.
         Ok(self.inner.decode(None::<&[u8]>, out, false)?)
     }
@@ -119,7 +137,7 @@ impl Decoder for OpusDecoder {
         if next_payload.is_empty() {
             return self.conceal(pcm);
         }
-        let out = SampleRate::Hz48000.frame_out(pcm)?;
+        let out = self.rate.frame_out(pcm)?;
         Self::check_duration(next_payload)?;
         // Without FEC data in `next_payload` libopus falls back to plain
         // concealment by itself.

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::{
-    new_decoder, new_encoder, Codec, CodecError, Decoder, Encoder, OpusEncoder, Resampler,
+    new_decoder, new_encoder, Codec, CodecError, Decoder, Encoder, OpusDecoder, OpusEncoder,
+    Resampler,
 };
 
 /// Converts payloads of one codec into payloads of another, one 20 ms
@@ -24,16 +25,28 @@ impl Transcoder {
         if from == to {
             return Err(CodecError::SameCodec(from));
         }
+        // Opus is coded at the other side's rate: no resampler runs, and the
+        // encoder spends nothing on a band the source never had.
+        let decoded_rate = match from {
+            Codec::Opus => to.sample_rate(),
+            _ => from.sample_rate(),
+        };
+        let encoded_rate = match to {
+            Codec::Opus => from.sample_rate(),
+            _ => to.sample_rate(),
+        };
         Ok(Self {
-            decoder: new_decoder(from)?,
-            resampler: Resampler::new(from.sample_rate(), to.sample_rate())?,
+            decoder: match from {
+                Codec::Opus => Box::new(OpusDecoder::at_rate(decoded_rate)?),
+                _ => new_decoder(from)?,
+            },
+            resampler: Resampler::new(decoded_rate, encoded_rate)?,
             encoder: match to {
-                // Resampled audio holds nothing above the source's band.
-                Codec::Opus => Box::new(OpusEncoder::for_source_rate(from.sample_rate())?),
+                Codec::Opus => Box::new(OpusEncoder::at_rate(encoded_rate)?),
                 _ => new_encoder(to)?,
             },
-            decoded: vec![0; from.frame_samples()],
-            resampled: vec![0; to.frame_samples()],
+            decoded: vec![0; decoded_rate.frame_samples()],
+            resampled: vec![0; encoded_rate.frame_samples()],
         })
     }
 

@@ -151,9 +151,22 @@ fn a_transcoder_reports_its_codecs_and_delay() {
         (transcoder.from_codec(), transcoder.to_codec()),
         (Codec::Opus, Codec::Pcmu)
     );
+    // libopus decodes and encodes at the other side's rate: no resampler.
+    for (from, to) in [
+        (Codec::Opus, Codec::Pcmu),
+        (Codec::Pcma, Codec::Opus),
+        (Codec::Opus, Codec::G722),
+        (Codec::Pcma, Codec::Pcmu),
+    ] {
+        let transcoder = Transcoder::new(from, to).unwrap();
+        assert_eq!(
+            transcoder.resampling_delay(),
+            Duration::ZERO,
+            "{from:?} → {to:?}"
+        );
+    }
+    let transcoder = Transcoder::new(Codec::G722, Codec::Pcmu).unwrap();
     assert_eq!(transcoder.resampling_delay(), Duration::from_millis(10));
-    let transcoder = Transcoder::new(Codec::Pcma, Codec::Pcmu).unwrap();
-    assert_eq!(transcoder.resampling_delay(), Duration::ZERO);
 }
 
 #[test]
