@@ -15,6 +15,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Connect/read/write timeout of one HTTP request to the gateway.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many of the gateway's log lines a test's output ends with.
+const LOG_TAIL_ON_DROP: usize = 80;
+
 /// `RUST_LOG` given to the gateway unless the test environment sets one.
 pub const DEFAULT_RUST_LOG: &str = "info,dialtone=debug";
 
@@ -293,6 +296,12 @@ impl Drop for Gateway {
         if let Err(e) = self.stop() {
             eprintln!("[dialtone-tests] stopping gateway: {e:#}");
         }
+        // The test harness shows a test's output only when it fails: then
+        // this is the gateway's side of the story, CI's runs included.
+        eprintln!(
+            "[dialtone-tests] the gateway's last log lines:\n{}",
+            self.guard.log_tail(LOG_TAIL_ON_DROP)
+        );
         if self.keep_dir || crate::keep_artifacts() {
             if let Some(dir) = self.dir.take() {
                 crate::retain_dir(dir, "gateway");
