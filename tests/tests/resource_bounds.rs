@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 const REPLY: Duration = Duration::from_secs(10);
+/// How long a waiting client reads its WebSocket between checks, answering pings.
+const PING_ANSWER_WINDOW: Duration = Duration::from_millis(20);
 
 /// The gateway's hard frame limit (frames over it are not read).
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
@@ -226,7 +228,9 @@ async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
             idlers.spawn(idle(idler, target, closed.clone(), open.clone()));
         }
     }
+    // The caller answers the gateway's pings while it waits (ping_timeout_ms is 3 s here).
     wait_until_async(REPLY, async || {
+        caller.expect_no_message(PING_ANSWER_WINDOW).await?;
         Ok(connected_count().load(Ordering::SeqCst) == total)
     })
     .await
@@ -259,6 +263,7 @@ async fn idle_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
             "/health answered {answer}"
         );
         health_checks += 1;
+        caller.expect_no_message(PING_ANSWER_WINDOW).await?;
         Ok(closed.load(Ordering::SeqCst) == total)
     })
     .await
