@@ -755,6 +755,8 @@ enum Done {
     Replied {
         method: Method,
         sent: bool,
+        /// What the request told, reported now that it is answered.
+        then: Option<CallEvent>,
     },
 }
 
@@ -1005,14 +1007,25 @@ impl Driver {
                 });
             }
             DialogState::Notify(_, request, handle) => {
-                self.reply(request.method, handle, StatusCode::OK, None);
-                if let Some((status, reason)) = refer_progress(&request) {
-                    self.emit(CallEvent::TransferProgress {
+                // Our 200 is handed to the transaction before anything the
+                // news makes us do (the BYE after a transfer succeeded), so it
+                // usually leaves first; rsipstack sends each transaction's
+                // messages from its own task, so the order is not certain.
+                let progress =
+                    refer_progress(&request).map(|(status, reason)| CallEvent::TransferProgress {
                         status,
                         reason,
                         notified: true,
                     });
-                }
+                let method = request.method;
+                self.spawn_transaction(async move {
+                    let sent = handle.reply(StatusCode::OK).await.is_ok();
+                    Done::Replied {
+                        method,
+                        sent,
+                        then: progress,
+                    }
+                });
             }
             DialogState::Options(_, request, handle) | DialogState::Message(_, request, handle) => {
                 self.reply(request.method, handle, StatusCode::OK, None);
@@ -1167,7 +1180,11 @@ impl Driver {
                     .is_ok(),
                 None => handle.reply(status).await.is_ok(),
             };
-            Done::Replied { method, sent }
+            Done::Replied {
+                method,
+                sent,
+                then: None,
+            }
         });
     }
 
@@ -1178,7 +1195,11 @@ impl Driver {
                 .respond(refusal.status, Some(refusal.headers), None)
                 .await
                 .is_ok();
-            Done::Replied { method, sent }
+            Done::Replied {
+                method,
+                sent,
+                then: None,
+            }
         });
     }
 
@@ -1516,9 +1537,12 @@ impl Driver {
                     warn!(%error, "hanging up failed");
                 }
             }
-            Done::Replied { method, sent } => {
+            Done::Replied { method, sent, then } => {
                 if !sent {
                     debug!(%method, "the transaction was gone before our response");
+                }
+                if let Some(event) = then {
+                    self.emit(event);
                 }
             }
         }

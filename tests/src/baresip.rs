@@ -889,10 +889,9 @@ impl Ctrl {
                         "baresip exited ({status}) at its first ctrl_tcp command ({e:#})\n{}",
                         guard.tail_report()
                     )))),
-                    Err(_) => Err(e.context(format!(
-                        "first ctrl_tcp command\n{}",
-                        guard.tail_report()
-                    ))),
+                    Err(_) => {
+                        Err(e.context(format!("first ctrl_tcp command\n{}", guard.tail_report())))
+                    }
                 };
             }
         };
