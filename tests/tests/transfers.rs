@@ -199,6 +199,36 @@ async fn a_refer_the_dial_plan_denies_is_declined_and_the_call_goes_on() -> anyh
     Ok(())
 }
 
+/// A REFER whose Refer-To is no SIP URI (here a tel: URI) gets 400 at once: the client is not
+/// asked or told, nothing is dialled, and the call goes on until the client hangs up.
+#[tokio::test]
+async fn a_refer_to_no_sip_uri_gets_400_and_the_call_goes_on() -> anyhow::Result<()> {
+    let far_a = RtpPeer::bind(Codec::Pcmu).await?;
+    let transferor = callee(
+        UasScenario::AnswerThenRefusedRefer,
+        &far_a,
+        Some("<tel:+15551234567>".to_string()),
+    )?;
+    let gateway = gateway("incoming_refer = \"allow\"\n")?;
+    let client = RtpPeer::bind(Codec::Pcmu).await?;
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    let b_uri = format!("sip:3000@{}", transferor.sip_addr());
+    let (call_id, _) = start_rtp_call(&mut ws, &session_id, &b_uri, &client).await?;
+    transferor.wait_for_message("SIP/2.0 400", PEER)?;
+    ensure!(
+        ws.expect_no_message(Duration::from_millis(300))
+            .await
+            .is_ok(),
+        "the client heard of a REFER it could not act on"
+    );
+    ensure!(gateway.status()?["calls"] == 1, "{}", gateway.status()?);
+    hang_up(&mut ws, &session_id, &call_id).await?;
+    transferor.wait_success(PEER)?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)?;
+    Ok(())
+}
+
 /// An attended transfer: the client has a call to A and one to B, and asks A to take its place
 /// in B's call. A's REFER names B's Contact with a Replaces that matches B's dialog as B knows
 /// it (B's tag as to-tag, the gateway's as from-tag); on A's NOTIFY 200 the gateway hangs A up.
