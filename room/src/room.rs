@@ -416,11 +416,17 @@ impl Room {
                 });
             }
             if point.tones.is_some() {
-                point.tones = update.audio.and_then(|(_, codec)| Tones::new(codec));
+                point.tones = update
+                    .audio
+                    .and_then(|(_, codec)| Tones::new(codec))
+                    .map(Box::new);
             }
             point.silence = None;
             if point.detector.is_some() {
-                point.detector = update.audio.and_then(|(_, codec)| ToneDetector::new(codec));
+                point.detector = update
+                    .audio
+                    .and_then(|(_, codec)| ToneDetector::new(codec))
+                    .map(Box::new);
             }
         }
         point.telephone_event = update.telephone_event;
@@ -461,7 +467,10 @@ impl Room {
         let index = self.index(id).ok_or(RoomError::UnknownPoint(id))?;
         let point = &mut self.points[index];
         if point.tones.is_none() && point.line().is_none() {
-            point.tones = point.audio.and_then(|(_, codec)| Tones::new(codec));
+            point.tones = point
+                .audio
+                .and_then(|(_, codec)| Tones::new(codec))
+                .map(Box::new);
         }
         let tones = point.tones.as_mut().ok_or(RoomError::NoAudio(id))?;
         tones.queue.extend(digits.chars());
@@ -1124,7 +1133,10 @@ impl Room {
                 // packets follow it.
                 point.digit_tail -= 1;
                 if point.silence.is_none() {
-                    point.silence = point.audio.and_then(|(_, codec)| Silence::new(codec));
+                    point.silence = point
+                        .audio
+                        .and_then(|(_, codec)| Silence::new(codec))
+                        .map(Box::new);
                 }
                 if let Some(silence) = point.silence.as_ref() {
                     let length = silence.payload().len();
