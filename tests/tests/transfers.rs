@@ -162,22 +162,69 @@ async fn a_far_ends_refer_is_followed_and_the_client_hears_the_new_far_end() -> 
     Ok(())
 }
 
+/// A client's call to a SIPp far end that answers and then sends a REFER with `refer_to`, which
+/// the gateway (its `[calls]` section given) is to refuse; its media peers live as long as it.
+struct RefusedRefer {
+    transferor: Sipp,
+    gateway: Gateway,
+    ws: WsClient,
+    session_id: String,
+    call_id: String,
+    _media: (RtpPeer, RtpPeer),
+}
+
+impl RefusedRefer {
+    async fn start(refer_to: &str, calls_section: &str) -> anyhow::Result<RefusedRefer> {
+        let far_a = RtpPeer::bind(Codec::Pcmu).await?;
+        let transferor = callee(
+            UasScenario::AnswerThenRefusedRefer,
+            &far_a,
+            Some(refer_to.to_string()),
+        )?;
+        let gateway = gateway(calls_section)?;
+        let client = RtpPeer::bind(Codec::Pcmu).await?;
+        let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+        let b_uri = format!("sip:3000@{}", transferor.sip_addr());
+        let (call_id, _) = start_rtp_call(&mut ws, &session_id, &b_uri, &client).await?;
+        Ok(RefusedRefer {
+            transferor,
+            gateway,
+            ws,
+            session_id,
+            call_id,
+            _media: (far_a, client),
+        })
+    }
+
+    /// The call goes on quietly until the client hangs up; SIPp's scenario checks the refusal
+    /// and the BYE; the gateway ends with nothing held.
+    async fn goes_on_until_hang_up(mut self) -> anyhow::Result<()> {
+        ensure!(
+            self.ws
+                .expect_no_message(Duration::from_millis(300))
+                .await
+                .is_ok(),
+            "the call did not go on quietly"
+        );
+        ensure!(
+            self.gateway.status()?["calls"] == 1,
+            "{}",
+            self.gateway.status()?
+        );
+        hang_up(&mut self.ws, &self.session_id, &self.call_id).await?;
+        self.transferor.wait_success(PEER)?;
+        self.ws.close().await?;
+        self.gateway.wait_all_released(REPLY)?;
+        Ok(())
+    }
+}
+
 /// A REFER to a target the dial plan denies is refused (603), the client is told why, and the
 /// call goes on until the client hangs up.
 #[tokio::test]
 async fn a_refer_the_dial_plan_denies_is_declined_and_the_call_goes_on() -> anyhow::Result<()> {
-    let far_a = RtpPeer::bind(Codec::Pcmu).await?;
-    let transferor = callee(
-        UasScenario::AnswerThenRefusedRefer,
-        &far_a,
-        Some("<sip:6661234@127.0.0.1:9>".to_string()),
-    )?;
-    let gateway = gateway("deny = [\"666*\"]\n")?;
-    let client = RtpPeer::bind(Codec::Pcmu).await?;
-    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
-    let b_uri = format!("sip:3000@{}", transferor.sip_addr());
-    let (call_id, _) = start_rtp_call(&mut ws, &session_id, &b_uri, &client).await?;
-    let referred = ws.recv_type("CALL_REFERRED", PEER).await?;
+    let mut call = RefusedRefer::start("<sip:6661234@127.0.0.1:9>", "deny = [\"666*\"]\n").await?;
+    let referred = call.ws.recv_type("CALL_REFERRED", PEER).await?;
     ensure!(
         referred["accepted"] == false
             && referred["reason"]
@@ -185,48 +232,17 @@ async fn a_refer_the_dial_plan_denies_is_declined_and_the_call_goes_on() -> anyh
                 .is_some_and(|reason| reason.contains("dial plan")),
         "{referred}"
     );
-    ensure!(
-        ws.expect_no_message(Duration::from_millis(300))
-            .await
-            .is_ok(),
-        "the call did not go on quietly"
-    );
-    hang_up(&mut ws, &session_id, &call_id).await?;
-    // SIPp's scenario checks the 603 and the BYE.
-    transferor.wait_success(PEER)?;
-    ws.close().await?;
-    gateway.wait_all_released(REPLY)?;
-    Ok(())
+    call.transferor.wait_for_message("SIP/2.0 603", PEER)?;
+    call.goes_on_until_hang_up().await
 }
 
 /// A REFER whose Refer-To is no SIP URI (here a tel: URI) gets 400 at once: the client is not
 /// asked or told, nothing is dialled, and the call goes on until the client hangs up.
 #[tokio::test]
 async fn a_refer_to_no_sip_uri_gets_400_and_the_call_goes_on() -> anyhow::Result<()> {
-    let far_a = RtpPeer::bind(Codec::Pcmu).await?;
-    let transferor = callee(
-        UasScenario::AnswerThenRefusedRefer,
-        &far_a,
-        Some("<tel:+15551234567>".to_string()),
-    )?;
-    let gateway = gateway("incoming_refer = \"allow\"\n")?;
-    let client = RtpPeer::bind(Codec::Pcmu).await?;
-    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
-    let b_uri = format!("sip:3000@{}", transferor.sip_addr());
-    let (call_id, _) = start_rtp_call(&mut ws, &session_id, &b_uri, &client).await?;
-    transferor.wait_for_message("SIP/2.0 400", PEER)?;
-    ensure!(
-        ws.expect_no_message(Duration::from_millis(300))
-            .await
-            .is_ok(),
-        "the client heard of a REFER it could not act on"
-    );
-    ensure!(gateway.status()?["calls"] == 1, "{}", gateway.status()?);
-    hang_up(&mut ws, &session_id, &call_id).await?;
-    transferor.wait_success(PEER)?;
-    ws.close().await?;
-    gateway.wait_all_released(REPLY)?;
-    Ok(())
+    let call = RefusedRefer::start("<tel:+15551234567>", "incoming_refer = \"allow\"\n").await?;
+    call.transferor.wait_for_message("SIP/2.0 400", PEER)?;
+    call.goes_on_until_hang_up().await
 }
 
 /// An attended transfer: the client has a call to A and one to B, and asks A to take its place
