@@ -203,9 +203,9 @@ impl ConnectionHandler for ClientConnection {
                 }
                 return;
             }
-            ClientMessage::StartCall(request) => SessionCommand::StartCall(request),
+            ClientMessage::StartCall(request) => SessionCommand::StartCall(Box::new(request)),
             ClientMessage::HangupCall(m) => call(m.call_id, CallRequest::Hangup),
-            ClientMessage::AcceptCall(m) => SessionCommand::AcceptCall(m),
+            ClientMessage::AcceptCall(m) => SessionCommand::AcceptCall(Box::new(m)),
             ClientMessage::SendDtmfSignal(m) => {
                 let max = self.gateway.config.calls.max_dtmf_digits;
                 if m.dtmf_string.chars().count() > max {
@@ -250,7 +250,7 @@ impl ConnectionHandler for ClientConnection {
             }
             // Already handled above.
             ClientMessage::StartSession(_) | ClientMessage::Disconnected(_) => return,
-            other => SessionCommand::Media(other),
+            other => SessionCommand::Media(Box::new(other)),
         };
         // A session that ended between the check and now drops the command;
         // its end was already reported.

@@ -46,7 +46,9 @@ pub struct RoomTarget {
 /// What the client asks of one of its calls.
 pub enum CallRequest {
     Hangup,
-    Accept(Option<Capabilities>, Option<RoomTarget>),
+    // Boxed: a request is queued in a channel whose blocks hold 32 of the
+    // largest variant (issue 15, memory per call).
+    Accept(Option<Box<Capabilities>>, Option<RoomTarget>),
     Reject(RejectReason),
     SendDtmf(String),
     /// The client's SDP answer for its point.
@@ -338,7 +340,7 @@ impl CallTask {
                             self.enter(&mut media, target);
                         }
                         let offer = incoming_offer.clone().flatten();
-                        self.accept(&call, offer.as_deref(), cc.as_ref(), &mut media)
+                        self.accept(&call, offer.as_deref(), cc.as_deref(), &mut media)
                     }
                     CallRequest::Accept(..) => CallInput::Accepted,
                     request if machine.is_offered() => {
