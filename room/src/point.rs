@@ -460,7 +460,6 @@ impl Point {
         }
     }
 
-    /// RTP clock of the audio we send it.
     /// Whether RTP of `payload_type` is media this point negotiated to take
     /// (its audio codec or telephone-event).
     pub(crate) fn takes_payload_type(&self, payload_type: u8) -> bool {
@@ -468,6 +467,7 @@ impl Point {
             || self.received_events.contains(&payload_type)
     }
 
+    /// RTP clock of the audio we send it.
     pub(crate) fn clock(&self) -> u32 {
         self.audio.map_or(8000, |(_, codec)| codec.rtp_clock_rate())
     }

@@ -710,28 +710,25 @@ impl Room {
 
     fn on_datagram(&mut self, now: Instant, index: usize, source: SocketAddr, data: &[u8]) {
         let point = &mut self.points[index];
+        if let Transport::WebRtc {
+            transport,
+            failed: false,
+        } = &mut point.transport
+        {
+            // Its RTP comes out decrypted when the room drains it.
+            transport.receive(now, source, data);
+            return;
+        }
         // A plain RTP point is never offered rtcp-mux: RTCP here is stray
         // (another stream's report sent to port + 1 of a neighbour).
-        let packet = match RtpPacket::parse(data) {
-            Ok(packet) if !rtcp::is_rtcp(data) => Some(packet),
-            _ => None,
+        if rtcp::is_rtcp(data) {
+            return;
+        }
+        let Ok(packet) = RtpPacket::parse(data) else {
+            return;
         };
-        let negotiated = packet
-            .as_ref()
-            .is_some_and(|packet| point.takes_payload_type(packet.header.payload_type));
-        let latch = match &mut point.transport {
-            Transport::Rtp(latch) => latch,
-            Transport::WebRtc {
-                transport,
-                failed: false,
-            } => {
-                // Its RTP comes out decrypted when the room drains it.
-                transport.receive(now, source, data);
-                return;
-            }
-            _ => return,
-        };
-        let Some(packet) = packet else {
+        let negotiated = point.takes_payload_type(packet.header.payload_type);
+        let Transport::Rtp(latch) = &mut point.transport else {
             return;
         };
         // Only the far end's negotiated media may latch. Other payload types
