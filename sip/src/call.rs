@@ -1017,15 +1017,7 @@ impl Driver {
                         reason,
                         notified: true,
                     });
-                let method = request.method;
-                self.spawn_transaction(async move {
-                    let sent = handle.reply(StatusCode::OK).await.is_ok();
-                    Done::Replied {
-                        method,
-                        sent,
-                        then: progress,
-                    }
-                });
+                self.reply_then(request.method, handle, StatusCode::OK, None, progress);
             }
             DialogState::Options(_, request, handle) | DialogState::Message(_, request, handle) => {
                 self.reply(request.method, handle, StatusCode::OK, None);
@@ -1168,6 +1160,19 @@ impl Driver {
         status: StatusCode,
         sdp: Option<String>,
     ) {
+        self.reply_then(method, handle, status, sdp, None);
+    }
+
+    /// [`Self::reply`], then reports `then` once the response is handed to
+    /// the transaction.
+    fn reply_then(
+        &mut self,
+        method: Method,
+        handle: TransactionHandle,
+        status: StatusCode,
+        sdp: Option<String>,
+        then: Option<CallEvent>,
+    ) {
         self.spawn_transaction(async move {
             let sent = match sdp {
                 Some(body) => handle
@@ -1180,11 +1185,7 @@ impl Driver {
                     .is_ok(),
                 None => handle.reply(status).await.is_ok(),
             };
-            Done::Replied {
-                method,
-                sent,
-                then: None,
-            }
+            Done::Replied { method, sent, then }
         });
     }
 
