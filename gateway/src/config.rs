@@ -210,6 +210,8 @@ pub struct MediaConfig {
     /// SDES-SRTP on the SIP side (docs/decisions.md, "SRTP"): `off`,
     /// `offer` (SRTP whenever the far end offers it) or `require`.
     pub srtp: SrtpPolicy,
+    /// Media loop threads, each driving many rooms; 0: one per core.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -525,6 +527,7 @@ impl Default for MediaConfig {
             inband_detection: InbandDetection::Auto,
             strict_source: true,
             srtp: SrtpPolicy::Off,
+            threads: 0,
         }
     }
 }

@@ -20,6 +20,7 @@ mod hold_music;
 mod http;
 mod limits;
 pub mod logging;
+mod media_engine;
 mod media_points;
 mod media_ports;
 mod media_room;
@@ -178,6 +179,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let plan = dial_plan::DialPlan::new(&config.calls.allow, &config.calls.deny)?;
     let hold_music = config.hold_music()?;
     let caller_numbers = dial_plan::CallerNumbers::new(&config.calls.caller_numbers)?;
+    let tasks = TaskTracker::new();
+    let media = media_engine::MediaEngine::start(config.media.threads, tasks.clone())?;
     let gateway = Arc::new(Gateway {
         rooms,
         config,
@@ -190,7 +193,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         metrics,
         ports,
         call_media: Default::default(),
-        tasks: TaskTracker::new(),
+        tasks,
+        media,
         login_limiter: std::sync::Mutex::new(rate_limit::LoginLimiter::new(config_login_limits)),
         dial_plan: plan,
         hold_music,

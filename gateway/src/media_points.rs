@@ -141,7 +141,7 @@ impl SessionMedia {
         let point = MediaPoint {
             id: self.gateway.rooms.new_point_id(),
             client: Some(client),
-            home: MediaRoom::start(&self.gateway.tasks),
+            home: MediaRoom::start(&self.gateway.media),
             joined: None,
             placed: false,
             _counted: Held::new(&self.gateway.metrics.media_points),
@@ -424,7 +424,7 @@ impl SessionMedia {
     /// CREATE_ROOM: a conference room of the session's, until CLOSE_ROOM
     /// or the session's end.
     pub fn create_room(&mut self) {
-        let room = MediaRoom::start(&self.gateway.tasks);
+        let room = MediaRoom::start(&self.gateway.media);
         let room_id = crate::session::new_id();
         let Some(registration) =
             self.gateway

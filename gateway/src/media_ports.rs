@@ -87,22 +87,22 @@ impl PortLease {
             .unwrap_or_else(|_| std::net::SocketAddr::new(self.pool.ip, self.rtp_port))
     }
 
-    /// The RTP socket for async use; the lease keeps the port reserved
-    /// until both are gone.
-    pub fn rtp_socket(&self) -> std::io::Result<tokio::net::UdpSocket> {
-        async_socket(&self.rtp)
+    /// The RTP socket, non-blocking, for a media loop; the lease keeps
+    /// the port reserved until both are gone.
+    pub fn rtp_socket(&self) -> std::io::Result<UdpSocket> {
+        non_blocking(&self.rtp)
     }
 
     /// The RTCP socket (RTP port + 1), likewise.
-    pub fn rtcp_socket(&self) -> std::io::Result<tokio::net::UdpSocket> {
-        async_socket(&self.rtcp)
+    pub fn rtcp_socket(&self) -> std::io::Result<UdpSocket> {
+        non_blocking(&self.rtcp)
     }
 }
 
-fn async_socket(socket: &UdpSocket) -> std::io::Result<tokio::net::UdpSocket> {
+fn non_blocking(socket: &UdpSocket) -> std::io::Result<UdpSocket> {
     let socket = socket.try_clone()?;
     socket.set_nonblocking(true)?;
-    tokio::net::UdpSocket::from_std(socket)
+    Ok(socket)
 }
 
 impl Drop for PortLease {

@@ -1,8 +1,8 @@
-//! The driver of a [`Room`]: one task that owns the room's sockets, its
-//! RTMP streams, its timer and its recordings' files, feeds the room what
-//! arrives with the time it arrived, and carries out what the room puts
-//! out. All media logic is in `dialtone_room`; nothing here decides
-//! anything.
+//! A room's handles, and its driver: the part of a media loop
+//! ([`crate::media_engine`]) that owns one [`Room`]'s sockets, RTMP streams
+//! and recordings' files, feeds the room what arrives with the time it
+//! arrived, and carries out what the room puts out. All media logic is in
+//! `dialtone_room`; nothing here decides anything.
 //!
 //! Each point is added with a [`PointSink`]: the room's events about the
 //! point go there (to the call or session that owns it), and when the room
@@ -10,28 +10,28 @@
 //! its sockets and streams ([`PointNews::Evicted`]), to live on elsewhere.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use dialtone_room::{
     DetachedPoint, Event, Input, Output, PointConfig, PointId, PointUpdate, Role, Room, Socket,
     Transmit, RECORDING_RATE,
 };
-use tokio::io::ReadBuf;
-use tokio::net::UdpSocket;
+use mio::Token;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
+use crate::media_engine::{MediaEngine, RoomAddress, SourceKind, Sources};
 use crate::recording::{FinishedRecording, Recorder, RecordingError};
 use crate::rtmp_streams::{FlvFrame, PlayerJoin, RoomStreams, ToPlayer};
 
 /// The I/O of one point: its sockets, or an RTMP client's streams.
 #[derive(Debug, Default)]
 pub struct PointIo {
+    /// Non-blocking.
     pub rtp: Option<UdpSocket>,
     pub rtcp: Option<UdpSocket>,
     pub rtmp: Option<RoomStreams>,
@@ -74,7 +74,7 @@ pub struct RecordingEnd {
     pub reason: &'static str,
 }
 
-enum RoomCommand {
+pub enum RoomCommand {
     AddPoint(PointId, Box<PointConfig>, PointIo, PointSink),
     Insert(Box<MovedPoint>, Role),
     Take(PointId, oneshot::Sender<Option<Box<MovedPoint>>>),
@@ -95,7 +95,7 @@ enum RoomCommand {
 /// points. The room lives until its [`MediaRoom`] owner drops it.
 #[derive(Clone)]
 pub struct RoomHandle {
-    commands: mpsc::UnboundedSender<RoomCommand>,
+    address: RoomAddress,
 }
 
 /// The owner's handle: dropping it ends the room, and every point still in
@@ -119,17 +119,12 @@ impl Drop for MediaRoom {
 }
 
 impl MediaRoom {
-    /// Starts an empty room.
-    pub fn start(tasks: &TaskTracker) -> MediaRoom {
-        let (commands, command_receiver) = mpsc::unbounded_channel();
-        let driver = Driver {
-            room: Room::new(),
-            io: Vec::new(),
-            recordings: HashMap::new(),
-        };
-        tasks.spawn(driver.run(command_receiver).in_current_span());
+    /// Starts an empty room on one of the engine's loops.
+    pub fn start(engine: &MediaEngine) -> MediaRoom {
         MediaRoom {
-            handle: RoomHandle { commands },
+            handle: RoomHandle {
+                address: engine.open_room(),
+            },
         }
     }
 
@@ -146,9 +141,9 @@ impl RoomHandle {
 
     /// Puts a point taken from another room in, as `role`.
     pub fn insert(&self, point: Box<MovedPoint>, role: Role) -> Result<(), Box<MovedPoint>> {
-        match self.commands.send(RoomCommand::Insert(point, role)) {
+        match self.address.send(RoomCommand::Insert(point, role)) {
             Ok(()) => Ok(()),
-            Err(refused) => match refused.0 {
+            Err(refused) => match refused {
                 RoomCommand::Insert(point, _) => Err(point),
                 // What comes back is what was sent.
                 _ => Ok(()),
@@ -184,7 +179,7 @@ impl RoomHandle {
 
     /// Whether the room has ended.
     pub fn is_closed(&self) -> bool {
-        self.commands.is_closed()
+        self.address.is_closed()
     }
 
     pub fn update_point(&self, id: PointId, update: PointUpdate) {
@@ -211,9 +206,20 @@ impl RoomHandle {
     }
 
     fn send(&self, command: RoomCommand) {
-        if self.commands.send(command).is_err() {
-            debug!("the room has ended");
+        if let Err(command) = self.address.send(command) {
+            refuse(command);
         }
+    }
+}
+
+/// What a room does with a command that reached it after it ended: a
+/// point sent to it goes back to its owner, as if evicted; a taker hears
+/// there is nothing to take (its reply is dropped).
+pub fn refuse(command: RoomCommand) {
+    debug!("the room has ended");
+    if let RoomCommand::Insert(moved, _) = command {
+        let sink = moved.io.sink.clone();
+        let _ = sink.send(PointNews::Evicted(moved));
     }
 }
 
@@ -226,6 +232,44 @@ struct DriverIo {
     joins: Option<mpsc::Receiver<PlayerJoin>>,
     players: HashMap<u64, PlayerJoin>,
     sink: PointSink,
+    /// Its tokens on the loop of the room it is in; none while it moves.
+    watched: Watched,
+}
+
+#[derive(Default)]
+struct Watched {
+    rtp: Option<Token>,
+    rtcp: Option<Token>,
+    streams: Option<(Token, Waker)>,
+}
+
+impl DriverIo {
+    /// Puts the point's sockets and streams on the room's loop.
+    fn watch(&mut self, room: u64, sources: &mut Sources) {
+        if let Some(socket) = &self.rtp {
+            self.watched.rtp = sources.watch_socket(socket, room, self.point, SourceKind::Rtp);
+        }
+        if let Some(socket) = &self.rtcp {
+            self.watched.rtcp = sources.watch_socket(socket, room, self.point, SourceKind::Rtcp);
+        }
+        if self.published.is_some() || self.joins.is_some() {
+            self.watched.streams = Some(sources.watch_streams(room, self.point));
+        }
+    }
+
+    /// Takes the point off its loop, before it moves or closes.
+    fn unwatch(&mut self, sources: &mut Sources) {
+        let watched = std::mem::take(&mut self.watched);
+        if let (Some(socket), Some(token)) = (&self.rtp, watched.rtp) {
+            sources.unwatch_socket(socket, token);
+        }
+        if let (Some(socket), Some(token)) = (&self.rtcp, watched.rtcp) {
+            sources.unwatch_socket(socket, token);
+        }
+        if let Some((token, _)) = watched.streams {
+            sources.unwatch_streams(token);
+        }
+    }
 }
 
 impl Drop for DriverIo {
@@ -250,71 +294,117 @@ struct Writing {
     job: RecordingJob,
 }
 
-enum Received {
-    Rtp {
-        point: PointId,
-        source: SocketAddr,
-        length: usize,
-    },
-    Rtcp {
-        point: PointId,
-        length: usize,
-    },
-    Flv {
-        point: PointId,
-        frame: FlvFrame,
-    },
-    Player {
-        point: PointId,
-        join: PlayerJoin,
-    },
-    /// A receive failed or a stream ended: nothing to hand the room.
-    Nothing,
-}
-
-const MAX_DATAGRAM: usize = 1500;
-
-struct Driver {
+/// One room and its points' I/O, on a media loop.
+pub struct Driver {
+    key: u64,
     room: Room,
     io: Vec<DriverIo>,
     recordings: HashMap<u32, Writing>,
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<RoomCommand>) {
-        let mut buffer = [0u8; MAX_DATAGRAM];
-        // Which point is looked at first, turned each time so a busy one
-        // cannot starve the others.
-        let mut first = 0usize;
-        loop {
-            self.drain();
-            let deadline = self.room.poll_timeout();
-            tokio::select! {
-                received = receive(&mut self.io, &mut buffer, first) => {
-                    first = first.wrapping_add(1);
-                    self.on_received(received, &buffer);
+    pub fn new(key: u64) -> Driver {
+        Driver {
+            key,
+            room: Room::new(),
+            io: Vec::new(),
+            recordings: HashMap::new(),
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.room.poll_timeout()
+    }
+
+    pub fn on_timeout(&mut self, now: Instant) {
+        self.room.handle_input(now, Input::Timeout);
+    }
+
+    /// The descriptor of a point's socket, to read it.
+    pub fn socket_fd(&self, point: PointId, kind: SourceKind) -> Option<RawFd> {
+        let io = self.io.iter().find(|io| io.point == point)?;
+        let socket = match kind {
+            SourceKind::Rtp => io.rtp.as_ref(),
+            SourceKind::Rtcp => io.rtcp.as_ref(),
+            SourceKind::Streams => None,
+        };
+        socket.map(AsRawFd::as_raw_fd)
+    }
+
+    pub fn on_datagram(&mut self, now: Instant, point: PointId, source: SocketAddr, data: &[u8]) {
+        self.room.handle_input(
+            now,
+            Input::Datagram {
+                point,
+                source,
+                data,
+            },
+        );
+    }
+
+    pub fn on_rtcp(&mut self, now: Instant, point: PointId, data: &[u8]) {
+        self.room.handle_input(now, Input::Rtcp { point, data });
+    }
+
+    /// Reads what a point's RTMP streams hold, until they are empty (their
+    /// waker then tells the loop of more).
+    pub fn on_streams(&mut self, point: PointId) {
+        let Some(io) = self.io.iter_mut().find(|io| io.point == point) else {
+            return;
+        };
+        let Some((_, waker)) = &io.watched.streams else {
+            return;
+        };
+        let mut context = Context::from_waker(waker);
+        let now = Instant::now();
+        if let Some(published) = io.published.as_mut() {
+            loop {
+                match published.poll_recv(&mut context) {
+                    Poll::Ready(Some(frame)) => self.room.handle_input(
+                        now,
+                        Input::Flv {
+                            point,
+                            timestamp: frame.timestamp,
+                            data: &frame.data,
+                        },
+                    ),
+                    Poll::Ready(None) => {
+                        io.published = None;
+                        break;
+                    }
+                    Poll::Pending => break,
                 }
-                _ = sleep_until(deadline) => {
-                    self.room.handle_input(now(), Input::Timeout);
-                }
-                command = commands.recv() => match command {
-                    Some(RoomCommand::Close) | None => break,
-                    Some(command) => self.on_command(command),
-                },
             }
         }
-        self.end();
+        if let Some(joins) = io.joins.as_mut() {
+            loop {
+                match joins.poll_recv(&mut context) {
+                    Poll::Ready(Some(join)) => {
+                        let player = NEXT_PLAYER.fetch_add(1, Ordering::Relaxed);
+                        io.players.insert(player, join);
+                        self.room
+                            .handle_input(now, Input::PlayerJoined { point, player });
+                    }
+                    Poll::Ready(None) => {
+                        io.joins = None;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
     }
 
     /// The room ends: recordings are finished, each point's owner gets a
     /// last statistics snapshot and the point back.
-    fn end(&mut self) {
+    pub fn end(&mut self, sources: &mut Sources) {
         self.drain();
         for (_, writing) in self.recordings.drain() {
             finish(writing, "ROOM_ENDED");
         }
-        let now = now();
-        for io in std::mem::take(&mut self.io) {
+        let now = Instant::now();
+        for mut io in std::mem::take(&mut self.io) {
+            io.unwatch(sources);
             let id = io.point;
             if let Some(snapshot) = self.room.stats(id) {
                 let _ = io.sink.send(PointNews::Event(Event::Stats {
@@ -332,50 +422,16 @@ impl Driver {
         }
     }
 
-    fn on_received(&mut self, received: Received, buffer: &[u8]) {
-        let now = now();
-        match received {
-            Received::Rtp {
-                point,
-                source,
-                length,
-            } => self.room.handle_input(
-                now,
-                Input::Datagram {
-                    point,
-                    source,
-                    data: &buffer[..length],
-                },
-            ),
-            Received::Rtcp { point, length } => self.room.handle_input(
-                now,
-                Input::Rtcp {
-                    point,
-                    data: &buffer[..length],
-                },
-            ),
-            Received::Flv { point, frame } => self.room.handle_input(
-                now,
-                Input::Flv {
-                    point,
-                    timestamp: frame.timestamp,
-                    data: &frame.data,
-                },
-            ),
-            Received::Player { point, join } => {
-                let player = NEXT_PLAYER.fetch_add(1, Ordering::Relaxed);
-                if let Some(io) = self.io.iter_mut().find(|io| io.point == point) {
-                    io.players.insert(player, join);
-                }
-                self.room
-                    .handle_input(now, Input::PlayerJoined { point, player });
-            }
-            Received::Nothing => {}
+    /// The room failed: its points' I/O is taken off the loop and closed,
+    /// and their owners see their news end.
+    pub fn abandon(&mut self, sources: &mut Sources) {
+        for mut io in std::mem::take(&mut self.io) {
+            io.unwatch(sources);
         }
     }
 
-    fn on_command(&mut self, command: RoomCommand) {
-        let now = now();
+    pub fn on_command(&mut self, command: RoomCommand, sources: &mut Sources) {
+        let now = Instant::now();
         let result = match command {
             RoomCommand::AddPoint(id, config, io, sink) => {
                 let result = self.room.add_point(now, id, *config);
@@ -386,7 +442,7 @@ impl Driver {
                         }
                         None => (None, None),
                     };
-                    self.io.push(DriverIo {
+                    let mut io = DriverIo {
                         point: id,
                         rtp: io.rtp,
                         rtcp: io.rtcp,
@@ -394,18 +450,22 @@ impl Driver {
                         joins,
                         players: HashMap::new(),
                         sink,
-                    });
+                        watched: Watched::default(),
+                    };
+                    io.watch(self.key, sources);
+                    self.io.push(io);
                 }
                 result
             }
             RoomCommand::Insert(moved, role) => {
-                let MovedPoint { id, point, io } = *moved;
+                let MovedPoint { id, point, mut io } = *moved;
                 let players: Vec<u64> = io.players.keys().copied().collect();
                 let result = self
                     .room
                     .insert_point(now, id, point)
                     .and_then(|()| self.room.set_role(now, id, role));
                 if result.is_ok() {
+                    io.watch(self.key, sources);
                     self.io.push(io);
                     for player in players {
                         self.room
@@ -418,14 +478,17 @@ impl Driver {
                 let index = self.io.iter().position(|io| io.point == id);
                 let taken = index.and_then(|index| {
                     let point = self.room.take_point(now, id).ok()?;
-                    let io = self.io.remove(index);
+                    let mut io = self.io.remove(index);
+                    io.unwatch(sources);
                     Some(Box::new(MovedPoint { id, point, io }))
                 });
                 let _ = reply.send(taken);
                 Ok(())
             }
             RoomCommand::RemovePoint(id) => {
-                self.io.retain(|io| io.point != id);
+                if let Some(index) = self.io.iter().position(|io| io.point == id) {
+                    self.io.remove(index).unwatch(sources);
+                }
                 self.room.remove_point(now, id)
             }
             RoomCommand::StartRecording(recording, job) => {
@@ -461,7 +524,7 @@ impl Driver {
     }
 
     /// Carries out everything the room has put out.
-    fn drain(&mut self) {
+    pub fn drain(&mut self) {
         let mut departed = Vec::new();
         let mut stopped = Vec::new();
         while let Some(output) = self.room.poll_output() {
@@ -506,20 +569,18 @@ impl Driver {
             }
         }
         for (recording, reason) in stopped {
-            self.stop_recording(now(), recording, reason);
+            self.stop_recording(Instant::now(), recording, reason);
         }
         for (point, player) in departed {
             if let Some(io) = self.io.iter_mut().find(|io| io.point == point) {
                 io.players.remove(&player);
             }
             self.room
-                .handle_input(now(), Input::PlayerLeft { point, player });
+                .handle_input(Instant::now(), Input::PlayerLeft { point, player });
         }
     }
-}
 
-impl Driver {
-    fn stop_recording(&mut self, now: std::time::Instant, recording: u32, reason: &'static str) {
+    fn stop_recording(&mut self, now: Instant, recording: u32, reason: &'static str) {
         let _ = self.room.stop_recording(now, recording);
         if let Some(writing) = self.recordings.remove(&recording) {
             finish(writing, reason);
@@ -558,93 +619,15 @@ fn send(io: &[DriverIo], transmit: &Transmit<'_>) {
         Socket::Rtcp => io.rtcp.as_ref(),
     });
     if let Some(socket) = socket {
-        if let Err(error) = socket.try_send_to(transmit.data, transmit.destination) {
+        if let Err(error) = socket.send_to(transmit.data, transmit.destination) {
             debug!(%error, destination = %transmit.destination, "datagram not sent");
         }
     }
 }
 
-/// The next thing that arrives on any point's sockets or streams.
-async fn receive(io: &mut [DriverIo], buffer: &mut [u8], first: usize) -> Received {
-    poll_fn(|cx| {
-        let count = io.len();
-        for offset in 0..count {
-            let io = &mut io[(first + offset) % count];
-            let point = io.point;
-            if let Poll::Ready(received) = poll_datagram(io.rtp.as_ref(), cx, buffer) {
-                return Poll::Ready(match received {
-                    Some((source, length)) => Received::Rtp {
-                        point,
-                        source,
-                        length,
-                    },
-                    None => Received::Nothing,
-                });
-            }
-            if let Poll::Ready(received) = poll_datagram(io.rtcp.as_ref(), cx, buffer) {
-                return Poll::Ready(match received {
-                    Some((_, length)) => Received::Rtcp { point, length },
-                    None => Received::Nothing,
-                });
-            }
-            if let Some(published) = io.published.as_mut() {
-                match published.poll_recv(cx) {
-                    Poll::Ready(Some(frame)) => {
-                        return Poll::Ready(Received::Flv { point, frame });
-                    }
-                    Poll::Ready(None) => {
-                        io.published = None;
-                        return Poll::Ready(Received::Nothing);
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            if let Some(joins) = io.joins.as_mut() {
-                match joins.poll_recv(cx) {
-                    Poll::Ready(Some(join)) => {
-                        return Poll::Ready(Received::Player { point, join });
-                    }
-                    Poll::Ready(None) => {
-                        io.joins = None;
-                        return Poll::Ready(Received::Nothing);
-                    }
-                    Poll::Pending => {}
-                }
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-/// A datagram on `socket` if one is there: its source and length, or
-/// `None` for a failed receive.
-fn poll_datagram(
-    socket: Option<&UdpSocket>,
-    cx: &mut std::task::Context<'_>,
-    buffer: &mut [u8],
-) -> Poll<Option<(SocketAddr, usize)>> {
-    let Some(socket) = socket else {
-        return Poll::Pending;
-    };
-    let mut read = ReadBuf::new(buffer);
-    match socket.poll_recv_from(cx, &mut read) {
-        Poll::Ready(Ok(source)) => Poll::Ready(Some((source, read.filled().len()))),
-        Poll::Ready(Err(error)) => {
-            debug!(%error, "receive failed");
-            Poll::Ready(None)
-        }
-        Poll::Pending => Poll::Pending,
-    }
-}
-
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
-}
-
-pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
         None => std::future::pending().await,
     }
 }

@@ -29,6 +29,8 @@ pub struct Gateway {
     /// Every connection and session task, so shutdown can wait for them and
     /// /status can count them.
     pub tasks: TaskTracker,
+    /// The media loops every room runs on.
+    pub media: crate::media_engine::MediaEngine,
     /// Cancelled on shutdown: connections say DISCONNECTED and end.
     pub shutdown: CancellationToken,
     /// Cancelled when a drain starts (SIGTERM, POST /drain): new

@@ -144,7 +144,7 @@ async fn answer(gateway: Arc<Gateway>, line: Line, incoming: IncomingCall) {
     // The caller's leg and the line, as two points of one room.
     let audio = crate::call::first_bridged(&answer.codecs);
     let telephone_event = crate::call::telephone_event(&answer.codecs);
-    let room = MediaRoom::start(&gateway.tasks);
+    let room = MediaRoom::start(&gateway.media);
     // Nothing the room says of the two points matters here but that it ends.
     let (sink, mut news) = tokio::sync::mpsc::unbounded_channel();
     let caller = SocketAddr::new(remote.address, remote.port);

@@ -617,7 +617,7 @@ impl CallTask {
 
     /// The call's own room, joinable by its callId.
     fn start_own_room(&mut self, media: &mut CallMedia) {
-        let room = MediaRoom::start(&self.gateway.tasks);
+        let room = MediaRoom::start(&self.gateway.media);
         let registration = self.gateway.rooms.register(
             &self.ids.call_id,
             room.handle(),

@@ -1,0 +1,679 @@
+//! The media event loops: a few threads (one per core unless configured),
+//! each driving many rooms over one epoll set, instead of a task, a timer
+//! and a `select!` per room.
+//!
+//! Why: a relayed packet used to cost two `recvfrom` (the second to see
+//! `EAGAIN`, as tokio's edge-triggered readiness wants), a timer inserted
+//! and removed, and a task wake-up. Here a socket that becomes readable is
+//! read with one `recvmmsg` of up to [`BATCH`] datagrams, and a short read
+//! means it is empty, so a packet costs one receive and one send; a room's
+//! timer is touched only when its deadline moves, and one `epoll_wait`
+//! serves every room of the loop.
+//!
+//! What a room does with what arrives is [`crate::media_room`]'s (and
+//! `dialtone_room`'s) business; this module only moves datagrams, stream
+//! wake-ups, commands and deadlines to the right room.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Wake, Waker};
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, Span};
+
+use crate::media_room::{Driver, RoomCommand};
+
+/// Datagrams taken from a socket in one `recvmmsg`.
+const BATCH: usize = 8;
+/// The largest datagram taken whole; longer ones are cut (no RTP packet
+/// of a voice call comes near it).
+pub const MAX_DATAGRAM: usize = 1500;
+/// The token of the loop's own waker (commands, stream wake-ups).
+const WAKE: Token = Token(usize::MAX);
+
+/// The media threads. Rooms are spread over them in turn.
+pub struct MediaEngine {
+    loops: Vec<Arc<LoopHandle>>,
+    next_loop: AtomicUsize,
+    next_room: AtomicU64,
+    tasks: TaskTracker,
+}
+
+/// What another thread holds of a loop: its command queue and its waker.
+pub struct LoopHandle {
+    commands: Mutex<Sender<LoopCommand>>,
+    waker: mio::Waker,
+    /// Stream sources whose channels woke, for the loop to poll.
+    woken: Mutex<Vec<Token>>,
+}
+
+pub enum LoopCommand {
+    Open(Box<OpenRoom>),
+    Room(u64, RoomCommand),
+}
+
+/// A room starting on a loop.
+pub struct OpenRoom {
+    key: u64,
+    span: Span,
+    /// Counts the room among the gateway's tasks while it lives.
+    task: tokio_util::task::task_tracker::TaskTrackerToken,
+    closed: Arc<AtomicBool>,
+}
+
+/// A room as its owners see its loop: where to send its commands.
+#[derive(Clone)]
+pub struct RoomAddress {
+    key: u64,
+    home: Arc<LoopHandle>,
+    closed: Arc<AtomicBool>,
+}
+
+impl MediaEngine {
+    /// Starts `threads` loops (0: one per core).
+    pub fn start(threads: usize, tasks: TaskTracker) -> io::Result<MediaEngine> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            threads => threads,
+        };
+        let mut loops = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let poll = Poll::new()?;
+            let waker = mio::Waker::new(poll.registry(), WAKE)?;
+            let (commands, receiver) = mpsc::channel();
+            let handle = Arc::new(LoopHandle {
+                commands: Mutex::new(commands),
+                waker,
+                woken: Mutex::new(Vec::new()),
+            });
+            let event_loop = EventLoop::new(poll, receiver, handle.clone())?;
+            std::thread::Builder::new()
+                .name(format!("media-{index}"))
+                .spawn(move || event_loop.run())?;
+            loops.push(handle);
+        }
+        info!(threads, "media loops started");
+        Ok(MediaEngine {
+            loops,
+            next_loop: AtomicUsize::new(0),
+            next_room: AtomicU64::new(0),
+            tasks,
+        })
+    }
+
+    /// A new, empty room on the next loop; its logs go in the current span.
+    pub fn open_room(&self) -> RoomAddress {
+        let index = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.loops.len();
+        let home = self.loops[index].clone();
+        let key = self.next_room.fetch_add(1, Ordering::Relaxed);
+        let closed = Arc::new(AtomicBool::new(false));
+        home.send(LoopCommand::Open(Box::new(OpenRoom {
+            key,
+            span: Span::current(),
+            task: self.tasks.token(),
+            closed: closed.clone(),
+        })));
+        RoomAddress { key, home, closed }
+    }
+}
+
+impl LoopHandle {
+    /// Queues a command and wakes the loop; `false` if the loop is gone.
+    fn send(&self, command: LoopCommand) -> bool {
+        let sent = self
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(command)
+            .is_ok();
+        if sent {
+            if let Err(error) = self.waker.wake() {
+                error!(%error, "media loop not woken");
+            }
+        }
+        sent
+    }
+}
+
+impl RoomAddress {
+    /// Sends the room a command; gives it back when the room has ended.
+    pub fn send(&self, command: RoomCommand) -> Result<(), RoomCommand> {
+        if self.is_closed() {
+            return Err(command);
+        }
+        if self.home.send(LoopCommand::Room(self.key, command)) {
+            Ok(())
+        } else {
+            // The loop's thread is gone, and the command with it.
+            Err(RoomCommand::Close)
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// What a token stands for: one socket of a point, or its RTMP streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Rtp,
+    Rtcp,
+    Streams,
+}
+
+#[derive(Clone, Copy)]
+struct Source {
+    room: u64,
+    point: dialtone_room::PointId,
+    kind: SourceKind,
+}
+
+/// The loop's sources by token, and the epoll set they are in.
+pub struct Sources {
+    registry: Registry,
+    entries: Vec<Option<Source>>,
+    free: Vec<usize>,
+    home: Arc<LoopHandle>,
+}
+
+impl Sources {
+    /// Watches a socket of a point; its token, or `None` when epoll
+    /// refused it (the point is then deaf on that socket).
+    pub fn watch_socket(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        room: u64,
+        point: dialtone_room::PointId,
+        kind: SourceKind,
+    ) -> Option<Token> {
+        let token = self.allocate(Source { room, point, kind });
+        let fd = socket.as_raw_fd();
+        match self
+            .registry
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            Ok(()) => Some(token),
+            Err(error) => {
+                error!(%error, "socket not watched");
+                self.release(token);
+                None
+            }
+        }
+    }
+
+    /// Stops watching a socket. It must be done before the socket is
+    /// closed: the port lease holds a duplicate of it, and epoll forgets a
+    /// socket only when its last descriptor closes.
+    pub fn unwatch_socket(&mut self, socket: &std::net::UdpSocket, token: Token) {
+        let fd = socket.as_raw_fd();
+        if let Err(error) = self.registry.deregister(&mut SourceFd(&fd)) {
+            debug!(%error, "socket was not watched");
+        }
+        self.release(token);
+    }
+
+    /// A token for a point's RTMP streams and the waker that reports them
+    /// ready to this loop.
+    pub fn watch_streams(&mut self, room: u64, point: dialtone_room::PointId) -> (Token, Waker) {
+        let token = self.allocate(Source {
+            room,
+            point,
+            kind: SourceKind::Streams,
+        });
+        let waker = Waker::from(Arc::new(StreamWaker {
+            token,
+            home: self.home.clone(),
+        }));
+        // Whatever is queued already is read on the next turn.
+        self.home
+            .woken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(token);
+        (token, waker)
+    }
+
+    pub fn unwatch_streams(&mut self, token: Token) {
+        self.release(token);
+    }
+
+    fn allocate(&mut self, source: Source) -> Token {
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index] = Some(source);
+                Token(index)
+            }
+            None => {
+                self.entries.push(Some(source));
+                Token(self.entries.len() - 1)
+            }
+        }
+    }
+
+    fn release(&mut self, token: Token) {
+        if let Some(entry) = self.entries.get_mut(token.0) {
+            if entry.take().is_some() {
+                self.free.push(token.0);
+            }
+        }
+    }
+
+    fn get(&self, token: Token) -> Option<Source> {
+        self.entries.get(token.0).copied().flatten()
+    }
+}
+
+/// Wakes the loop for one point's RTMP streams.
+struct StreamWaker {
+    token: Token,
+    home: Arc<LoopHandle>,
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.home
+            .woken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.token);
+        if let Err(error) = self.home.waker.wake() {
+            error!(%error, "media loop not woken");
+        }
+    }
+}
+
+/// A room on its loop, with the things the loop keeps for it.
+struct Hosted {
+    driver: Driver,
+    span: Span,
+    /// The deadline the loop's timer set holds for it.
+    deadline: Option<Instant>,
+    closed: Arc<AtomicBool>,
+    _task: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+struct EventLoop {
+    poll: Poll,
+    events: Events,
+    /// Tokens of the events of one turn, copied out of `events`.
+    ready: Vec<Token>,
+    commands: Receiver<LoopCommand>,
+    sources: Sources,
+    rooms: HashMap<u64, Hosted>,
+    timers: BTreeSet<(Instant, u64)>,
+    batch: Box<Batch>,
+}
+
+impl EventLoop {
+    fn new(
+        poll: Poll,
+        commands: Receiver<LoopCommand>,
+        home: Arc<LoopHandle>,
+    ) -> io::Result<EventLoop> {
+        let registry = poll.registry().try_clone()?;
+        Ok(EventLoop {
+            poll,
+            events: Events::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
+            commands,
+            sources: Sources {
+                registry,
+                entries: Vec::new(),
+                free: Vec::new(),
+                home,
+            },
+            rooms: HashMap::new(),
+            timers: BTreeSet::new(),
+            batch: Box::new(Batch::new()),
+        })
+    }
+
+    fn run(mut self) {
+        loop {
+            let timeout = self
+                .timers
+                .first()
+                .map(|(at, _)| at.saturating_duration_since(Instant::now()));
+            if let Err(error) = self.poll.poll(&mut self.events, timeout) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    error!(%error, "media loop cannot wait; its rooms stop");
+                    return;
+                }
+            }
+            self.ready.clear();
+            self.ready
+                .extend(self.events.iter().map(|event| event.token()));
+            for index in 0..self.ready.len() {
+                let token = self.ready[index];
+                if token == WAKE {
+                    if !self.on_commands() {
+                        return;
+                    }
+                    self.on_woken_streams();
+                } else {
+                    self.on_readable(token);
+                }
+            }
+            self.on_deadlines();
+        }
+    }
+
+    /// Carries out queued commands; `false` when every handle is gone.
+    fn on_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(LoopCommand::Open(open)) => {
+                    let OpenRoom {
+                        key,
+                        span,
+                        task,
+                        closed,
+                    } = *open;
+                    self.rooms.insert(
+                        key,
+                        Hosted {
+                            driver: Driver::new(key),
+                            span,
+                            deadline: None,
+                            closed,
+                            _task: task,
+                        },
+                    );
+                }
+                Ok(LoopCommand::Room(key, command)) => match self.rooms.get(&key) {
+                    Some(_) => {
+                        let close = matches!(command, RoomCommand::Close);
+                        self.with_room(key, |driver, sources, _| {
+                            driver.on_command(command, sources);
+                        });
+                        if close {
+                            self.close_room(key);
+                        }
+                    }
+                    None => crate::media_room::refuse(command),
+                },
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn on_woken_streams(&mut self) {
+        let woken = std::mem::take(
+            &mut *self
+                .sources
+                .home
+                .woken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for token in woken {
+            if let Some(source) = self.sources.get(token) {
+                self.with_room(source.room, |driver, _, _| {
+                    driver.on_streams(source.point);
+                });
+            }
+        }
+    }
+
+    fn on_readable(&mut self, token: Token) {
+        let Some(source) = self.sources.get(token) else {
+            return;
+        };
+        self.with_room(source.room, |driver, _, batch| {
+            let Some(fd) = driver.socket_fd(source.point, source.kind) else {
+                return;
+            };
+            loop {
+                let received = match batch.receive(fd) {
+                    Ok(received) => received,
+                    Err(error) => {
+                        if error.kind() != io::ErrorKind::WouldBlock {
+                            debug!(%error, "receive failed");
+                        }
+                        return;
+                    }
+                };
+                let now = Instant::now();
+                for index in 0..received {
+                    let (source_addr, data) = batch.datagram(index);
+                    match (source.kind, source_addr) {
+                        (SourceKind::Rtp, Some(from)) => {
+                            driver.on_datagram(now, source.point, from, data)
+                        }
+                        (SourceKind::Rtcp, _) => driver.on_rtcp(now, source.point, data),
+                        _ => {}
+                    }
+                }
+                // A short batch means the socket is empty: epoll reports the
+                // next datagram as a new edge.
+                if received < BATCH {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn on_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, key)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(hosted) = self.rooms.get_mut(&key) {
+                hosted.deadline = None;
+            }
+            self.with_room(key, |driver, _, _| driver.on_timeout(now));
+        }
+    }
+
+    /// Runs `work` on a room in its span, then carries out what the room
+    /// put out and sets its timer. A room that panics is ended alone.
+    fn with_room(&mut self, key: u64, work: impl FnOnce(&mut Driver, &mut Sources, &mut Batch)) {
+        let Some(hosted) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        let sources = &mut self.sources;
+        let batch = &mut self.batch;
+        let span = hosted.span.clone();
+        let _entered = span.enter();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            work(&mut hosted.driver, sources, batch);
+            hosted.driver.drain();
+            hosted.driver.poll_timeout()
+        }));
+        match outcome {
+            Ok(deadline) => {
+                if deadline != hosted.deadline {
+                    if let Some(old) = hosted.deadline {
+                        self.timers.remove(&(old, key));
+                    }
+                    if let Some(new) = deadline {
+                        self.timers.insert((new, key));
+                    }
+                    hosted.deadline = deadline;
+                }
+            }
+            Err(_) => {
+                error!("a room failed and ends; its calls lose their media");
+                if let Some(mut hosted) = self.rooms.remove(&key) {
+                    hosted.driver.abandon(&mut self.sources);
+                    self.forget(key, &hosted);
+                }
+            }
+        }
+    }
+
+    /// Ends a room: its points go back to their owners.
+    fn close_room(&mut self, key: u64) {
+        let Some(mut hosted) = self.rooms.remove(&key) else {
+            return;
+        };
+        let span = hosted.span.clone();
+        let _entered = span.enter();
+        let ended = catch_unwind(AssertUnwindSafe(|| hosted.driver.end(&mut self.sources)));
+        if ended.is_err() {
+            error!("a room failed as it ended");
+            hosted.driver.abandon(&mut self.sources);
+        }
+        self.forget(key, &hosted);
+    }
+
+    fn forget(&mut self, key: u64, hosted: &Hosted) {
+        if let Some(deadline) = hosted.deadline {
+            self.timers.remove(&(deadline, key));
+        }
+        hosted.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Buffers for one `recvmmsg`.
+pub struct Batch {
+    buffers: [[u8; MAX_DATAGRAM]; BATCH],
+    addresses: [libc::sockaddr_storage; BATCH],
+    lengths: [usize; BATCH],
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            buffers: [[0; MAX_DATAGRAM]; BATCH],
+            // SAFETY: sockaddr_storage is plain data; all zeroes is a valid
+            // (AF_UNSPEC) value.
+            addresses: unsafe { std::mem::zeroed() },
+            lengths: [0; BATCH],
+        }
+    }
+
+    /// Takes up to [`BATCH`] datagrams waiting on `fd` without blocking.
+    fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
+        // SAFETY: iovec and mmsghdr are plain data; zeroed is valid.
+        let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for index in 0..BATCH {
+            iovecs[index] = libc::iovec {
+                iov_base: self.buffers[index].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let header = &mut headers[index].msg_hdr;
+            header.msg_name = std::ptr::from_mut(&mut self.addresses[index]).cast();
+            header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_iov = std::ptr::from_mut(&mut iovecs[index]);
+            header.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a buffer, an iovec and an address
+        // of `self` or of this frame, all alive and large enough for the
+        // lengths given, and none aliased; the kernel writes only within
+        // them.
+        let received = unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let received = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
+        for (length, header) in self.lengths.iter_mut().zip(&headers).take(received) {
+            *length = (header.msg_len as usize).min(MAX_DATAGRAM);
+        }
+        Ok(received)
+    }
+
+    /// Datagram `index` of the last receive: its source (if IP) and bytes.
+    fn datagram(&self, index: usize) -> (Option<SocketAddr>, &[u8]) {
+        let data = &self.buffers[index][..self.lengths[index]];
+        (socket_addr(&self.addresses[index]), data)
+    }
+}
+
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which
+            // is smaller than sockaddr_storage and needs no more alignment.
+            let v4 = unsafe { &*std::ptr::from_ref(storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(v4.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let v6 = unsafe { &*std::ptr::from_ref(storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(v6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo,
+                v6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_what_is_queued_with_each_source_and_stops_short_when_empty() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let to = receiver.local_addr().unwrap();
+        let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let second = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        first.send_to(b"one", to).unwrap();
+        second.send_to(b"two!", to).unwrap();
+        first.send_to(&[7; 2000], to).unwrap();
+        let mut batch = Box::new(Batch::new());
+        let received = batch.receive(receiver.as_raw_fd()).unwrap();
+        assert_eq!(received, 3);
+        assert_eq!(
+            batch.datagram(0),
+            (Some(first.local_addr().unwrap()), &b"one"[..])
+        );
+        assert_eq!(
+            batch.datagram(1),
+            (Some(second.local_addr().unwrap()), &b"two!"[..])
+        );
+        // Longer than a datagram we take: cut, not an error.
+        assert_eq!(batch.datagram(2).1.len(), MAX_DATAGRAM);
+        let empty = batch.receive(receiver.as_raw_fd()).unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_full_batch_leaves_the_rest_for_the_next_receive() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let to = receiver.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for index in 0..BATCH + 2 {
+            sender.send_to(&[index as u8], to).unwrap();
+        }
+        let mut batch = Box::new(Batch::new());
+        assert_eq!(batch.receive(receiver.as_raw_fd()).unwrap(), BATCH);
+        assert_eq!(batch.receive(receiver.as_raw_fd()).unwrap(), 2);
+        assert_eq!(batch.datagram(1).1, &[BATCH as u8 + 1][..]);
+    }
+}
