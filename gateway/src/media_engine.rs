@@ -39,6 +39,9 @@ const BATCH: usize = 8;
 pub const MAX_DATAGRAM: usize = 1500;
 /// The token of the loop's own waker (commands, stream wake-ups).
 const WAKE: Token = Token(usize::MAX);
+/// Batches read from one socket per turn of the loop: a socket flooded
+/// faster than that waits for the next turn, after every other socket.
+const BATCHES_PER_TURN: usize = 4;
 
 /// The media threads. Rooms are spread over them in turn.
 pub struct MediaEngine {
@@ -50,7 +53,7 @@ pub struct MediaEngine {
 
 /// What another thread holds of a loop: its command queue and its waker.
 pub struct LoopHandle {
-    commands: Mutex<Sender<LoopCommand>>,
+    commands: Sender<LoopCommand>,
     waker: mio::Waker,
     /// Stream sources whose channels woke, for the loop to poll.
     woken: Mutex<Vec<Token>>,
@@ -91,7 +94,7 @@ impl MediaEngine {
             let waker = mio::Waker::new(poll.registry(), WAKE)?;
             let (commands, receiver) = mpsc::channel();
             let handle = Arc::new(LoopHandle {
-                commands: Mutex::new(commands),
+                commands,
                 waker,
                 woken: Mutex::new(Vec::new()),
             });
@@ -129,12 +132,7 @@ impl MediaEngine {
 impl LoopHandle {
     /// Queues a command and wakes the loop; `false` if the loop is gone.
     fn send(&self, command: LoopCommand) -> bool {
-        let sent = self
-            .commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(command)
-            .is_ok();
+        let sent = self.commands.send(command).is_ok();
         if sent {
             if let Err(error) = self.waker.wake() {
                 error!(%error, "media loop not woken");
@@ -311,6 +309,8 @@ struct EventLoop {
     events: Events,
     /// Tokens of the events of one turn, copied out of `events`.
     ready: Vec<Token>,
+    /// Sockets left unread after [`BATCHES_PER_TURN`], for the next turn.
+    backlog: Vec<Token>,
     commands: Receiver<LoopCommand>,
     sources: Sources,
     rooms: HashMap<u64, Hosted>,
@@ -329,6 +329,7 @@ impl EventLoop {
             poll,
             events: Events::with_capacity(1024),
             ready: Vec::with_capacity(1024),
+            backlog: Vec::new(),
             commands,
             sources: Sources {
                 registry,
@@ -344,19 +345,25 @@ impl EventLoop {
 
     fn run(mut self) {
         loop {
-            let timeout = self
-                .timers
-                .first()
-                .map(|(at, _)| at.saturating_duration_since(Instant::now()));
+            let timeout = if self.backlog.is_empty() {
+                self.timers
+                    .first()
+                    .map(|(at, _)| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
             if let Err(error) = self.poll.poll(&mut self.events, timeout) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     error!(%error, "media loop cannot wait; its rooms stop");
                     return;
                 }
             }
+            // Last turn's backlog after this turn's news: a flooded socket
+            // goes after the others.
             self.ready.clear();
             self.ready
                 .extend(self.events.iter().map(|event| event.token()));
+            self.ready.append(&mut self.backlog);
             for index in 0..self.ready.len() {
                 let token = self.ready[index];
                 if token == WAKE {
@@ -434,11 +441,12 @@ impl EventLoop {
         let Some(source) = self.sources.get(token) else {
             return;
         };
+        let mut unread = false;
         self.with_room(source.room, |driver, _, batch| {
             let Some(fd) = driver.socket_fd(source.point, source.kind) else {
                 return;
             };
-            loop {
+            for _ in 0..BATCHES_PER_TURN {
                 let received = match batch.receive(fd) {
                     Ok(received) => received,
                     Err(error) => {
@@ -459,13 +467,18 @@ impl EventLoop {
                         _ => {}
                     }
                 }
+                driver.drain();
                 // A short batch means the socket is empty: epoll reports the
                 // next datagram as a new edge.
                 if received < BATCH {
                     return;
                 }
             }
+            unread = true;
         });
+        if unread {
+            self.backlog.push(token);
+        }
     }
 
     fn on_deadlines(&mut self) {

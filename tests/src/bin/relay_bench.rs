@@ -70,8 +70,6 @@ const LATE: Duration = Duration::from_millis(40);
 const WARM_UP: Duration = Duration::from_secs(1);
 /// Receiving goes on this long after the last packet was sent.
 const DRAIN: Duration = Duration::from_millis(300);
-/// Calls set up at once.
-const SETUP_CONCURRENCY: usize = 16;
 const REPLY: Duration = Duration::from_secs(10);
 /// Media port ranges of the two relays (disjoint, both skip ports in use).
 const DIALTONE_PORTS: (u16, u16) = (40_000, 44_999);
@@ -96,6 +94,10 @@ struct Options {
     calls: Vec<usize>,
     seconds: u64,
     rounds: usize,
+    /// Dialtone calls set up at once: 1 (one after another, as one client
+    /// would, so each set-up time is the gateway's and not a queue's), or
+    /// all of them for a burst.
+    setup_at_once: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -103,6 +105,7 @@ fn options() -> anyhow::Result<Options> {
         calls: vec![50],
         seconds: 20,
         rounds: 2,
+        setup_at_once: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -119,7 +122,10 @@ fn options() -> anyhow::Result<Options> {
             }
             "--seconds" => options.seconds = value.parse()?,
             "--rounds" => options.rounds = value.parse()?,
-            other => bail!("unknown flag {other}; use --calls N[,N...] --seconds T --rounds R"),
+            "--setup-at-once" => options.setup_at_once = value.parse()?,
+            other => bail!(
+                "unknown flag {other}; use --calls N[,N...] --seconds T --rounds R --setup-at-once N"
+            ),
         }
     }
     ensure!(
@@ -127,8 +133,8 @@ fn options() -> anyhow::Result<Options> {
         "--seconds must be at least 3 (1 s warm-up)"
     );
     ensure!(
-        options.calls.iter().all(|&n| n > 0),
-        "--calls must be positive"
+        options.calls.iter().all(|&n| n > 0) && options.setup_at_once > 0,
+        "--calls and --setup-at-once must be positive"
     );
     Ok(options)
 }
@@ -152,7 +158,7 @@ async fn sitting(options: Options) -> anyhow::Result<()> {
                     options.seconds,
                     round + 1
                 );
-                let result = run_once(relay, calls, options.seconds)
+                let result = run_once(relay, calls, options.seconds, options.setup_at_once)
                     .await
                     .with_context(|| format!("{} with {calls} calls", relay.name()))?;
                 eprintln!("[relay_bench]   {}", result.row());
@@ -186,6 +192,15 @@ struct RunResult {
     rss_before_kib: u64,
     rss_during_kib: u64,
     calls_dropped: usize,
+    /// Per call: Dialtone, START_CALL sent to CALL_STARTED received (the
+    /// SDP_OFFER answered at once, the SIP far end answering at once);
+    /// rtpengine, its ng offer and answer.
+    setup_p50_ms: f64,
+    setup_p99_ms: f64,
+    /// Datagrams the kernel dropped for a full receive buffer during the
+    /// set-up (`RcvbufErrors` of /proc/net/snmp: every UDP socket of the
+    /// machine, so only meaningful on a quiet one).
+    setup_udp_drops: u64,
     before: Quiet,
     after: Quiet,
 }
@@ -209,7 +224,7 @@ impl RunResult {
     }
     fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {:.3} % | {} | {} | {:.2} / {:.2} | {:.2} | {:.1} % | {:.2} | {:.3} % | {:.0} | {} → {} KiB, {:.0} | {:.1} % | {:.2}{} / {:.2}{} |",
+            "| {} | {} | {} | {} | {:.3} % | {} | {} | {:.2} / {:.2} | {:.2} | {:.1} % | {:.2} | {:.3} % | {:.0} | {} → {} KiB, {:.0} | {:.1} % | {:.2} / {:.2} | {} | {:.2}{} / {:.2}{} |",
             self.relay.name(),
             self.calls,
             self.sent,
@@ -228,6 +243,9 @@ impl RunResult {
             self.rss_during_kib,
             self.rss_per_call_kib(),
             self.generator_cpu_s / self.window_s * 100.0,
+            self.setup_p50_ms,
+            self.setup_p99_ms,
+            self.setup_udp_drops,
             self.before.load1,
             if self.before.rust_running { "*" } else { "" },
             self.after.load1,
@@ -243,7 +261,7 @@ impl RunResult {
     }
 }
 
-const HEAD: &str = "| relay | calls | sent | received | loss | reordered | late > 40 ms | PDV p50 / p99 ms | generator send lag p99 ms | relay CPU | CPU µs / forwarded packet | core per call | calls per core | RSS before → during, per call | generator CPU | load1 before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+const HEAD: &str = "| relay | calls | sent | received | loss | reordered | late > 40 ms | PDV p50 / p99 ms | generator send lag p99 ms | relay CPU | CPU µs / forwarded packet | core per call | calls per core | RSS before → during, per call | generator CPU | set-up p50 / p99 ms | UDP drops in set-up | load1 before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 fn print_table(results: &[RunResult], seconds: u64) {
     println!("\n{seconds} s of media per run; * = a rustc or cargo process was running\n");
@@ -299,7 +317,12 @@ struct CallMedia {
     callee_to: SocketAddr,
 }
 
-async fn run_once(relay: Relay, calls: usize, seconds: u64) -> anyhow::Result<RunResult> {
+async fn run_once(
+    relay: Relay,
+    calls: usize,
+    seconds: u64,
+    setup_at_once: usize,
+) -> anyhow::Result<RunResult> {
     let before = Quiet::now();
     let mut sockets = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -321,7 +344,9 @@ async fn run_once(relay: Relay, calls: usize, seconds: u64) -> anyhow::Result<Ru
     // Let it settle before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before_kib = resident_kib(pid)?;
-    let relay_addresses = relay_process.set_up(&addresses).await?;
+    let drops_before = udp_receive_buffer_errors()?;
+    let (relay_addresses, mut setup_us) = relay_process.set_up(&addresses, setup_at_once).await?;
+    let setup_udp_drops = udp_receive_buffer_errors()?.saturating_sub(drops_before);
     let media: Vec<CallMedia> = sockets
         .into_iter()
         .zip(relay_addresses)
@@ -403,6 +428,9 @@ async fn run_once(relay: Relay, calls: usize, seconds: u64) -> anyhow::Result<Ru
         rss_before_kib,
         rss_during_kib,
         calls_dropped,
+        setup_p50_ms: percentile(&mut setup_us, 0.50) / 1000.0,
+        setup_p99_ms: percentile(&mut setup_us, 0.99) / 1000.0,
+        setup_udp_drops,
         before,
         after,
     };
@@ -448,6 +476,24 @@ async fn run_once(relay: Relay, calls: usize, seconds: u64) -> anyhow::Result<Ru
     result.pdv_p99_ms = percentile(&mut pdv, 0.99) / 1000.0;
     result.send_lag_p99_ms = percentile(&mut send_lag, 0.99) / 1000.0;
     Ok(result)
+}
+
+/// The machine's count of UDP datagrams dropped for a full receive buffer.
+fn udp_receive_buffer_errors() -> anyhow::Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .context("no RcvbufErrors in /proc/net/snmp")?
+        .1
+        .parse()
+        .context("RcvbufErrors")
 }
 
 fn percentile(values: &mut [u32], p: f64) -> f64 {
@@ -721,11 +767,13 @@ level = "warn"
         }
     }
 
-    /// Sets up one call per (caller, callee) pair; returns where each sends.
+    /// Sets up one call per (caller, callee) pair; returns where each sends,
+    /// and each call's set-up time in µs.
     async fn set_up(
         &mut self,
         addresses: &[(SocketAddr, SocketAddr)],
-    ) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+        at_once: usize,
+    ) -> anyhow::Result<(Vec<(SocketAddr, SocketAddr)>, Vec<u32>)> {
         match self {
             RelayProcess::Dialtone {
                 gateway,
@@ -736,17 +784,19 @@ level = "warn"
                 let url = gateway.ws_url();
                 let mut set_up = futures_util::stream::iter(addresses.iter().enumerate())
                     .map(|(index, &(caller, _))| dialtone_call(url.clone(), index, caller))
-                    .buffered(SETUP_CONCURRENCY);
+                    .buffered(at_once);
                 let mut caller_to = Vec::with_capacity(addresses.len());
+                let mut setup_us = Vec::with_capacity(addresses.len());
                 while let Some(call) = set_up.next().await {
-                    let (client, to) = call?;
+                    let (client, to, took) = call?;
                     clients.push(client);
                     caller_to.push(to);
+                    setup_us.push(micros(took));
                 }
                 let state = uas_state
                     .lock()
                     .map_err(|_| anyhow::anyhow!("UAS poisoned"))?;
-                caller_to
+                let pairs = caller_to
                     .into_iter()
                     .enumerate()
                     .map(|(index, to)| {
@@ -757,12 +807,15 @@ level = "warn"
                             .with_context(|| format!("no SIP offer seen for call {index}"))?;
                         Ok((to, callee_to))
                     })
-                    .collect()
+                    .collect::<anyhow::Result<_>>()?;
+                Ok((pairs, setup_us))
             }
             RelayProcess::Rtpengine { ng, calls, .. } => {
                 let mut result = Vec::with_capacity(addresses.len());
+                let mut setup_us = Vec::with_capacity(addresses.len());
                 for (index, &(caller, callee)) in addresses.iter().enumerate() {
                     let call_id = format!("bench-{index}");
+                    let started = Instant::now();
                     let offer = ng
                         .request(&[
                             ("command", "offer"),
@@ -782,10 +835,11 @@ level = "warn"
                         ])
                         .await?;
                     let caller_to = sdp_audio_addr(&answer).context("rtpengine's answer")?;
+                    setup_us.push(micros(started.elapsed()));
                     *calls += 1;
                     result.push((caller_to, callee_to));
                 }
-                Ok(result)
+                Ok((result, setup_us))
             }
         }
     }
@@ -848,14 +902,15 @@ impl Drop for RelayProcess {
 }
 
 /// One call through Dialtone from its own WebSocket session: the client point
-/// answered for `caller`. Returns the client's task and where the caller
-/// sends (the gateway's client point).
+/// answered for `caller`. Returns the client's task, where the caller sends
+/// (the gateway's client point) and how long the call took to start.
 async fn dialtone_call(
     url: String,
     index: usize,
     caller: SocketAddr,
-) -> anyhow::Result<(ClientCall, SocketAddr)> {
+) -> anyhow::Result<(ClientCall, SocketAddr, Duration)> {
     let (mut ws, session_id) = WsClient::start_session(&url, &format!("bench{index}"), "").await?;
+    let started = Instant::now();
     let (call_id, offer) =
         offer_rtp_call(&mut ws, &session_id, &format!("bench{index}"), "PCMU/8000")
             .await
@@ -869,6 +924,7 @@ async fn dialtone_call(
     ws.recv_type_skipping("CALL_STARTED", &["CALL_STARTING", "CALL_RINGING"], REPLY)
         .await
         .with_context(|| format!("call {index}"))?;
+    let set_up = started.elapsed();
     let (hang_up, mut told) = oneshot::channel();
     let task = tokio::spawn(async move {
         loop {
@@ -900,6 +956,7 @@ async fn dialtone_call(
             task,
         },
         point,
+        set_up,
     ))
 }
 
