@@ -648,6 +648,87 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
+    fn rtp(sequence: u16, fill: u8) -> Vec<u8> {
+        let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34];
+        packet[2..4].copy_from_slice(&sequence.to_be_bytes());
+        packet[4..8].copy_from_slice(&(u32::from(sequence) * 160).to_be_bytes());
+        packet.extend([fill; 160]);
+        packet
+    }
+
+    fn bound() -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        socket
+    }
+
+    /// Two RTP points of one room on a loop: what each far end sends, the
+    /// other hears; a flood on one side holds up nothing on the other; and
+    /// when the room ends, both points come back to their owner and the
+    /// room no longer counts as a task.
+    #[tokio::test]
+    async fn a_room_on_a_loop_relays_both_ways_and_gives_its_points_back_when_it_ends() {
+        use crate::media_room::{MediaRoom, PointIo, PointNews};
+        use dialtone_codecs::Codec;
+        use dialtone_room::{PointConfig, PointId};
+
+        let tasks = TaskTracker::new();
+        let engine = MediaEngine::start(1, tasks.clone()).unwrap();
+        let room = MediaRoom::start(&engine);
+        let (sink, mut news) = tokio::sync::mpsc::unbounded_channel();
+        let (caller, callee) = (bound(), bound());
+        let mut ports = Vec::new();
+        for (id, far_end) in [(0, &caller), (1, &callee)] {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.set_nonblocking(true).unwrap();
+            ports.push(socket.local_addr().unwrap());
+            let config =
+                PointConfig::rtp(far_end.local_addr().unwrap(), Some((0, Codec::Pcmu)), None);
+            let io = PointIo {
+                rtp: Some(socket),
+                ..PointIo::default()
+            };
+            room.add_point(PointId(id), config, io, sink.clone());
+        }
+        assert_eq!(tasks.len(), 1);
+        let mut buffer = [0u8; 1500];
+        for sequence in 0..5 {
+            caller.send_to(&rtp(sequence, 0xaa), ports[0]).unwrap();
+            let (length, from) = callee.recv_from(&mut buffer).unwrap();
+            assert_eq!((length, from), (172, ports[1]));
+            assert_eq!(buffer[12..172], [0xaa; 160]);
+            callee.send_to(&rtp(sequence, 0x55), ports[1]).unwrap();
+            let (length, from) = caller.recv_from(&mut buffer).unwrap();
+            assert_eq!((length, from), (172, ports[0]));
+            assert_eq!(buffer[12..172], [0x55; 160]);
+        }
+        // More than a turn's batches queued on the caller's side at once.
+        for sequence in 5..5 + (BATCH * BATCHES_PER_TURN * 2) as u16 {
+            caller.send_to(&rtp(sequence, 0xaa), ports[0]).unwrap();
+        }
+        callee.send_to(&rtp(5, 0x55), ports[1]).unwrap();
+        let (length, _) = caller.recv_from(&mut buffer).unwrap();
+        assert_eq!((length, buffer[12]), (172, 0x55));
+        for _ in 0..BATCH * BATCHES_PER_TURN * 2 {
+            let (length, _) = callee.recv_from(&mut buffer).unwrap();
+            assert_eq!((length, buffer[12]), (172, 0xaa));
+        }
+
+        drop(room);
+        drop(sink);
+        let mut evicted = Vec::new();
+        while let Some(news) = news.recv().await {
+            if let PointNews::Evicted(point) = news {
+                evicted.push(point.id.0);
+            }
+        }
+        evicted.sort_unstable();
+        assert_eq!(evicted, [0, 1]);
+        assert_eq!(tasks.len(), 0);
+    }
+
     #[test]
     fn a_batch_takes_what_is_queued_with_each_source_and_stops_short_when_empty() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
