@@ -59,7 +59,7 @@ pub use g711::{
 };
 pub use g722::{G722Decoder, G722Encoder};
 pub use l16::{L16Decoder, L16Encoder};
-pub use opus::{OpusDecoder, OpusEncoder};
+pub use opus::{set_opus_settings, OpusDecoder, OpusEncoder, OpusSettings};
 pub use resample::Resampler;
 pub use signal::voice_like_frames;
 pub use speex::{SpeexDecoder, SpeexEncoder, SpeexMode};

@@ -5,23 +5,60 @@
 use audiopus::coder::{Decoder as InnerOpusDecoder, Encoder as InnerOpusEncoder};
 use audiopus::{Application, Bandwidth, Bitrate, Channels, SampleRate as OpusRate};
 
+use std::sync::OnceLock;
+
 use crate::{Codec, CodecError, Decoder, Encoder, SampleRate};
 
-/// A typical wideband voice rate, the one WebRTC starts mono Opus at.
-const BITRATE_BPS: i32 = 32_000;
 /// libopus only spends bits on in-band FEC when told to expect loss.
 const EXPECTED_LOSS_PERCENT: u8 = 10;
-/// Encoder effort, 0-10. libopus's default, 9, takes about 265 µs per
-/// 20 ms frame (wideband) on the project's 2-core EPYC machines; 3 (SILK's
-/// medium pitch search and noise shaping) takes about 60 µs for
-/// narrowband, which keeps Opus ↔ G.711 under the 100 µs per frame pair
-/// target, at a quality cost too small to matter for telephone audio.
-const COMPLEXITY: u8 = 3;
+
+/// How hard the Opus encoder works and how many bits it spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusSettings {
+    /// Encoder effort, 0-10. libopus's default, 9, takes about 265 µs per
+    /// 20 ms frame (wideband) on the project's 2-core EPYC machines; 3
+    /// (SILK's medium pitch search and noise shaping) takes about 60 µs
+    /// for narrowband, which keeps Opus ↔ G.711 under the 100 µs per frame
+    /// pair target, at a quality cost too small to matter for telephone
+    /// audio (docs/performance.md measures both).
+    pub complexity: u8,
+    /// A typical wideband voice rate, the one WebRTC starts mono Opus at.
+    pub bitrate_bps: i32,
+}
+
+impl Default for OpusSettings {
+    fn default() -> Self {
+        OpusSettings {
+            complexity: 3,
+            bitrate_bps: 32_000,
+        }
+    }
+}
+
+impl OpusSettings {
+    pub const COMPLEXITY_RANGE: std::ops::RangeInclusive<u8> = 0..=10;
+    /// What libopus accepts as a fixed rate.
+    pub const BITRATE_RANGE: std::ops::RangeInclusive<i32> = 500..=512_000;
+}
+
+/// The settings every encoder of the process is made with.
+static SETTINGS: OnceLock<OpusSettings> = OnceLock::new();
+
+/// Sets the process's Opus encoder settings, once, before the first
+/// encoder is made (the gateway does it from its configuration); later
+/// calls change nothing and say so.
+pub fn set_opus_settings(settings: OpusSettings) -> Result<(), OpusSettings> {
+    SETTINGS.set(settings)
+}
+
+fn settings() -> OpusSettings {
+    SETTINGS.get().copied().unwrap_or_default()
+}
 /// A valid Opus packet lasts at most 120 ms (RFC 6716 §3.2.5).
 const MAX_PACKET_SAMPLES: usize = 5_760;
 
-/// Opus encoder: VoIP application, 32 kbit/s, complexity 3, in-band FEC
-/// on.
+/// Opus encoder: VoIP application, in-band FEC on, complexity and rate
+/// as [`set_opus_settings`] set them (complexity 3, 32 kbit/s unless set).
 pub struct OpusEncoder {
     inner: InnerOpusEncoder,
     rate: SampleRate,
@@ -38,8 +75,9 @@ impl OpusEncoder {
     /// time is about halved.
     pub fn at_rate(rate: SampleRate) -> Result<Self, CodecError> {
         let mut inner = InnerOpusEncoder::new(opus_rate(rate), Channels::Mono, Application::Voip)?;
-        inner.set_bitrate(Bitrate::BitsPerSecond(BITRATE_BPS))?;
-        inner.set_complexity(COMPLEXITY)?;
+        let settings = settings();
+        inner.set_bitrate(Bitrate::BitsPerSecond(settings.bitrate_bps))?;
+        inner.set_complexity(settings.complexity)?;
         inner.set_inband_fec(true)?;
         inner.set_packet_loss_perc(EXPECTED_LOSS_PERCENT)?;
         inner.set_max_bandwidth(match rate {

@@ -212,6 +212,11 @@ pub struct MediaConfig {
     pub srtp: SrtpPolicy,
     /// Media loop threads, each driving many rooms; 0: one per core.
     pub threads: usize,
+    /// Opus encoder effort, 0-10 (docs/performance.md weighs CPU against
+    /// quality).
+    pub opus_complexity: u8,
+    /// Opus encoder rate in bit/s.
+    pub opus_bitrate: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -528,6 +533,8 @@ impl Default for MediaConfig {
             strict_source: true,
             srtp: SrtpPolicy::Off,
             threads: 0,
+            opus_complexity: dialtone_codecs::OpusSettings::default().complexity,
+            opus_bitrate: dialtone_codecs::OpusSettings::default().bitrate_bps,
         }
     }
 }
@@ -800,6 +807,22 @@ impl Config {
         self.call_proxy()?;
         if self.media.rtp_port_min < 1024 || self.media.rtp_port_min >= self.media.rtp_port_max {
             bail!("media.rtp_port_min must be at least 1024 and below media.rtp_port_max");
+        }
+        let opus = dialtone_codecs::OpusSettings::COMPLEXITY_RANGE;
+        if !opus.contains(&self.media.opus_complexity) {
+            bail!(
+                "media.opus_complexity must be from {} to {}",
+                opus.start(),
+                opus.end()
+            );
+        }
+        let rates = dialtone_codecs::OpusSettings::BITRATE_RANGE;
+        if !rates.contains(&self.media.opus_bitrate) {
+            bail!(
+                "media.opus_bitrate must be from {} to {} bit/s",
+                rates.start(),
+                rates.end()
+            );
         }
         let tls = [
             self.rtmp.tls_listen.is_some(),

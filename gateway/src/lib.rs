@@ -179,6 +179,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let plan = dial_plan::DialPlan::new(&config.calls.allow, &config.calls.deny)?;
     let hold_music = config.hold_music()?;
     let caller_numbers = dial_plan::CallerNumbers::new(&config.calls.caller_numbers)?;
+    let opus = dialtone_codecs::OpusSettings {
+        complexity: config.media.opus_complexity,
+        bitrate_bps: config.media.opus_bitrate,
+    };
+    if dialtone_codecs::set_opus_settings(opus).is_err() {
+        warn!("Opus encoder settings were set before; media.opus_* ignored");
+    }
     let tasks = TaskTracker::new();
     let media = media_engine::MediaEngine::start(config.media.threads, tasks.clone())?;
     let gateway = Arc::new(Gateway {

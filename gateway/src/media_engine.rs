@@ -8,7 +8,8 @@
 //! read with one `recvmmsg` of up to [`BATCH`] datagrams, and a short read
 //! means it is empty, so a packet costs one receive and one send; a room's
 //! timer is touched only when its deadline moves, and one `epoll_wait`
-//! serves every room of the loop.
+//! serves every room of the loop. The rooms of a loop tick on one 20 ms
+//! grid, so their mixing and transcoding share a wake-up per frame.
 //!
 //! What a room does with what arrives is [`crate::media_room`]'s (and
 //! `dialtone_room`'s) business; this module only moves datagrams, stream
@@ -316,6 +317,8 @@ struct EventLoop {
     rooms: HashMap<u64, Hosted>,
     timers: BTreeSet<(Instant, u64)>,
     batch: Box<Batch>,
+    /// Where the 20 ms ticks of all the loop's rooms fall.
+    tick_origin: Instant,
 }
 
 impl EventLoop {
@@ -340,6 +343,7 @@ impl EventLoop {
             rooms: HashMap::new(),
             timers: BTreeSet::new(),
             batch: Box::new(Batch::new()),
+            tick_origin: Instant::now(),
         })
     }
 
@@ -393,7 +397,7 @@ impl EventLoop {
                     self.rooms.insert(
                         key,
                         Hosted {
-                            driver: Driver::new(key),
+                            driver: Driver::new(key, self.tick_origin),
                             span,
                             deadline: None,
                             closed,

@@ -303,10 +303,12 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(key: u64) -> Driver {
+    /// A room whose 20 ms ticks fall on `tick_origin` plus whole frames:
+    /// the rooms of one loop share it, so one wake-up serves all their ticks.
+    pub fn new(key: u64, tick_origin: Instant) -> Driver {
         Driver {
             key,
-            room: Room::new(),
+            room: Room::with_tick_origin(tick_origin),
             io: Vec::new(),
             recordings: HashMap::new(),
         }

@@ -247,6 +247,9 @@ pub struct Room {
     outputs: Outputs,
     /// When the next 20 ms tick is due, while anything needs ticks.
     next_tick: Option<Instant>,
+    /// Ticks fall on this instant plus whole frames, when set: rooms that
+    /// share it tick together, so one wake-up serves them all.
+    tick_origin: Option<Instant>,
     mix_rate: SampleRate,
     mix: Box<MixBuffers>,
     recordings: Vec<u32>,
@@ -263,11 +266,33 @@ impl Default for Room {
 }
 
 impl Room {
+    /// A room whose ticks fall on `origin` plus whole 20 ms frames, so
+    /// that rooms sharing an origin tick at the same instants.
+    pub fn with_tick_origin(origin: Instant) -> Room {
+        Room {
+            tick_origin: Some(origin),
+            ..Room::new()
+        }
+    }
+
+    /// The first tick instant at or after `now`.
+    fn tick_at_or_after(&self, now: Instant) -> Instant {
+        let Some(origin) = self.tick_origin else {
+            return now;
+        };
+        let since = now.saturating_duration_since(origin).as_nanos();
+        let frame = FRAME.as_nanos();
+        let frames = since.div_ceil(frame);
+        let offset = u64::try_from(frames * frame).unwrap_or(u64::MAX);
+        origin + Duration::from_nanos(offset)
+    }
+
     pub fn new() -> Room {
         Room {
             points: Vec::new(),
             outputs: Outputs::default(),
             next_tick: None,
+            tick_origin: None,
             mix_rate: SampleRate::Hz8000,
             mix: Box::default(),
             recordings: Vec::new(),
@@ -635,7 +660,7 @@ impl Room {
         let ticking = !self.recordings.is_empty() || self.points.iter().any(Point::needs_ticks);
         self.next_tick = match (ticking, self.next_tick) {
             (false, _) => None,
-            (true, None) => Some(now),
+            (true, None) => Some(self.tick_at_or_after(now)),
             (true, Some(at)) => Some(at),
         };
     }
@@ -1016,7 +1041,7 @@ impl Room {
             self.tick(now);
             let next = at + FRAME;
             self.next_tick = Some(if next + MAX_TICK_LAG < now {
-                now + FRAME
+                self.tick_at_or_after(now + FRAME)
             } else {
                 next
             });

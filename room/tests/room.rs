@@ -1190,3 +1190,37 @@ fn an_srtp_leg_protects_what_goes_out_and_drops_what_fails_authentication() {
         assert!(far_end.unprotect_rtcp(&mut report.data).is_ok());
     }
 }
+
+/// Rooms given one tick origin tick at the same instants, whenever their
+/// ticking began, and stay on that grid after a late wake-up: a media loop
+/// then serves all their ticks with one wake-up per frame.
+#[test]
+fn rooms_sharing_a_tick_origin_tick_together_and_stay_on_the_grid() {
+    let origin = Instant::now();
+    let on_grid = |at: Instant| {
+        at.duration_since(origin)
+            .as_nanos()
+            .is_multiple_of(FRAME.as_nanos())
+    };
+    let mut rooms = Vec::new();
+    for started in [3, 11] {
+        let mut room = Room::with_tick_origin(origin);
+        let now = origin + Duration::from_millis(started);
+        let rtp = PointConfig::rtp(address(SIP_FAR_END), PCMU, EVENTS);
+        assert_eq!(room.add_point(now, SIP, rtp), Ok(()));
+        let line = PointConfig::line(Line::Tone, PCMU, EVENTS);
+        assert_eq!(room.add_point(now, CLIENT, line), Ok(()));
+        rooms.push(room);
+    }
+    let first = origin + FRAME;
+    for room in &mut rooms {
+        assert_eq!(room.poll_timeout(), Some(first));
+        room.handle_input(first, Input::Timeout);
+        assert_eq!(room.poll_timeout(), Some(first + FRAME));
+        // Woken far too late: the missed ticks are skipped, onto the grid.
+        let late = first + FRAME + Duration::from_millis(313);
+        room.handle_input(late, Input::Timeout);
+        let next = room.poll_timeout().unwrap();
+        assert!(next > late && on_grid(next), "{:?}", next - origin);
+    }
+}

@@ -74,13 +74,13 @@ impl WsClient {
         for (name, value) in headers {
             request.headers_mut().append(*name, value.parse()?);
         }
-        let (ws, _response) =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
-                .await
-                .with_context(|| {
-                    format!("connecting to {url}: timed out after {CONNECT_TIMEOUT:?}")
-                })?
-                .with_context(|| format!("connecting to {url}"))?;
+        // Without Nagle, as browsers connect: a message written right after
+        // another is not held for the gateway's delayed ACK.
+        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let (ws, _response) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .with_context(|| format!("connecting to {url}: timed out after {CONNECT_TIMEOUT:?}"))?
+            .with_context(|| format!("connecting to {url}"))?;
         Ok(WsClient {
             ws,
             url: url.to_owned(),

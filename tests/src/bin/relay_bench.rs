@@ -36,9 +36,27 @@
 //! state: the 1-minute load average before and after, and whether a `rustc` or
 //! `cargo` process was running (read from /proc; nothing is stopped).
 //!
+//! `--mode transcode`: the callee leg is Opus (the UAS, or rtpengine's
+//! answer, takes `opus/48000/2` only; rtpengine is asked to offer it with the
+//! flag `codec-transcode-opus/48000/2/<bitrate>`), so each relay decodes and
+//! encodes both directions. The callee socket sends one second of voice-like
+//! audio coded by libopus, in a loop; what arrives was made by the relay's
+//! encoder, so it is measured by its RTP header alone: loss and duplicates by
+//! sequence number, delay variation as each packet's transit (arrival minus
+//! its RTP timestamp's media time) less the stream's least, and late as a
+//! variation over 40 ms. `--opus-complexity` and `--opus-bitrate` set
+//! Dialtone's encoder (and the bitrate asked of rtpengine, whose libopus runs
+//! at libavcodec's default complexity, 10). The mean Opus payload size and
+//! the stereo flag of what arrives are printed, to show both encoders' work.
+//!
+//! `--setup-at-once N` sets N calls up at once (default 1: one after another,
+//! so each set-up time is the gateway's own); the datagrams the kernel
+//! dropped for full receive buffers during the set-up are counted.
+//!
 //! ```sh
 //! cargo build --release -p dialtone-gateway -p dialtone-tests --bin dialtone --bin relay_bench
 //! DIALTONE_BIN=$PWD/target/release/dialtone target/release/relay_bench --calls 50,200 --seconds 20
+//! DIALTONE_BIN=$PWD/target/release/dialtone target/release/relay_bench --mode transcode --calls 50
 //! ```
 
 use std::collections::HashMap;
@@ -90,7 +108,26 @@ impl Relay {
     }
 }
 
+/// What the relays carry: PCMU on both legs (forwarded), or PCMU on the
+/// caller's leg and Opus on the callee's (transcoded both ways).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Relay,
+    Transcode,
+}
+
+/// The Opus encoder settings Dialtone is started with (its defaults when
+/// unset); rtpengine encodes at libavcodec's libopus defaults (complexity
+/// 10) and the bitrate asked for in its codec string.
+#[derive(Clone, Copy, Debug)]
+struct OpusBench {
+    complexity: Option<u8>,
+    bitrate: i32,
+}
+
 struct Options {
+    mode: Mode,
+    opus: OpusBench,
     calls: Vec<usize>,
     seconds: u64,
     rounds: usize,
@@ -102,6 +139,11 @@ struct Options {
 
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
+        mode: Mode::Relay,
+        opus: OpusBench {
+            complexity: None,
+            bitrate: 32_000,
+        },
         calls: vec![50],
         seconds: 20,
         rounds: 2,
@@ -123,8 +165,18 @@ fn options() -> anyhow::Result<Options> {
             "--seconds" => options.seconds = value.parse()?,
             "--rounds" => options.rounds = value.parse()?,
             "--setup-at-once" => options.setup_at_once = value.parse()?,
+            "--mode" => {
+                options.mode = match value.as_str() {
+                    "relay" => Mode::Relay,
+                    "transcode" => Mode::Transcode,
+                    other => bail!("--mode {other}: relay or transcode"),
+                }
+            }
+            "--opus-complexity" => options.opus.complexity = Some(value.parse()?),
+            "--opus-bitrate" => options.opus.bitrate = value.parse()?,
             other => bail!(
-                "unknown flag {other}; use --calls N[,N...] --seconds T --rounds R --setup-at-once N"
+                "unknown flag {other}; use --mode relay|transcode --calls N[,N...] --seconds T \
+                 --rounds R --setup-at-once N --opus-complexity C --opus-bitrate B"
             ),
         }
     }
@@ -158,7 +210,15 @@ async fn sitting(options: Options) -> anyhow::Result<()> {
                     options.seconds,
                     round + 1
                 );
-                let result = run_once(relay, calls, options.seconds, options.setup_at_once)
+                let run = Run {
+                    relay,
+                    mode: options.mode,
+                    opus: options.opus,
+                    calls,
+                    seconds: options.seconds,
+                    setup_at_once: options.setup_at_once,
+                };
+                let result = run_once(&run)
                     .await
                     .with_context(|| format!("{} with {calls} calls", relay.name()))?;
                 eprintln!("[relay_bench]   {}", result.row());
@@ -317,12 +377,25 @@ struct CallMedia {
     callee_to: SocketAddr,
 }
 
-async fn run_once(
+/// One run's settings.
+struct Run {
     relay: Relay,
+    mode: Mode,
+    opus: OpusBench,
     calls: usize,
     seconds: u64,
     setup_at_once: usize,
-) -> anyhow::Result<RunResult> {
+}
+
+async fn run_once(run: &Run) -> anyhow::Result<RunResult> {
+    let &Run {
+        relay,
+        mode,
+        calls,
+        seconds,
+        setup_at_once,
+        ..
+    } = run;
     let before = Quiet::now();
     let mut sockets = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -337,8 +410,8 @@ async fn run_once(
         .collect::<anyhow::Result<_>>()?;
 
     let mut relay_process = match relay {
-        Relay::Dialtone => RelayProcess::dialtone(&addresses).await?,
-        Relay::Rtpengine => RelayProcess::rtpengine().await?,
+        Relay::Dialtone => RelayProcess::dialtone(&addresses, mode, run.opus).await?,
+        Relay::Rtpengine => RelayProcess::rtpengine(mode, run.opus).await?,
     };
     let pid = relay_process.pid();
     // Let it settle before the baseline.
@@ -359,6 +432,7 @@ async fn run_once(
         .collect();
 
     let frames = u32::try_from(seconds * 50)?;
+    let opus_frames = Arc::new(opus_frames()?);
     let origin = Instant::now();
     let start = origin + Duration::from_millis(100);
     let streams = media.len() * 2;
@@ -370,9 +444,15 @@ async fn run_once(
             (1, call.callee, call.callee_to),
         ] {
             let stream = index * 2 + side;
+            let sends = match (mode, side) {
+                (Mode::Transcode, 1) => Sends::Opus(opus_frames.clone()),
+                _ => Sends::Pcmu,
+            };
             let leg = Leg {
                 socket,
                 to,
+                sends,
+                marked: mode == Mode::Relay,
                 stream: u32::try_from(stream)?,
                 origin,
                 start: start + PTIME * u32::try_from(stream)? / u32::try_from(streams)?,
@@ -409,6 +489,21 @@ async fn run_once(
 
     let mut pdv = Vec::new();
     let mut send_lag = Vec::new();
+    let opus_received: (u64, u64, u64) = stats.iter().fold((0, 0, 0), |sum, leg| {
+        (
+            sum.0 + leg.opus_packets,
+            sum.1 + leg.opus_bytes,
+            sum.2 + leg.opus_stereo,
+        )
+    });
+    if opus_received.0 > 0 {
+        eprintln!(
+            "[relay_bench]   Opus received: {} packets, {:.1} bytes of payload on average, {} stereo",
+            opus_received.0,
+            opus_received.1 as f64 / opus_received.0 as f64,
+            opus_received.2
+        );
+    }
     let mut result = RunResult {
         relay,
         calls,
@@ -512,6 +607,10 @@ fn percentile(values: &mut [u32], p: f64) -> f64 {
 struct Leg {
     socket: UdpSocket,
     to: SocketAddr,
+    sends: Sends,
+    /// Whether what arrives carries our marks (forwarded unchanged), or was
+    /// made anew by a transcoder and is measured by its RTP header alone.
+    marked: bool,
     stream: u32,
     origin: Instant,
     start: Instant,
@@ -535,6 +634,51 @@ struct LegStats {
     first_last: Option<(u32, u32)>,
     delays_us: Vec<u32>,
     send_lag_us: Vec<u32>,
+    /// Opus packets received, their payload bytes, and how many were coded
+    /// in stereo (the TOC byte's s bit): what a relay's encoder did.
+    opus_packets: u64,
+    opus_bytes: u64,
+    opus_stereo: u64,
+}
+
+/// What a generator socket sends.
+enum Sends {
+    /// 20 ms PCMU packets whose payload carries the marks.
+    Pcmu,
+    /// 20 ms Opus packets (PT 111), one second of voice-like audio in a loop.
+    Opus(Arc<Vec<Vec<u8>>>),
+}
+
+const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+/// One second of voice-like audio coded by libopus at 48 kHz (complexity
+/// and rate at Dialtone's defaults; only the relays' encoders are compared).
+fn opus_frames() -> anyhow::Result<Vec<Vec<u8>>> {
+    use dialtone_codecs::{voice_like_frames, Codec, Encoder as _, OpusEncoder};
+    let mut encoder = OpusEncoder::new()?;
+    let mut payload = [0u8; 1275];
+    voice_like_frames(Codec::Opus, 50)
+        .iter()
+        .map(|pcm| {
+            let length = encoder.encode(pcm, &mut payload)?;
+            Ok(payload[..length].to_vec())
+        })
+        .collect()
+}
+
+/// Sequence number, RTP timestamp and clock rate of an RTP packet a
+/// transcoder made, with its Opus payload if it is one.
+fn rtp_header(datagram: &[u8]) -> Option<(u16, u32, u32, Option<&[u8]>)> {
+    if datagram.len() < HEADER || datagram[0] >> 6 != 2 {
+        return None;
+    }
+    let sequence = u16::from_be_bytes([datagram[2], datagram[3]]);
+    let timestamp = u32::from_be_bytes(datagram[4..8].try_into().ok()?);
+    match datagram[1] & 0x7f {
+        0 => Some((sequence, timestamp, 8000, None)),
+        OPUS_PAYLOAD_TYPE => Some((sequence, timestamp, 48_000, Some(&datagram[HEADER..]))),
+        _ => None,
+    }
 }
 
 impl Leg {
@@ -546,10 +690,19 @@ impl Leg {
         };
         let mut seen = vec![false; self.frames as usize];
         let mut highest: Option<u32> = None;
-        let mut packet = [0xffu8; HEADER + PAYLOAD];
+        let mut packet = vec![0xffu8; HEADER + PAYLOAD];
         packet[0] = 0x80;
-        packet[1] = 0; // PCMU
+        packet[1] = match self.sends {
+            Sends::Pcmu => 0,
+            Sends::Opus(_) => OPUS_PAYLOAD_TYPE,
+        };
         packet[8..12].copy_from_slice(&self.stream.to_be_bytes());
+        // Of packets a transcoder made: the first sequence number (extended
+        // to 64 bits as they come), the first timestamp, and each packet's
+        // transit (arrival minus its media time) in µs.
+        let mut first: Option<(u64, u32)> = None;
+        let mut last_extended = 0u64;
+        let mut transits: Vec<i64> = Vec::new();
         let mut incoming = [0u8; 2048];
         let mut next = 0u32;
         let slot = |index: u32| self.start + PTIME * index;
@@ -563,11 +716,21 @@ impl Leg {
                     let now = Instant::now();
                     let slot_ns = nanos(slot(next) - self.origin);
                     packet[2..4].copy_from_slice(&(next as u16).to_be_bytes());
-                    packet[4..8].copy_from_slice(&next.wrapping_mul(160).to_be_bytes());
-                    packet[12..16].copy_from_slice(&self.stream.to_be_bytes());
-                    packet[16..20].copy_from_slice(&next.to_be_bytes());
-                    packet[20..28].copy_from_slice(&slot_ns.to_be_bytes());
-                    packet[28..36].copy_from_slice(&nanos(now - self.origin).to_be_bytes());
+                    match &self.sends {
+                        Sends::Pcmu => {
+                            packet[4..8].copy_from_slice(&next.wrapping_mul(160).to_be_bytes());
+                            packet[12..16].copy_from_slice(&self.stream.to_be_bytes());
+                            packet[16..20].copy_from_slice(&next.to_be_bytes());
+                            packet[20..28].copy_from_slice(&slot_ns.to_be_bytes());
+                            packet[28..36].copy_from_slice(&nanos(now - self.origin).to_be_bytes());
+                        }
+                        Sends::Opus(frames) => {
+                            packet[4..8].copy_from_slice(&next.wrapping_mul(960).to_be_bytes());
+                            let frame = &frames[next as usize % frames.len()];
+                            packet.truncate(HEADER);
+                            packet.extend_from_slice(frame);
+                        }
+                    }
                     // A full socket buffer counts as a packet lost, not an error.
                     if self.socket.try_send_to(&packet, self.to).is_ok()
                         || self.socket.send_to(&packet, self.to).await.is_ok()
@@ -585,6 +748,50 @@ impl Leg {
                         stats.receive_errors += 1;
                         continue;
                     };
+                    if !self.marked {
+                        let Some((sequence, timestamp, clock, opus)) = rtp_header(&incoming[..length]) else {
+                            stats.foreign += 1;
+                            continue;
+                        };
+                        if let Some(payload) = opus {
+                            stats.opus_packets += 1;
+                            stats.opus_bytes += payload.len() as u64;
+                            if payload.first().is_some_and(|toc| toc & 0x04 != 0) {
+                                stats.opus_stereo += 1;
+                            }
+                        }
+                        let extended = extend_sequence(last_extended, sequence);
+                        last_extended = extended;
+                        let (first_sequence, first_timestamp) = *first.get_or_insert((extended, timestamp));
+                        let Some(index) = extended.checked_sub(first_sequence) else {
+                            stats.reordered += 1;
+                            continue;
+                        };
+                        let Some(mark) = usize::try_from(index).ok().and_then(|index| seen.get_mut(index)) else {
+                            stats.foreign += 1;
+                            continue;
+                        };
+                        self.received_total.fetch_add(1, Ordering::Relaxed);
+                        stats.received += 1;
+                        if *mark {
+                            stats.duplicates += 1;
+                            continue;
+                        }
+                        *mark = true;
+                        let index = u32::try_from(index).unwrap_or(u32::MAX);
+                        match highest {
+                            Some(h) if index < h => stats.reordered += 1,
+                            _ => highest = Some(index),
+                        }
+                        stats.first_last = Some(match stats.first_last {
+                            Some((first, last)) => (first.min(index), last.max(index)),
+                            None => (index, index),
+                        });
+                        let media_us = i64::from(timestamp.wrapping_sub(first_timestamp)) * 1_000_000 / i64::from(clock);
+                        let arrival_us = i64::try_from(nanos(now - self.origin) / 1000).unwrap_or(i64::MAX);
+                        transits.push(arrival_us - media_us);
+                        continue;
+                    }
                     let Some((index, slot_ns, sent_ns)) = parse(&incoming[..length]) else {
                         stats.foreign += 1;
                         continue;
@@ -614,7 +821,21 @@ impl Leg {
                     }
                     stats.delays_us.push(u32::try_from(arrival_ns.saturating_sub(sent_ns) / 1000).unwrap_or(u32::MAX));
                 }
-                () = &mut stop_timer => return Ok(stats),
+                () = &mut stop_timer => {
+                    // A made stream has no send times: its delay variation is
+                    // each packet's transit less the stream's least, and
+                    // late is a variation over the late limit.
+                    if let Some(&least) = transits.iter().min() {
+                        for transit in transits {
+                            let variation = u32::try_from(transit - least).unwrap_or(u32::MAX);
+                            if u64::from(variation) * 1000 > nanos(LATE) {
+                                stats.late += 1;
+                            }
+                            stats.delays_us.push(variation);
+                        }
+                    }
+                    return Ok(stats);
+                }
             }
         }
     }
@@ -633,12 +854,45 @@ fn parse(datagram: &[u8]) -> Option<(u32, u64, u64)> {
     Some((index, slot, sent))
 }
 
+/// A 16-bit sequence number extended to 64 bits next to the last one seen.
+fn extend_sequence(last: u64, sequence: u16) -> u64 {
+    let candidate = (last & !0xffff) | u64::from(sequence);
+    let low = last as u16;
+    if sequence < low && low - sequence > 0x8000 {
+        candidate + 0x1_0000
+    } else if sequence > low && sequence - low > 0x8000 && candidate >= 0x1_0000 {
+        candidate - 0x1_0000
+    } else {
+        candidate
+    }
+}
+
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn micros(duration: Duration) -> u32 {
     u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Opus (mono, as RFC 7587 writes it) at `address`: the callee leg of a
+/// transcoded call.
+fn opus_sdp(address: SocketAddr, session: u64) -> String {
+    format!(
+        "v=0\r\no=bench {session} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP {OPUS_PAYLOAD_TYPE}\r\na=rtpmap:{OPUS_PAYLOAD_TYPE} opus/48000/2\r\n\
+         a=fmtp:{OPUS_PAYLOAD_TYPE} stereo=0;sprop-stereo=0\r\na=ptime:20\r\na=sendrecv\r\n",
+        ip = address.ip(),
+        port = address.port()
+    )
+}
+
+/// The callee leg's SDP in `mode`.
+fn callee_sdp(mode: Mode, address: SocketAddr, session: u64) -> String {
+    match mode {
+        Mode::Relay => sdp(address, session),
+        Mode::Transcode => opus_sdp(address, session),
+    }
 }
 
 /// PCMU/8000 (and telephone-event) at `address`.
@@ -666,6 +920,8 @@ enum RelayProcess {
         _dir: tempfile::TempDir,
         ng: NgClient,
         calls: usize,
+        mode: Mode,
+        opus: OpusBench,
     },
 }
 
@@ -677,11 +933,16 @@ struct ClientCall {
 }
 
 impl RelayProcess {
-    async fn dialtone(addresses: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<RelayProcess> {
+    async fn dialtone(
+        addresses: &[(SocketAddr, SocketAddr)],
+        mode: Mode,
+        opus: OpusBench,
+    ) -> anyhow::Result<RelayProcess> {
         let uas_socket = UdpSocket::bind("127.0.0.1:0").await?;
         let uas_address = uas_socket.local_addr()?;
         let uas_state = Arc::new(Mutex::new(UasState {
             callees: addresses.iter().map(|&(_, callee)| callee).collect(),
+            mode: Some(mode),
             ..UasState::default()
         }));
         let uas = tokio::spawn(run_uas(uas_socket, uas_state.clone()));
@@ -703,9 +964,15 @@ max_connections_per_ip = 100000
 [media]
 rtp_port_min = {min}
 rtp_port_max = {max}
+{complexity}opus_bitrate = {bitrate}
 [log]
 level = "warn"
-"#
+"#,
+            complexity = opus
+                .complexity
+                .map(|complexity| format!("opus_complexity = {complexity}\n"))
+                .unwrap_or_default(),
+            bitrate = opus.bitrate,
         );
         let gateway =
             Gateway::start_with_env(Some(&config), &[("RUST_LOG", "warn,dialtone_gateway=info")]);
@@ -724,7 +991,7 @@ level = "warn"
         })
     }
 
-    async fn rtpengine() -> anyhow::Result<RelayProcess> {
+    async fn rtpengine(mode: Mode, opus: OpusBench) -> anyhow::Result<RelayProcess> {
         let dir = tempfile::Builder::new().prefix("rtpengine-").tempdir()?;
         let ng_port = free_port();
         let (min, max) = RTPENGINE_PORTS;
@@ -743,13 +1010,13 @@ level = "warn"
         let guard = ChildGuard::spawn("rtpengine", command, &dir.path().join("rtpengine.log"))?;
         // Ready when it answers an ng ping (its start-up line is below log level 5).
         let ng = NgClient::connect(SocketAddr::from(([127, 0, 0, 1], ng_port))).await?;
-        let mut ready = ng.request(&[("command", "ping")]).await;
+        let mut ready = ng.request(&[("command", "ping")], &[]).await;
         let deadline = Instant::now() + REPLY;
         while ready.is_err() && Instant::now() < deadline {
             if guard.try_wait()?.is_some() {
                 bail!("rtpengine exited\n{}", guard.tail_report());
             }
-            ready = ng.request(&[("command", "ping")]).await;
+            ready = ng.request(&[("command", "ping")], &[]).await;
         }
         ready.with_context(|| format!("rtpengine did not start\n{}", guard.tail_report()))?;
         Ok(RelayProcess::Rtpengine {
@@ -757,6 +1024,8 @@ level = "warn"
             _dir: dir,
             ng,
             calls: 0,
+            mode,
+            opus,
         })
     }
 
@@ -810,29 +1079,49 @@ level = "warn"
                     .collect::<anyhow::Result<_>>()?;
                 Ok((pairs, setup_us))
             }
-            RelayProcess::Rtpengine { ng, calls, .. } => {
+            RelayProcess::Rtpengine {
+                ng,
+                calls,
+                mode,
+                opus,
+                ..
+            } => {
+                // Transcoding: Opus offered to the callee beside PCMU, at the
+                // bitrate asked for (rtpengine's codec string is
+                // encoding/clock/channels/bitrate).
+                let transcode = format!("codec-transcode-opus/48000/2/{}", opus.bitrate);
+                let flags: Vec<&str> = match mode {
+                    Mode::Relay => Vec::new(),
+                    Mode::Transcode => vec![&transcode],
+                };
                 let mut result = Vec::with_capacity(addresses.len());
                 let mut setup_us = Vec::with_capacity(addresses.len());
                 for (index, &(caller, callee)) in addresses.iter().enumerate() {
                     let call_id = format!("bench-{index}");
                     let started = Instant::now();
                     let offer = ng
-                        .request(&[
-                            ("command", "offer"),
-                            ("call-id", &call_id),
-                            ("from-tag", "caller"),
-                            ("sdp", &sdp(caller, index as u64)),
-                        ])
+                        .request(
+                            &[
+                                ("command", "offer"),
+                                ("call-id", &call_id),
+                                ("from-tag", "caller"),
+                                ("sdp", &sdp(caller, index as u64)),
+                            ],
+                            &flags,
+                        )
                         .await?;
                     let callee_to = sdp_audio_addr(&offer).context("rtpengine's offer")?;
                     let answer = ng
-                        .request(&[
-                            ("command", "answer"),
-                            ("call-id", &call_id),
-                            ("from-tag", "caller"),
-                            ("to-tag", "callee"),
-                            ("sdp", &sdp(callee, index as u64)),
-                        ])
+                        .request(
+                            &[
+                                ("command", "answer"),
+                                ("call-id", &call_id),
+                                ("from-tag", "caller"),
+                                ("to-tag", "callee"),
+                                ("sdp", &callee_sdp(*mode, callee, index as u64)),
+                            ],
+                            &[],
+                        )
                         .await?;
                     let caller_to = sdp_audio_addr(&answer).context("rtpengine's answer")?;
                     setup_us.push(micros(started.elapsed()));
@@ -880,7 +1169,7 @@ level = "warn"
                 for index in 0..*calls {
                     let call_id = format!("bench-{index}");
                     if let Err(e) = ng
-                        .request(&[("command", "delete"), ("call-id", &call_id)])
+                        .request(&[("command", "delete"), ("call-id", &call_id)], &[])
                         .await
                     {
                         eprintln!("[relay_bench] rtpengine delete {call_id}: {e:#}");
@@ -964,6 +1253,8 @@ async fn dialtone_call(
 
 #[derive(Default)]
 struct UasState {
+    /// Relay: the UAS answers PCMU; transcode: Opus only.
+    mode: Option<Mode>,
     /// The generator's callee socket of each call, by index (`bench<index>`
     /// in the Request-URI).
     callees: Vec<SocketAddr>,
@@ -1041,7 +1332,7 @@ fn handle_sip(datagram: &[u8], state: &Mutex<UasState>) -> anyhow::Result<Vec<Ve
             let offer = sdp_audio_addr(body).context("the gateway's INVITE offer")?;
             state.offers.insert(index, offer);
             let trying = response(&headers, "100 Trying", None, None);
-            let answer = sdp(callee, index as u64);
+            let answer = callee_sdp(state.mode.unwrap_or(Mode::Relay), callee, index as u64);
             let ok = response(
                 &headers,
                 "200 OK",
@@ -1125,16 +1416,28 @@ impl NgClient {
 
     /// Sends a dictionary of strings; returns the reply's `sdp` (empty if
     /// none) if its `result` is `ok` or `pong`.
-    async fn request(&self, fields: &[(&str, &str)]) -> anyhow::Result<String> {
+    /// Sends a request of string `fields` and, when there are any, a
+    /// `flags` list; gives back the reply's SDP.
+    async fn request(&self, fields: &[(&str, &str)], flags: &[&str]) -> anyhow::Result<String> {
         let cookie = format!("c{}", self.cookie.fetch_add(1, Ordering::Relaxed));
+        let string = |message: &mut Vec<u8>, item: &str| {
+            message.extend_from_slice(format!("{}:", item.len()).as_bytes());
+            message.extend_from_slice(item.as_bytes());
+        };
         let mut sorted = fields.to_vec();
         sorted.sort_by_key(|(key, _)| *key);
         let mut message = format!("{cookie} d").into_bytes();
         for (key, value) in sorted {
-            for item in [key, value] {
-                message.extend_from_slice(format!("{}:", item.len()).as_bytes());
-                message.extend_from_slice(item.as_bytes());
+            string(&mut message, key);
+            string(&mut message, value);
+        }
+        if !flags.is_empty() {
+            string(&mut message, "flags");
+            message.push(b'l');
+            for flag in flags {
+                string(&mut message, flag);
             }
+            message.push(b'e');
         }
         message.push(b'e');
         let mut buffer = vec![0u8; 65_536];
