@@ -74,8 +74,13 @@ impl OpusEncoder {
     /// that rate holds: nothing is lost, and for 8 kHz the encoder's CPU
     /// time is about halved.
     pub fn at_rate(rate: SampleRate) -> Result<Self, CodecError> {
+        Self::with_settings(rate, settings())
+    }
+
+    /// An encoder taking PCM at `rate`, with its own settings rather than
+    /// the process's (to compare settings side by side).
+    pub fn with_settings(rate: SampleRate, settings: OpusSettings) -> Result<Self, CodecError> {
         let mut inner = InnerOpusEncoder::new(opus_rate(rate), Channels::Mono, Application::Voip)?;
-        let settings = settings();
         inner.set_bitrate(Bitrate::BitsPerSecond(settings.bitrate_bps))?;
         inner.set_complexity(settings.complexity)?;
         inner.set_inband_fec(true)?;

@@ -8,8 +8,8 @@
 //! read with one `recvmmsg` of up to [`BATCH`] datagrams, and a short read
 //! means it is empty, so a packet costs one receive and one send; a room's
 //! timer is touched only when its deadline moves, and one `epoll_wait`
-//! serves every room of the loop. The rooms of a loop tick on one 20 ms
-//! grid, so their mixing and transcoding share a wake-up per frame.
+//! serves every room of the loop. The rooms of a loop tick on a 20 ms grid
+//! in a few groups, so their mixing and transcoding share wake-ups.
 //!
 //! What a room does with what arrives is [`crate::media_room`]'s (and
 //! `dialtone_room`'s) business; this module only moves datagrams, stream
@@ -40,6 +40,11 @@ const BATCH: usize = 8;
 pub const MAX_DATAGRAM: usize = 1500;
 /// The token of the loop's own waker (commands, stream wake-ups).
 const WAKE: Token = Token(usize::MAX);
+/// The rooms of a loop tick in this many groups, spread over a frame: one
+/// wake-up serves a group, and a group's work (mixing, transcoding) is
+/// short enough not to delay the packets of the rooms at its end by much
+/// (docs/performance.md compares one group with four and with none).
+const TICK_GROUPS: u32 = 4;
 /// Batches read from one socket per turn of the loop: a socket flooded
 /// faster than that waits for the next turn, after every other socket.
 const BATCHES_PER_TURN: usize = 4;
@@ -317,8 +322,9 @@ struct EventLoop {
     rooms: HashMap<u64, Hosted>,
     timers: BTreeSet<(Instant, u64)>,
     batch: Box<Batch>,
-    /// Where the 20 ms ticks of all the loop's rooms fall.
+    /// Where the 20 ms ticks of the loop's first group of rooms fall.
     tick_origin: Instant,
+    rooms_opened: u32,
 }
 
 impl EventLoop {
@@ -344,7 +350,16 @@ impl EventLoop {
             timers: BTreeSet::new(),
             batch: Box::new(Batch::new()),
             tick_origin: Instant::now(),
+            rooms_opened: 0,
         })
+    }
+
+    /// Where the next room's ticks fall: the next group's place in the
+    /// frame, groups taken in turn.
+    fn next_tick_origin(&mut self) -> Instant {
+        self.rooms_opened = self.rooms_opened.wrapping_add(1);
+        let group = self.rooms_opened % TICK_GROUPS;
+        self.tick_origin + dialtone_room::FRAME / TICK_GROUPS * group
     }
 
     fn run(mut self) {
@@ -394,10 +409,11 @@ impl EventLoop {
                         task,
                         closed,
                     } = *open;
+                    let tick_origin = self.next_tick_origin();
                     self.rooms.insert(
                         key,
                         Hosted {
-                            driver: Driver::new(key, self.tick_origin),
+                            driver: Driver::new(key, tick_origin),
                             span,
                             deadline: None,
                             closed,

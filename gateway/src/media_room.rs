@@ -304,7 +304,7 @@ pub struct Driver {
 
 impl Driver {
     /// A room whose 20 ms ticks fall on `tick_origin` plus whole frames:
-    /// the rooms of one loop share it, so one wake-up serves all their ticks.
+    /// rooms that share it share the wake-ups of their ticks.
     pub fn new(key: u64, tick_origin: Instant) -> Driver {
         Driver {
             key,
