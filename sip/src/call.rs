@@ -243,8 +243,20 @@ impl CallControl {
 /// as it asked to hang up.
 pub struct Call {
     pub control: CallControl,
-    pub events: mpsc::UnboundedReceiver<CallEvent>,
+    pub events: CallEvents,
     dialog: InviteDialog,
+}
+
+/// A call's events as they come. Each travels boxed: a channel allocates
+/// 32 slots of its message type at once, and an event is about 160 bytes,
+/// so unboxed they would take 5 KB of every call's memory.
+pub struct CallEvents(mpsc::UnboundedReceiver<Box<CallEvent>>);
+
+impl CallEvents {
+    /// The next event; `None` once the last has been read.
+    pub async fn recv(&mut self) -> Option<CallEvent> {
+        self.0.recv().await.map(|event| *event)
+    }
 }
 
 impl Call {
@@ -616,7 +628,7 @@ impl UserAgent {
         self.tasks.spawn(driver.run(states, commands, done, invite));
         Call {
             control: CallControl(command_sender),
-            events,
+            events: CallEvents(events),
             dialog: call_dialog,
         }
     }
@@ -676,7 +688,7 @@ struct Driver {
     stack_stopped: CancellationToken,
     dialog: InviteDialog,
     role: TransactionRole,
-    events: mpsc::UnboundedSender<CallEvent>,
+    events: mpsc::UnboundedSender<Box<CallEvent>>,
     /// Offer/answer: set by our offer (outgoing) or our answer (incoming,
     /// once accepted).
     negotiation: Option<Negotiation>,
@@ -697,7 +709,8 @@ struct Driver {
     /// SIP transactions (INFO, BYE / CANCEL, our responses) run in tasks of
     /// their own, never awaited inside the loop; their outcomes come back
     /// to the loop through this channel.
-    done: mpsc::UnboundedSender<Done>,
+    /// Boxed for the channel's sake, as [`CallEvents`] are.
+    done: mpsc::UnboundedSender<Box<Done>>,
     /// INFO bodies not yet sent: one INFO at a time, so digits keep their
     /// order (RFC 6086 allows one INFO transaction per dialog at a time in
     /// practice: many peers answer a second with 500).
@@ -765,7 +778,7 @@ impl Driver {
         mut self,
         mut states: DialogStateReceiver,
         mut commands: mpsc::UnboundedReceiver<CallCommand>,
-        mut done: mpsc::UnboundedReceiver<Done>,
+        mut done: mpsc::UnboundedReceiver<Box<Done>>,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
     ) {
         let mut confirmed_id = None;
@@ -820,7 +833,7 @@ impl Driver {
                     }
                 }
                 // Never `None`: the driver holds a sender.
-                Some(done) = done.recv() => self.on_done(done),
+                Some(done) = done.recv() => self.on_done(*done),
                 _ = sleep_until(self.session_expiry) => {
                     info!("the far end did not refresh the session timer; hanging up");
                     self.start_hangup();
@@ -860,7 +873,7 @@ impl Driver {
         if let Some(invite) = invite {
             invite.abort();
         }
-        let _ = self.events.send(last);
+        let _ = self.events.send(Box::new(last));
         self.dialogs.remove_dialog(&self.dialog.id());
         if let Some(id) = confirmed_id {
             self.dialogs.remove_dialog(&id);
@@ -1476,7 +1489,7 @@ impl Driver {
     ) -> AbortHandle {
         let done = self.done.clone();
         tokio::spawn(async move {
-            let _ = done.send(transaction.await);
+            let _ = done.send(Box::new(transaction.await));
         })
         .abort_handle()
     }
@@ -1618,7 +1631,7 @@ impl Driver {
     }
 
     fn emit(&self, event: CallEvent) {
-        let _ = self.events.send(event);
+        let _ = self.events.send(Box::new(event));
     }
 }
 

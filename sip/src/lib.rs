@@ -22,7 +22,8 @@ mod tls;
 mod user_agent;
 
 pub use call::{
-    Call, CallControl, CallEvent, DialError, EndReason, IncomingCall, IncomingCalls, OutgoingCall,
+    Call, CallControl, CallEvent, CallEvents, DialError, EndReason, IncomingCall, IncomingCalls,
+    OutgoingCall,
 };
 /// Public for the fuzz target that feeds it received messages.
 pub use digest_names::DigestAlgorithmNames;

@@ -56,16 +56,18 @@ impl ConnectionEnd {
 }
 
 /// Where the handler (and the tasks it starts) put messages for the client.
-/// Sending to a connection that has ended is a no-op.
+/// Sending to a connection that has ended is a no-op. Messages travel boxed:
+/// the channel allocates 32 slots of its message type at once, and a
+/// message is over 100 bytes, which every connection would pay for.
 #[derive(Debug, Clone)]
-pub struct Outbox(mpsc::UnboundedSender<ServerMessage>);
+pub struct Outbox(mpsc::UnboundedSender<Box<ServerMessage>>);
 
 impl Outbox {
     pub fn send(&self, message: ServerMessage) {
         // Signalling is a few messages per call, so an unbounded queue cannot
         // grow far; a closed one means the client is gone, which the
         // connection loop already handles.
-        let _ = self.0.send(message);
+        let _ = self.0.send(Box::new(message));
     }
 
     pub fn send_error(&self, error: ProtocolError) {
