@@ -641,6 +641,25 @@ struct LegStats {
     opus_stereo: u64,
 }
 
+impl LegStats {
+    fn count_opus(&mut self, payload: Option<&[u8]>) {
+        if let Some(payload) = payload {
+            self.opus_packets += 1;
+            self.opus_bytes += payload.len() as u64;
+            if payload.first().is_some_and(|toc| toc & 0x04 != 0) {
+                self.opus_stereo += 1;
+            }
+        }
+    }
+}
+
+/// When a packet that arrived was due: by the marks it carries (sent as
+/// it is), or by its RTP timestamp (made anew by a transcoder).
+enum Arrival {
+    Marked { slot_ns: u64, sent_ns: u64 },
+    Made { media_us: i64 },
+}
+
 /// What a generator socket sends.
 enum Sends {
     /// 20 ms PCMU packets whose payload carries the marks.
@@ -748,51 +767,21 @@ impl Leg {
                         stats.receive_errors += 1;
                         continue;
                     };
-                    if !self.marked {
-                        let Some((sequence, timestamp, clock, opus)) = rtp_header(&incoming[..length]) else {
-                            stats.foreign += 1;
-                            continue;
-                        };
-                        if let Some(payload) = opus {
-                            stats.opus_packets += 1;
-                            stats.opus_bytes += payload.len() as u64;
-                            if payload.first().is_some_and(|toc| toc & 0x04 != 0) {
-                                stats.opus_stereo += 1;
-                            }
-                        }
-                        let extended = extend_sequence(last_extended, sequence);
-                        last_extended = extended;
-                        let (first_sequence, first_timestamp) = *first.get_or_insert((extended, timestamp));
-                        let Some(index) = extended.checked_sub(first_sequence) else {
-                            stats.reordered += 1;
-                            continue;
-                        };
-                        let Some(mark) = usize::try_from(index).ok().and_then(|index| seen.get_mut(index)) else {
-                            stats.foreign += 1;
-                            continue;
-                        };
-                        self.received_total.fetch_add(1, Ordering::Relaxed);
-                        stats.received += 1;
-                        if *mark {
-                            stats.duplicates += 1;
-                            continue;
-                        }
-                        *mark = true;
-                        let index = u32::try_from(index).unwrap_or(u32::MAX);
-                        match highest {
-                            Some(h) if index < h => stats.reordered += 1,
-                            _ => highest = Some(index),
-                        }
-                        stats.first_last = Some(match stats.first_last {
-                            Some((first, last)) => (first.min(index), last.max(index)),
-                            None => (index, index),
-                        });
-                        let media_us = i64::from(timestamp.wrapping_sub(first_timestamp)) * 1_000_000 / i64::from(clock);
-                        let arrival_us = i64::try_from(nanos(now - self.origin) / 1000).unwrap_or(i64::MAX);
-                        transits.push(arrival_us - media_us);
-                        continue;
-                    }
-                    let Some((index, slot_ns, sent_ns)) = parse(&incoming[..length]) else {
+                    let datagram = &incoming[..length];
+                    let arrival = if self.marked {
+                        parse(datagram).map(|(index, slot_ns, sent_ns)| (index, Arrival::Marked { slot_ns, sent_ns }))
+                    } else {
+                        rtp_header(datagram).and_then(|(sequence, timestamp, clock, opus)| {
+                            stats.count_opus(opus);
+                            let extended = extend_sequence(last_extended, sequence);
+                            last_extended = extended;
+                            let (first_sequence, first_timestamp) = *first.get_or_insert((extended, timestamp));
+                            let index = u32::try_from(extended.checked_sub(first_sequence)?).ok()?;
+                            let media_us = i64::from(timestamp.wrapping_sub(first_timestamp)) * 1_000_000 / i64::from(clock);
+                            Some((index, Arrival::Made { media_us }))
+                        })
+                    };
+                    let Some((index, arrival)) = arrival else {
                         stats.foreign += 1;
                         continue;
                     };
@@ -816,10 +805,18 @@ impl Leg {
                         _ => highest = Some(index),
                     }
                     let arrival_ns = nanos(now - self.origin);
-                    if arrival_ns.saturating_sub(slot_ns) > nanos(LATE) {
-                        stats.late += 1;
+                    match arrival {
+                        Arrival::Marked { slot_ns, sent_ns } => {
+                            if arrival_ns.saturating_sub(slot_ns) > nanos(LATE) {
+                                stats.late += 1;
+                            }
+                            stats.delays_us.push(u32::try_from(arrival_ns.saturating_sub(sent_ns) / 1000).unwrap_or(u32::MAX));
+                        }
+                        Arrival::Made { media_us } => {
+                            let arrival_us = i64::try_from(arrival_ns / 1000).unwrap_or(i64::MAX);
+                            transits.push(arrival_us - media_us);
+                        }
                     }
-                    stats.delays_us.push(u32::try_from(arrival_ns.saturating_sub(sent_ns) / 1000).unwrap_or(u32::MAX));
                 }
                 () = &mut stop_timer => {
                     // A made stream has no send times: its delay variation is
