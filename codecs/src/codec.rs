@@ -123,6 +123,10 @@ pub trait Encoder: Send {
     /// `payload`, which must hold at least `codec().max_payload_len()`
     /// bytes. Returns the payload length.
     fn encode(&mut self, pcm: &[i16], payload: &mut [u8]) -> Result<usize, CodecError>;
+
+    /// How hard to work, 0-10, for the encoders that have a choice (Opus);
+    /// the others ignore it.
+    fn set_complexity(&mut self, _complexity: u8) {}
 }
 
 /// Turns one payload back into one 20 ms PCM frame, and stands in for lost

@@ -112,6 +112,13 @@ impl Encoder for OpusEncoder {
         let out = Codec::Opus.payload_out(payload)?;
         Ok(self.inner.encode(pcm, out)?)
     }
+
+    fn set_complexity(&mut self, complexity: u8) {
+        // Out of range is the only failure; the encoder keeps its setting.
+        let _ = self
+            .inner
+            .set_complexity(complexity.min(*OpusSettings::COMPLEXITY_RANGE.end()));
+    }
 }
 
 /// Opus decoder with libopus's own concealment and FEC recovery.

@@ -89,6 +89,11 @@ impl Transcoder {
         self.encode_decoded(out)
     }
 
+    /// The encoder's effort from now on (Opus; others ignore it).
+    pub fn set_complexity(&mut self, complexity: u8) {
+        self.encoder.set_complexity(complexity);
+    }
+
     fn encode_decoded(&mut self, out: &mut [u8]) -> Result<usize, CodecError> {
         self.resampler.process(&self.decoded, &mut self.resampled)?;
         self.encoder.encode(&self.resampled, out)

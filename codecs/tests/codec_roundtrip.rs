@@ -293,3 +293,23 @@ fn codecs_can_move_between_threads() {
             .unwrap();
     }
 }
+
+/// The effort set on a live Opus encoder takes effect: the same speech-like
+/// frames code differently at complexity 0 and 10 (0 skips the pitch search
+/// and noise shaping that 10 does).
+#[test]
+fn opus_complexity_set_on_a_live_encoder_changes_how_it_codes() {
+    let frames = dialtone_codecs::voice_like_frames(Codec::Opus, 25);
+    let mut coded = Vec::new();
+    for complexity in [0, 10] {
+        let mut encoder = OpusEncoder::new().unwrap();
+        encoder.set_complexity(complexity);
+        coded.push(encode_all(&mut encoder, &frames).unwrap());
+    }
+    let differing = coded[0]
+        .iter()
+        .zip(&coded[1])
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(differing > 20, "only {differing} of 25 frames differ");
+}

@@ -212,9 +212,13 @@ pub struct MediaConfig {
     pub srtp: SrtpPolicy,
     /// Media loop threads, each driving many rooms; 0: one per core.
     pub threads: usize,
-    /// Opus encoder effort, 0-10 (docs/performance.md weighs CPU against
-    /// quality).
+    /// Opus encoder effort, 0-10, while a media loop is busy
+    /// (docs/performance.md weighs CPU against quality).
     pub opus_complexity: u8,
+    /// The effort a media loop raises its encoders to, a step a second,
+    /// while it is mostly idle (below a quarter busy); it lowers it again
+    /// above half busy. Equal to `opus_complexity`: fixed effort.
+    pub opus_complexity_max: u8,
     /// Opus encoder rate in bit/s.
     pub opus_bitrate: i32,
 }
@@ -534,6 +538,7 @@ impl Default for MediaConfig {
             srtp: SrtpPolicy::Off,
             threads: 0,
             opus_complexity: dialtone_codecs::OpusSettings::default().complexity,
+            opus_complexity_max: 6,
             opus_bitrate: dialtone_codecs::OpusSettings::default().bitrate_bps,
         }
     }
@@ -813,6 +818,12 @@ impl Config {
             bail!(
                 "media.opus_complexity must be from {} to {}",
                 opus.start(),
+                opus.end()
+            );
+        }
+        if !(self.media.opus_complexity..=*opus.end()).contains(&self.media.opus_complexity_max) {
+            bail!(
+                "media.opus_complexity_max must be from media.opus_complexity to {}",
                 opus.end()
             );
         }

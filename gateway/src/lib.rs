@@ -187,7 +187,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         warn!("Opus encoder settings were set before; media.opus_* ignored");
     }
     let tasks = TaskTracker::new();
-    let media = media_engine::MediaEngine::start(config.media.threads, tasks.clone())?;
+    let complexity = media_engine::ComplexityPolicy {
+        least: config.media.opus_complexity,
+        most: config.media.opus_complexity_max,
+    };
+    let media = media_engine::MediaEngine::start(config.media.threads, tasks.clone(), complexity)?;
     let gateway = Arc::new(Gateway {
         rooms,
         config,

@@ -49,6 +49,37 @@ const TICK_GROUPS: u32 = 4;
 /// faster than that waits for the next turn, after every other socket.
 const BATCHES_PER_TURN: usize = 4;
 
+/// How hard a loop's Opus encoders work, by how busy the loop is: the
+/// least effort when it is busy, more while it has room. Measured over
+/// [`LOAD_WINDOW`], moved one step at a time, and only outside the band
+/// between the two thresholds, so that it does not swing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComplexityPolicy {
+    pub least: u8,
+    pub most: u8,
+}
+
+/// The loop's load is measured over this long.
+const LOAD_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+/// Below this share of its time busy, a loop raises its encoders' effort.
+const RAISE_BELOW: f64 = 0.25;
+/// Above this share, it lowers it.
+const LOWER_ABOVE: f64 = 0.5;
+
+impl ComplexityPolicy {
+    /// The complexity after a window in which the loop was busy `busy` of
+    /// its time (0 to 1).
+    pub fn next(self, current: u8, busy: f64) -> u8 {
+        if busy < RAISE_BELOW && current < self.most {
+            current + 1
+        } else if busy > LOWER_ABOVE && current > self.least {
+            current - 1
+        } else {
+            current.clamp(self.least, self.most.max(self.least))
+        }
+    }
+}
+
 /// The media threads. Rooms are spread over them in turn.
 pub struct MediaEngine {
     loops: Vec<Arc<LoopHandle>>,
@@ -89,7 +120,11 @@ pub struct RoomAddress {
 
 impl MediaEngine {
     /// Starts `threads` loops (0: one per core).
-    pub fn start(threads: usize, tasks: TaskTracker) -> io::Result<MediaEngine> {
+    pub fn start(
+        threads: usize,
+        tasks: TaskTracker,
+        complexity: ComplexityPolicy,
+    ) -> io::Result<MediaEngine> {
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
             threads => threads,
@@ -104,7 +139,7 @@ impl MediaEngine {
                 waker,
                 woken: Mutex::new(Vec::new()),
             });
-            let event_loop = EventLoop::new(poll, receiver, handle.clone())?;
+            let event_loop = EventLoop::new(poll, receiver, handle.clone(), complexity)?;
             std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || event_loop.run())?;
@@ -325,6 +360,42 @@ struct EventLoop {
     /// Where the 20 ms ticks of the loop's first group of rooms fall.
     tick_origin: Instant,
     rooms_opened: u32,
+    load: Load,
+}
+
+/// How busy a loop has been since its window began, and what its encoders
+/// are told.
+struct Load {
+    policy: ComplexityPolicy,
+    complexity: u8,
+    window_began: Instant,
+    busy: std::time::Duration,
+}
+
+impl Load {
+    /// Counts a turn's work; at the end of a window, the complexity for
+    /// the next one if it changes.
+    fn after_turn(&mut self, began: Instant, ended: Instant) -> Option<u8> {
+        self.busy += ended.saturating_duration_since(began);
+        let window = ended.saturating_duration_since(self.window_began);
+        if window < LOAD_WINDOW {
+            return None;
+        }
+        let busy = self.busy.as_secs_f64() / window.as_secs_f64();
+        self.window_began = ended;
+        self.busy = std::time::Duration::ZERO;
+        let next = self.policy.next(self.complexity, busy);
+        if next == self.complexity {
+            return None;
+        }
+        debug!(
+            complexity = next,
+            busy = format!("{:.0} %", busy * 100.0),
+            "Opus encoders' effort changes"
+        );
+        self.complexity = next;
+        Some(next)
+    }
 }
 
 impl EventLoop {
@@ -332,6 +403,7 @@ impl EventLoop {
         poll: Poll,
         commands: Receiver<LoopCommand>,
         home: Arc<LoopHandle>,
+        complexity: ComplexityPolicy,
     ) -> io::Result<EventLoop> {
         let registry = poll.registry().try_clone()?;
         Ok(EventLoop {
@@ -351,6 +423,12 @@ impl EventLoop {
             batch: Box::new(Batch::new()),
             tick_origin: Instant::now(),
             rooms_opened: 0,
+            load: Load {
+                policy: complexity,
+                complexity: complexity.least,
+                window_began: Instant::now(),
+                busy: std::time::Duration::ZERO,
+            },
         })
     }
 
@@ -383,6 +461,7 @@ impl EventLoop {
             self.ready
                 .extend(self.events.iter().map(|event| event.token()));
             self.ready.append(&mut self.backlog);
+            let turn_began = Instant::now();
             for index in 0..self.ready.len() {
                 let token = self.ready[index];
                 if token == WAKE {
@@ -395,6 +474,11 @@ impl EventLoop {
                 }
             }
             self.on_deadlines();
+            if let Some(complexity) = self.load.after_turn(turn_began, Instant::now()) {
+                for hosted in self.rooms.values_mut() {
+                    hosted.driver.set_encoder_complexity(complexity);
+                }
+            }
         }
     }
 
@@ -410,10 +494,12 @@ impl EventLoop {
                         closed,
                     } = *open;
                     let tick_origin = self.next_tick_origin();
+                    let mut driver = Driver::new(key, tick_origin);
+                    driver.set_encoder_complexity(self.load.complexity);
                     self.rooms.insert(
                         key,
                         Hosted {
-                            driver: Driver::new(key, tick_origin),
+                            driver,
                             span,
                             deadline: None,
                             closed,
@@ -695,7 +781,8 @@ mod tests {
         use dialtone_room::{PointConfig, PointId};
 
         let tasks = TaskTracker::new();
-        let engine = MediaEngine::start(1, tasks.clone()).unwrap();
+        let policy = ComplexityPolicy { least: 3, most: 3 };
+        let engine = MediaEngine::start(1, tasks.clone(), policy).unwrap();
         let room = MediaRoom::start(&engine);
         let (sink, mut news) = tokio::sync::mpsc::unbounded_channel();
         let (caller, callee) = (bound(), bound());
@@ -747,6 +834,47 @@ mod tests {
         evicted.sort_unstable();
         assert_eq!(evicted, [0, 1]);
         assert_eq!(tasks.len(), 0);
+    }
+
+    #[test]
+    fn opus_effort_rises_when_idle_falls_when_busy_a_step_at_a_time_and_holds_between() {
+        let policy = ComplexityPolicy { least: 3, most: 6 };
+        let mut complexity = 3;
+        for expected in [4, 5, 6, 6] {
+            complexity = policy.next(complexity, 0.1);
+            assert_eq!(complexity, expected);
+        }
+        // Between the thresholds nothing moves, so a raise that costs a
+        // little CPU does not swing it back.
+        assert_eq!(policy.next(6, 0.3), 6);
+        assert_eq!(policy.next(6, 0.5), 6);
+        for expected in [5, 4, 3, 3] {
+            complexity = policy.next(complexity, 0.9);
+            assert_eq!(complexity, expected);
+        }
+        let fixed = ComplexityPolicy { least: 3, most: 3 };
+        assert_eq!(fixed.next(3, 0.0), 3);
+        assert_eq!(fixed.next(3, 1.0), 3);
+    }
+
+    #[test]
+    fn a_loads_window_ends_after_a_second_with_its_share_of_busy_time() {
+        let start = Instant::now();
+        let mut load = Load {
+            policy: ComplexityPolicy { least: 3, most: 6 },
+            complexity: 3,
+            window_began: start,
+            busy: std::time::Duration::ZERO,
+        };
+        let ms = std::time::Duration::from_millis;
+        // 100 ms of work in the first 900 ms: the window is still open.
+        assert_eq!(load.after_turn(start + ms(800), start + ms(900)), None);
+        // 10 % busy over the second: one step up.
+        assert_eq!(load.after_turn(start + ms(1000), start + ms(1000)), Some(4));
+        // 800 ms of work in the next: one step down.
+        assert_eq!(load.after_turn(start + ms(1200), start + ms(2000)), Some(3));
+        // 40 %: inside the band, no change.
+        assert_eq!(load.after_turn(start + ms(2600), start + ms(3000)), None);
     }
 
     #[test]

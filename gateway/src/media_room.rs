@@ -314,6 +314,10 @@ impl Driver {
         }
     }
 
+    pub fn set_encoder_complexity(&mut self, complexity: u8) {
+        self.room.set_encoder_complexity(complexity);
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.room.poll_timeout()
     }

@@ -121,6 +121,10 @@ impl MixOutput {
         self.encoder.codec() == codec && self.resampler.from_rate() == mix_rate
     }
 
+    pub(crate) fn set_complexity(&mut self, complexity: u8) {
+        self.encoder.set_complexity(complexity);
+    }
+
     /// Encodes one frame of the mix (at the mix rate) into `out`.
     pub(crate) fn encode(&mut self, mix: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         self.resampler.process(mix, &mut self.pcm)?;

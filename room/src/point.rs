@@ -535,6 +535,15 @@ impl Point {
         };
     }
 
+    /// The effort of this point's encoder, where it transcodes or mixes.
+    pub(crate) fn set_encoder_complexity(&mut self, complexity: u8) {
+        match &mut self.route {
+            Some(Route::Transcode { transcoder, .. }) => transcoder.set_complexity(complexity),
+            Some(Route::Mix(output)) => output.set_complexity(complexity),
+            Some(Route::Relay) | None => {}
+        }
+    }
+
     /// Sets the route from `source`'s codec to ours, keeping a transcoder
     /// that already does it.
     pub(crate) fn route_from(&mut self, source: Option<Codec>) {

@@ -250,6 +250,9 @@ pub struct Room {
     /// Ticks fall on this instant plus whole frames, when set: rooms that
     /// share it tick together, so one wake-up serves them all.
     tick_origin: Option<Instant>,
+    /// The effort of the room's encoders that have a choice (Opus), once
+    /// the driver has set it; until then, what they were made with.
+    encoder_complexity: Option<u8>,
     mix_rate: SampleRate,
     mix: Box<MixBuffers>,
     recordings: Vec<u32>,
@@ -275,6 +278,16 @@ impl Room {
         }
     }
 
+    /// How hard the room's Opus encoders work from now on, 0-10: the
+    /// driver lowers it when its CPU is busy and raises it when there is
+    /// room (transcoders and mixes made later get it too).
+    pub fn set_encoder_complexity(&mut self, complexity: u8) {
+        self.encoder_complexity = Some(complexity);
+        self.points
+            .iter_mut()
+            .for_each(|point| point.set_encoder_complexity(complexity));
+    }
+
     /// The first tick instant at or after `now`.
     fn tick_at_or_after(&self, now: Instant) -> Instant {
         let Some(origin) = self.tick_origin else {
@@ -293,6 +306,7 @@ impl Room {
             outputs: Outputs::default(),
             next_tick: None,
             tick_origin: None,
+            encoder_complexity: None,
             mix_rate: SampleRate::Hz8000,
             mix: Box::default(),
             recordings: Vec::new(),
@@ -723,6 +737,11 @@ impl Room {
                     .ok(),
                 (None, _) => None,
             };
+        }
+        if let Some(complexity) = self.encoder_complexity {
+            self.points
+                .iter_mut()
+                .for_each(|point| point.set_encoder_complexity(complexity));
         }
         self.recording_resampler = match self.recording_resampler.take() {
             _ if !recording => None,
