@@ -217,7 +217,7 @@ pub struct MediaConfig {
     pub opus_complexity: u8,
     /// The effort a media loop raises its encoders to, a step a second,
     /// while it is mostly idle (below a quarter busy); it lowers it again
-    /// above half busy. Equal to `opus_complexity`: fixed effort.
+    /// above half busy. At or below `opus_complexity`: fixed effort.
     pub opus_complexity_max: u8,
     /// Opus encoder rate in bit/s.
     pub opus_bitrate: i32,
@@ -538,7 +538,7 @@ impl Default for MediaConfig {
             srtp: SrtpPolicy::Off,
             threads: 0,
             opus_complexity: dialtone_codecs::OpusSettings::default().complexity,
-            opus_complexity_max: 6,
+            opus_complexity_max: 4,
             opus_bitrate: dialtone_codecs::OpusSettings::default().bitrate_bps,
         }
     }
@@ -821,9 +821,10 @@ impl Config {
                 opus.end()
             );
         }
-        if !(self.media.opus_complexity..=*opus.end()).contains(&self.media.opus_complexity_max) {
+        if !opus.contains(&self.media.opus_complexity_max) {
             bail!(
-                "media.opus_complexity_max must be from media.opus_complexity to {}",
+                "media.opus_complexity_max must be from {} to {}",
+                opus.start(),
                 opus.end()
             );
         }

@@ -189,7 +189,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let complexity = media_engine::ComplexityPolicy {
         least: config.media.opus_complexity,
-        most: config.media.opus_complexity_max,
+        most: config
+            .media
+            .opus_complexity_max
+            .max(config.media.opus_complexity),
     };
     let media = media_engine::MediaEngine::start(config.media.threads, tasks.clone(), complexity)?;
     let gateway = Arc::new(Gateway {

@@ -388,7 +388,9 @@ impl Load {
         if next == self.complexity {
             return None;
         }
-        debug!(
+        // At most once a second per loop, and what an operator tuning
+        // `opus_complexity` wants to see.
+        info!(
             complexity = next,
             busy = format!("{:.0} %", busy * 100.0),
             "Opus encoders' effort changes"
