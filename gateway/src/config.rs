@@ -813,29 +813,19 @@ impl Config {
         if self.media.rtp_port_min < 1024 || self.media.rtp_port_min >= self.media.rtp_port_max {
             bail!("media.rtp_port_min must be at least 1024 and below media.rtp_port_max");
         }
-        let opus = dialtone_codecs::OpusSettings::COMPLEXITY_RANGE;
-        if !opus.contains(&self.media.opus_complexity) {
-            bail!(
-                "media.opus_complexity must be from {} to {}",
-                opus.start(),
-                opus.end()
-            );
-        }
-        if !opus.contains(&self.media.opus_complexity_max) {
-            bail!(
-                "media.opus_complexity_max must be from {} to {}",
-                opus.start(),
-                opus.end()
-            );
-        }
-        let rates = dialtone_codecs::OpusSettings::BITRATE_RANGE;
-        if !rates.contains(&self.media.opus_bitrate) {
-            bail!(
-                "media.opus_bitrate must be from {} to {} bit/s",
-                rates.start(),
-                rates.end()
-            );
-        }
+        let complexity = dialtone_codecs::OpusSettings::COMPLEXITY_RANGE;
+        within(
+            "media.opus_complexity",
+            self.media.opus_complexity,
+            &complexity,
+        )?;
+        within(
+            "media.opus_complexity_max",
+            self.media.opus_complexity_max,
+            &complexity,
+        )?;
+        let bitrate = dialtone_codecs::OpusSettings::BITRATE_RANGE;
+        within("media.opus_bitrate", self.media.opus_bitrate, &bitrate)?;
         let tls = [
             self.rtmp.tls_listen.is_some(),
             self.rtmp.tls_cert.is_some(),
@@ -1075,6 +1065,17 @@ impl WebSocketConfig {
     }
 }
 
+/// A setting that must lie in `range`.
+fn within<T>(name: &str, value: T, range: &std::ops::RangeInclusive<T>) -> anyhow::Result<()>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if !range.contains(&value) {
+        bail!("{name} must be from {} to {}", range.start(), range.end());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1168,5 +1169,23 @@ mod tests {
         let registrar_mode_alone: Config =
             toml::from_str("[sessions]\nauth = \"registrar\"\n").unwrap();
         assert!(registrar_mode_alone.validate().is_err());
+        for (setting, named) in [
+            (
+                "opus_complexity = 11",
+                "media.opus_complexity must be from 0 to 10",
+            ),
+            (
+                "opus_complexity_max = 12",
+                "media.opus_complexity_max must be from 0 to 10",
+            ),
+            (
+                "opus_bitrate = 100",
+                "media.opus_bitrate must be from 500 to 512000",
+            ),
+        ] {
+            let config: Config = toml::from_str(&format!("[media]\n{setting}\n")).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert_eq!(error, named);
+        }
     }
 }
