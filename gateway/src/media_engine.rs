@@ -356,6 +356,8 @@ struct EventLoop {
     sources: Sources,
     rooms: HashMap<u64, Hosted>,
     timers: BTreeSet<(Instant, u64)>,
+    /// The rooms whose deadlines one turn serves (kept for its capacity).
+    due: Vec<u64>,
     batch: Box<Batch>,
     /// Where the 20 ms ticks of the loop's first group of rooms fall.
     tick_origin: Instant,
@@ -422,6 +424,7 @@ impl EventLoop {
             },
             rooms: HashMap::new(),
             timers: BTreeSet::new(),
+            due: Vec::new(),
             batch: Box::new(Batch::new()),
             tick_origin: Instant::now(),
             rooms_opened: 0,
@@ -589,8 +592,12 @@ impl EventLoop {
         }
     }
 
+    /// Serves every deadline that is due, once: a room whose next deadline
+    /// is already past (ticks catching up) is served on the next turn, after
+    /// the sockets, so no room can hold the loop.
     fn on_deadlines(&mut self) {
         let now = Instant::now();
+        let mut due = std::mem::take(&mut self.due);
         while let Some(&(at, key)) = self.timers.first() {
             if at > now {
                 break;
@@ -599,8 +606,12 @@ impl EventLoop {
             if let Some(hosted) = self.rooms.get_mut(&key) {
                 hosted.deadline = None;
             }
+            due.push(key);
+        }
+        for key in due.drain(..) {
             self.with_room(key, |driver, _, _| driver.on_timeout(now));
         }
+        self.due = due;
     }
 
     /// Runs `work` on a room in its span, then carries out what the room
@@ -611,13 +622,17 @@ impl EventLoop {
         };
         let sources = &mut self.sources;
         let batch = &mut self.batch;
-        let span = hosted.span.clone();
-        let _entered = span.enter();
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            work(&mut hosted.driver, sources, batch);
-            hosted.driver.drain();
-            hosted.driver.poll_timeout()
-        }));
+        // Entered in place: cloning the span costs the subscriber more than
+        // the room's work on a relayed packet.
+        let outcome = {
+            let Hosted { driver, span, .. } = &mut *hosted;
+            let _entered = span.enter();
+            catch_unwind(AssertUnwindSafe(|| {
+                work(driver, sources, batch);
+                driver.drain();
+                driver.poll_timeout()
+            }))
+        };
         match outcome {
             Ok(deadline) => {
                 if deadline != hosted.deadline {
