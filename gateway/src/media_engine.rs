@@ -844,7 +844,7 @@ mod tests {
         drop(sink);
         let mut evicted = Vec::new();
         while let Some(news) = news.recv().await {
-            if let PointNews::Evicted(point) = news {
+            if let PointNews::Evicted(point) = *news {
                 evicted.push(point.id.0);
             }
         }

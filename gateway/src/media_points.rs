@@ -65,7 +65,7 @@ pub struct SessionMedia {
     rooms: HashMap<String, OwnedRoom>,
     sink: PointSink,
     /// What the rooms say of the session's points.
-    pub news: mpsc::UnboundedReceiver<PointNews>,
+    pub news: mpsc::UnboundedReceiver<Box<PointNews>>,
 }
 
 impl SessionMedia {

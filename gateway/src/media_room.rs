@@ -46,7 +46,9 @@ pub enum PointNews {
     Evicted(Box<MovedPoint>),
 }
 
-pub type PointSink = mpsc::UnboundedSender<PointNews>;
+/// Where a point's news goes. Boxed: a channel allocates 32 slots of its
+/// message type at once, and news is 128 bytes, 4 KB of every call.
+pub type PointSink = mpsc::UnboundedSender<Box<PointNews>>;
 
 /// A point on its way between two rooms: its state and its I/O.
 pub struct MovedPoint {
@@ -219,7 +221,7 @@ pub fn refuse(command: RoomCommand) {
     debug!("the room has ended");
     if let RoomCommand::Insert(moved, _) = command {
         let sink = moved.io.sink.clone();
-        let _ = sink.send(PointNews::Evicted(moved));
+        let _ = sink.send(Box::new(PointNews::Evicted(moved)));
     }
 }
 
@@ -413,10 +415,10 @@ impl Driver {
             io.unwatch(sources);
             let id = io.point;
             if let Some(snapshot) = self.room.stats(id) {
-                let _ = io.sink.send(PointNews::Event(Event::Stats {
+                let _ = io.sink.send(Box::new(PointNews::Event(Event::Stats {
                     point: id,
                     snapshot,
-                }));
+                })));
             }
             let Ok(point) = self.room.take_point(now, id) else {
                 continue;
@@ -424,7 +426,7 @@ impl Driver {
             let sink = io.sink.clone();
             let moved = MovedPoint { id, point, io };
             // An owner that is gone drops it, ending its streams.
-            let _ = sink.send(PointNews::Evicted(Box::new(moved)));
+            let _ = sink.send(Box::new(PointNews::Evicted(Box::new(moved))));
         }
     }
 
@@ -560,7 +562,7 @@ impl Driver {
                 Output::Event(event) => {
                     let point = event_point(&event);
                     if let Some(io) = self.io.iter().find(|io| io.point == point) {
-                        let _ = io.sink.send(PointNews::Event(event));
+                        let _ = io.sink.send(Box::new(PointNews::Event(event)));
                     }
                 }
                 Output::Recorded { recording, samples } => {

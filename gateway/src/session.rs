@@ -207,7 +207,7 @@ impl Session {
                     Some(command) => self.on_command(command, &caller).await,
                     None => break,
                 },
-                Some(news) = self.media.news.recv() => self.media.on_news(news),
+                Some(news) = self.media.news.recv() => self.media.on_news(*news),
                 Some(call) = next_incoming(&mut incoming) => self.take_incoming(call, &caller),
                 Some(call_id) = self.ended_calls.1.recv() => {
                     self.calls.remove(&call_id);

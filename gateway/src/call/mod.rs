@@ -89,7 +89,7 @@ struct CallMedia {
     /// The SIP leg's id in whichever room it is in.
     sip_point: PointId,
     sink: PointSink,
-    news: mpsc::UnboundedReceiver<PointNews>,
+    news: mpsc::UnboundedReceiver<Box<PointNews>>,
 }
 
 impl CallMedia {
@@ -280,7 +280,7 @@ impl CallTask {
                 return;
             }
             let input = tokio::select! {
-                Some(news) = media.news.recv() => match news {
+                Some(news) = media.news.recv() => match *news {
                     PointNews::Event(RoomEvent::Stats { point, snapshot }) => {
                         if point == media.sip_point {
                             self.report_stats(snapshot);
