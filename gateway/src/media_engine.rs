@@ -160,26 +160,29 @@ impl MediaEngine {
         let home = self.loops[index].clone();
         let key = self.next_room.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
-        home.send(LoopCommand::Open(Box::new(OpenRoom {
+        let opened = home.send(LoopCommand::Open(Box::new(OpenRoom {
             key,
             span: Span::current(),
             task: self.tasks.token(),
             closed: closed.clone(),
         })));
+        if opened.is_err() {
+            // The loop is gone: the room is ended before it began.
+            closed.store(true, Ordering::Release);
+        }
         RoomAddress { key, home, closed }
     }
 }
 
 impl LoopHandle {
-    /// Queues a command and wakes the loop; `false` if the loop is gone.
-    fn send(&self, command: LoopCommand) -> bool {
-        let sent = self.commands.send(command).is_ok();
-        if sent {
-            if let Err(error) = self.waker.wake() {
-                error!(%error, "media loop not woken");
-            }
+    /// Queues a command and wakes the loop; the command back if the loop
+    /// is gone.
+    fn send(&self, command: LoopCommand) -> Result<(), LoopCommand> {
+        self.commands.send(command).map_err(|refused| refused.0)?;
+        if let Err(error) = self.waker.wake() {
+            error!(%error, "media loop not woken");
         }
-        sent
+        Ok(())
     }
 }
 
@@ -189,11 +192,10 @@ impl RoomAddress {
         if self.is_closed() {
             return Err(command);
         }
-        if self.home.send(LoopCommand::Room(self.key, command)) {
-            Ok(())
-        } else {
-            // The loop's thread is gone, and the command with it.
-            Err(RoomCommand::Close)
+        match self.home.send(LoopCommand::Room(self.key, command)) {
+            Err(LoopCommand::Room(_, command)) => Err(command),
+            // What comes back is what was sent.
+            _ => Ok(()),
         }
     }
 
