@@ -739,9 +739,7 @@ impl Room {
             };
         }
         if let Some(complexity) = self.encoder_complexity {
-            self.points
-                .iter_mut()
-                .for_each(|point| point.set_encoder_complexity(complexity));
+            self.set_encoder_complexity(complexity);
         }
         self.recording_resampler = match self.recording_resampler.take() {
             _ if !recording => None,
