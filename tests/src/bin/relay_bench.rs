@@ -716,11 +716,12 @@ impl Leg {
             Sends::Opus(_) => OPUS_PAYLOAD_TYPE,
         };
         packet[8..12].copy_from_slice(&self.stream.to_be_bytes());
-        // Of packets a transcoder made: the first sequence number (extended
-        // to 64 bits as they come), the first timestamp, and each packet's
-        // transit (arrival minus its media time) in µs.
-        let mut first: Option<(u64, u32)> = None;
-        let mut last_extended = 0u64;
+        // Of packets a transcoder made: the first one's timestamp, the last
+        // one's sequence number and its index from the first (steps taken
+        // as signed 16-bit differences, so wraps and reordering count), and
+        // each packet's transit (arrival minus its media time) in µs.
+        let mut first_timestamp: Option<u32> = None;
+        let mut last: Option<(u16, i64)> = None;
         let mut transits: Vec<i64> = Vec::new();
         let mut incoming = [0u8; 2048];
         let mut next = 0u32;
@@ -773,11 +774,13 @@ impl Leg {
                     } else {
                         rtp_header(datagram).and_then(|(sequence, timestamp, clock, opus)| {
                             stats.count_opus(opus);
-                            let extended = extend_sequence(last_extended, sequence);
-                            last_extended = extended;
-                            let (first_sequence, first_timestamp) = *first.get_or_insert((extended, timestamp));
-                            let index = u32::try_from(extended.checked_sub(first_sequence)?).ok()?;
-                            let media_us = i64::from(timestamp.wrapping_sub(first_timestamp)) * 1_000_000 / i64::from(clock);
+                            let index = last.map_or(0, |(previous, index)| {
+                                index + i64::from(sequence.wrapping_sub(previous) as i16)
+                            });
+                            last = Some((sequence, index));
+                            let origin = *first_timestamp.get_or_insert(timestamp);
+                            let index = u32::try_from(index).ok()?;
+                            let media_us = i64::from(timestamp.wrapping_sub(origin) as i32) * 1_000_000 / i64::from(clock);
                             Some((index, Arrival::Made { media_us }))
                         })
                     };
@@ -849,19 +852,6 @@ fn parse(datagram: &[u8]) -> Option<(u32, u64, u64)> {
     let slot = u64::from_be_bytes(field(20, 28)?.try_into().ok()?);
     let sent = u64::from_be_bytes(field(28, 36)?.try_into().ok()?);
     Some((index, slot, sent))
-}
-
-/// A 16-bit sequence number extended to 64 bits next to the last one seen.
-fn extend_sequence(last: u64, sequence: u16) -> u64 {
-    let candidate = (last & !0xffff) | u64::from(sequence);
-    let low = last as u16;
-    if sequence < low && low - sequence > 0x8000 {
-        candidate + 0x1_0000
-    } else if sequence > low && sequence - low > 0x8000 && candidate >= 0x1_0000 {
-        candidate - 0x1_0000
-    } else {
-        candidate
-    }
 }
 
 fn nanos(duration: Duration) -> u64 {
