@@ -781,6 +781,14 @@ mod tests {
         packet
     }
 
+    /// A socket to read with [`Batch::receive`], and its address.
+    fn non_blocking_receiver() -> (std::net::UdpSocket, SocketAddr) {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let address = receiver.local_addr().unwrap();
+        (receiver, address)
+    }
+
     fn bound() -> std::net::UdpSocket {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
@@ -902,9 +910,7 @@ mod tests {
 
     #[test]
     fn a_batch_takes_what_is_queued_with_each_source_and_stops_short_when_empty() {
-        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        let to = receiver.local_addr().unwrap();
+        let (receiver, to) = non_blocking_receiver();
         let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let second = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         first.send_to(b"one", to).unwrap();
@@ -929,9 +935,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_leaves_the_rest_for_the_next_receive() {
-        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        let to = receiver.local_addr().unwrap();
+        let (receiver, to) = non_blocking_receiver();
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for index in 0..BATCH + 2 {
             sender.send_to(&[index as u8], to).unwrap();
