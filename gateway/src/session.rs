@@ -143,7 +143,9 @@ impl Session {
             ));
             return;
         }
-        let authenticated = self.authenticate(request).await;
+        // Boxed: registering needs a large future, which would otherwise
+        // stay part of the session's for its whole life.
+        let authenticated = Box::pin(self.authenticate(request)).await;
         self.count_login(&credentials.0, &authenticated);
         let registration = match authenticated {
             Ok(registration) => registration,
@@ -241,7 +243,7 @@ impl Session {
         // likely unreachable too: no REGISTER to remove it, and no wait of
         // `registrar.timeout_ms` before SESSION_CLOSED.
         if let Some(registration) = registration.filter(|_| bound) {
-            if let Err(error) = registration.unregister().await {
+            if let Err(error) = Box::pin(registration.unregister()).await {
                 warn!(%error, "unregistration failed; the binding will expire on its own");
             }
         }
@@ -552,7 +554,9 @@ impl Session {
         let ended = self.ended_calls.0.clone();
         let call_id = ids.call_id.clone();
         let span = info_span!("call", call_id = %ids.call_id);
-        let run = run(call_task);
+        // Boxed: an async block holds a captured future twice (as captured
+        // and as awaited), for as long as the call lasts.
+        let run = Box::pin(run(call_task));
         let task = self.gateway.tasks.spawn(
             async move {
                 run.await;

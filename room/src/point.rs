@@ -429,12 +429,15 @@ impl Point {
     pub(crate) fn unprotect<'a>(
         &mut self,
         data: &'a [u8],
-        scratch: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
         rtcp: bool,
     ) -> Option<&'a [u8]> {
         let Some(srtp) = self.srtp.as_mut() else {
             return Some(data);
         };
+        if scratch.len() < data.len() {
+            scratch.resize(data.len(), 0);
+        }
         let result = match scratch.get_mut(..data.len()) {
             Some(packet) => {
                 packet.copy_from_slice(data);

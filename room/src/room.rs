@@ -20,7 +20,7 @@ use crate::point::{
 use crate::rtcp;
 use crate::rtmp_point::{Payloads, RtmpPoint, L16_FRAME_BYTES, RTMP_PAYLOAD_TYPE};
 use crate::rtp::{RtpHeader, RtpPacket};
-use crate::srtp::{SrtpError, MAX_OVERHEAD};
+use crate::srtp::SrtpError;
 use crate::stats::MediaStatsSnapshot;
 use crate::symmetric::LatchDecision;
 use crate::telephone_event::{
@@ -254,12 +254,17 @@ pub struct Room {
     /// the driver has set it; until then, what they were made with.
     encoder_complexity: Option<u8>,
     mix_rate: SampleRate,
-    mix: Box<MixBuffers>,
+    /// Made at the first mix: a relaying room never needs its 9.6 KB.
+    mix: Option<Box<MixBuffers>>,
     recordings: Vec<u32>,
     /// From the mix rate to [`RECORDING_RATE`], while recording.
     recording_resampler: Option<Resampler>,
-    /// Where SRTP and SRTCP datagrams are decrypted.
+    /// Where SRTP and SRTCP datagrams are decrypted; empty until the first.
     scratch: Vec<u8>,
+}
+
+fn mix_buffers(mix: &mut Option<Box<MixBuffers>>) -> &mut MixBuffers {
+    mix.get_or_insert_with(Box::default)
 }
 
 impl Default for Room {
@@ -308,10 +313,10 @@ impl Room {
             tick_origin: None,
             encoder_complexity: None,
             mix_rate: SampleRate::Hz8000,
-            mix: Box::default(),
+            mix: None,
             recordings: Vec::new(),
             recording_resampler: None,
-            scratch: vec![0; PACKET_BUFFER + MAX_OVERHEAD],
+            scratch: Vec::new(),
         }
     }
 
@@ -354,6 +359,8 @@ impl Room {
         let mut point = point.0;
         point.id = id;
         info!(point = id.0, audio = ?point.audio, role = ?point.role, "point joins the room");
+        // Exactly: a point is 1.3 KB, and most rooms hold two.
+        self.points.reserve_exact(1);
         self.points.push(*point);
         self.reroute();
         self.after(now);
@@ -1204,7 +1211,7 @@ impl Room {
                 input.tick();
             }
         }
-        let buffers = &mut *self.mix;
+        let buffers = mix_buffers(&mut self.mix);
         let total = &mut buffers.total[..samples];
         total.fill(0);
         let mut speaking = 0usize;
@@ -1226,7 +1233,7 @@ impl Room {
             {
                 continue;
             }
-            let buffers = &mut *self.mix;
+            let buffers = mix_buffers(&mut self.mix);
             let heard = &mut buffers.listener[..samples];
             heard.copy_from_slice(&buffers.total[..samples]);
             let mut voices = speaking;
@@ -1266,7 +1273,7 @@ impl Room {
             return;
         }
         let samples = self.mix_rate.frame_samples();
-        let buffers = &mut *self.mix;
+        let buffers = mix_buffers(&mut self.mix);
         let limited = &mut buffers.limited[..samples];
         mixer::limit(&buffers.total[..samples], limited);
         let Some(resampler) = self.recording_resampler.as_mut() else {

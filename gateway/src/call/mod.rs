@@ -205,7 +205,9 @@ impl CallTask {
             None => self.negotiator().offer(cc.as_ref()),
         };
         info!(target_uri = %request.target, "placing call");
-        let call = match self.gateway.sip.dial(request).await {
+        // Boxed, like a REFER's below: an async fn's state is as large as
+        // its largest await, and the call lives on long after dialling.
+        let call = match Box::pin(self.gateway.sip.dial(request)).await {
             Ok(call) => call,
             Err(error) => {
                 self.fail(CallFailReason::Unavailable, None, &error.to_string());
@@ -298,7 +300,7 @@ impl CallTask {
                 event = call.events.recv() => match event {
                     Some(CallEvent::Referred { target, referred_by }) => {
                         if referral.is_none() {
-                            referral = self.follow_refer(&machine, &call, &media, target, referred_by).await;
+                            referral = Box::pin(self.follow_refer(&machine, &call, &media, target, referred_by)).await;
                         }
                         continue;
                     }
