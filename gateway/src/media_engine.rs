@@ -1,6 +1,8 @@
 //! The media event loops: a few threads (one per core unless configured),
 //! each driving many rooms over one epoll set, instead of a task, a timer
-//! and a `select!` per room.
+//! and a `select!` per room. New rooms fill the first loop that has room
+//! to spare before the next is used ([`place`]): one thread woken for a
+//! light load costs less per packet than several woken in turn.
 //!
 //! Why: a relayed packet used to cost two `recvfrom` (the second to see
 //! `EAGAIN`, as tokio's edge-triggered readiness wants), a timer inserted
@@ -20,7 +22,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Wake, Waker};
@@ -80,10 +82,17 @@ impl ComplexityPolicy {
     }
 }
 
-/// The media threads. Rooms are spread over them in turn.
+/// A loop takes new rooms while it is expected to stay under this share
+/// of its time busy (per mille).
+const PLACE_BELOW: u32 = 500;
+/// What a room is assumed to cost (per mille of a loop) until measured,
+/// and at least: a transcoded call's share, so that a burst of calls is
+/// spread before the first measurement shows what they cost.
+const ROOM_COST: u32 = 5;
+
+/// The media threads. Rooms fill them in order ([`place`]).
 pub struct MediaEngine {
     loops: Vec<Arc<LoopHandle>>,
-    next_loop: AtomicUsize,
     next_room: AtomicU64,
     tasks: TaskTracker,
 }
@@ -94,6 +103,68 @@ pub struct LoopHandle {
     waker: mio::Waker,
     /// Stream sources whose channels woke, for the loop to poll.
     woken: Mutex<Vec<Token>>,
+    load: SharedLoad,
+}
+
+/// What the engine knows of a loop's load when it places a room: the
+/// loop's last load window, and the rooms placed on it since.
+#[derive(Default)]
+struct SharedLoad {
+    busy_per_mille: AtomicU32,
+    rooms_measured: AtomicU32,
+    rooms_since: AtomicU32,
+}
+
+/// A loop's load as placing sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSnapshot {
+    /// Share of the last window spent working, per mille.
+    pub busy_per_mille: u32,
+    /// Rooms the loop held at the end of that window.
+    pub rooms_measured: u32,
+    /// Rooms placed on it since.
+    pub rooms_since: u32,
+}
+
+impl LoadSnapshot {
+    /// The busy share expected with one more room.
+    fn expected(self) -> u32 {
+        let measured_cost = self
+            .busy_per_mille
+            .checked_div(self.rooms_measured)
+            .unwrap_or(0);
+        let cost = measured_cost.max(ROOM_COST);
+        self.busy_per_mille
+            .saturating_add(cost.saturating_mul(self.rooms_since.saturating_add(1)))
+    }
+}
+
+/// The loop for a new room: the first expected to stay under
+/// [`PLACE_BELOW`], else the one expected to be least busy.
+pub fn place(loads: &[LoadSnapshot]) -> usize {
+    loads
+        .iter()
+        .position(|load| load.expected() < PLACE_BELOW)
+        .or_else(|| (0..loads.len()).min_by_key(|&index| loads[index].expected()))
+        .unwrap_or(0)
+}
+
+impl SharedLoad {
+    fn snapshot(&self) -> LoadSnapshot {
+        LoadSnapshot {
+            busy_per_mille: self.busy_per_mille.load(Ordering::Relaxed),
+            rooms_measured: self.rooms_measured.load(Ordering::Relaxed),
+            rooms_since: self.rooms_since.load(Ordering::Relaxed),
+        }
+    }
+
+    fn window_ended(&self, busy: f64, rooms: usize) {
+        let busy = (busy * 1000.0).round().clamp(0.0, 1000.0) as u32;
+        self.busy_per_mille.store(busy, Ordering::Relaxed);
+        self.rooms_measured
+            .store(u32::try_from(rooms).unwrap_or(u32::MAX), Ordering::Relaxed);
+        self.rooms_since.store(0, Ordering::Relaxed);
+    }
 }
 
 pub enum LoopCommand {
@@ -138,6 +209,7 @@ impl MediaEngine {
                 commands,
                 waker,
                 woken: Mutex::new(Vec::new()),
+                load: SharedLoad::default(),
             });
             let event_loop = EventLoop::new(poll, receiver, handle.clone(), complexity)?;
             std::thread::Builder::new()
@@ -148,16 +220,21 @@ impl MediaEngine {
         info!(threads, "media loops started");
         Ok(MediaEngine {
             loops,
-            next_loop: AtomicUsize::new(0),
             next_room: AtomicU64::new(0),
             tasks,
         })
     }
 
-    /// A new, empty room on the next loop; its logs go in the current span.
+    /// A new, empty room on the loop [`place`] picks; its logs go in the
+    /// current span.
     pub fn open_room(&self) -> RoomAddress {
-        let index = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.loops.len();
-        let home = self.loops[index].clone();
+        let loads: Vec<LoadSnapshot> = self
+            .loops
+            .iter()
+            .map(|handle| handle.load.snapshot())
+            .collect();
+        let home = self.loops[place(&loads)].clone();
+        home.load.rooms_since.fetch_add(1, Ordering::Relaxed);
         let key = self.next_room.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
         let opened = home.send(LoopCommand::Open(Box::new(OpenRoom {
@@ -377,9 +454,16 @@ struct Load {
 }
 
 impl Load {
-    /// Counts a turn's work; at the end of a window, the complexity for
-    /// the next one if it changes.
-    fn after_turn(&mut self, began: Instant, ended: Instant) -> Option<u8> {
+    /// Counts a turn's work; at the end of a window, tells the engine how
+    /// busy the loop was with `rooms`, and returns the complexity for the
+    /// next window if it changes.
+    fn after_turn(
+        &mut self,
+        began: Instant,
+        ended: Instant,
+        shared: &SharedLoad,
+        rooms: usize,
+    ) -> Option<u8> {
         self.busy += ended.saturating_duration_since(began);
         let window = ended.saturating_duration_since(self.window_began);
         if window < LOAD_WINDOW {
@@ -388,6 +472,7 @@ impl Load {
         let busy = self.busy.as_secs_f64() / window.as_secs_f64();
         self.window_began = ended;
         self.busy = std::time::Duration::ZERO;
+        shared.window_ended(busy, rooms);
         let next = self.policy.next(self.complexity, busy);
         if next == self.complexity {
             return None;
@@ -450,9 +535,14 @@ impl EventLoop {
     fn run(mut self) {
         loop {
             let timeout = if self.backlog.is_empty() {
-                self.timers
+                // An idle loop still ends its load windows, so that placing
+                // sees it idle.
+                let window_end = self.load.window_began + LOAD_WINDOW;
+                let next = self
+                    .timers
                     .first()
-                    .map(|(at, _)| at.saturating_duration_since(Instant::now()))
+                    .map_or(window_end, |&(at, _)| at.min(window_end));
+                Some(next.saturating_duration_since(Instant::now()))
             } else {
                 Some(std::time::Duration::ZERO)
             };
@@ -481,7 +571,12 @@ impl EventLoop {
                 }
             }
             self.on_deadlines();
-            if let Some(complexity) = self.load.after_turn(turn_began, Instant::now()) {
+            let rooms = self.rooms.len();
+            let shared = &self.sources.home.load;
+            if let Some(complexity) =
+                self.load
+                    .after_turn(turn_began, Instant::now(), shared, rooms)
+            {
                 for hosted in self.rooms.values_mut() {
                     hosted.driver.set_encoder_complexity(complexity);
                 }
@@ -897,15 +992,66 @@ mod tests {
             window_began: start,
             busy: std::time::Duration::ZERO,
         };
+        let shared = SharedLoad::default();
+        shared.rooms_since.store(7, Ordering::Relaxed);
         let ms = std::time::Duration::from_millis;
+        let mut turn = |began, ended, rooms| {
+            load.after_turn(start + ms(began), start + ms(ended), &shared, rooms)
+        };
         // 100 ms of work in the first 900 ms: the window is still open.
-        assert_eq!(load.after_turn(start + ms(800), start + ms(900)), None);
-        // 10 % busy over the second: one step up.
-        assert_eq!(load.after_turn(start + ms(1000), start + ms(1000)), Some(4));
+        assert_eq!(turn(800, 900, 7), None);
+        assert_eq!(shared.snapshot().rooms_since, 7, "no window ended yet");
+        // 10 % busy over the second: one step up, and the engine is told.
+        assert_eq!(turn(1000, 1000, 7), Some(4));
+        let told = LoadSnapshot {
+            busy_per_mille: 100,
+            rooms_measured: 7,
+            rooms_since: 0,
+        };
+        assert_eq!(shared.snapshot(), told);
         // 800 ms of work in the next: one step down.
-        assert_eq!(load.after_turn(start + ms(1200), start + ms(2000)), Some(3));
+        assert_eq!(turn(1200, 2000, 9), Some(3));
         // 40 %: inside the band, no change.
-        assert_eq!(load.after_turn(start + ms(2600), start + ms(3000)), None);
+        assert_eq!(turn(2600, 3000, 9), None);
+        assert_eq!(shared.snapshot().busy_per_mille, 400);
+    }
+
+    fn load(busy_per_mille: u32, rooms_measured: u32, rooms_since: u32) -> LoadSnapshot {
+        LoadSnapshot {
+            busy_per_mille,
+            rooms_measured,
+            rooms_since,
+        }
+    }
+
+    #[test]
+    fn rooms_fill_the_first_loop_with_time_to_spare_then_the_next() {
+        // A light load stays on the first loop.
+        assert_eq!(place(&[load(100, 200, 0), load(0, 0, 0)]), 0);
+        // One more room would take the first past half busy: the second.
+        assert_eq!(place(&[load(498, 200, 0), load(0, 0, 0)]), 1);
+        // Rooms placed since the last window count at their measured cost.
+        assert_eq!(place(&[load(400, 10, 2), load(0, 0, 0)]), 1);
+        // Every loop past half: the least busy takes it.
+        assert_eq!(place(&[load(900, 200, 0), load(600, 100, 0)]), 1);
+    }
+
+    #[test]
+    fn a_burst_before_any_measurement_is_spread_at_a_transcoded_calls_cost() {
+        let mut loads = [load(0, 0, 0), load(0, 0, 0)];
+        let mut placed = Vec::new();
+        for _ in 0..300 {
+            let index = place(&loads);
+            loads[index].rooms_since += 1;
+            placed.push(index);
+        }
+        // 99 rooms at 5 per mille each keep the first loop under half busy.
+        assert!(placed[..99].iter().all(|&index| index == 0));
+        assert_eq!(placed[99], 1);
+        let on_first = placed.iter().filter(|&&index| index == 0).count();
+        assert_eq!(on_first, 150, "the rest alternate");
+        // Rooms measured cheaper still count at least ROOM_COST each.
+        assert_eq!(place(&[load(50, 500, 90), load(0, 0, 0)]), 1);
     }
 
     #[test]

@@ -48,6 +48,7 @@
 //! Dialtone's encoder (and the bitrate asked of rtpengine, whose libopus runs
 //! at libavcodec's default complexity, 10). The mean Opus payload size and
 //! the stereo flag of what arrives are printed, to show both encoders' work.
+//! `--media-threads N` sets Dialtone's `[media] threads`.
 //!
 //! `--setup-at-once N` sets N calls up at once (default 1: one after another,
 //! so each set-up time is the gateway's own); the datagrams the kernel
@@ -120,14 +121,16 @@ enum Mode {
 /// unset); rtpengine encodes at libavcodec's libopus defaults (complexity
 /// 10) and the bitrate asked for in its codec string.
 #[derive(Clone, Copy, Debug)]
-struct OpusBench {
+struct GatewayTuning {
     complexity: Option<u8>,
     bitrate: i32,
+    /// Dialtone's `[media] threads`; its default when unset.
+    media_threads: Option<usize>,
 }
 
 struct Options {
     mode: Mode,
-    opus: OpusBench,
+    tuning: GatewayTuning,
     calls: Vec<usize>,
     seconds: u64,
     rounds: usize,
@@ -140,9 +143,10 @@ struct Options {
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         mode: Mode::Relay,
-        opus: OpusBench {
+        tuning: GatewayTuning {
             complexity: None,
             bitrate: 32_000,
+            media_threads: None,
         },
         calls: vec![50],
         seconds: 20,
@@ -172,11 +176,13 @@ fn options() -> anyhow::Result<Options> {
                     other => bail!("--mode {other}: relay or transcode"),
                 }
             }
-            "--opus-complexity" => options.opus.complexity = Some(value.parse()?),
-            "--opus-bitrate" => options.opus.bitrate = value.parse()?,
+            "--opus-complexity" => options.tuning.complexity = Some(value.parse()?),
+            "--opus-bitrate" => options.tuning.bitrate = value.parse()?,
+            "--media-threads" => options.tuning.media_threads = Some(value.parse()?),
             other => bail!(
                 "unknown flag {other}; use --mode relay|transcode --calls N[,N...] --seconds T \
-                 --rounds R --setup-at-once N --opus-complexity C --opus-bitrate B"
+                 --rounds R --setup-at-once N --opus-complexity C --opus-bitrate B \
+                 --media-threads N"
             ),
         }
     }
@@ -213,7 +219,7 @@ async fn sitting(options: Options) -> anyhow::Result<()> {
                 let run = Run {
                     relay,
                     mode: options.mode,
-                    opus: options.opus,
+                    tuning: options.tuning,
                     calls,
                     seconds: options.seconds,
                     setup_at_once: options.setup_at_once,
@@ -381,7 +387,7 @@ struct CallMedia {
 struct Run {
     relay: Relay,
     mode: Mode,
-    opus: OpusBench,
+    tuning: GatewayTuning,
     calls: usize,
     seconds: u64,
     setup_at_once: usize,
@@ -410,8 +416,8 @@ async fn run_once(run: &Run) -> anyhow::Result<RunResult> {
         .collect::<anyhow::Result<_>>()?;
 
     let mut relay_process = match relay {
-        Relay::Dialtone => RelayProcess::dialtone(&addresses, mode, run.opus).await?,
-        Relay::Rtpengine => RelayProcess::rtpengine(mode, run.opus).await?,
+        Relay::Dialtone => RelayProcess::dialtone(&addresses, mode, run.tuning).await?,
+        Relay::Rtpengine => RelayProcess::rtpengine(mode, run.tuning).await?,
     };
     let pid = relay_process.pid();
     // Let it settle before the baseline.
@@ -908,7 +914,7 @@ enum RelayProcess {
         ng: NgClient,
         calls: usize,
         mode: Mode,
-        opus: OpusBench,
+        tuning: GatewayTuning,
     },
 }
 
@@ -923,7 +929,7 @@ impl RelayProcess {
     async fn dialtone(
         addresses: &[(SocketAddr, SocketAddr)],
         mode: Mode,
-        opus: OpusBench,
+        tuning: GatewayTuning,
     ) -> anyhow::Result<RelayProcess> {
         let uas_socket = UdpSocket::bind("127.0.0.1:0").await?;
         let uas_address = uas_socket.local_addr()?;
@@ -952,14 +958,18 @@ max_connections_per_ip = 100000
 rtp_port_min = {min}
 rtp_port_max = {max}
 {complexity}opus_bitrate = {bitrate}
-[log]
+{threads}[log]
 level = "warn"
 "#,
-            complexity = opus
+            complexity = tuning
                 .complexity
                 .map(|complexity| format!("opus_complexity = {complexity}\n"))
                 .unwrap_or_default(),
-            bitrate = opus.bitrate,
+            bitrate = tuning.bitrate,
+            threads = tuning
+                .media_threads
+                .map(|threads| format!("threads = {threads}\n"))
+                .unwrap_or_default(),
         );
         let gateway =
             Gateway::start_with_env(Some(&config), &[("RUST_LOG", "warn,dialtone_gateway=info")]);
@@ -978,7 +988,7 @@ level = "warn"
         })
     }
 
-    async fn rtpengine(mode: Mode, opus: OpusBench) -> anyhow::Result<RelayProcess> {
+    async fn rtpengine(mode: Mode, tuning: GatewayTuning) -> anyhow::Result<RelayProcess> {
         let dir = tempfile::Builder::new().prefix("rtpengine-").tempdir()?;
         let ng_port = free_port();
         let (min, max) = RTPENGINE_PORTS;
@@ -1012,7 +1022,7 @@ level = "warn"
             ng,
             calls: 0,
             mode,
-            opus,
+            tuning,
         })
     }
 
@@ -1070,13 +1080,13 @@ level = "warn"
                 ng,
                 calls,
                 mode,
-                opus,
+                tuning,
                 ..
             } => {
                 // Transcoding: Opus offered to the callee beside PCMU, at the
                 // bitrate asked for (rtpengine's codec string is
                 // encoding/clock/channels/bitrate).
-                let transcode = format!("codec-transcode-opus/48000/2/{}", opus.bitrate);
+                let transcode = format!("codec-transcode-opus/48000/2/{}", tuning.bitrate);
                 let flags: Vec<&str> = match mode {
                     Mode::Relay => Vec::new(),
                     Mode::Transcode => vec![&transcode],
