@@ -896,17 +896,65 @@ mod tests {
     /// other hears; a flood on one side holds up nothing on the other; and
     /// when the room ends, both points come back to their owner and the
     /// room no longer counts as a task.
+    /// Two relaying rooms on one loop, the first of which then panics: it
+    /// ends alone (its points' owners hear their media failed, its task
+    /// ends), the other goes on relaying.
     #[tokio::test]
-    async fn a_room_on_a_loop_relays_both_ways_and_gives_its_points_back_when_it_ends() {
-        use crate::media_room::{MediaRoom, PointIo, PointNews};
-        use dialtone_codecs::Codec;
-        use dialtone_room::{PointConfig, PointId};
+    async fn a_room_that_panics_ends_alone_and_its_loop_goes_on() {
+        use crate::media_room::{MediaRoom, PointNews};
+        use dialtone_room::Event;
 
         let tasks = TaskTracker::new();
         let policy = ComplexityPolicy { least: 3, most: 3 };
         let engine = MediaEngine::start(1, tasks.clone(), policy).unwrap();
-        let room = MediaRoom::start(&engine);
-        let (sink, mut news) = tokio::sync::mpsc::unbounded_channel();
+        let broken = MediaRoom::start(&engine);
+        let healthy = MediaRoom::start(&engine);
+        let (broken_sink, mut broken_news) = tokio::sync::mpsc::unbounded_channel();
+        let (healthy_sink, _healthy_news) = tokio::sync::mpsc::unbounded_channel();
+        let broken_call = relay_pair(&broken, &broken_sink);
+        let healthy_call = relay_pair(&healthy, &healthy_sink);
+        broken_call.relays(0);
+        healthy_call.relays(0);
+        assert_eq!(tasks.len(), 2);
+
+        broken.inject_fault();
+        let mut failed = Vec::new();
+        while failed.len() < 2 {
+            let news = tokio::time::timeout(std::time::Duration::from_secs(5), broken_news.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if let PointNews::Event(Event::MediaFailed { point, problem }) = *news {
+                assert_eq!(problem, "the media room failed");
+                failed.push(point.0);
+            }
+        }
+        failed.sort_unstable();
+        assert_eq!(failed, [0, 1]);
+        for sequence in 1..20 {
+            healthy_call.relays(sequence);
+        }
+        // The broken room's task is gone; the healthy one's lives on.
+        wait_until(|| tasks.len() == 1).await;
+        drop(healthy);
+        wait_until(|| tasks.is_empty()).await;
+    }
+
+    /// A caller and a callee relayed through two points of `room`.
+    struct RelayPair {
+        caller: std::net::UdpSocket,
+        callee: std::net::UdpSocket,
+        ports: [SocketAddr; 2],
+    }
+
+    fn relay_pair(
+        room: &crate::media_room::MediaRoom,
+        sink: &crate::media_room::PointSink,
+    ) -> RelayPair {
+        use crate::media_room::PointIo;
+        use dialtone_codecs::Codec;
+        use dialtone_room::{PointConfig, PointId};
+
         let (caller, callee) = (bound(), bound());
         let mut ports = Vec::new();
         for (id, far_end) in [(0, &caller), (1, &callee)] {
@@ -921,18 +969,60 @@ mod tests {
             };
             room.add_point(PointId(id), config, io, sink.clone());
         }
-        assert_eq!(tasks.len(), 1);
-        let mut buffer = [0u8; 1500];
-        for sequence in 0..5 {
-            caller.send_to(&rtp(sequence, 0xaa), ports[0]).unwrap();
-            let (length, from) = callee.recv_from(&mut buffer).unwrap();
-            assert_eq!((length, from), (172, ports[1]));
+        RelayPair {
+            caller,
+            callee,
+            ports: [ports[0], ports[1]],
+        }
+    }
+
+    impl RelayPair {
+        /// One packet each way arrives, from the other point's port.
+        fn relays(&self, sequence: u16) {
+            let mut buffer = [0u8; 1500];
+            self.caller
+                .send_to(&rtp(sequence, 0xaa), self.ports[0])
+                .unwrap();
+            let (length, from) = self.callee.recv_from(&mut buffer).unwrap();
+            assert_eq!((length, from), (172, self.ports[1]));
             assert_eq!(buffer[12..172], [0xaa; 160]);
-            callee.send_to(&rtp(sequence, 0x55), ports[1]).unwrap();
-            let (length, from) = caller.recv_from(&mut buffer).unwrap();
-            assert_eq!((length, from), (172, ports[0]));
+            self.callee
+                .send_to(&rtp(sequence, 0x55), self.ports[1])
+                .unwrap();
+            let (length, from) = self.caller.recv_from(&mut buffer).unwrap();
+            assert_eq!((length, from), (172, self.ports[0]));
             assert_eq!(buffer[12..172], [0x55; 160]);
         }
+    }
+
+    async fn wait_until(done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "not within 5 s");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_room_on_a_loop_relays_both_ways_and_gives_its_points_back_when_it_ends() {
+        use crate::media_room::{MediaRoom, PointNews};
+
+        let tasks = TaskTracker::new();
+        let policy = ComplexityPolicy { least: 3, most: 3 };
+        let engine = MediaEngine::start(1, tasks.clone(), policy).unwrap();
+        let room = MediaRoom::start(&engine);
+        let (sink, mut news) = tokio::sync::mpsc::unbounded_channel();
+        let call = relay_pair(&room, &sink);
+        assert_eq!(tasks.len(), 1);
+        for sequence in 0..5 {
+            call.relays(sequence);
+        }
+        let RelayPair {
+            caller,
+            callee,
+            ports,
+        } = &call;
+        let mut buffer = [0u8; 1500];
         // More than a turn's batches queued on the caller's side at once.
         for sequence in 5..5 + (BATCH * BATCHES_PER_TURN * 2) as u16 {
             caller.send_to(&rtp(sequence, 0xaa), ports[0]).unwrap();

@@ -91,6 +91,10 @@ pub enum RoomCommand {
     /// One recording, or all of them.
     StopRecording(Option<u32>),
     Close,
+    /// Makes the room panic, as a bug in it would: tests show that such a
+    /// room ends alone.
+    #[cfg(test)]
+    Fault,
 }
 
 /// A handle on a room: anyone holding one can add, move and command
@@ -205,6 +209,11 @@ impl RoomHandle {
 
     pub fn add_remote_candidate(&self, id: PointId, candidate: String) {
         self.send(RoomCommand::Candidate(id, candidate));
+    }
+
+    #[cfg(test)]
+    pub fn inject_fault(&self) {
+        self.send(RoomCommand::Fault);
     }
 
     fn send(&self, command: RoomCommand) {
@@ -431,10 +440,16 @@ impl Driver {
     }
 
     /// The room failed: its points' I/O is taken off the loop and closed,
-    /// and their owners see their news end.
+    /// and their owners hear that their media failed (a call ends with
+    /// CALL_FAILED rather than going on silent).
     pub fn abandon(&mut self, sources: &mut Sources) {
         for mut io in std::mem::take(&mut self.io) {
             io.unwatch(sources);
+            let failed = Event::MediaFailed {
+                point: io.point,
+                problem: "the media room failed".to_string(),
+            };
+            let _ = io.sink.send(Box::new(PointNews::Event(failed)));
         }
     }
 
@@ -520,6 +535,8 @@ impl Driver {
             }
             RoomCommand::Deaf(id, deaf) => self.room.set_deaf(now, id, deaf),
             RoomCommand::Close => Ok(()),
+            #[cfg(test)]
+            RoomCommand::Fault => panic!("a fault injected by a test"),
             RoomCommand::UpdatePoint(id, update) => self.room.update_point(now, id, update),
             RoomCommand::SendDigits(id, digits) => self.room.send_digits(now, id, &digits),
             RoomCommand::SendTones(id, digits) => self.room.send_tones(now, id, &digits),
