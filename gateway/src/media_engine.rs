@@ -892,10 +892,6 @@ mod tests {
         socket
     }
 
-    /// Two RTP points of one room on a loop: what each far end sends, the
-    /// other hears; a flood on one side holds up nothing on the other; and
-    /// when the room ends, both points come back to their owner and the
-    /// room no longer counts as a task.
     /// Two relaying rooms on one loop, the first of which then panics: it
     /// ends alone (its points' owners hear their media failed, its task
     /// ends), the other goes on relaying.
@@ -904,9 +900,7 @@ mod tests {
         use crate::media_room::{MediaRoom, PointNews};
         use dialtone_room::Event;
 
-        let tasks = TaskTracker::new();
-        let policy = ComplexityPolicy { least: 3, most: 3 };
-        let engine = MediaEngine::start(1, tasks.clone(), policy).unwrap();
+        let (tasks, engine) = one_loop();
         let broken = MediaRoom::start(&engine);
         let healthy = MediaRoom::start(&engine);
         let (broken_sink, mut broken_news) = tokio::sync::mpsc::unbounded_channel();
@@ -938,6 +932,14 @@ mod tests {
         wait_until(|| tasks.len() == 1).await;
         drop(healthy);
         wait_until(|| tasks.is_empty()).await;
+    }
+
+    /// An engine of one loop, and the tracker its rooms count in.
+    fn one_loop() -> (TaskTracker, MediaEngine) {
+        let tasks = TaskTracker::new();
+        let policy = ComplexityPolicy { least: 3, most: 3 };
+        let engine = MediaEngine::start(1, tasks.clone(), policy).unwrap();
+        (tasks, engine)
     }
 
     /// A caller and a callee relayed through two points of `room`.
@@ -1003,13 +1005,15 @@ mod tests {
         }
     }
 
+    /// Two RTP points of one room on a loop: what each far end sends, the
+    /// other hears; a flood on one side holds up nothing on the other; and
+    /// when the room ends, both points come back to their owner and the
+    /// room no longer counts as a task.
     #[tokio::test]
     async fn a_room_on_a_loop_relays_both_ways_and_gives_its_points_back_when_it_ends() {
         use crate::media_room::{MediaRoom, PointNews};
 
-        let tasks = TaskTracker::new();
-        let policy = ComplexityPolicy { least: 3, most: 3 };
-        let engine = MediaEngine::start(1, tasks.clone(), policy).unwrap();
+        let (tasks, engine) = one_loop();
         let room = MediaRoom::start(&engine);
         let (sink, mut news) = tokio::sync::mpsc::unbounded_channel();
         let call = relay_pair(&room, &sink);
