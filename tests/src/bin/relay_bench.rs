@@ -53,6 +53,9 @@
 //! `--setup-at-once N` sets N calls up at once (default 1: one after another,
 //! so each set-up time is the gateway's own); the datagrams the kernel
 //! dropped for full receive buffers during the set-up are counted.
+//! `--setup-per-second R` paces Dialtone's set-ups, R calls a second, as calls
+//! arrive in service (its media loops place rooms by measured load, which a
+//! burst outruns); rtpengine's are not paced.
 //!
 //! ```sh
 //! cargo build --release -p dialtone-gateway -p dialtone-tests --bin dialtone --bin relay_bench
@@ -138,6 +141,8 @@ struct Options {
     /// would, so each set-up time is the gateway's and not a queue's), or
     /// all of them for a burst.
     setup_at_once: usize,
+    /// 0: as fast as they go.
+    setup_per_second: u32,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -152,6 +157,7 @@ fn options() -> anyhow::Result<Options> {
         seconds: 20,
         rounds: 2,
         setup_at_once: 1,
+        setup_per_second: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -169,6 +175,7 @@ fn options() -> anyhow::Result<Options> {
             "--seconds" => options.seconds = value.parse()?,
             "--rounds" => options.rounds = value.parse()?,
             "--setup-at-once" => options.setup_at_once = value.parse()?,
+            "--setup-per-second" => options.setup_per_second = value.parse()?,
             "--mode" => {
                 options.mode = match value.as_str() {
                     "relay" => Mode::Relay,
@@ -182,7 +189,7 @@ fn options() -> anyhow::Result<Options> {
             other => bail!(
                 "unknown flag {other}; use --mode relay|transcode --calls N[,N...] --seconds T \
                  --rounds R --setup-at-once N --opus-complexity C --opus-bitrate B \
-                 --media-threads N"
+                 --media-threads N --setup-per-second R"
             ),
         }
     }
@@ -223,6 +230,7 @@ async fn sitting(options: Options) -> anyhow::Result<()> {
                     calls,
                     seconds: options.seconds,
                     setup_at_once: options.setup_at_once,
+                    setup_per_second: options.setup_per_second,
                 };
                 let result = run_once(&run)
                     .await
@@ -391,6 +399,8 @@ struct Run {
     calls: usize,
     seconds: u64,
     setup_at_once: usize,
+    /// 0: as fast as they go.
+    setup_per_second: u32,
 }
 
 async fn run_once(run: &Run) -> anyhow::Result<RunResult> {
@@ -400,6 +410,7 @@ async fn run_once(run: &Run) -> anyhow::Result<RunResult> {
         calls,
         seconds,
         setup_at_once,
+        setup_per_second,
         ..
     } = run;
     let before = Quiet::now();
@@ -424,7 +435,9 @@ async fn run_once(run: &Run) -> anyhow::Result<RunResult> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before_kib = resident_kib(pid)?;
     let drops_before = udp_receive_buffer_errors()?;
-    let (relay_addresses, mut setup_us) = relay_process.set_up(&addresses, setup_at_once).await?;
+    let (relay_addresses, mut setup_us) = relay_process
+        .set_up(&addresses, setup_at_once, setup_per_second)
+        .await?;
     let setup_udp_drops = udp_receive_buffer_errors()?.saturating_sub(drops_before);
     let media: Vec<CallMedia> = sockets
         .into_iter()
@@ -932,6 +945,9 @@ impl RelayProcess {
         tuning: GatewayTuning,
     ) -> anyhow::Result<RelayProcess> {
         let uas_socket = UdpSocket::bind("127.0.0.1:0").await?;
+        // Sized like the gateway's own SIP socket: the UAS is the bench's, and
+        // its drops in a burst would be counted against the relay.
+        set_receive_buffer(&uas_socket, UAS_RECEIVE_BUFFER)?;
         let uas_address = uas_socket.local_addr()?;
         let uas_state = Arc::new(Mutex::new(UasState {
             callees: addresses.iter().map(|&(_, callee)| callee).collect(),
@@ -1039,6 +1055,7 @@ level = "warn"
         &mut self,
         addresses: &[(SocketAddr, SocketAddr)],
         at_once: usize,
+        per_second: u32,
     ) -> anyhow::Result<(Vec<(SocketAddr, SocketAddr)>, Vec<u32>)> {
         match self {
             RelayProcess::Dialtone {
@@ -1048,8 +1065,19 @@ level = "warn"
                 ..
             } => {
                 let url = gateway.ws_url();
+                let start = tokio::time::Instant::now();
+                let pace = (per_second > 0).then(|| Duration::from_secs(1) / per_second);
                 let mut set_up = futures_util::stream::iter(addresses.iter().enumerate())
-                    .map(|(index, &(caller, _))| dialtone_call(url.clone(), index, caller))
+                    .map(|(index, &(caller, _))| {
+                        let slot = pace.map(|pace| start + pace * index as u32);
+                        let url = url.clone();
+                        async move {
+                            if let Some(slot) = slot {
+                                tokio::time::sleep_until(slot).await;
+                            }
+                            dialtone_call(url, index, caller).await
+                        }
+                    })
                     .buffered(at_once);
                 let mut caller_to = Vec::with_capacity(addresses.len());
                 let mut setup_us = Vec::with_capacity(addresses.len());
@@ -1263,6 +1291,30 @@ struct UasState {
 
 /// A minimal UDP UAS: INVITE gets 100 and 200 with an SDP naming the call's
 /// callee socket, ACK nothing, BYE (and anything else) 200.
+/// The bench's UAS receive buffer (bytes); the kernel caps it at
+/// `net.core.rmem_max`, and doubles it for its bookkeeping.
+const UAS_RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a pointer to an int that lives through
+    // the call, with its size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            size,
+        )
+    };
+    if result != 0 {
+        bail!("SO_RCVBUF: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 async fn run_uas(socket: UdpSocket, state: Arc<Mutex<UasState>>) {
     let mut buffer = vec![0u8; 65_536];
     loop {
