@@ -210,7 +210,8 @@ pub struct MediaConfig {
     /// SDES-SRTP on the SIP side (docs/decisions.md, "SRTP"): `off`,
     /// `offer` (SRTP whenever the far end offers it) or `require`.
     pub srtp: SrtpPolicy,
-    /// Media loop threads, each driving many rooms; 0: one per core.
+    /// Media loop threads, each driving many rooms; 0: one per core. New
+    /// rooms fill the first loop until it is about half busy.
     pub threads: usize,
     /// Opus encoder effort, 0-10, while a media loop is busy
     /// (docs/performance.md weighs CPU against quality).
