@@ -226,15 +226,18 @@ impl MediaEngine {
         })
     }
 
+    /// Each loop's load, in loop order.
+    pub fn loads(&self) -> Vec<LoadSnapshot> {
+        self.loops
+            .iter()
+            .map(|handle| handle.load.snapshot())
+            .collect()
+    }
+
     /// A new, empty room on the loop [`place`] picks; its logs go in the
     /// current span.
     pub fn open_room(&self) -> RoomAddress {
-        let loads: Vec<LoadSnapshot> = self
-            .loops
-            .iter()
-            .map(|handle| handle.load.snapshot())
-            .collect();
-        let home = self.loops[place(&loads)].clone();
+        let home = self.loops[place(&self.loads())].clone();
         home.load.rooms_since.fetch_add(1, Ordering::Relaxed);
         let key = self.next_room.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));

@@ -3,7 +3,7 @@
 //! and operators read to prove nothing leaked).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
@@ -19,6 +19,11 @@ use dialtone_room::stats::MediaStatsSnapshot;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoopLabel {
+    media_loop: String,
 }
 
 /// Live counts plus totals. Gauges move through [`Held`] guards so a task
@@ -41,6 +46,9 @@ pub struct Metrics {
     pub sessions_started: Counter,
     pub sessions_failed: Family<ReasonLabel, Counter>,
     pub protocol_errors: Family<ReasonLabel, Counter>,
+    /// Each media loop's last second, set as `/metrics` is read.
+    media_loop_busy: Family<LoopLabel, Gauge<f64, AtomicU64>>,
+    media_loop_rooms: Family<LoopLabel, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +116,8 @@ impl Metrics {
             sessions_started: Counter::default(),
             sessions_failed: Family::default(),
             protocol_errors: Family::default(),
+            media_loop_busy: Family::default(),
+            media_loop_rooms: Family::default(),
             registry: Registry::default(),
         };
         let gauges: [(&str, &str, &Gauge); 13] = [
@@ -201,10 +211,31 @@ impl Metrics {
             "ERROR replies sent to clients, by code",
             metrics.protocol_errors.clone(),
         );
+        registry.register(
+            "media_loop_busy_ratio",
+            "Share of its last second each media loop spent working",
+            metrics.media_loop_busy.clone(),
+        );
+        registry.register(
+            "media_loop_rooms",
+            "Rooms each media loop held at the end of its last second",
+            metrics.media_loop_rooms.clone(),
+        );
         Arc::new(Metrics {
             registry,
             ..metrics
         })
+    }
+
+    /// Each media loop's busy share (0 to 1) and rooms, in loop order.
+    pub fn set_media_loops(&self, loops: impl Iterator<Item = (f64, i64)>) {
+        for (index, (busy, rooms)) in loops.enumerate() {
+            let label = LoopLabel {
+                media_loop: index.to_string(),
+            };
+            self.media_loop_busy.get_or_create(&label).set(busy);
+            self.media_loop_rooms.get_or_create(&label).set(rooms);
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -77,6 +77,13 @@ impl Gateway {
         self.metrics.sip_transactions.set(sip.transactions as i64);
         self.metrics.sip_connections.set(sip.connections as i64);
         self.metrics.sip_dialogs.set(sip.dialogs as i64);
+        self.metrics
+            .set_media_loops(self.media.loads().into_iter().map(|load| {
+                (
+                    f64::from(load.busy_per_mille) / 1000.0,
+                    i64::from(load.rooms_measured),
+                )
+            }));
         let media = self
             .call_media
             .lock()

@@ -18,6 +18,7 @@ use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::rtp_peer::{sdp_audio_addr, start_rtp_call, RtpPeer};
 use dialtone_tests::rtp_stream::ReceivedRtp;
+use dialtone_tests::wait::wait_for_async;
 use dialtone_tests::webrtc_peer::WebRtcPeer;
 use dialtone_tests::ws_client::WsClient;
 use serde_json::{json, Value};
@@ -548,6 +549,20 @@ async fn a_foreign_session_is_refused_until_invited_and_limits_hold() -> anyhow:
             && metrics.contains("dialtone_limit{limit=\"max_points_per_session\"} 2"),
         "{metrics}"
     );
+    // A light load: every room is on the first media loop, which says so within its 1 s window.
+    let loop_rooms = wait_for_async(REPLY, async || {
+        let rooms = media_loop_rooms(&rig.gateway.metrics_text()?);
+        Ok(rooms
+            .first()
+            .is_some_and(|&first| first > 0)
+            .then_some(rooms))
+    })
+    .await
+    .context("the first media loop reporting its rooms")?;
+    ensure!(
+        loop_rooms[1..].iter().all(|&rooms| rooms == 0),
+        "rooms spread over loops: {loop_rooms:?}"
+    );
 
     // Invited by the room's owner, the other user may join.
     ws.send_json(&json!({"type": "INVITE_TO_ROOM", "sessionId": session_id, "roomId": call_id, "username": "1002"}))
@@ -831,4 +846,18 @@ async fn a_recording_that_reaches_its_limit_stops_and_the_call_goes_on() -> anyh
     ws.close().await?;
     rig.gateway.wait_all_released(REPLY)?;
     Ok(())
+}
+
+/// `dialtone_media_loop_rooms` by loop, in loop order.
+fn media_loop_rooms(metrics: &str) -> Vec<i64> {
+    let mut rooms: Vec<(usize, i64)> = metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("dialtone_media_loop_rooms{media_loop=\"")?;
+            let (index, value) = rest.split_once("\"} ")?;
+            Some((index.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect();
+    rooms.sort_unstable();
+    rooms.into_iter().map(|(_, count)| count).collect()
 }
