@@ -947,7 +947,9 @@ impl RelayProcess {
         let uas_socket = UdpSocket::bind("127.0.0.1:0").await?;
         // Sized like the gateway's own SIP socket: the UAS is the bench's, and
         // its drops in a burst would be counted against the relay.
-        set_receive_buffer(&uas_socket, UAS_RECEIVE_BUFFER)?;
+        socket2::SockRef::from(&uas_socket)
+            .set_recv_buffer_size(UAS_RECEIVE_BUFFER)
+            .context("UAS receive buffer")?;
         let uas_address = uas_socket.local_addr()?;
         let uas_state = Arc::new(Mutex::new(UasState {
             callees: addresses.iter().map(|&(_, callee)| callee).collect(),
@@ -1293,27 +1295,7 @@ struct UasState {
 /// callee socket, ACK nothing, BYE (and anything else) 200.
 /// The bench's UAS receive buffer (bytes); the kernel caps it at
 /// `net.core.rmem_max`, and doubles it for its bookkeeping.
-const UAS_RECEIVE_BUFFER: libc::c_int = 4 << 20;
-
-fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a valid socket, and a pointer to an int that lives through
-    // the call, with its size.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const libc::c_int).cast(),
-            size,
-        )
-    };
-    if result != 0 {
-        bail!("SO_RCVBUF: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
+const UAS_RECEIVE_BUFFER: usize = 4 << 20;
 
 async fn run_uas(socket: UdpSocket, state: Arc<Mutex<UasState>>) {
     let mut buffer = vec![0u8; 65_536];
