@@ -42,7 +42,7 @@ struct SessionHandle {
     stop: CancellationToken,
     /// Bounded (`limits.session_command_queue`): a client that sends
     /// faster than its session works is refused, not queued without end.
-    commands: mpsc::Sender<SessionCommand>,
+    commands: mpsc::Sender<Box<SessionCommand>>,
     task: JoinHandle<()>,
 }
 
@@ -203,9 +203,9 @@ impl ConnectionHandler for ClientConnection {
                 }
                 return;
             }
-            ClientMessage::StartCall(request) => SessionCommand::StartCall(Box::new(request)),
+            ClientMessage::StartCall(request) => SessionCommand::StartCall(request),
             ClientMessage::HangupCall(m) => call(m.call_id, CallRequest::Hangup),
-            ClientMessage::AcceptCall(m) => SessionCommand::AcceptCall(Box::new(m)),
+            ClientMessage::AcceptCall(m) => SessionCommand::AcceptCall(m),
             ClientMessage::SendDtmfSignal(m) => {
                 let max = self.gateway.config.calls.max_dtmf_digits;
                 if m.dtmf_string.chars().count() > max {
@@ -250,11 +250,13 @@ impl ConnectionHandler for ClientConnection {
             }
             // Already handled above.
             ClientMessage::StartSession(_) | ClientMessage::Disconnected(_) => return,
-            other => SessionCommand::Media(Box::new(other)),
+            other => SessionCommand::Media(other),
         };
         // A session that ended between the check and now drops the command;
         // its end was already reported.
-        if let Err(mpsc::error::TrySendError::Full(_)) = session.commands.try_send(command) {
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            session.commands.try_send(Box::new(command))
+        {
             self.refuse(
                 ProtocolError::new(
                     ErrorCode::LimitReached,

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::call::{CallIds, CallRequest, CallTask, RoomTarget};
+use crate::call::{CallIds, CallRequest, CallRequests, CallTask, RoomTarget};
 use crate::call_slots::{CallCount, CallSlot, CapReached};
 use crate::caller::{allowed_target, Caller, Dialled};
 use crate::config::AuthMode;
@@ -35,12 +35,12 @@ use crate::state::Gateway;
 const REFRESH_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
 
-/// What the connection asks of one of its sessions.
+/// What the connection asks of one of its sessions. Commands travel boxed:
+/// the session's queue allocates its blocks 32 commands at a time (issue 15,
+/// memory per call).
 pub enum SessionCommand {
-    // The large messages are boxed: the session's queue allocates its
-    // blocks 32 commands at a time (issue 15, memory per call).
-    StartCall(Box<StartCall>),
-    AcceptCall(Box<AcceptCall>),
+    StartCall(StartCall),
+    AcceptCall(AcceptCall),
     /// TRANSFER_CALL: the target is expanded as START_CALL's bUri is; or
     /// the call to replace (attended).
     Transfer {
@@ -50,7 +50,7 @@ pub enum SessionCommand {
     },
     /// A media point or room message (CREATE_MEDIA_POINT, JOIN_ROOM, an
     /// SDP or ICE message naming a pointId, ...).
-    Media(Box<ClientMessage>),
+    Media(ClientMessage),
     Call {
         call_id: String,
         request: CallRequest,
@@ -60,7 +60,7 @@ pub enum SessionCommand {
 
 /// A call of the session, seen from the session.
 struct ActiveCall {
-    requests: mpsc::UnboundedSender<CallRequest>,
+    requests: CallRequests,
     task: JoinHandle<()>,
 }
 
@@ -126,7 +126,7 @@ impl Session {
         mut self,
         request: StartSession,
         stop: CancellationToken,
-        mut commands: mpsc::Receiver<SessionCommand>,
+        mut commands: mpsc::Receiver<Box<SessionCommand>>,
     ) {
         let registers = self.gateway.config.auth_mode() == AuthMode::Registrar;
         // Listen before registering, so an INVITE right after the 200 finds us.
@@ -206,7 +206,7 @@ impl Session {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command, &caller).await,
+                    Some(command) => self.on_command(*command, &caller).await,
                     None => break,
                 },
                 Some(news) = self.media.news.recv() => self.media.on_news(*news),
@@ -299,7 +299,7 @@ impl Session {
 
     async fn on_command(&mut self, command: SessionCommand, caller: &Caller) {
         match command {
-            SessionCommand::StartCall(request) => self.start_call(*request, caller),
+            SessionCommand::StartCall(request) => self.start_call(request, caller),
             SessionCommand::AcceptCall(request) => {
                 let target = match request.room_id.as_deref() {
                     Some(room_id) => match self.room_target(room_id, "ACCEPT_CALL") {
@@ -310,11 +310,12 @@ impl Session {
                 };
                 self.to_call(
                     request.call_id,
-                    CallRequest::Accept(request.cc.map(Box::new), target),
+                    CallRequest::Accept(request.cc, target),
                     "ACCEPT_CALL",
                 );
             }
-            SessionCommand::Media(message) => self.on_media(*message).await,
+            // Boxed: the largest await of every session's long-lived state.
+            SessionCommand::Media(message) => Box::pin(self.on_media(message)).await,
             SessionCommand::Transfer {
                 call_id,
                 target: Some(target),
@@ -361,9 +362,8 @@ impl Session {
         }
         match self.calls.get(&replaced) {
             Some(call) => {
-                let _ = call
-                    .requests
-                    .send(CallRequest::ReferToReplacing(transferred.requests.clone()));
+                let asked = CallRequest::ReferToReplacing(transferred.requests.clone());
+                let _ = call.requests.send(Box::new(asked));
             }
             None => self.outbox.send_error(
                 ProtocolError::new(
@@ -379,7 +379,7 @@ impl Session {
 
     fn to_call(&self, call_id: String, request: CallRequest, request_type: &str) {
         match self.calls.get(&call_id) {
-            Some(call) if call.requests.send(request).is_ok() => {}
+            Some(call) if call.requests.send(Box::new(request)).is_ok() => {}
             _ => self.outbox.send_error(
                 ProtocolError::new(
                     ErrorCode::UnknownCall,
@@ -573,7 +573,7 @@ impl Session {
     async fn end_calls(&mut self) {
         let calls: Vec<ActiveCall> = self.calls.drain().map(|(_, call)| call).collect();
         for call in &calls {
-            let _ = call.requests.send(CallRequest::Hangup);
+            let _ = call.requests.send(Box::new(CallRequest::Hangup));
         }
         for call in calls {
             if let Err(error) = call.task.await {

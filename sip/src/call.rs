@@ -11,9 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::dialog::dialog::{
-    DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
-};
+use rsipstack::dialog::dialog::{DialogState, TerminatedReason, TransactionHandle};
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
@@ -26,6 +24,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::dialog_routes::{DialogRoutes, DialogStates};
 use crate::grammar::{self, GrammarError};
 use crate::locate::{Destination, Failover, Failure};
 use crate::negotiation::{MediaChanges, NegotiatedMedia, Negotiation};
@@ -169,30 +168,37 @@ enum CallCommand {
     },
 }
 
-/// Steers one call. Dropping every clone hangs the call up.
+/// Steers one call. Dropping every clone hangs the call up. Commands
+/// travel boxed, as [`CallEvents`] do.
 #[derive(Debug, Clone)]
-pub struct CallControl(mpsc::UnboundedSender<CallCommand>);
+pub struct CallControl(mpsc::UnboundedSender<Box<CallCommand>>);
 
 impl CallControl {
+    fn send(&self, command: CallCommand) {
+        // A send fails only once the driver has ended, and the call with
+        // it: nothing is left to steer.
+        let _ = self.0.send(Box::new(command));
+    }
+
     /// Ends the call however far it got: CANCEL, BYE, or (incoming, not yet
     /// answered) 480.
     pub fn hangup(&self) {
-        let _ = self.0.send(CallCommand::Hangup);
+        self.send(CallCommand::Hangup);
     }
 
     /// Incoming: 180 Ringing.
     pub fn ring(&self) {
-        let _ = self.0.send(CallCommand::Ring);
+        self.send(CallCommand::Ring);
     }
 
     /// Incoming: 200 OK with this answer.
     pub fn accept(&self, answer: LocalAudio) {
-        let _ = self.0.send(CallCommand::Accept(answer));
+        self.send(CallCommand::Accept(answer));
     }
 
     /// Incoming: a final error response (486, 603, 480, ...).
     pub fn reject(&self, status: u16) {
-        let _ = self.0.send(CallCommand::Reject(status));
+        self.send(CallCommand::Reject(status));
     }
 
     /// An in-dialog INFO (DTMF relay), once the call is established.
@@ -201,7 +207,7 @@ impl CallControl {
     /// [`CallEvent::DirectionChanged`] or [`CallEvent::DirectionRefused`].
     /// A glare (491) is retried after the RFC 3261 back-off.
     pub fn set_direction(&self, direction: Direction) {
-        let _ = self.0.send(CallCommand::Direction(direction));
+        self.send(CallCommand::Direction(direction));
     }
 
     /// Asks the far end to call someone else instead (REFER, RFC 3515):
@@ -209,19 +215,19 @@ impl CallControl {
     /// an attended transfer; its progress comes as
     /// [`CallEvent::TransferProgress`].
     pub fn transfer(&self, refer_to: String) {
-        let _ = self.0.send(CallCommand::Transfer(refer_to));
+        self.send(CallCommand::Transfer(refer_to));
     }
 
     /// Answers the far end's REFER ([`CallEvent::Referred`]): `true` sends
     /// 202 and a NOTIFY `100 Trying`, `false` 603 Decline.
     pub fn answer_refer(&self, accept: bool) {
-        let _ = self.0.send(CallCommand::AnswerRefer(accept));
+        self.send(CallCommand::AnswerRefer(accept));
     }
 
     /// Tells the far end that referred us how its new call goes (a NOTIFY
     /// with a sipfrag); `last` for the final status.
     pub fn notify_refer(&self, status: u16, reason: &str, last: bool) {
-        let _ = self.0.send(CallCommand::NotifyRefer {
+        self.send(CallCommand::NotifyRefer {
             status,
             reason: reason.to_string(),
             last,
@@ -229,7 +235,7 @@ impl CallControl {
     }
 
     pub fn send_info(&self, content_type: &str, body: String) {
-        let _ = self.0.send(CallCommand::Info {
+        self.send(CallCommand::Info {
             content_type: content_type.to_string(),
             body,
         });
@@ -309,13 +315,15 @@ pub enum DialError {
 
 /// Where incoming INVITEs go, by the user part of the Contact they name.
 #[derive(Default, Clone)]
-pub(crate) struct IncomingRoutes(Arc<Mutex<HashMap<String, mpsc::UnboundedSender<IncomingCall>>>>);
+pub(crate) struct IncomingRoutes(
+    Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Box<IncomingCall>>>>>,
+);
 
 impl IncomingRoutes {
     pub(crate) fn sender_for(
         &self,
         contact_user: &str,
-    ) -> Option<mpsc::UnboundedSender<IncomingCall>> {
+    ) -> Option<mpsc::UnboundedSender<Box<IncomingCall>>> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -323,7 +331,7 @@ impl IncomingRoutes {
             .cloned()
     }
 
-    fn insert(&self, contact_user: String, sender: mpsc::UnboundedSender<IncomingCall>) {
+    fn insert(&self, contact_user: String, sender: mpsc::UnboundedSender<Box<IncomingCall>>) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -342,12 +350,13 @@ impl IncomingRoutes {
 pub struct IncomingCalls {
     routes: IncomingRoutes,
     contact_user: String,
-    receiver: mpsc::UnboundedReceiver<IncomingCall>,
+    // Boxed, as call events are: 150 bytes in 32 slots a route otherwise.
+    receiver: mpsc::UnboundedReceiver<Box<IncomingCall>>,
 }
 
 impl IncomingCalls {
     pub async fn next(&mut self) -> Option<IncomingCall> {
-        self.receiver.recv().await
+        self.receiver.recv().await.map(|call| *call)
     }
 }
 
@@ -466,11 +475,17 @@ impl UserAgent {
         }
         let failover = Failover::new(options)
             .ok_or_else(|| DialError::Stack("no destination for the INVITE".to_string()))?;
-        let (state_sender, states) = self.dialogs.new_dialog_state_channel();
-        let (dialog, invite) = self
-            .dialogs
-            .do_invite_async(failover.current().clone(), state_sender)
-            .map_err(|e| DialError::Stack(e.to_string()))?;
+        let ((dialog, invite), states) = self
+            .dialog_routes
+            .open(
+                |states| {
+                    self.dialogs
+                        .do_invite_async(failover.current().clone(), states)
+                        .map_err(|e| e.to_string())
+                },
+                |(dialog, _)| dialog.id(),
+            )
+            .map_err(DialError::Stack)?;
         let attempts = (!failover.is_last()).then(|| Attempts {
             deadline: failover
                 .patience(self.failover_timeout)
@@ -501,7 +516,7 @@ impl UserAgent {
         &self,
         mut transaction: rsipstack::transaction::transaction::Transaction,
         contact_user: String,
-        route: mpsc::UnboundedSender<IncomingCall>,
+        route: mpsc::UnboundedSender<Box<IncomingCall>>,
     ) {
         let request = transaction.original.clone();
         let (transport, contact_addr) = match &transaction.connection {
@@ -524,14 +539,16 @@ impl UserAgent {
                 return;
             }
         };
-        let (state_sender, states) = self.dialogs.new_dialog_state_channel();
-        let dialog = match self.dialogs.get_or_create_server_invite(
-            &transaction,
-            state_sender,
-            None,
-            Some(contact),
-        ) {
-            Ok(dialog) => dialog,
+        let opened = self.dialog_routes.open(
+            |states| {
+                self.dialogs
+                    .get_or_create_server_invite(&transaction, states, None, Some(contact))
+                    .map_err(|e| e.to_string())
+            },
+            InviteDialog::id,
+        );
+        let (dialog, states) = match opened {
+            Ok(opened) => opened,
             Err(error) => {
                 warn!(%error, "cannot create a dialog for an incoming INVITE");
                 tokio::spawn(async move {
@@ -555,14 +572,14 @@ impl UserAgent {
         let source = request_source(&request);
         info!(%caller, %contact_user, ?source, "incoming call");
         if route
-            .send(IncomingCall {
+            .send(Box::new(IncomingCall {
                 caller,
                 caller_name,
                 contact_user,
                 offer,
                 source,
                 call,
-            })
+            }))
             .is_err()
         {
             debug!("the session went away as the call arrived");
@@ -587,7 +604,7 @@ impl UserAgent {
     fn drive(
         &self,
         dialog: InviteDialog,
-        states: DialogStateReceiver,
+        states: DialogStates,
         invite: Option<JoinHandle<InviteAsyncResult>>,
         negotiation: Option<Negotiation>,
         attempts: Option<Attempts>,
@@ -597,6 +614,7 @@ impl UserAgent {
         let (done_sender, done) = mpsc::unbounded_channel();
         let driver = Driver {
             dialogs: self.dialogs.clone(),
+            dialog_routes: self.dialog_routes.clone(),
             stack_stopped: self.cancel.child_token(),
             role: dialog.role(),
             dialog,
@@ -683,6 +701,7 @@ fn from_uri(request: &Request) -> String {
 
 struct Driver {
     dialogs: Arc<DialogLayer>,
+    dialog_routes: DialogRoutes,
     /// Cancelled when the user agent shuts down: no message can come or go
     /// any more, so the driver ends instead of waiting for one.
     stack_stopped: CancellationToken,
@@ -776,8 +795,8 @@ enum Done {
 impl Driver {
     async fn run(
         mut self,
-        mut states: DialogStateReceiver,
-        mut commands: mpsc::UnboundedReceiver<CallCommand>,
+        mut states: DialogStates,
+        mut commands: mpsc::UnboundedReceiver<Box<CallCommand>>,
         mut done: mpsc::UnboundedReceiver<Box<Done>>,
         mut invite: Option<JoinHandle<InviteAsyncResult>>,
     ) {
@@ -848,10 +867,10 @@ impl Driver {
                 }
                 command = commands.recv(), if commands_open => {
                     // Every CallControl dropped: nobody will steer the call any more.
-                    let command = command.unwrap_or_else(|| {
+                    let command = command.map_or_else(|| {
                         commands_open = false;
                         CallCommand::Hangup
-                    });
+                    }, |command| *command);
                     self.on_command(command);
                 }
             }
@@ -904,7 +923,7 @@ impl Driver {
     fn fail_over(
         &mut self,
         failure: Failure,
-        states: &mut DialogStateReceiver,
+        states: &mut DialogStates,
         invite: &mut Option<JoinHandle<InviteAsyncResult>>,
     ) -> bool {
         if self.hangup_in_flight || self.established {
@@ -931,10 +950,18 @@ impl Driver {
         if let Some(given_up) = invite.take() {
             given_up.abort();
         }
-        let (state_sender, receiver) = self.dialogs.new_dialog_state_channel();
-        match self.dialogs.do_invite_async(option, state_sender) {
-            Ok((dialog, handle)) => {
+        let opened = self.dialog_routes.open(
+            |states| {
+                self.dialogs
+                    .do_invite_async(option, states)
+                    .map_err(|e| e.to_string())
+            },
+            |(dialog, _)| dialog.id(),
+        );
+        match opened {
+            Ok(((dialog, handle), receiver)) => {
                 self.dialog = dialog;
+                // The given-up dialog's route goes with its receiver.
                 *states = receiver;
                 *invite = Some(handle);
                 attempts.ringing = false;

@@ -7,6 +7,7 @@
 //! rsipstack's types stay inside this crate.
 
 mod call;
+mod dialog_routes;
 mod digest_names;
 mod dns;
 pub mod grammar;

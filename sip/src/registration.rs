@@ -55,7 +55,9 @@ pub enum RegisterError {
 /// [`Registration::refresh_after`] elapses and [`Registration::unregister`]
 /// when the user leaves.
 pub struct Registration {
-    stack: StackRegistration,
+    // Boxed: a session's task holds several registrations in its state
+    // (issue 15, memory per call), and rsipstack's is 500 bytes.
+    stack: Box<StackRegistration>,
     agent: UserAgent,
     /// Located again for every REGISTER (the DNS cache keeps answers for
     /// their TTL), so a refresh follows DNS and fails over like the first.
@@ -114,7 +116,7 @@ impl UserAgent {
         let mut stack = StackRegistration::new(self.endpoint.clone(), Some(credential));
         stack.contact = Some(contact);
         let mut registration = Registration {
-            stack,
+            stack: Box::new(stack),
             agent: self.clone(),
             registrar: registrar.clone(),
             domain,

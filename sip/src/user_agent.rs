@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::call::{needs_dialog, IncomingRoutes};
+use crate::dialog_routes::DialogRoutes;
 use crate::digest_names::DigestAlgorithmNames;
 use crate::dns::Locator;
 use crate::screening::{self, Refusal};
@@ -95,6 +96,7 @@ pub struct SipStats {
 pub struct UserAgent {
     pub(crate) endpoint: EndpointInnerRef,
     pub(crate) dialogs: Arc<DialogLayer>,
+    pub(crate) dialog_routes: DialogRoutes,
     pub(crate) routes: IncomingRoutes,
     local_addr: SocketAddr,
     advertised_addr: SocketAddr,
@@ -159,8 +161,11 @@ impl UserAgent {
         let inner = endpoint.inner.clone();
         let tasks = TaskTracker::new();
         tasks.spawn(async move { endpoint.serve().await });
+        let (dialog_routes, delivery) = DialogRoutes::new(cancel.child_token());
+        tasks.spawn(delivery);
         let user_agent = UserAgent {
             dialogs: Arc::new(DialogLayer::new(inner.clone())),
+            dialog_routes,
             routes: IncomingRoutes::default(),
             endpoint: inner,
             local_addr,

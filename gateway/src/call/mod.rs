@@ -43,12 +43,14 @@ pub struct RoomTarget {
     pub handle: RoomHandle,
 }
 
+/// Where a call's requests are sent. Each travels boxed: a channel
+/// allocates 32 slots of its message at once (issue 15, memory per call).
+pub type CallRequests = mpsc::UnboundedSender<Box<CallRequest>>;
+
 /// What the client asks of one of its calls.
 pub enum CallRequest {
     Hangup,
-    // Boxed: a request is queued in a channel whose blocks hold 32 of the
-    // largest variant (issue 15, memory per call).
-    Accept(Option<Box<Capabilities>>, Option<RoomTarget>),
+    Accept(Option<Capabilities>, Option<RoomTarget>),
     Reject(RejectReason),
     SendDtmf(String),
     /// The client's SDP answer for its point.
@@ -63,7 +65,7 @@ pub enum CallRequest {
     Transfer(String),
     /// TRANSFER_CALL with this call as `replacesCallId`: the Refer-To that
     /// replaces it goes to the transferred call's task as a `Transfer`.
-    ReferToReplacing(mpsc::UnboundedSender<CallRequest>),
+    ReferToReplacing(CallRequests),
 }
 
 /// A far end's REFER the gateway follows: the new call, until it is
@@ -124,7 +126,7 @@ pub struct CallTask {
     /// Who the call's INVITEs (and a REFER's) come from.
     caller: Caller,
     outbox: Outbox,
-    requests: mpsc::UnboundedReceiver<CallRequest>,
+    requests: mpsc::UnboundedReceiver<Box<CallRequest>>,
     /// The SIP side's media statistics as the room reports them.
     stats: watch::Sender<Option<MediaStatsSnapshot>>,
     /// Their receiving end once media flows; also listed in the gateway's
@@ -151,7 +153,7 @@ impl CallTask {
         ids: CallIds,
         session: SessionRef,
         caller: Caller,
-        requests: mpsc::UnboundedReceiver<CallRequest>,
+        requests: mpsc::UnboundedReceiver<Box<CallRequest>>,
     ) -> CallTask {
         let counted = Held::new(&gateway.metrics.calls);
         CallTask {
@@ -326,7 +328,7 @@ impl CallTask {
                         }
                     }
                 }
-                request = self.requests.recv() => match request.unwrap_or(CallRequest::Hangup) {
+                request = self.requests.recv() => match request.map_or(CallRequest::Hangup, |request| *request) {
                     CallRequest::Hangup => CallInput::Hangup,
                     CallRequest::Reject(reason) => CallInput::Reject(reason),
                     CallRequest::SendDtmf(digits) => CallInput::SendDtmf(digits),
@@ -342,7 +344,7 @@ impl CallTask {
                             self.enter(&mut media, target);
                         }
                         let offer = incoming_offer.clone().flatten();
-                        self.accept(&call, offer.as_deref(), cc.as_deref(), &mut media)
+                        self.accept(&call, offer.as_deref(), cc.as_ref(), &mut media)
                     }
                     CallRequest::Accept(..) => CallInput::Accepted,
                     request if machine.is_offered() => {
@@ -375,10 +377,13 @@ impl CallTask {
 
     /// An attended transfer replaces this call: the transferred call's
     /// task gets the Refer-To naming it.
-    fn refer_to_replacing(&self, call: &Call, transferred: mpsc::UnboundedSender<CallRequest>) {
+    fn refer_to_replacing(&self, call: &Call, transferred: CallRequests) {
         match call.replacing_refer_to() {
             Some(refer_to) => {
-                if transferred.send(CallRequest::Transfer(refer_to)).is_err() {
+                if transferred
+                    .send(Box::new(CallRequest::Transfer(refer_to)))
+                    .is_err()
+                {
                     self.refuse_transfer(
                         ErrorCode::UnknownCall,
                         "callId",
