@@ -11,7 +11,9 @@
 //! means it is empty, so a packet costs one receive and one send; a room's
 //! timer is touched only when its deadline moves, and one `epoll_wait`
 //! serves every room of the loop. The rooms of a loop tick on a 20 ms grid
-//! in a few groups, so their mixing and transcoding share wake-ups.
+//! in a few groups, so their mixing and transcoding share wake-ups. A busy
+//! loop lets datagrams gather for up to [`GATHER`] before it waits again,
+//! so that one wake-up serves many packets ([`Gathering`]).
 //!
 //! What a room does with what arrives is [`crate::media_room`]'s (and
 //! `dialtone_room`'s) business; this module only moves datagrams, stream
@@ -35,6 +37,9 @@ use tracing::{debug, error, info, Span};
 
 use crate::media_room::{Driver, RoomCommand};
 
+/// How long a busy loop lets datagrams gather before it waits again (see
+/// [`Gathering`]): the most it adds to a packet's delay.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Datagrams taken from a socket in one `recvmmsg`.
 const BATCH: usize = 8;
 /// The largest datagram taken whole; longer ones are cut (no RTP packet
@@ -446,6 +451,39 @@ struct EventLoop {
     tick_origin: Instant,
     rooms_opened: u32,
     load: Load,
+    gathering: Gathering,
+}
+
+/// Whether a loop lets datagrams gather before it waits again. Woken for
+/// every packet, a busy loop spends more on waking (a context switch, an
+/// `epoll_wait`) than on the packet; a wake-up every [`GATHER`] serves all
+/// that came meanwhile. A loop whose packets are sparse waits as before, so
+/// a light load gets no added delay.
+#[derive(Debug, Default)]
+struct Gathering {
+    last_turn: Option<Instant>,
+    dense: bool,
+}
+
+impl Gathering {
+    /// Notes a turn that began at `began` and served `sockets` readable
+    /// sockets: packets are dense when one turn finds several, or turns
+    /// come closer than [`GATHER`].
+    fn turn(&mut self, began: Instant, sockets: usize) {
+        let close = self
+            .last_turn
+            .is_some_and(|last| began.saturating_duration_since(last) < GATHER);
+        self.dense = sockets > 1 || close;
+        self.last_turn = Some(began);
+    }
+
+    /// Until when to gather before the next wait, if at all; never past
+    /// the loop's next deadline.
+    fn until(&self, next_deadline: Option<Instant>) -> Option<Instant> {
+        let last = self.last_turn.filter(|_| self.dense)?;
+        let until = last + GATHER;
+        Some(next_deadline.map_or(until, |deadline| deadline.min(until)))
+    }
 }
 
 /// How busy a loop has been since its window began, and what its encoders
@@ -519,6 +557,7 @@ impl EventLoop {
             batch: Box::new(Batch::new()),
             tick_origin: Instant::now(),
             rooms_opened: 0,
+            gathering: Gathering::default(),
             load: Load {
                 policy: complexity,
                 complexity: complexity.least,
@@ -538,6 +577,7 @@ impl EventLoop {
 
     fn run(mut self) {
         loop {
+            self.gather();
             let timeout = if self.backlog.is_empty() {
                 // An idle loop still ends its load windows, so that placing
                 // sees it idle.
@@ -563,6 +603,8 @@ impl EventLoop {
                 .extend(self.events.iter().map(|event| event.token()));
             self.ready.append(&mut self.backlog);
             let turn_began = Instant::now();
+            let sockets = self.ready.iter().filter(|&&token| token != WAKE).count();
+            self.gathering.turn(turn_began, sockets);
             for index in 0..self.ready.len() {
                 let token = self.ready[index];
                 if token == WAKE {
@@ -584,6 +626,21 @@ impl EventLoop {
                 for hosted in self.rooms.values_mut() {
                     hosted.driver.set_encoder_complexity(complexity);
                 }
+            }
+        }
+    }
+
+    /// Sleeps while datagrams gather, when [`Gathering`] says so and no
+    /// socket is left unread.
+    fn gather(&self) {
+        if !self.backlog.is_empty() {
+            return;
+        }
+        let next_deadline = self.timers.first().map(|&(at, _)| at);
+        if let Some(until) = self.gathering.until(next_deadline) {
+            let now = Instant::now();
+            if until > now {
+                std::thread::sleep(until - now);
             }
         }
     }
@@ -1112,6 +1169,31 @@ mod tests {
         // 40 %: inside the band, no change.
         assert_eq!(turn(2600, 3000, 9), None);
         assert_eq!(shared.snapshot().busy_per_mille, 400);
+    }
+
+    #[test]
+    fn a_loop_gathers_only_while_packets_are_dense_and_never_past_a_deadline() {
+        let start = Instant::now();
+        let us = std::time::Duration::from_micros;
+        let mut gathering = Gathering::default();
+        assert_eq!(gathering.until(None), None, "no turn yet");
+        // One socket, then another 5 ms later: sparse, so it waits at once.
+        gathering.turn(start, 1);
+        gathering.turn(start + us(5_000), 1);
+        assert_eq!(gathering.until(None), None);
+        // One socket 200 µs after the last turn: dense.
+        gathering.turn(start + us(5_200), 1);
+        assert_eq!(gathering.until(None), Some(start + us(5_200) + GATHER));
+        // A gathered turn finds many sockets: it goes on gathering, though
+        // it began a whole GATHER after the turn before.
+        gathering.turn(start + us(6_200), 12);
+        assert_eq!(gathering.until(None), Some(start + us(6_200) + GATHER));
+        // A room's tick due sooner bounds the gathering.
+        let tick = start + us(6_500);
+        assert_eq!(gathering.until(Some(tick)), Some(tick));
+        // Traffic falls to one socket a turn, turns far apart: no gathering.
+        gathering.turn(start + us(9_000), 1);
+        assert_eq!(gathering.until(Some(tick)), None);
     }
 
     fn load(busy_per_mille: u32, rooms_measured: u32, rooms_since: u32) -> LoadSnapshot {
