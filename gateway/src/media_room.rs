@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use dialtone_room::stats::MediaStatsSnapshot;
 use dialtone_room::{
     DetachedPoint, Event, Input, Output, PointConfig, PointId, PointUpdate, Role, Room, Socket,
     Transmit, RECORDING_RATE,
 };
 use mio::Token;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::media_engine::{MediaEngine, RoomAddress, SourceKind, Sources};
@@ -35,7 +36,14 @@ pub struct PointIo {
     pub rtp: Option<UdpSocket>,
     pub rtcp: Option<UdpSocket>,
     pub rtmp: Option<RoomStreams>,
+    /// Where a watched point's statistics go, every second and when the
+    /// room ends. Written in place rather than sent as news: news wakes
+    /// the owner's task, a second per call for nothing.
+    pub stats: Option<StatsSlot>,
 }
+
+/// The latest statistics of a watched point.
+pub type StatsSlot = watch::Sender<Option<MediaStatsSnapshot>>;
 
 /// What a room tells the owner of one of its points.
 #[derive(Debug)]
@@ -243,6 +251,7 @@ struct DriverIo {
     joins: Option<mpsc::Receiver<PlayerJoin>>,
     players: HashMap<u64, PlayerJoin>,
     sink: PointSink,
+    stats: Option<StatsSlot>,
     /// Its tokens on the loop of the room it is in; none while it moves.
     watched: Watched,
 }
@@ -423,11 +432,8 @@ impl Driver {
         for mut io in std::mem::take(&mut self.io) {
             io.unwatch(sources);
             let id = io.point;
-            if let Some(snapshot) = self.room.stats(id) {
-                let _ = io.sink.send(Box::new(PointNews::Event(Event::Stats {
-                    point: id,
-                    snapshot,
-                })));
+            if let (Some(snapshot), Some(slot)) = (self.room.stats(id), &io.stats) {
+                slot.send_replace(Some(snapshot));
             }
             let Ok(point) = self.room.take_point(now, id) else {
                 continue;
@@ -473,6 +479,7 @@ impl Driver {
                         joins,
                         players: HashMap::new(),
                         sink,
+                        stats: io.stats,
                         watched: Watched::default(),
                     };
                     io.watch(self.key, sources);
@@ -574,6 +581,12 @@ impl Driver {
                     // gone leaves.
                     if let Err(mpsc::error::TrySendError::Closed(_)) = join.sender.try_send(audio) {
                         departed.push((point, player));
+                    }
+                }
+                Output::Event(Event::Stats { point, snapshot }) => {
+                    let io = self.io.iter().find(|io| io.point == point);
+                    if let Some(slot) = io.and_then(|io| io.stats.as_ref()) {
+                        slot.send_replace(Some(snapshot));
                     }
                 }
                 Output::Event(event) => {

@@ -26,14 +26,15 @@ use crate::caller::{allowed_target, call_domain, Caller, Dialled};
 use crate::client_point::{latch_config, local_audio, ClientPoint, Negotiator, ReadyPoint};
 use crate::config::{InbandDetection, ReferPolicy, RingbackTone};
 use crate::media_ports::PortLease;
-use crate::media_room::{sleep_until, MediaRoom, PointIo, PointNews, PointSink, RoomHandle};
+use crate::media_room::{
+    sleep_until, MediaRoom, PointIo, PointNews, PointSink, RoomHandle, StatsSlot,
+};
 use crate::metrics::Held;
 use crate::rooms::{Membership, NewMember, RoomRegistration, SessionRef};
 use crate::srtp;
-use crate::state::{Gateway, MediaStatsWatch};
+use crate::state::Gateway;
 use dialtone_room::dtmf_relay::{build_dtmf_relay, DTMF_RELAY_CONTENT_TYPE};
-use dialtone_room::stats::MediaStatsSnapshot;
-use dialtone_room::{Event as RoomEvent, Line, PointConfig, PointId, Ringback, WatchConfig};
+use dialtone_room::{Line, PointConfig, PointId, Ringback, WatchConfig};
 
 /// A room a call goes into instead of its own (START_CALL or ACCEPT_CALL
 /// with a roomId), already checked to be open to the session.
@@ -127,23 +128,19 @@ pub struct CallTask {
     caller: Caller,
     outbox: Outbox,
     requests: mpsc::UnboundedReceiver<Box<CallRequest>>,
-    /// The SIP side's media statistics as the room reports them.
-    stats: watch::Sender<Option<MediaStatsSnapshot>>,
-    /// Their receiving end once media flows; also listed in the gateway's
-    /// /status while the call lasts.
-    media_stats: Option<MediaStatsWatch>,
+    /// The SIP side's media statistics, written by its room; also listed
+    /// in the gateway's /status while the call lasts.
+    stats: StatsSlot,
     _counted: Held,
 }
 
 impl Drop for CallTask {
     fn drop(&mut self) {
-        if self.media_stats.is_some() {
-            self.gateway
-                .call_media
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&self.ids.call_id);
-        }
+        self.gateway
+            .call_media
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.ids.call_id);
     }
 }
 
@@ -156,6 +153,13 @@ impl CallTask {
         requests: mpsc::UnboundedReceiver<Box<CallRequest>>,
     ) -> CallTask {
         let counted = Held::new(&gateway.metrics.calls);
+        let (stats, media_stats) = watch::channel(None);
+        // Listed at once; /status shows a call once its room has reported.
+        gateway
+            .call_media
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ids.call_id.clone(), media_stats);
         CallTask {
             gateway,
             ids,
@@ -163,8 +167,7 @@ impl CallTask {
             session,
             caller,
             requests,
-            stats: watch::channel(None).0,
-            media_stats: None,
+            stats,
             _counted: counted,
         }
     }
@@ -285,12 +288,6 @@ impl CallTask {
             }
             let input = tokio::select! {
                 Some(news) = media.news.recv() => match *news {
-                    PointNews::Event(RoomEvent::Stats { point, snapshot }) => {
-                        if point == media.sip_point {
-                            self.report_stats(snapshot);
-                        }
-                        continue;
-                    }
                     PointNews::Event(event) => CallInput::Room(event),
                     // The room the call went into ended: so does the call.
                     PointNews::Evicted(moved) if media.target.is_some() && moved.id == media.sip_point => {
@@ -843,19 +840,6 @@ impl CallTask {
     }
 
     /// The SIP side's statistics, for /status and the quality report.
-    fn report_stats(&mut self, snapshot: MediaStatsSnapshot) {
-        self.stats.send_replace(Some(snapshot));
-        if self.media_stats.is_none() {
-            let stats = self.stats.subscribe();
-            self.gateway
-                .call_media
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(self.ids.call_id.clone(), stats.clone());
-            self.media_stats = Some(stats);
-        }
-    }
-
     fn report_digit(&self, digit: char, method: &'static str) {
         info!(%digit, method, "digit from the far end");
         self.outbox.send(ServerMessage::DtmfReceived {
@@ -936,6 +920,7 @@ impl CallTask {
             rtp: Some(rtp),
             rtcp: Some(rtcp),
             rtmp: None,
+            stats: Some(self.stats.clone()),
         };
         Some((config.watched(watch), io))
     }
@@ -988,18 +973,14 @@ impl CallTask {
 
     fn finish(&mut self) {
         self.stop_taking_requests();
-        let quality = self
-            .media_stats
-            .as_ref()
-            .and_then(|stats| *stats.borrow())
-            .map(|s| CallQuality {
-                packets_sent: s.packets_sent,
-                packets_received: s.packets_received,
-                packets_lost: s.lost,
-                jitter_ms: s.jitter_ms,
-                rtt_ms: s.rtt_ms,
-                mos: s.mos,
-            });
+        let quality = self.stats.borrow().map(|s| CallQuality {
+            packets_sent: s.packets_sent,
+            packets_received: s.packets_received,
+            packets_lost: s.lost,
+            jitter_ms: s.jitter_ms,
+            rtt_ms: s.rtt_ms,
+            mos: s.mos,
+        });
         self.outbox.send(ServerMessage::CallFinished {
             session_id: self.ids.session_id.clone(),
             call_id: self.ids.call_id.clone(),
