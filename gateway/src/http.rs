@@ -37,11 +37,13 @@ use crate::state::Gateway;
 /// Beyond this a frame is not even read: the connection closes (1009).
 /// Frames between the protocol limit and this get an ERROR reply instead.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
-/// How much a WebSocket reads from its socket at a time. tungstenite's
-/// default, 128 KiB, was allocated up front for every connection: 44 % of
-/// a relayed call's heap (heaptrack, issue 15). The protocol's messages are
-/// small; a larger one is still read, in several reads.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// How much a WebSocket reads from its socket at a time, and its read
+/// buffer's first size. tungstenite's default, 128 KiB, was allocated up
+/// front for every connection: 44 % of a relayed call's heap (heaptrack,
+/// issue 15). Most of the protocol's messages are under 1 KiB; a larger one
+/// (a WebRTC offer) grows the buffer to fit its frame and is read in
+/// several reads.
+const WS_READ_BUFFER: usize = 1024;
 
 /// After a failed accept (out of descriptors, say), the listener waits
 /// this long before the next: retrying at once would spin.
