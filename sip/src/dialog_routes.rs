@@ -60,13 +60,12 @@ impl DialogRoutes {
         table
             .entry(call_id.clone())
             .or_default()
-            .push((local_tag.clone(), sender));
+            .push((local_tag, sender));
         drop(table);
         let states = DialogStates {
             receiver,
             table: self.table.clone(),
             call_id,
-            local_tag,
         };
         Ok((made, states))
     }
@@ -105,7 +104,6 @@ pub(crate) struct DialogStates {
     receiver: mpsc::UnboundedReceiver<Box<DialogState>>,
     table: Arc<Mutex<Table>>,
     call_id: String,
-    local_tag: String,
 }
 
 impl DialogStates {
@@ -117,9 +115,11 @@ impl DialogStates {
 
 impl Drop for DialogStates {
     fn drop(&mut self) {
+        // Closed, this route is the one whose sender says so.
+        self.receiver.close();
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(routes) = table.get_mut(&self.call_id) {
-            routes.retain(|(tag, _)| *tag != self.local_tag);
+            routes.retain(|(_, sender)| !sender.is_closed());
             if routes.is_empty() {
                 table.remove(&self.call_id);
             }
@@ -213,6 +213,14 @@ mod tests {
         assert!(matches!(kept.recv().await, Some(DialogState::Calling(_))));
         drop(kept);
         assert!(routes.lock().is_empty());
+        // Even two routes with one key: dropping one removes that one alone.
+        let (sender, first) = open(&routes, id("c3", "same", ""));
+        let (_, mut second) = open(&routes, id("c3", "same", ""));
+        drop(first);
+        sender
+            .send(DialogState::Calling(id("c3", "same", "")))
+            .unwrap();
+        assert!(matches!(second.recv().await, Some(DialogState::Calling(_))));
         stop.cancel();
         delivering.await.unwrap();
     }
