@@ -196,7 +196,6 @@ impl Gateway {
         serde_json::from_str(&body).with_context(|| format!("GET /status: not JSON: {body}"))
     }
 
-    /// GET /metrics, which must answer 200; returns the Prometheus text.
     /// Waits until every `/status` counter named in `keys` is 0 (calls,
     /// dialogs, media ports, ...); the error shows the last status.
     pub fn wait_released(&self, keys: &[&str], timeout: Duration) -> anyhow::Result<()> {
@@ -228,6 +227,18 @@ impl Gateway {
         self.wait_released(&keys, timeout)
     }
 
+    /// Waits until `/status` shows RTP from the far end of `call_id`
+    /// counted by its room.
+    pub fn wait_media_received(&self, call_id: &str, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait::wait_until(timeout, || {
+            let status = self.status()?;
+            Ok(status["media"][call_id]["packetsReceived"]
+                .as_u64()
+                .is_some_and(|received| received > 0))
+        })
+    }
+
+    /// GET /metrics, which must answer 200; returns the Prometheus text.
     pub fn metrics_text(&self) -> anyhow::Result<String> {
         let (code, body) = self.http_get("/metrics")?;
         if code != 200 {

@@ -19,7 +19,6 @@ use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
 use dialtone_tests::ports::free_port;
 use dialtone_tests::process::Logged;
 use dialtone_tests::sipp::{Sipp, SippOptions, UasScenario};
-use dialtone_tests::wait::wait_until;
 use dialtone_tests::ws_client::WsClient;
 use serde_json::{json, Value};
 
@@ -88,13 +87,9 @@ impl DeadCallee {
         ensure!(started["callId"] == call_id.as_str(), "{started}");
         baresip.wait_call_established(PEER)?;
         // The far end's audio flows: what stops is media that was there.
-        wait_until(PEER, || {
-            let status = gateway.status()?;
-            Ok(status["media"][&call_id]["packetsReceived"]
-                .as_u64()
-                .is_some_and(|received| received > 0))
-        })
-        .context("no RTP from baresip reached the gateway")?;
+        gateway
+            .wait_media_received(&call_id, PEER)
+            .context("no RTP from baresip reached the gateway")?;
         baresip.kill_hard()?;
         Ok(DeadCallee {
             ws,

@@ -150,13 +150,9 @@ async fn last_digit_ends_at_baresip_without_client_audio() -> anyhow::Result<()>
         ended(&events),
     );
     // The room writes the SIP leg's statistics where /status and CALL_FINISHED read them.
-    wait_until(PEER, || {
-        let status = gateway.status()?;
-        Ok(status["media"][&call_id]["packetsReceived"]
-            .as_u64()
-            .is_some_and(|received| received > 0))
-    })
-    .context("/status never showed baresip's audio reaching the gateway")?;
+    gateway
+        .wait_media_received(&call_id, PEER)
+        .context("/status never showed baresip's audio reaching the gateway")?;
     ws.send_json(&json!({"type": "HANGUP_CALL", "sessionId": session_id, "callId": call_id}))
         .await?;
     let finished = ws.recv_type("CALL_FINISHED", REPLY).await?;
