@@ -40,6 +40,11 @@ use crate::media_room::{Driver, RoomCommand};
 /// How long a busy loop lets datagrams gather before it waits again (see
 /// [`Gathering`]): the most it adds to a packet's delay.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+/// Readable sockets a second from which gathering pays: about ten a
+/// wake-up. Measured here (docs/performance.md, session 9): at 5 000 a
+/// second it cost more than it saved, at 10 000 it was even, at 20 000 it
+/// saved a fifth.
+const GATHER_RATE: f64 = 10_000.0;
 /// Datagrams taken from a socket in one `recvmmsg`.
 const BATCH: usize = 8;
 /// The largest datagram taken whole; longer ones are cut (no RTP packet
@@ -457,24 +462,41 @@ struct EventLoop {
 /// Whether a loop lets datagrams gather before it waits again. Woken for
 /// every packet, a busy loop spends more on waking (a context switch, an
 /// `epoll_wait`) than on the packet; a wake-up every [`GATHER`] serves all
-/// that came meanwhile. A loop whose packets are sparse waits as before, so
-/// a light load gets no added delay.
-#[derive(Debug, Default)]
+/// that came meanwhile. The sleep is a wake-up of its own, so it pays only
+/// when it gathers many: a loop gathers while its last window
+/// ([`LOAD_WINDOW`]) found at least [`GATHER_RATE`] readable sockets a
+/// second, and waits as before otherwise, so a light load gets no added
+/// delay.
+#[derive(Debug)]
 struct Gathering {
     last_turn: Option<Instant>,
+    window_began: Instant,
+    sockets_in_window: u64,
     dense: bool,
 }
 
 impl Gathering {
+    fn new(now: Instant) -> Gathering {
+        Gathering {
+            last_turn: None,
+            window_began: now,
+            sockets_in_window: 0,
+            dense: false,
+        }
+    }
+
     /// Notes a turn that began at `began` and served `sockets` readable
-    /// sockets: packets are dense when one turn finds several, or turns
-    /// come closer than [`GATHER`].
+    /// sockets; at the end of a window, decides for the next.
     fn turn(&mut self, began: Instant, sockets: usize) {
-        let close = self
-            .last_turn
-            .is_some_and(|last| began.saturating_duration_since(last) < GATHER);
-        self.dense = sockets > 1 || close;
         self.last_turn = Some(began);
+        self.sockets_in_window += sockets as u64;
+        let window = began.saturating_duration_since(self.window_began);
+        if window >= LOAD_WINDOW {
+            let per_second = self.sockets_in_window as f64 / window.as_secs_f64();
+            self.dense = per_second >= GATHER_RATE;
+            self.window_began = began;
+            self.sockets_in_window = 0;
+        }
     }
 
     /// Until when to gather before the next wait, if at all; never past
@@ -557,7 +579,7 @@ impl EventLoop {
             batch: Box::new(Batch::new()),
             tick_origin: Instant::now(),
             rooms_opened: 0,
-            gathering: Gathering::default(),
+            gathering: Gathering::new(Instant::now()),
             load: Load {
                 policy: complexity,
                 complexity: complexity.least,
@@ -1172,28 +1194,30 @@ mod tests {
     }
 
     #[test]
-    fn a_loop_gathers_only_while_packets_are_dense_and_never_past_a_deadline() {
+    fn a_loop_gathers_only_after_a_window_of_dense_packets_and_never_past_a_deadline() {
         let start = Instant::now();
-        let us = std::time::Duration::from_micros;
-        let mut gathering = Gathering::default();
+        let ms = std::time::Duration::from_millis;
+        let mut gathering = Gathering::new(start);
         assert_eq!(gathering.until(None), None, "no turn yet");
-        // One socket, then another 5 ms later: sparse, so it waits at once.
-        gathering.turn(start, 1);
-        gathering.turn(start + us(5_000), 1);
+        // A first window of 5 sockets a millisecond: sparse, it waits at once.
+        for turn in 0..=1000 {
+            gathering.turn(start + ms(turn), 5);
+        }
         assert_eq!(gathering.until(None), None);
-        // One socket 200 µs after the last turn: dense.
-        gathering.turn(start + us(5_200), 1);
-        assert_eq!(gathering.until(None), Some(start + us(5_200) + GATHER));
-        // A gathered turn finds many sockets: it goes on gathering, though
-        // it began a whole GATHER after the turn before.
-        gathering.turn(start + us(6_200), 12);
-        assert_eq!(gathering.until(None), Some(start + us(6_200) + GATHER));
+        // A window of 20 a millisecond: from its end on, it gathers.
+        for turn in 1001..=2000 {
+            gathering.turn(start + ms(turn), 20);
+        }
+        assert_eq!(gathering.until(None), Some(start + ms(2000) + GATHER));
+        // Within the window, a quiet turn changes nothing yet.
+        gathering.turn(start + ms(2500), 0);
+        assert_eq!(gathering.until(None), Some(start + ms(2500) + GATHER));
         // A room's tick due sooner bounds the gathering.
-        let tick = start + us(6_500);
+        let tick = start + ms(2500) + GATHER / 4;
         assert_eq!(gathering.until(Some(tick)), Some(tick));
-        // Traffic falls to one socket a turn, turns far apart: no gathering.
-        gathering.turn(start + us(9_000), 1);
-        assert_eq!(gathering.until(Some(tick)), None);
+        // The traffic stops: the window that saw it end stops gathering.
+        gathering.turn(start + ms(3100), 1);
+        assert_eq!(gathering.until(None), None);
     }
 
     fn load(busy_per_mille: u32, rooms_measured: u32, rooms_since: u32) -> LoadSnapshot {
