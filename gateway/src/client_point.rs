@@ -101,7 +101,13 @@ impl Negotiator<'_> {
         if !webrtc && !wants("RTP") {
             return None;
         }
-        let Some(lease) = self.gateway.ports.lease() else {
+        // WebRTC muxes RTCP on the RTP port; a plain RTP client may send
+        // RTCP to the next port, which must then be ours.
+        let lease = match webrtc {
+            true => self.gateway.ports.lease_muxed(),
+            false => self.gateway.ports.lease(),
+        };
+        let Some(lease) = lease else {
             warn!("no free media port for the client's point");
             return None;
         };

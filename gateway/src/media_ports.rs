@@ -21,12 +21,13 @@ pub struct PortPool {
     in_use: Gauge,
 }
 
-/// An RTP port (even) and its RTCP port (the next one), bound.
+/// An RTP port (even) and its RTCP port (the next one), bound; or the RTP
+/// port alone, for a point that carries its RTCP on it (rtcp-mux).
 pub struct PortLease {
     pool: Arc<PortPool>,
     rtp_port: u16,
     rtp: UdpSocket,
-    rtcp: UdpSocket,
+    rtcp: Option<UdpSocket>,
 }
 
 impl PortPool {
@@ -44,16 +45,27 @@ impl PortPool {
     /// A free pair at random, skipping ports another program holds;
     /// `None` when the pool is exhausted.
     pub fn lease(self: &Arc<Self>) -> Option<PortLease> {
+        self.take(true)
+    }
+
+    /// A free RTP port at random, its RTCP port left unbound: for a point
+    /// that muxes RTCP (WebRTC requires it), which would never read it.
+    pub fn lease_muxed(self: &Arc<Self>) -> Option<PortLease> {
+        self.take(false)
+    }
+
+    fn take(self: &Arc<Self>, with_rtcp: bool) -> Option<PortLease> {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         let mut busy_elsewhere = Vec::new();
         let mut lease = None;
         while !free.is_empty() {
             let drawn = rand::random_range(..free.len());
             let port = free.swap_remove(drawn);
-            match (
-                UdpSocket::bind(SocketAddr::new(self.ip, port)),
-                UdpSocket::bind(SocketAddr::new(self.ip, port + 1)),
-            ) {
+            let rtp = UdpSocket::bind(SocketAddr::new(self.ip, port));
+            let rtcp = with_rtcp
+                .then(|| UdpSocket::bind(SocketAddr::new(self.ip, port + 1)))
+                .transpose();
+            match (rtp, rtcp) {
                 (Ok(rtp), Ok(rtcp)) => {
                     lease = Some(PortLease {
                         pool: self.clone(),
@@ -93,9 +105,14 @@ impl PortLease {
         non_blocking(&self.rtp)
     }
 
-    /// The RTCP socket (RTP port + 1), likewise.
+    /// The RTCP socket (RTP port + 1), likewise; an error for a muxed lease.
     pub fn rtcp_socket(&self) -> std::io::Result<UdpSocket> {
-        non_blocking(&self.rtcp)
+        match &self.rtcp {
+            Some(rtcp) => non_blocking(rtcp),
+            None => Err(std::io::Error::other(
+                "this lease muxes RTCP on its RTP port",
+            )),
+        }
     }
 }
 
@@ -143,6 +160,21 @@ mod tests {
         drop(first);
         assert_eq!(pool.lease().unwrap().rtp_port(), given_back);
         assert_eq!(in_use.get(), 1);
+    }
+
+    #[test]
+    fn a_muxed_lease_binds_its_rtp_port_alone() {
+        let pool = pool(41051, 41054, Gauge::default());
+        let lease = pool.lease_muxed().unwrap();
+        assert_eq!(lease.rtp_port(), 41052);
+        assert!(UdpSocket::bind("127.0.0.1:41052").is_err(), "RTP is bound");
+        assert!(UdpSocket::bind("127.0.0.1:41053").is_ok(), "RTCP is not");
+        assert!(lease.rtcp_socket().is_err());
+        drop(lease);
+        // The pair goes back whole: a paired lease takes it again.
+        let paired = pool.lease().unwrap();
+        assert_eq!(paired.rtp_port(), 41052);
+        assert!(paired.rtcp_socket().is_ok());
     }
 
     #[test]
