@@ -839,7 +839,6 @@ impl CallTask {
         media.membership = Some(membership);
     }
 
-    /// The SIP side's statistics, for /status and the quality report.
     fn report_digit(&self, digit: char, method: &'static str) {
         info!(%digit, method, "digit from the far end");
         self.outbox.send(ServerMessage::DtmfReceived {
