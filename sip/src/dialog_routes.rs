@@ -78,7 +78,7 @@ impl DialogRoutes {
             };
             // Never `None`: `self` holds a sender.
             let Some(state) = state else { return };
-            let id = dialog_id(&state);
+            let id = state.id();
             let route = self.lock().get(&id.call_id).and_then(|routes| {
                 routes
                     .iter()
@@ -127,24 +127,6 @@ impl Drop for DialogStates {
     }
 }
 
-fn dialog_id(state: &DialogState) -> &DialogId {
-    match state {
-        DialogState::Calling(id)
-        | DialogState::Trying(id)
-        | DialogState::Early(id, _)
-        | DialogState::WaitAck(id, _)
-        | DialogState::Confirmed(id, _)
-        | DialogState::Updated(id, _, _)
-        | DialogState::Publish(id, _, _)
-        | DialogState::Notify(id, _, _)
-        | DialogState::Refer(id, _, _)
-        | DialogState::Message(id, _, _)
-        | DialogState::Info(id, _, _)
-        | DialogState::Options(id, _, _)
-        | DialogState::Terminated(id, _) => id,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,13 +139,26 @@ mod tests {
         }
     }
 
-    fn open(routes: &DialogRoutes, dialog: DialogId) -> (DialogStateSender, DialogStates) {
-        let result: Result<_, ()> =
-            routes.open(|sender| Ok((sender, dialog.clone())), |_| dialog.clone());
-        let Ok(((sender, _), states)) = result else {
+    fn open(routes: &DialogRoutes, dialog: DialogId) -> DialogStates {
+        let result: Result<_, ()> = routes.open(|_| Ok(()), |_| dialog.clone());
+        let Ok(((), states)) = result else {
             unreachable!("the maker does not fail")
         };
-        (sender, states)
+        states
+    }
+
+    /// The next state routed to `states`; `None` if none comes within a
+    /// second (a misrouted state would leave a test waiting).
+    async fn next(states: &mut DialogStates) -> Option<DialogState> {
+        tokio::time::timeout(std::time::Duration::from_secs(1), states.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// What rsipstack does for any dialog: sends on the one shared sender.
+    fn send(routes: &DialogRoutes, state: DialogState) {
+        routes.shared.send(state).unwrap();
     }
 
     #[tokio::test]
@@ -173,21 +168,23 @@ mod tests {
         let delivering = tokio::spawn(delivery);
         // A call the gateway places to one of its own users: both dialogs
         // have the Call-ID, each its own tag.
-        let (outgoing_sender, mut outgoing) = open(&routes, id("c1", "ours-out", ""));
-        let (incoming_sender, mut incoming) = open(&routes, id("c1", "ours-in", "ours-out"));
-        incoming_sender
-            .send(DialogState::Trying(id("c1", "ours-in", "ours-out")))
-            .unwrap();
+        let mut outgoing = open(&routes, id("c1", "ours-out", ""));
+        let mut incoming = open(&routes, id("c1", "ours-in", "ours-out"));
+        send(
+            &routes,
+            DialogState::Trying(id("c1", "ours-in", "ours-out")),
+        );
         // The far end's tag has arrived since the route was made.
-        outgoing_sender
-            .send(DialogState::Calling(id("c1", "ours-out", "ours-in")))
-            .unwrap();
+        send(
+            &routes,
+            DialogState::Calling(id("c1", "ours-out", "ours-in")),
+        );
         assert!(matches!(
-            incoming.recv().await,
+            next(&mut incoming).await,
             Some(DialogState::Trying(_))
         ));
         assert!(matches!(
-            outgoing.recv().await,
+            next(&mut outgoing).await,
             Some(DialogState::Calling(_))
         ));
         stop.cancel();
@@ -199,28 +196,28 @@ mod tests {
         let stop = CancellationToken::new();
         let (routes, delivery) = DialogRoutes::new(stop.clone());
         let delivering = tokio::spawn(delivery);
-        let (sender, given_up) = open(&routes, id("c2", "first", ""));
-        let (_, mut kept) = open(&routes, id("c2", "second", ""));
+        let given_up = open(&routes, id("c2", "first", ""));
+        let mut kept = open(&routes, id("c2", "second", ""));
         drop(given_up);
         assert_eq!(routes.lock().get("c2").map(Vec::len), Some(1));
         // A late state of the given-up dialog goes nowhere; the kept one's arrives.
-        sender
-            .send(DialogState::Trying(id("c2", "first", "x")))
-            .unwrap();
-        sender
-            .send(DialogState::Calling(id("c2", "second", "")))
-            .unwrap();
-        assert!(matches!(kept.recv().await, Some(DialogState::Calling(_))));
+        send(&routes, DialogState::Trying(id("c2", "first", "x")));
+        send(&routes, DialogState::Calling(id("c2", "second", "")));
+        assert!(matches!(
+            next(&mut kept).await,
+            Some(DialogState::Calling(_))
+        ));
         drop(kept);
         assert!(routes.lock().is_empty());
         // Even two routes with one key: dropping one removes that one alone.
-        let (sender, first) = open(&routes, id("c3", "same", ""));
-        let (_, mut second) = open(&routes, id("c3", "same", ""));
+        let first = open(&routes, id("c3", "same", ""));
+        let mut second = open(&routes, id("c3", "same", ""));
         drop(first);
-        sender
-            .send(DialogState::Calling(id("c3", "same", "")))
-            .unwrap();
-        assert!(matches!(second.recv().await, Some(DialogState::Calling(_))));
+        send(&routes, DialogState::Calling(id("c3", "same", "")));
+        assert!(matches!(
+            next(&mut second).await,
+            Some(DialogState::Calling(_))
+        ));
         stop.cancel();
         delivering.await.unwrap();
     }
