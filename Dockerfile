@@ -10,7 +10,7 @@
 # Build: Debian 12 with the toolchain the project is tested on.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libopus-dev libclang-dev pkg-config cmake \
+    && apt-get install -y --no-install-recommends libopus-dev libclang-dev clang pkg-config cmake \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

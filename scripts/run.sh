@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-ensure_packages build-essential pkg-config
+ensure_packages build-essential pkg-config clang
 ensure_rust
 exec cargo run --release --locked -p dialtone-gateway --bin dialtone -- "$@"

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-ensure_packages build-essential pkg-config libopus-dev libclang-dev
+ensure_packages build-essential pkg-config libopus-dev libclang-dev clang
 ensure_rust
 CALLS=${1:-10000}
 CONCURRENCY=${2:-50}

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-ensure_packages build-essential pkg-config libopus-dev libclang-dev kamailio kamailio-tls-modules baresip-core sip-tester sox python3-numpy espeak-ng \
+ensure_packages build-essential pkg-config libopus-dev libclang-dev clang kamailio kamailio-tls-modules baresip-core sip-tester sox python3-numpy espeak-ng \
     chromium iproute2 util-linux ffmpeg nginx libnginx-mod-rtmp python3-venv openssl ca-certificates python3-yaml dnsmasq-base
 # The static ffmpeg of PyPI's imageio-ffmpeg (pinned; IMAGEIO_FFMPEG_VERSION in
 # tests/src/ffmpeg.rs) publishes Opus over enhanced RTMP, which Debian's ffmpeg 5.1 refuses.

@@ -222,6 +222,11 @@ pub struct MediaConfig {
     pub opus_complexity_max: u8,
     /// Opus encoder rate in bit/s.
     pub opus_bitrate: i32,
+    /// Steady same-codec relays forwarded by a TC program in the kernel
+    /// (docs/decisions.md, "Kernel fast path"), when the gateway may load
+    /// one (CAP_BPF and CAP_NET_ADMIN, kernel 6.6 or later); else, or when
+    /// false, every packet goes through the gateway.
+    pub kernel_fast_path: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -541,6 +546,7 @@ impl Default for MediaConfig {
             opus_complexity: dialtone_codecs::OpusSettings::default().complexity,
             opus_complexity_max: 4,
             opus_bitrate: dialtone_codecs::OpusSettings::default().bitrate_bps,
+            kernel_fast_path: true,
         }
     }
 }
@@ -715,6 +721,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DIALTONE_LOG", "log.level"),
     ("DIALTONE_ALLOW_OPEN_PUBLIC", "sessions.allow_open_public"),
     ("DIALTONE_STATUS_TOKEN", "http.status_token"),
+    ("DIALTONE_KERNEL_FAST_PATH", "media.kernel_fast_path"),
     (
         "DIALTONE_TRUSTED_PROXIES",
         "http.trusted_proxies (comma-separated addresses)",
@@ -787,6 +794,9 @@ impl Config {
                     self.sessions.allow_open_public = value.parse().with_context(bad)?
                 }
                 "DIALTONE_STATUS_TOKEN" => self.http.status_token = Some(value.clone()),
+                "DIALTONE_KERNEL_FAST_PATH" => {
+                    self.media.kernel_fast_path = value.parse().with_context(bad)?
+                }
                 "DIALTONE_TRUSTED_PROXIES" => {
                     self.http.trusted_proxies = value
                         .split(',')

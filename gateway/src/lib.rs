@@ -16,6 +16,7 @@ mod client_point;
 pub mod config;
 mod connection;
 mod dial_plan;
+mod fast_path;
 mod hold_music;
 mod http;
 mod limits;
@@ -194,7 +195,26 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .opus_complexity_max
             .max(config.media.opus_complexity),
     };
-    let media = media_engine::MediaEngine::start(config.media.threads, tasks.clone(), complexity)?;
+    let fast_path = config
+        .media
+        .kernel_fast_path
+        .then(|| {
+            let ports = u32::from(config.media.rtp_port_max - config.media.rtp_port_min) + 1;
+            fast_path::FastPath::start(
+                ports,
+                metrics.kernel_relays.clone(),
+                metrics.kernel_forwarded_packets.clone(),
+            )
+            .map_err(|error| info!(%error, "kernel fast path off: the gateway relays every packet"))
+            .ok()
+        })
+        .flatten();
+    let media = media_engine::MediaEngine::start(
+        config.media.threads,
+        tasks.clone(),
+        complexity,
+        fast_path,
+    )?;
     let gateway = Arc::new(Gateway {
         rooms,
         config,

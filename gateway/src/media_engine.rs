@@ -35,6 +35,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, Span};
 
+use crate::fast_path::FastPath;
 use crate::media_room::{Driver, RoomCommand};
 
 /// How long a busy loop lets datagrams gather before it waits again (see
@@ -206,6 +207,7 @@ impl MediaEngine {
         threads: usize,
         tasks: TaskTracker,
         complexity: ComplexityPolicy,
+        fast_path: Option<Arc<FastPath>>,
     ) -> io::Result<MediaEngine> {
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
@@ -222,7 +224,13 @@ impl MediaEngine {
                 woken: Mutex::new(Vec::new()),
                 load: SharedLoad::default(),
             });
-            let event_loop = EventLoop::new(poll, receiver, handle.clone(), complexity)?;
+            let event_loop = EventLoop::new(
+                poll,
+                receiver,
+                handle.clone(),
+                complexity,
+                fast_path.clone(),
+            )?;
             std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || event_loop.run())?;
@@ -457,6 +465,8 @@ struct EventLoop {
     rooms_opened: u32,
     load: Load,
     gathering: Gathering,
+    /// Where its rooms hand their steady relays, if anywhere.
+    fast_path: Option<Arc<FastPath>>,
 }
 
 /// Whether a loop lets datagrams gather before it waits again. Woken for
@@ -559,6 +569,7 @@ impl EventLoop {
         commands: Receiver<LoopCommand>,
         home: Arc<LoopHandle>,
         complexity: ComplexityPolicy,
+        fast_path: Option<Arc<FastPath>>,
     ) -> io::Result<EventLoop> {
         let registry = poll.registry().try_clone()?;
         Ok(EventLoop {
@@ -586,6 +597,7 @@ impl EventLoop {
                 window_began: Instant::now(),
                 busy: std::time::Duration::ZERO,
             },
+            fast_path,
         })
     }
 
@@ -679,7 +691,7 @@ impl EventLoop {
                         closed,
                     } = *open;
                     let tick_origin = self.next_tick_origin();
-                    let mut driver = Driver::new(key, tick_origin);
+                    let mut driver = Driver::new(key, tick_origin, self.fast_path.clone());
                     driver.set_encoder_complexity(self.load.complexity);
                     self.rooms.insert(
                         key,
@@ -1021,7 +1033,7 @@ mod tests {
     fn one_loop() -> (TaskTracker, MediaEngine) {
         let tasks = TaskTracker::new();
         let policy = ComplexityPolicy { least: 3, most: 3 };
-        let engine = MediaEngine::start(1, tasks.clone(), policy).unwrap();
+        let engine = MediaEngine::start(1, tasks.clone(), policy, None).unwrap();
         (tasks, engine)
     }
 

@@ -13,9 +13,11 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use dialtone_room::offload::{Offload, OffloadProgress};
 use dialtone_room::stats::MediaStatsSnapshot;
 use dialtone_room::{
     DetachedPoint, Event, Input, Output, PointConfig, PointId, PointUpdate, Role, Room, Socket,
@@ -25,6 +27,7 @@ use mio::Token;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::fast_path::{FastPath, InstalledRule};
 use crate::media_engine::{MediaEngine, RoomAddress, SourceKind, Sources};
 use crate::recording::{FinishedRecording, Recorder, RecordingError};
 use crate::rtmp_streams::{FlvFrame, PlayerJoin, RoomStreams, ToPlayer};
@@ -245,6 +248,9 @@ pub fn refuse(command: RoomCommand) {
 /// One point's I/O as the driver keeps it, and where its news goes.
 struct DriverIo {
     point: PointId,
+    /// The kernel's rule for the relay from this point, while it has one.
+    /// First, so that it is deleted before the socket closes.
+    offloaded: Option<InstalledRule>,
     rtp: Option<UdpSocket>,
     rtcp: Option<UdpSocket>,
     published: Option<mpsc::Receiver<FlvFrame>>,
@@ -320,17 +326,94 @@ pub struct Driver {
     room: Room,
     io: Vec<DriverIo>,
     recordings: HashMap<u32, Writing>,
+    fast_path: Option<Arc<FastPath>>,
 }
 
 impl Driver {
     /// A room whose 20 ms ticks fall on `tick_origin` plus whole frames:
-    /// rooms that share it share the wake-ups of their ticks.
-    pub fn new(key: u64, tick_origin: Instant) -> Driver {
+    /// rooms that share it share the wake-ups of their ticks. With a
+    /// `fast_path`, its steady relays are forwarded by the kernel.
+    pub fn new(key: u64, tick_origin: Instant, fast_path: Option<Arc<FastPath>>) -> Driver {
+        let mut room = Room::with_tick_origin(tick_origin);
+        if fast_path.is_some() {
+            room.enable_offload();
+        }
         Driver {
             key,
-            room: Room::with_tick_origin(tick_origin),
+            room,
             io: Vec::new(),
             recordings: HashMap::new(),
+            fast_path,
+        }
+    }
+
+    /// The kernel's progress with the room's relays, for the room to count
+    /// before its timers run; `take`: the relays come back to the room.
+    fn sync_offloaded(&mut self, now: Instant, take: bool) {
+        for index in 0..self.io.len() {
+            self.sync_offloaded_from(now, index, take);
+        }
+    }
+
+    fn sync_offloaded_from(&mut self, now: Instant, index: usize, take: bool) {
+        let io = &mut self.io[index];
+        let point = io.point;
+        let (progress, ended) = match io.offloaded.take() {
+            None => return,
+            Some(rule) if take => (rule.take(now), true),
+            Some(mut rule) => {
+                let progress = rule.progress(now);
+                io.offloaded = Some(rule);
+                (progress, false)
+            }
+        };
+        let progress = progress.unwrap_or_else(|error| {
+            warn!(point = point.0, %error, "kernel relay unreadable");
+            OffloadProgress::default()
+        });
+        self.room.handle_input(
+            now,
+            Input::Offloaded {
+                point,
+                progress,
+                ended,
+            },
+        );
+    }
+
+    /// Hands a relay the room found steady to the kernel; the room hears
+    /// at once when it cannot.
+    fn offload(&mut self, now: Instant, offload: &Offload) {
+        let local = |id: PointId| {
+            let io = self.io.iter().find(|io| io.point == id)?;
+            io.rtp.as_ref()?.local_addr().ok()
+        };
+        let installed = match (&self.fast_path, local(offload.from), local(offload.to)) {
+            (Some(fast_path), Some(receiving), Some(sending)) => fast_path
+                .install(offload, receiving, sending)
+                .map_err(|error| debug!(%error, "relay not handed to the kernel")),
+            _ => Err(()),
+        };
+        match (
+            installed,
+            self.io.iter_mut().find(|io| io.point == offload.from),
+        ) {
+            (Ok(rule), Some(io)) => {
+                debug!(
+                    from = offload.from.0,
+                    to = offload.to.0,
+                    "relay in the kernel"
+                );
+                io.offloaded = Some(rule);
+            }
+            _ => self.room.handle_input(
+                now,
+                Input::Offloaded {
+                    point: offload.from,
+                    progress: OffloadProgress::default(),
+                    ended: true,
+                },
+            ),
         }
     }
 
@@ -343,6 +426,7 @@ impl Driver {
     }
 
     pub fn on_timeout(&mut self, now: Instant) {
+        self.sync_offloaded(now, false);
         self.room.handle_input(now, Input::Timeout);
     }
 
@@ -357,7 +441,17 @@ impl Driver {
         socket.map(AsRawFd::as_raw_fd)
     }
 
+    /// A datagram the kernel left to the room (or that came before it took
+    /// the relay): the relay comes back first, so the room sees its stream
+    /// where the kernel left it.
     pub fn on_datagram(&mut self, now: Instant, point: PointId, source: SocketAddr, data: &[u8]) {
+        if let Some(index) = self
+            .io
+            .iter()
+            .position(|io| io.point == point && io.offloaded.is_some())
+        {
+            self.sync_offloaded_from(now, index, true);
+        }
         self.room.handle_input(
             now,
             Input::Datagram {
@@ -424,6 +518,7 @@ impl Driver {
     /// The room ends: recordings are finished, each point's owner gets a
     /// last statistics snapshot and the point back.
     pub fn end(&mut self, sources: &mut Sources) {
+        self.sync_offloaded(Instant::now(), true);
         self.drain();
         for (_, writing) in self.recordings.drain() {
             finish(writing, "ROOM_ENDED");
@@ -461,6 +556,8 @@ impl Driver {
 
     pub fn on_command(&mut self, command: RoomCommand, sources: &mut Sources) {
         let now = Instant::now();
+        // Whatever it changes, the room decides on its relays again.
+        self.sync_offloaded(now, true);
         let result = match command {
             RoomCommand::AddPoint(id, config, io, sink) => {
                 let result = self.room.add_point(now, id, *config);
@@ -473,6 +570,7 @@ impl Driver {
                     };
                     let mut io = DriverIo {
                         point: id,
+                        offloaded: None,
                         rtp: io.rtp,
                         rtcp: io.rtcp,
                         published,
@@ -559,6 +657,8 @@ impl Driver {
     pub fn drain(&mut self) {
         let mut departed = Vec::new();
         let mut stopped = Vec::new();
+        let mut offloads = Vec::new();
+        let mut reclaimed = Vec::new();
         while let Some(output) = self.room.poll_output() {
             match output {
                 Output::Transmit(transmit) => send(&self.io, &transmit),
@@ -604,17 +704,32 @@ impl Driver {
                         stopped.push((recording, error.reason()));
                     }
                 }
+                Output::Offload(offload) => offloads.push(offload),
+                Output::Reclaim(point) => reclaimed.push(point),
+            }
+        }
+        let now = Instant::now();
+        for offload in &offloads {
+            self.offload(now, offload);
+        }
+        for point in &reclaimed {
+            if let Some(index) = self.io.iter().position(|io| io.point == *point) {
+                self.sync_offloaded_from(now, index, true);
             }
         }
         for (recording, reason) in stopped {
             self.stop_recording(Instant::now(), recording, reason);
         }
-        for (point, player) in departed {
+        for (point, player) in departed.iter().copied() {
             if let Some(io) = self.io.iter_mut().find(|io| io.point == point) {
                 io.players.remove(&player);
             }
             self.room
                 .handle_input(Instant::now(), Input::PlayerLeft { point, player });
+        }
+        // What the room said to those inputs.
+        if !(offloads.is_empty() && reclaimed.is_empty() && departed.is_empty()) {
+            self.drain();
         }
     }
 

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub sessions_started: Counter,
     pub sessions_failed: Family<ReasonLabel, Counter>,
     pub protocol_errors: Family<ReasonLabel, Counter>,
+    /// Relays the kernel fast path carries now, and the packets it has
+    /// forwarded (counted as the gateway reads them back, about a second
+    /// late).
+    pub kernel_relays: Gauge,
+    pub kernel_forwarded_packets: Counter,
     /// Each media loop's last second, set as `/metrics` is read.
     media_loop_busy: Family<LoopLabel, Gauge<f64, AtomicU64>>,
     media_loop_rooms: Family<LoopLabel, Gauge>,
@@ -116,6 +121,8 @@ impl Metrics {
             sessions_started: Counter::default(),
             sessions_failed: Family::default(),
             protocol_errors: Family::default(),
+            kernel_relays: Gauge::default(),
+            kernel_forwarded_packets: Counter::default(),
             media_loop_busy: Family::default(),
             media_loop_rooms: Family::default(),
             registry: Registry::default(),
@@ -210,6 +217,16 @@ impl Metrics {
             "protocol_errors",
             "ERROR replies sent to clients, by code",
             metrics.protocol_errors.clone(),
+        );
+        registry.register(
+            "kernel_relays",
+            "Relays the kernel fast path carries now",
+            metrics.kernel_relays.clone(),
+        );
+        registry.register(
+            "kernel_forwarded_packets",
+            "RTP packets the kernel fast path forwarded",
+            metrics.kernel_forwarded_packets.clone(),
         );
         registry.register(
             "media_loop_busy_ratio",

@@ -44,6 +44,7 @@ pub mod inactivity;
 pub mod jitter;
 mod lines;
 pub mod mixer;
+pub mod offload;
 mod point;
 mod room;
 pub mod rtcp;

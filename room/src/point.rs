@@ -13,6 +13,7 @@ use crate::inactivity::{InactivityConfig, InactivityTimer};
 use crate::jitter::{JitterBuffer, JitterConfig};
 use crate::lines::{Line, LinePoint};
 use crate::mixer::{MixInput, MixOutput, Role};
+use crate::offload::OffloadState;
 use crate::rtmp_point::{RtmpPoint, RTMP_PAYLOAD_TYPE};
 use crate::rtp::RtpSender;
 use crate::srtp::{SrtpError, SrtpKeys, SrtpSession, MAX_OVERHEAD};
@@ -293,6 +294,8 @@ pub(crate) struct Point {
     pub(crate) srtp: Option<Box<SrtpSession>>,
     /// Packets dropped for failing SRTP or SRTCP checks.
     pub(crate) srtp_rejected: u64,
+    /// Its relay toward its listener, in the room or with a forwarder.
+    pub(crate) offload: OffloadState,
 }
 
 impl Point {
@@ -395,6 +398,7 @@ impl Point {
             watch,
             srtp,
             srtp_rejected: 0,
+            offload: OffloadState::default(),
         })
     }
 

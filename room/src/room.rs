@@ -14,6 +14,7 @@ use crate::inactivity::MediaTimeout;
 use crate::jitter::Playout;
 use crate::lines::Line;
 use crate::mixer::{self, MixBuffers, MixInput, Role};
+use crate::offload::{self, Offload, OffloadProgress};
 use crate::point::{
     Point, PointConfig, PointId, PointUpdate, Route, Silence, Transport, DIGIT_TAIL_FRAMES,
 };
@@ -75,6 +76,15 @@ pub enum Input<'a> {
     },
     /// The time [`Room::poll_timeout`] named has come.
     Timeout,
+    /// What the forwarder of point `point`'s relay ([`Output::Offload`])
+    /// has done since it took it; `ended`: the relay is back here. Reported
+    /// before [`Input::Timeout`], and ended before any other input or
+    /// command about the relay's two points.
+    Offloaded {
+        point: PointId,
+        progress: OffloadProgress,
+        ended: bool,
+    },
 }
 
 /// Which of a point's sockets a datagram goes out on.
@@ -153,6 +163,12 @@ pub enum Output<'a> {
         recording: u32,
         samples: Vec<i16>,
     },
+    /// A steady relay a forwarder may carry from now on (see
+    /// [`crate::offload`]); the room takes its packets for forwarded
+    /// until told otherwise ([`Input::Offloaded`]).
+    Offload(Offload),
+    /// The relay of this point is wanted back: end its offload.
+    Reclaim(PointId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -193,6 +209,8 @@ enum Pending {
         recording: u32,
         samples: Vec<i16>,
     },
+    Offload(Box<Offload>),
+    Reclaim(PointId),
 }
 
 /// The outputs waiting to be polled, and the packet buffers they are
@@ -254,6 +272,8 @@ pub struct Room {
     /// the driver has set it; until then, what they were made with.
     encoder_complexity: Option<u8>,
     mix_rate: SampleRate,
+    /// Whether steady relays are handed to a forwarder ([`crate::offload`]).
+    offloading: bool,
     /// Made at the first mix: a relaying room never needs its 9.6 KB.
     mix: Option<Box<MixBuffers>>,
     recordings: Vec<u32>,
@@ -293,6 +313,12 @@ impl Room {
             .for_each(|point| point.set_encoder_complexity(complexity));
     }
 
+    /// From now on, steady relays come out as [`Output::Offload`] for the
+    /// driver's forwarder to carry.
+    pub fn enable_offload(&mut self) {
+        self.offloading = true;
+    }
+
     /// The first tick instant at or after `now`.
     fn tick_at_or_after(&self, now: Instant) -> Instant {
         let Some(origin) = self.tick_origin else {
@@ -312,6 +338,7 @@ impl Room {
             next_tick: None,
             tick_origin: None,
             encoder_complexity: None,
+            offloading: false,
             mix_rate: SampleRate::Hz8000,
             mix: None,
             recordings: Vec::new(),
@@ -594,6 +621,11 @@ impl Room {
                 }
             }
             Input::Timeout => self.on_timeout(now),
+            Input::Offloaded {
+                point,
+                progress,
+                ended,
+            } => offload::progressed(&mut self.points, now, point, progress, ended),
         }
         self.after(now);
     }
@@ -634,6 +666,8 @@ impl Room {
             Pending::Recorded { recording, samples } => {
                 Some(Output::Recorded { recording, samples })
             }
+            Pending::Offload(offload) => Some(Output::Offload(*offload)),
+            Pending::Reclaim(point) => Some(Output::Reclaim(point)),
         }
     }
 
@@ -795,9 +829,17 @@ impl Room {
             LatchDecision::Latched {
                 previous,
                 destination,
-            } => debug!(point = point.id.0, ?previous, %destination, "media latched"),
+            } => {
+                debug!(point = point.id.0, ?previous, %destination, "media latched");
+                // Relays toward it go to its new address from the room.
+                let id = point.id;
+                for from in offload::offloaded_to(&self.points, id) {
+                    self.outputs.queue.push_back(Pending::Reclaim(from));
+                }
+            }
             LatchDecision::Accept => {}
         }
+        let point = &mut self.points[index];
         if let Some(watch) = point.watch.as_mut() {
             watch.inactivity.on_packet(now);
             watch
@@ -805,6 +847,15 @@ impl Room {
                 .on_rtp(&packet.header, packet.payload.len(), now);
         }
         self.on_rtp(now, index, &packet.header, packet.payload);
+        if self.offloading {
+            if let Some(offload) =
+                offload::consider(&mut self.points, index, source, &packet.header)
+            {
+                self.outputs
+                    .queue
+                    .push_back(Pending::Offload(Box::new(offload)));
+            }
+        }
     }
 
     /// One RTP packet from a point's far end: digits, or audio for the

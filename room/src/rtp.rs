@@ -230,6 +230,28 @@ pub struct SenderCounters {
     pub rtp_timestamp: u32,
 }
 
+/// A relayed stream's mapping onto ours ([`RtpSender::relay_mapping`]):
+/// our sequence number is the foreign one plus `sequence_offset`, our
+/// timestamp the foreign one plus `timestamp_offset`; foreign numbers
+/// before `anchor_sequence` are not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayMapping {
+    pub ssrc: u32,
+    pub sequence_offset: u16,
+    pub timestamp_offset: u32,
+    pub anchor_sequence: u16,
+    pub highest_sequence: u16,
+    pub highest_timestamp: u32,
+}
+
+/// Where a foreign stream relayed elsewhere has got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayProgress {
+    pub highest_sequence: u16,
+    pub highest_timestamp: u32,
+    pub anchor_sequence: u16,
+}
+
 /// How the current foreign stream maps onto ours while forwarding.
 #[derive(Debug, Clone, Copy)]
 struct ForeignMapping {
@@ -443,6 +465,47 @@ impl RtpSender {
         self.foreign = Some(mapping);
         self.count(payload.len());
         Ok(Some(len))
+    }
+
+    /// How the foreign stream being relayed maps onto ours, for a forwarder
+    /// that carries it on elsewhere ([`crate::offload`]); `None` when no
+    /// stream is relayed, or our own packets came between (the next relayed
+    /// packet renews the mapping).
+    pub fn relay_mapping(&self) -> Option<RelayMapping> {
+        let mapping = self.foreign.filter(|mapping| !mapping.diverged)?;
+        Some(RelayMapping {
+            ssrc: mapping.ssrc,
+            sequence_offset: mapping.sequence_offset,
+            timestamp_offset: mapping.timestamp_offset,
+            anchor_sequence: mapping.anchor_sequence,
+            highest_sequence: mapping.highest_sequence,
+            highest_timestamp: mapping.highest_timestamp,
+        })
+    }
+
+    /// Takes in what a forwarder relayed under [`RtpSender::relay_mapping`]
+    /// since it was last heard from: `packets` more packets of `octets`
+    /// payload, the foreign stream now at `progress`. The stream goes on
+    /// from there as if this sender had relayed them.
+    pub fn relayed_elsewhere(&mut self, progress: RelayProgress, packets: u64, octets: u64) {
+        let Some(mapping) = self.foreign.as_mut() else {
+            return;
+        };
+        mapping.highest_sequence = progress.highest_sequence;
+        mapping.highest_timestamp = progress.highest_timestamp;
+        mapping.anchor_sequence = progress.anchor_sequence;
+        let sequence = progress
+            .highest_sequence
+            .wrapping_add(mapping.sequence_offset);
+        if (sequence.wrapping_sub(self.next_sequence) as i16) >= 0 {
+            self.next_sequence = sequence.wrapping_add(1);
+            self.next_timestamp = progress
+                .highest_timestamp
+                .wrapping_add(mapping.timestamp_offset)
+                .wrapping_add(self.last_step);
+        }
+        self.counters.packets += packets;
+        self.counters.octets += octets;
     }
 
     /// Maps `foreign`'s stream so its first packet continues ours.

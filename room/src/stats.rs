@@ -25,6 +25,16 @@ const SEQUENCE_MODULUS: u32 = 1 << 16;
 /// A.1 (without the probation period: the first packet of a source
 /// counts), A.3 and A.8. A new SSRC starts a new source; the loss of
 /// earlier sources is kept in the totals.
+/// Where a received stream's statistics stand ([`ReceiverStats::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedProgress {
+    pub ssrc: u32,
+    /// Wraps times 65536 plus the highest sequence number.
+    pub extended_highest_sequence: u32,
+    /// RFC 3550 A.8's jitter, in timestamp units times 16.
+    pub jitter_q4: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReceiverStats {
     clock_rate: u32,
@@ -136,6 +146,39 @@ impl ReceiverStats {
         }
         self.update_jitter(header, arrival);
         true
+    }
+
+    /// The current source as a forwarder that counts its packets elsewhere
+    /// starts from: its SSRC, extended highest sequence number and jitter
+    /// (times 16).
+    pub fn progress(&self) -> Option<ReceivedProgress> {
+        let source = self.source.as_ref()?;
+        Some(ReceivedProgress {
+            ssrc: source.ssrc,
+            extended_highest_sequence: source.extended_max() as u32,
+            jitter_q4: source.jitter_q4,
+        })
+    }
+
+    /// Takes in `packets` more packets (`octets` of payload) of the current
+    /// source that were counted elsewhere, the source now at `progress`.
+    /// The next packet seen here starts jitter afresh: the other counter's
+    /// clock is not ours.
+    pub fn received_elsewhere(&mut self, progress: ReceivedProgress, packets: u64, octets: u64) {
+        let Some(source) = self
+            .source
+            .as_mut()
+            .filter(|source| source.ssrc == progress.ssrc)
+        else {
+            return;
+        };
+        self.packets += packets;
+        self.octets += octets;
+        source.received += packets;
+        source.cycles = u64::from(progress.extended_highest_sequence >> 16);
+        source.max_sequence = progress.extended_highest_sequence as u16;
+        source.jitter_q4 = progress.jitter_q4;
+        source.last_transit = None;
     }
 
     /// Folds the current source into the totals and starts a new one.
@@ -390,6 +433,10 @@ impl MediaStats {
             last_fraction_lost: None,
             next_report_at,
         }
+    }
+
+    pub fn receiver_mut(&mut self) -> &mut ReceiverStats {
+        &mut self.receiver
     }
 
     pub fn receiver(&self) -> &ReceiverStats {

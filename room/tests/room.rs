@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dialtone_codecs::{linear_to_ulaw, ulaw_to_linear, Codec};
+use dialtone_room::offload::{Offload, OffloadProgress, OFFLOAD_AFTER};
 use dialtone_room::rtp::{RtpHeader, RtpPacket};
 use dialtone_room::srtp::{MasterKey, SrtpKeys, SrtpProfile, SrtpSession};
 use dialtone_room::symmetric::LatchConfig;
@@ -49,6 +50,8 @@ struct Harness {
     sent: Vec<Sent>,
     events: Vec<Event>,
     recorded: Vec<i16>,
+    offloads: Vec<Offload>,
+    reclaimed: Vec<PointId>,
 }
 
 impl Harness {
@@ -59,6 +62,8 @@ impl Harness {
             sent: Vec::new(),
             events: Vec::new(),
             recorded: Vec::new(),
+            offloads: Vec::new(),
+            reclaimed: Vec::new(),
         }
     }
 
@@ -131,6 +136,8 @@ impl Harness {
                 Output::Flv { .. } => {}
                 Output::Event(event) => self.events.push(event),
                 Output::Recorded { samples, .. } => self.recorded.extend(samples),
+                Output::Offload(offload) => self.offloads.push(offload),
+                Output::Reclaim(point) => self.reclaimed.push(point),
             }
         }
     }
@@ -1223,4 +1230,204 @@ fn rooms_sharing_a_tick_origin_tick_together_and_stay_on_the_grid() {
         let next = room.poll_timeout().unwrap();
         assert!(next > late && on_grid(next), "{:?}", next - origin);
     }
+}
+
+/// What a forwarder carrying `offload` has done after relaying `stream`
+/// (the kernel's arithmetic, written out).
+fn forwarded(offload: &Offload, stream: &[(RtpHeader, Vec<u8>)], at: Instant) -> OffloadProgress {
+    let mut progress = OffloadProgress {
+        extended_highest_sequence: offload.extended_highest_sequence,
+        highest_timestamp: offload.mapping.highest_timestamp,
+        anchor_sequence: offload.mapping.anchor_sequence,
+        jitter_q4: offload.jitter_q4,
+        ..OffloadProgress::default()
+    };
+    for (header, payload) in stream {
+        let highest = progress.extended_highest_sequence as u16;
+        if header.sequence < highest {
+            progress.extended_highest_sequence += 0x1_0000;
+        }
+        progress.extended_highest_sequence =
+            (progress.extended_highest_sequence & 0xffff_0000) | u32::from(header.sequence);
+        progress.highest_timestamp = header.timestamp;
+        progress.anchor_sequence = header.sequence.wrapping_sub(100);
+        progress.packets += 1;
+        progress.octets += payload.len() as u64;
+    }
+    progress.last_arrival = Some(at);
+    progress
+}
+
+#[test]
+fn a_steady_relay_is_handed_over_and_taken_back_where_the_forwarder_left_it() {
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.room.enable_offload();
+    // Through the sequence number's wrap, while the forwarder has it.
+    let stream = pcmu_stream(20, 5_610, &[]);
+    let (before, rest) = stream.split_at(OFFLOAD_AFTER as usize);
+    let (forwarded_part, after) = rest.split_at(5_500);
+    for (index, (header, payload)) in before.iter().enumerate() {
+        assert!(
+            room.offloads.is_empty(),
+            "not before {OFFLOAD_AFTER} packets"
+        );
+        room.datagram(SIP, SIP_FAR_END, &rtp(*header, payload));
+        room.now += Duration::from_millis(20);
+        assert_eq!(room.offloads.is_empty(), index + 1 < before.len());
+    }
+    let relayed = room.take_rtp(CLIENT);
+    let last = relayed.last().expect("relayed before the hand-over");
+    let offload = room.offloads.pop().expect("handed over");
+    assert_eq!(
+        (
+            offload.from,
+            offload.to,
+            offload.source,
+            offload.destination
+        ),
+        (SIP, CLIENT, address(SIP_FAR_END), address(CLIENT_END))
+    );
+    assert_eq!((offload.ssrc, offload.payload_type), (0xfeed, 0));
+    assert_eq!(
+        (offload.out_ssrc, offload.out_payload_type),
+        (last.header.ssrc, 0)
+    );
+    let (last_in, _) = before[before.len() - 1];
+    assert_eq!(
+        last_in
+            .sequence
+            .wrapping_add(offload.mapping.sequence_offset),
+        last.header.sequence,
+        "the forwarder numbers as the room did"
+    );
+    assert_eq!(
+        last_in
+            .timestamp
+            .wrapping_add(offload.mapping.timestamp_offset),
+        last.header.timestamp
+    );
+
+    // The forwarder reports before each of the room's timers; the far end
+    // is not silent to the room although no packet reaches it.
+    for second in 1..=110 {
+        let done = (second * 50).min(forwarded_part.len());
+        room.now += Duration::from_secs(1);
+        let progress = forwarded(&offload, &forwarded_part[..done], room.now);
+        room.input(Input::Offloaded {
+            point: SIP,
+            progress,
+            ended: false,
+        });
+        room.advance(Duration::ZERO);
+    }
+    assert!(
+        !room
+            .take_events()
+            .iter()
+            .any(|event| matches!(event, Event::MediaTimeout { .. })),
+        "no media timeout while the forwarder carries the stream"
+    );
+    assert!(
+        room.take_rtp(CLIENT).is_empty(),
+        "the room sends nothing itself"
+    );
+    let stats = room.room.stats(SIP).expect("watched");
+    assert_eq!(stats.packets_received, (OFFLOAD_AFTER as u64) + 5_500);
+    assert_eq!(stats.lost, 0);
+    let progress = forwarded(&offload, forwarded_part, room.now);
+    room.input(Input::Offloaded {
+        point: SIP,
+        progress,
+        ended: true,
+    });
+
+    for (header, payload) in after {
+        room.datagram(SIP, SIP_FAR_END, &rtp(*header, payload));
+        room.now += Duration::from_millis(20);
+    }
+    let relayed = room.take_rtp(CLIENT);
+    assert_eq!(relayed.len(), after.len());
+    let (forwarded_last, _) = forwarded_part[forwarded_part.len() - 1];
+    assert_eq!(
+        relayed[0].header.sequence,
+        forwarded_last
+            .sequence
+            .wrapping_add(offload.mapping.sequence_offset)
+            .wrapping_add(1),
+        "the stream goes on without a gap after the forwarder's last"
+    );
+    assert!(!relayed[0].header.marker, "nor a discontinuity");
+    assert_eq!(relayed[0].header.ssrc, offload.out_ssrc);
+    let stats = room.room.stats(SIP).expect("watched");
+    assert_eq!(stats.packets_received, stream.len() as u64);
+    assert_eq!(stats.lost, 0);
+    assert_eq!(room.offloads.len(), 1, "steady again: handed over anew");
+}
+
+#[test]
+fn relays_that_need_the_room_stay_in_it() {
+    // Transcoded: not a relay.
+    let mut room = Harness::bridge(PCMU, PCMA);
+    room.room.enable_offload();
+    for (header, payload) in pcmu_stream(20, 100, &[]) {
+        room.datagram(SIP, SIP_FAR_END, &rtp(header, &payload));
+        room.now += Duration::from_millis(20);
+    }
+    assert!(room.offloads.is_empty(), "a transcoded leg");
+
+    // Digits toward the listener interleave with the relay.
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.room.enable_offload();
+    let stream = pcmu_stream(20, 100, &[]);
+    for (index, (header, payload)) in stream.iter().enumerate() {
+        if index == 10 {
+            room.room
+                .send_digits(room.now, CLIENT, "123")
+                .expect("the client takes events");
+        }
+        room.datagram(SIP, SIP_FAR_END, &rtp(*header, payload));
+        room.advance(Duration::from_millis(20));
+    }
+    assert!(room.offloads.is_empty(), "not while digits go out");
+
+    // Three points: the speaker is mixed for two listeners.
+    let mut room = Harness::bridge(PCMU, PCMU);
+    room.room.enable_offload();
+    room.add(THIRD, PointConfig::rtp(address(THIRD_END), PCMU, EVENTS));
+    for (header, payload) in pcmu_stream(20, 100, &[]) {
+        room.datagram(SIP, SIP_FAR_END, &rtp(header, &payload));
+        room.advance(Duration::from_millis(20));
+    }
+    assert!(room.offloads.is_empty(), "a conference");
+
+    // Not enabled: the driver has no forwarder.
+    let mut room = Harness::bridge(PCMU, PCMU);
+    for (header, payload) in pcmu_stream(20, 100, &[]) {
+        room.datagram(SIP, SIP_FAR_END, &rtp(header, &payload));
+        room.now += Duration::from_millis(20);
+    }
+    assert!(room.offloads.is_empty(), "no forwarder");
+}
+
+#[test]
+fn a_listener_that_moves_takes_its_relay_back_into_the_room() {
+    let loose = LatchConfig::strict(false);
+    let mut room = Harness::new();
+    room.room.enable_offload();
+    room.add(SIP, sip_leg(PCMU, true));
+    room.add(
+        CLIENT,
+        PointConfig::rtp(address(CLIENT_END), PCMU, EVENTS).latching(loose),
+    );
+    for (header, payload) in pcmu_stream(20, u16::from(OFFLOAD_AFTER as u8), &[]) {
+        room.datagram(SIP, SIP_FAR_END, &rtp(header, &payload));
+        room.now += Duration::from_millis(20);
+    }
+    assert_eq!(room.offloads.len(), 1);
+    assert!(room.reclaimed.is_empty());
+    // The client's far end speaks from a new address: what goes to it must
+    // follow, which only the room knows.
+    let moved = header(0, 7, 160, 0xc11e);
+    room.datagram(CLIENT, CLIENT_END + 2, &rtp(moved, &[0xff; 160]));
+    assert_eq!(room.reclaimed, vec![SIP]);
 }

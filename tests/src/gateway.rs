@@ -247,6 +247,18 @@ impl Gateway {
         Ok(body)
     }
 
+    /// The value of an unlabelled metric of /metrics (`dialtone_` prefix included).
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.metrics_text()?;
+        let line = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .with_context(|| format!("no metric {name} in /metrics"))?;
+        line.trim()
+            .parse()
+            .with_context(|| format!("metric {name} = {line:?}"))
+    }
+
     /// PID of the gateway process.
     pub fn pid(&self) -> u32 {
         self.guard.pid()

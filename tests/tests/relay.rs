@@ -104,6 +104,101 @@ async fn ptime_30_relay_keeps_timing_gaps_and_order_both_ways() -> anyhow::Resul
     hang_up(&mut ws, &session_id, &call_id, &sipp).await
 }
 
+/// A steady same-codec relay is handed to the kernel's fast path (a TC program; the suite runs
+/// as root, so the gateway may load it): what reaches each side must be exactly what the
+/// gateway itself would send (the same checks as above, with the sequence number and timestamp
+/// wraps and the swapped pair falling after the hand-over), the kernel must really have carried
+/// it (its forwarded-packet count), digits sent meanwhile must take the relay back into the
+/// gateway and reach the far end whole, a new stream must be handed over again, and no kernel
+/// rule may outlive the call.
+#[tokio::test]
+async fn the_kernel_relays_a_steady_call_as_the_gateway_would_and_gives_it_back_for_digits(
+) -> anyhow::Result<()> {
+    const FORWARDED: &str = "dialtone_kernel_forwarded_packets_total";
+    const RELAYS: &str = "dialtone_kernel_relays";
+    let far_end = RtpPeer::bind(Codec::Pcmu).await?;
+    let (sipp, gateway) = sipp_far_end(UasScenario::AnswerPtime30, &far_end)?;
+    ensure!(
+        gateway.count_log("kernel fast path on") == 1,
+        "the gateway did not load its kernel fast path (run the suite as root on Linux >= 6.6)"
+    );
+    let client = RtpPeer::bind(Codec::Pcmu).await?.with_ptime(30);
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    let (call_id, client_point) = start_rtp_call(&mut ws, &session_id, "3000", &client).await?;
+    let sip_point = gateway_sip_point(&sipp)?;
+
+    let relay_both_ways = async |up: &ScriptedStream, down: &ScriptedStream| {
+        let (heard_by_client, heard_by_far_end) = tokio::try_join!(
+            client.play_and_record(client_point, up, down.sent_order().len()),
+            far_end.play_and_record(sip_point, down, up.sent_order().len()),
+        )?;
+        let upstream = RelayReport::check(up, &heard_by_far_end);
+        let downstream = RelayReport::check(down, &heard_by_client);
+        ensure!(
+            upstream.is_faithful() && downstream.is_faithful(),
+            "the kernel's relay is not faithful to the sender's stream\n\
+             client → far end:\n{upstream}far end → client:\n{downstream}"
+        );
+        anyhow::Ok(())
+    };
+    // 250 packets: the first 50 or so go through the gateway, the rest through the kernel,
+    // where the far end's sequence numbers (from packet 136) and timestamps (from 120) wrap
+    // and packets 180 and 181 overtake each other.
+    let up = ScriptedStream {
+        packets: 250,
+        swap_at: Some(180),
+        ..ScriptedStream::pcmu_ptime_30(0x00c1_1e47, 1000, 160_000)
+    };
+    let down = ScriptedStream {
+        packets: 250,
+        swap_at: Some(180),
+        ..ScriptedStream::pcmu_ptime_30(0x0fa7_e4d0, 65_400, u32::MAX - 240 * 120)
+    };
+    relay_both_ways(&up, &down).await?;
+    // Counted as the gateway reads the kernel's counters back, within about a second.
+    let carried = 2.0 * 150.0;
+    wait_until(PEER, || Ok(gateway.metric(FORWARDED)? >= carried))
+        .with_context(|| format!("the kernel forwarded fewer than {carried} packets"))?;
+
+    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": call_id, "dtmfString": DIGITS}))
+        .await?;
+    let received = far_end
+        .record_until(|received| {
+            after_the_ends(received).is_some_and(|after| after.len() >= PACKETS_AFTER_LAST_DIGIT)
+        })
+        .await?;
+    check_telephone_events(&received, 101, DIGITS).map_err(|problems| {
+        anyhow::anyhow!("digits sent while the kernel had the relay:\n{problems}")
+    })?;
+    ensure!(
+        gateway.metric(RELAYS)? == 0.0,
+        "the relays are back in the gateway while digits go out and nothing is relayed"
+    );
+
+    let before = gateway.metric(FORWARDED)?;
+    let up = ScriptedStream {
+        packets: 150,
+        swap_at: None,
+        ..ScriptedStream::pcmu_ptime_30(0x00c1_1e48, 7000, 9_000_000)
+    };
+    let down = ScriptedStream {
+        packets: 150,
+        swap_at: None,
+        ..ScriptedStream::pcmu_ptime_30(0x0fa7_e4d1, 300, 77_000)
+    };
+    relay_both_ways(&up, &down).await?;
+    wait_until(PEER, || {
+        Ok(gateway.metric(FORWARDED)? >= before + 2.0 * 60.0)
+    })
+    .context("the new streams were not handed to the kernel again")?;
+
+    hang_up(&mut ws, &session_id, &call_id, &sipp).await?;
+    wait_until(PEER, || Ok(gateway.metric(RELAYS)? == 0.0))
+        .context("a kernel rule outlived its call")?;
+    ws.close().await?;
+    gateway.wait_all_released(PEER)
+}
+
 /// A softphone as the far end must see every digit start and end, in order, when the client
 /// never answers its point (so it never sends audio).
 #[tokio::test]

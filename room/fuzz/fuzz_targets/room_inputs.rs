@@ -3,7 +3,8 @@
 //! events) and garbage from a few source addresses, RTCP, FLV audio tags of
 //! every codec an RTMP publisher may send, players joining and leaving,
 //! timeouts after a chosen wait, and the driver's commands (digits, tones,
-//! re-INVITEs, points leaving and coming back, routes). Whatever comes in,
+//! re-INVITEs, points leaving and coming back, routes), and a forwarder's
+//! reports on relays handed to it. Whatever comes in,
 //! the room must not panic, and must not ask to be woken again and again
 //! at one instant (a driver would spin).
 #![no_main]
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dialtone_codecs::Codec;
+use dialtone_room::offload::OffloadProgress;
 use dialtone_room::rtcp::{self, RtcpPacket};
 use dialtone_room::rtp::{RtpHeader, RtpPacket};
 use dialtone_room::telephone_event::TelephoneEvent;
@@ -143,6 +145,10 @@ impl Harness {
                     assert!(AudioTag::parse(&data).is_ok(), "our own FLV tag unreadable");
                 }
                 Output::Event(_) | Output::Recorded { .. } => {}
+                Output::Offload(offload) => {
+                    assert_ne!(offload.from, offload.to, "a relay to itself");
+                }
+                Output::Reclaim(_) => {}
             }
         }
     }
@@ -396,6 +402,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
         flv_timestamp: 0,
         audio: HashMap::new(),
     };
+    if u.arbitrary()? {
+        harness.room.enable_offload();
+    }
     let sip_audio = if u.ratio(3, 4)? {
         Some(CODECS[0])
     } else {
@@ -415,7 +424,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             break;
         }
         let now = harness.now;
-        match u.int_in_range(0..=19)? {
+        match u.int_in_range(0..=20)? {
             0..=3 => {
                 let point = point_id(u)?;
                 let source = *u.choose(&sources())?;
@@ -552,6 +561,25 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     }
                 }
                 harness.drain();
+            }
+            19 => {
+                // A forwarder's report, true or not.
+                let point = point_id(u)?;
+                let progress = OffloadProgress {
+                    packets: u.arbitrary()?,
+                    octets: u.arbitrary()?,
+                    extended_highest_sequence: u.arbitrary()?,
+                    highest_timestamp: u.arbitrary()?,
+                    anchor_sequence: u.arbitrary()?,
+                    jitter_q4: u.arbitrary()?,
+                    last_arrival: u.arbitrary::<bool>()?.then_some(now),
+                };
+                let ended = u.arbitrary()?;
+                harness.input(Input::Offloaded {
+                    point,
+                    progress,
+                    ended,
+                });
             }
             _ => {
                 let point = point_id(u)?;

@@ -50,6 +50,14 @@
 //! the stereo flag of what arrives are printed, to show both encoders' work.
 //! `--media-threads N` sets Dialtone's `[media] threads`.
 //!
+//! Dialtone runs with its kernel fast path (`[media] kernel_fast_path`, on
+//! as in service; `--kernel-fast-path false` for its userspace relay): its
+//! CPU is then its process's plus the time its TC program ran (read from
+//! the program's fdinfo with `kernel.bpf_stats_enabled` set for the
+//! sitting), since the program runs in whichever context receives the
+//! packet, mostly the generator's `sendto`, and no relay process shows it.
+//! rtpengine runs without its kernel module, as the issue asks.
+//!
 //! `--setup-at-once N` sets N calls up at once (default 1: one after another,
 //! so each set-up time is the gateway's own); the datagrams the kernel
 //! dropped for full receive buffers during the set-up are counted.
@@ -129,6 +137,8 @@ struct GatewayTuning {
     bitrate: i32,
     /// Dialtone's `[media] threads`; its default when unset.
     media_threads: Option<usize>,
+    /// Dialtone's `[media] kernel_fast_path` (on by default, as in service).
+    kernel_fast_path: bool,
 }
 
 struct Options {
@@ -152,6 +162,7 @@ fn options() -> anyhow::Result<Options> {
             complexity: None,
             bitrate: 32_000,
             media_threads: None,
+            kernel_fast_path: true,
         },
         calls: vec![50],
         seconds: 20,
@@ -186,10 +197,11 @@ fn options() -> anyhow::Result<Options> {
             "--opus-complexity" => options.tuning.complexity = Some(value.parse()?),
             "--opus-bitrate" => options.tuning.bitrate = value.parse()?,
             "--media-threads" => options.tuning.media_threads = Some(value.parse()?),
+            "--kernel-fast-path" => options.tuning.kernel_fast_path = value.parse()?,
             other => bail!(
                 "unknown flag {other}; use --mode relay|transcode --calls N[,N...] --seconds T \
                  --rounds R --setup-at-once N --opus-complexity C --opus-bitrate B \
-                 --media-threads N --setup-per-second R"
+                 --media-threads N --setup-per-second R --kernel-fast-path true|false"
             ),
         }
     }
@@ -213,6 +225,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn sitting(options: Options) -> anyhow::Result<()> {
+    let _stats = BpfStats::enable();
     let mut results = Vec::new();
     for &calls in &options.calls {
         for round in 0..options.rounds {
@@ -258,8 +271,11 @@ struct RunResult {
     pdv_p50_ms: f64,
     pdv_p99_ms: f64,
     send_lag_p99_ms: f64,
-    /// Relay CPU seconds over the window, and the window.
+    /// Relay CPU seconds over the window (its process, plus the time its
+    /// kernel fast path's program ran), and the window.
     cpu_s: f64,
+    /// Of which the kernel program's.
+    kernel_program_s: f64,
     window_s: f64,
     forwarded_in_window: u64,
     generator_cpu_s: f64,
@@ -298,7 +314,7 @@ impl RunResult {
     }
     fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {:.3} % | {} | {} | {:.2} / {:.2} | {:.2} | {:.1} % | {:.2} | {:.3} % | {:.0} | {} → {} KiB, {:.0} | {:.1} % | {:.2} / {:.2} | {} | {:.2}{} / {:.2}{} |",
+            "| {} | {} | {} | {} | {:.3} % | {} | {} | {:.2} / {:.2} | {:.2} | {:.1} % | {:.2} | {:.2} | {:.3} % | {:.0} | {} → {} KiB, {:.0} | {:.1} % | {:.2} / {:.2} | {} | {:.2}{} / {:.2}{} |",
             self.relay.name(),
             self.calls,
             self.sent,
@@ -311,6 +327,7 @@ impl RunResult {
             self.send_lag_p99_ms,
             self.cpu_s / self.window_s * 100.0,
             self.cpu_us_per_packet(),
+            self.kernel_program_s * 1e6 / self.forwarded_in_window.max(1) as f64,
             self.core_per_call() * 100.0,
             self.calls_per_core(),
             self.rss_before_kib,
@@ -335,7 +352,7 @@ impl RunResult {
     }
 }
 
-const HEAD: &str = "| relay | calls | sent | received | loss | reordered | late > 40 ms | PDV p50 / p99 ms | generator send lag p99 ms | relay CPU | CPU µs / forwarded packet | core per call | calls per core | RSS before → during, per call | generator CPU | set-up p50 / p99 ms | UDP drops in set-up | load1 before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+const HEAD: &str = "| relay | calls | sent | received | loss | reordered | late > 40 ms | PDV p50 / p99 ms | generator send lag p99 ms | relay CPU | CPU µs / forwarded packet | of which kernel program | core per call | calls per core | RSS before → during, per call | generator CPU | set-up p50 / p99 ms | UDP drops in set-up | load1 before / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 fn print_table(results: &[RunResult], seconds: u64) {
     println!("\n{seconds} s of media per run; * = a rustc or cargo process was running\n");
@@ -487,12 +504,14 @@ async fn run_once(run: &Run) -> anyhow::Result<RunResult> {
     tokio::time::sleep_until(start + WARM_UP).await;
     let window_began = Instant::now();
     let cpu0 = cpu_ticks(pid)?;
+    let kernel0 = bpf_run_ns(pid);
     let generator0 = cpu_ticks(std::process::id())?;
     let received0 = received_total.load(Ordering::Relaxed);
     tokio::time::sleep_until(start + PTIME * frames / 2).await;
     let rss_during_kib = resident_kib(pid)?;
     tokio::time::sleep_until(start + PTIME * frames).await;
     let cpu1 = cpu_ticks(pid)?;
+    let kernel1 = bpf_run_ns(pid);
     let generator1 = cpu_ticks(std::process::id())?;
     let received1 = received_total.load(Ordering::Relaxed);
     let window_s = window_began.elapsed().as_secs_f64();
@@ -535,7 +554,9 @@ async fn run_once(run: &Run) -> anyhow::Result<RunResult> {
         pdv_p50_ms: 0.0,
         pdv_p99_ms: 0.0,
         send_lag_p99_ms: 0.0,
-        cpu_s: cpu1.saturating_sub(cpu0) as f64 / clock,
+        cpu_s: cpu1.saturating_sub(cpu0) as f64 / clock
+            + kernel1.saturating_sub(kernel0) as f64 / 1e9,
+        kernel_program_s: kernel1.saturating_sub(kernel0) as f64 / 1e9,
         window_s,
         forwarded_in_window: received1 - received0,
         generator_cpu_s: generator1.saturating_sub(generator0) as f64 / clock,
@@ -976,6 +997,7 @@ max_connections_per_ip = 100000
 rtp_port_min = {min}
 rtp_port_max = {max}
 {complexity}opus_bitrate = {bitrate}
+kernel_fast_path = {fast_path}
 {threads}[log]
 level = "warn"
 "#,
@@ -984,6 +1006,7 @@ level = "warn"
                 .map(|complexity| format!("opus_complexity = {complexity}\n"))
                 .unwrap_or_default(),
             bitrate = tuning.bitrate,
+            fast_path = tuning.kernel_fast_path,
             threads = tuning
                 .media_threads
                 .map(|threads| format!("threads = {threads}\n"))
@@ -1570,6 +1593,56 @@ impl Bencode {
 }
 
 // ---------------------------------------------------------------- /proc
+
+/// How long the BPF programs a process holds have run, in ns: the kernel
+/// fast path's work, which happens in whichever context receives the
+/// packet (here, mostly the generator's `sendto`) and so shows in no relay
+/// process's CPU time. Read from the programs' fdinfo, which counts while
+/// `kernel.bpf_stats_enabled` is 1 ([`BpfStats`]); 0 for a process with no
+/// program.
+fn bpf_run_ns(pid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("run_time_ns:"))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// `kernel.bpf_stats_enabled` on for the sitting (it costs each program run
+/// two clock reads, charged to the fast path), set back as it was after.
+struct BpfStats {
+    was: Option<String>,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let was = std::fs::read_to_string(BPF_STATS).ok();
+        if std::fs::write(BPF_STATS, "1").is_err() {
+            eprintln!(
+                "[relay_bench] cannot enable {BPF_STATS}: a kernel fast path's work is not counted"
+            );
+        }
+        BpfStats { was }
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(was) = &self.was {
+            let _ = std::fs::write(BPF_STATS, was.trim());
+        }
+    }
+}
 
 /// utime + stime of a process (all its threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
