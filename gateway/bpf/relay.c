@@ -30,6 +30,9 @@
 #define TCX_NEXT -1
 #define TCX_PASS 0
 
+/* The loopback interface's index, in every network namespace. */
+#define LOOPBACK_IFINDEX 1
+
 /* RFC 3550's limits, as the room's relay and statistics use them. */
 #define MAX_DROPOUT 3000
 #define MAX_MISORDER 100
@@ -73,7 +76,8 @@ struct rule {
     __u16 anchor_sequence;
     __u32 timestamp_offset;
     __u32 clock_rate;
-    /* 0: the far end is local, the stack delivers the packet. */
+    /* 0: the far end is on this host, the stack delivers the packet;
+       else the interface it leaves by (bpf_redirect_neigh). */
     __u32 redirect_ifindex;
     /* Kept by the program from the gateway's starting values. */
     __u32 extended_highest_sequence;
@@ -217,6 +221,10 @@ int relay(struct __sk_buff *skb)
     __u32 new_timestamp = *(__u32 *)(rtp + 4);
     __u32 new_ssrc = *(__u32 *)(rtp + 8);
     __u32 redirect = rule->redirect_ifindex;
+    /* A loopback destination is a martian to any interface but lo: what
+       came in elsewhere goes out through lo, routed, rather than up. */
+    if (!redirect && ((__u8 *)&ip->daddr)[0] == 127 && skb->ifindex != LOOPBACK_IFINDEX)
+        redirect = LOOPBACK_IFINDEX;
 
     /* The helpers move the packet's data: no direct access after them. */
     __u64 pseudo = BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4;

@@ -327,7 +327,14 @@ pub struct Driver {
     io: Vec<DriverIo>,
     recordings: HashMap<u32, Writing>,
     fast_path: Option<Arc<FastPath>>,
+    /// When the kernel's counters are next read, while it has a relay of
+    /// the room's: the room's own timers may be far off (unwatched points
+    /// have none), and the metrics should not lag by more.
+    next_sync: Option<Instant>,
 }
+
+/// How often the kernel's counters are read at the least.
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Driver {
     /// A room whose 20 ms ticks fall on `tick_origin` plus whole frames:
@@ -344,6 +351,7 @@ impl Driver {
             io: Vec::new(),
             recordings: HashMap::new(),
             fast_path,
+            next_sync: None,
         }
     }
 
@@ -353,6 +361,8 @@ impl Driver {
         for index in 0..self.io.len() {
             self.sync_offloaded_from(now, index, take);
         }
+        let offloaded = self.io.iter().any(|io| io.offloaded.is_some());
+        self.next_sync = offloaded.then(|| now + SYNC_INTERVAL);
     }
 
     fn sync_offloaded_from(&mut self, now: Instant, index: usize, take: bool) {
@@ -405,6 +415,7 @@ impl Driver {
                     "relay in the kernel"
                 );
                 io.offloaded = Some(rule);
+                self.next_sync.get_or_insert(now + SYNC_INTERVAL);
             }
             _ => self.room.handle_input(
                 now,
@@ -422,11 +433,18 @@ impl Driver {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.room.poll_timeout()
+        [self.room.poll_timeout(), self.next_sync]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
+    /// The room's timers, after the kernel's counters when they are due
+    /// (at most a second old, against timeouts of seconds).
     pub fn on_timeout(&mut self, now: Instant) {
-        self.sync_offloaded(now, false);
+        if self.next_sync.is_some_and(|at| at <= now) {
+            self.sync_offloaded(now, false);
+        }
         self.room.handle_input(now, Input::Timeout);
     }
 

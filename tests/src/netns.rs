@@ -379,3 +379,112 @@ fn group_members(pgid: libc::pid_t) -> Vec<libc::pid_t> {
         })
         .collect()
 }
+
+/// A second network namespace beside the test's private one, joined to it by a veth pair:
+/// a host on a network of its own (`10.0.0.0/24` here, private to the two namespaces), for
+/// what crosses a real interface rather than `lo`. Made inside [`in_private_netns`] only, so
+/// that nothing of it is seen outside the test. Its namespace lives as long as a `sleep`
+/// holding it, stopped by its PID when the neighbour is dropped; the veth pair goes with it.
+pub struct Neighbour {
+    holder: crate::process::ChildGuard,
+    _logs: tempfile::TempDir,
+    pub address: std::net::Ipv4Addr,
+    pub our_address: std::net::Ipv4Addr,
+}
+
+impl Neighbour {
+    /// Our end `veth-near` gets `our_address`/24, theirs `address`/24; both up.
+    pub fn create(
+        our_address: std::net::Ipv4Addr,
+        address: std::net::Ipv4Addr,
+    ) -> anyhow::Result<Neighbour> {
+        anyhow::ensure!(
+            std::env::var(ENV_IN_NETNS).as_deref() == Ok("1"),
+            "a neighbour is made inside the test's private namespace only"
+        );
+        let logs = tempfile::tempdir()?;
+        let mut holder = Command::new("unshare");
+        holder.args(["-n", "sleep", "3600"]);
+        let holder = crate::process::ChildGuard::spawn(
+            "netns holder",
+            holder,
+            &logs.path().join("holder.log"),
+        )?;
+        let pid = holder.pid().to_string();
+        // The holder's namespace exists once unshare has exec'd sleep.
+        crate::wait::wait_until(Duration::from_secs(5), || {
+            let ours = std::fs::read_link("/proc/self/ns/net")?;
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+            let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+            Ok(ours != theirs && command.trim() == "sleep")
+        })?;
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let status = Command::new("ip").args(args).status().context("ip")?;
+            anyhow::ensure!(status.success(), "ip {args:?}: {status}");
+            Ok(())
+        };
+        let inside = |args: &[&str]| -> anyhow::Result<()> {
+            let status = Command::new("nsenter")
+                .args(["-t", &pid, "-n", "ip"])
+                .args(args)
+                .status()
+                .context("nsenter")?;
+            anyhow::ensure!(status.success(), "ip {args:?} in the neighbour: {status}");
+            Ok(())
+        };
+        ip(&[
+            "link",
+            "add",
+            "veth-near",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-far",
+            "netns",
+            &pid,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{our_address}/24"),
+            "dev",
+            "veth-near",
+        ])?;
+        ip(&["link", "set", "veth-near", "up"])?;
+        inside(&["addr", "add", &format!("{address}/24"), "dev", "veth-far"])?;
+        inside(&["link", "set", "veth-far", "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(Neighbour {
+            holder,
+            _logs: logs,
+            address,
+            our_address,
+        })
+    }
+
+    /// A UDP socket of the neighbour's, bound to its address: made on a thread that enters
+    /// the neighbour's namespace for the bind alone (a socket stays in the namespace it was
+    /// made in).
+    pub fn udp_socket(&self) -> anyhow::Result<std::net::UdpSocket> {
+        let path = format!("/proc/{}/ns/net", self.holder.pid());
+        let address = self.address;
+        std::thread::spawn(move || -> anyhow::Result<std::net::UdpSocket> {
+            let namespace = std::fs::File::open(&path).with_context(|| path.clone())?;
+            // SAFETY: setns on a namespace file descriptor; it changes only this thread,
+            // which ends after the bind.
+            let entered = unsafe {
+                libc::setns(
+                    std::os::fd::AsRawFd::as_raw_fd(&namespace),
+                    libc::CLONE_NEWNET,
+                )
+            };
+            anyhow::ensure!(entered == 0, "setns: {}", std::io::Error::last_os_error());
+            let socket = std::net::UdpSocket::bind((address, 0))?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    }
+}

@@ -54,12 +54,21 @@ pub struct RtpPeer {
 impl RtpPeer {
     pub async fn bind(codec: Codec) -> anyhow::Result<RtpPeer> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
-        Ok(RtpPeer {
+        Ok(RtpPeer::on(socket, codec))
+    }
+
+    /// A peer on a socket made elsewhere (another namespace's, say); non-blocking.
+    pub fn from_std(socket: std::net::UdpSocket, codec: Codec) -> anyhow::Result<RtpPeer> {
+        Ok(RtpPeer::on(UdpSocket::from_std(socket)?, codec))
+    }
+
+    fn on(socket: UdpSocket, codec: Codec) -> RtpPeer {
+        RtpPeer {
             socket,
             codec,
             ptime_ms: None,
             frames_sent: Default::default(),
-        })
+        }
     }
 
     /// Says `a=ptime:<ms>` in its SDP answer (the packet time it sends and wants).
@@ -81,12 +90,13 @@ impl RtpPeer {
     /// telephone-event.
     pub fn answer_sdp(&self) -> anyhow::Result<String> {
         let (name, _, pt) = sdp_format(self.codec);
-        let port = self.local_addr()?.port();
+        let address = self.local_addr()?;
+        let (ip, port) = (address.ip(), address.port());
         let ptime = self
             .ptime_ms
             .map_or_else(String::new, |ms| format!("a=ptime:{ms}\r\n"));
         Ok(format!(
-            "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+            "v=0\r\no=peer 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
              m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {name}\r\n\
              a=rtpmap:101 telephone-event/8000\r\n{ptime}a=sendrecv\r\n"
         ))

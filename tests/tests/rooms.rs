@@ -5,7 +5,7 @@
 //! itself, or misses someone, fails), listen-only members, leaving and rejoining, recordings,
 //! a foreign session refused, and everything freed afterwards.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,8 +16,9 @@ use dialtone_tests::baresip::{Baresip, BaresipAccount, BaresipOptions, DEFAULT_T
 use dialtone_tests::ffmpeg::{AudioSource, FlashOffer, FlvAudio, Player, Publisher};
 use dialtone_tests::gateway::{Gateway, LOOPBACK};
 use dialtone_tests::kamailio::{Kamailio, KamailioOptions};
+use dialtone_tests::netns::{self, Neighbour};
 use dialtone_tests::rtp_peer::{sdp_audio_addr, start_rtp_call, RtpPeer};
-use dialtone_tests::rtp_stream::ReceivedRtp;
+use dialtone_tests::rtp_stream::{ReceivedRtp, RelayReport, ScriptedStream};
 use dialtone_tests::wait::wait_for_async;
 use dialtone_tests::webrtc_peer::WebRtcPeer;
 use dialtone_tests::ws_client::WsClient;
@@ -860,4 +861,72 @@ fn media_loop_rooms(metrics: &str) -> Vec<i64> {
         .collect();
     rooms.sort_unstable();
     rooms.into_iter().map(|(_, count)| count).collect()
+}
+
+/// Two plain RTP members of a conference room, one on this host's loopback and one on a
+/// neighbouring network (a second namespace behind a veth pair, inside the test's private
+/// one): the room relays between them and hands the relay to the kernel's fast path, which
+/// must carry both directions as the gateway would: out through the veth by the neighbour
+/// table, and in from it to a loopback address by way of lo (a loopback destination arriving
+/// on any other interface is a martian the stack would drop).
+#[tokio::test]
+async fn the_kernel_relays_between_loopback_and_a_neighbouring_network() -> anyhow::Result<()> {
+    if !netns::in_private_netns("the_kernel_relays_between_loopback_and_a_neighbouring_network") {
+        return Ok(());
+    }
+    let neighbour = Neighbour::create(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2))?;
+    // Media ports bind the SIP address: here the one on the veth, which the loopback peer
+    // reaches too (a local address). Open sessions there: the network is the test's own.
+    let gateway = Gateway::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"{}:0\"\n\
+         [sessions]\nallow_open_public = true\n",
+        neighbour.our_address
+    ))?;
+    ensure!(
+        gateway.count_log("kernel fast path on") == 1 && gateway.count_log("veth-near") == 1,
+        "the kernel fast path is not on the veth (run the suite as root on Linux >= 6.6)"
+    );
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    ws.send_json(&json!({"type": "CREATE_ROOM", "sessionId": session_id}))
+        .await?;
+    let room_id = ws.recv_type("ROOM_CREATED", REPLY).await?["roomId"]
+        .as_str()
+        .context("roomId")?
+        .to_string();
+    let near = RtpPeer::bind(Codec::Pcmu).await?.with_ptime(30);
+    let far = RtpPeer::from_std(neighbour.udp_socket()?, Codec::Pcmu)?.with_ptime(30);
+    let near_point = rtp_point(&mut ws, &session_id, "near", &near).await?;
+    join(&mut ws, &session_id, &room_id, "near", "FULL").await?;
+    let far_point = rtp_point(&mut ws, &session_id, "far", &far).await?;
+    join(&mut ws, &session_id, &room_id, "far", "FULL").await?;
+
+    let outward = ScriptedStream {
+        packets: 200,
+        ..ScriptedStream::pcmu_ptime_30(0x0011_2233, 40_000, 1_000)
+    };
+    let inward = ScriptedStream {
+        packets: 200,
+        ..ScriptedStream::pcmu_ptime_30(0x0044_5566, 65_500, 9_000)
+    };
+    let (heard_near, heard_far) = tokio::try_join!(
+        near.play_and_record(near_point, &outward, inward.sent_order().len()),
+        far.play_and_record(far_point, &inward, outward.sent_order().len()),
+    )?;
+    let outward_report = RelayReport::check(&outward, &heard_far);
+    let inward_report = RelayReport::check(&inward, &heard_near);
+    ensure!(
+        outward_report.is_faithful() && inward_report.is_faithful(),
+        "loopback → neighbour:\n{outward_report}neighbour → loopback:\n{inward_report}"
+    );
+    // Most of each stream went by the kernel (the first 50 packets or so by the gateway).
+    let carried = 2.0 * 100.0;
+    dialtone_tests::wait::wait_until(REPLY, || {
+        Ok(gateway.metric("dialtone_kernel_forwarded_packets_total")? >= carried)
+    })
+    .with_context(|| {
+        let forwarded = gateway.metric("dialtone_kernel_forwarded_packets_total");
+        format!("the kernel forwarded fewer than {carried} packets: {forwarded:?}")
+    })?;
+    ws.close().await?;
+    gateway.wait_all_released(REPLY)
 }
