@@ -56,6 +56,8 @@ use crate::rtmpt::Rtmpt;
 use crate::state::Gateway;
 use dialtone_room::webrtc::{WebRtcSettings, WebRtcTimeouts};
 
+pub use crate::limits::limit_malloc_arenas;
+
 /// How often a drain looks whether the last call has ended. Calls end in
 /// many places; the calls gauge is the one count of them all.
 const DRAIN_CHECK: Duration = Duration::from_millis(200);

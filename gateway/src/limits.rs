@@ -1,5 +1,5 @@
 //! Admission of connections: a listener's total and per-source-address
-//! caps, and the process's file descriptor limit.
+//! caps, and the process's limits (file descriptors, malloc's arenas).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -154,6 +154,26 @@ pub fn raise_fd_limit() {
         was = before,
         "open files limit"
     );
+}
+
+/// glibc's malloc arenas the process may have, unless `MALLOC_ARENA_MAX` in
+/// the environment says otherwise. glibc gives each thread that allocates
+/// while another holds an arena one of its own, up to 8 a core, and each
+/// keeps what its thread freed: the gateway's tokio workers, media loops
+/// and blocking threads spread a call's memory over several. Two arenas
+/// held a relayed call in 8 KiB less (docs/performance.md, session 10).
+const MALLOC_ARENAS: libc::c_int = 2;
+
+/// Caps glibc's malloc arenas at [`MALLOC_ARENAS`], before the threads start.
+pub fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt takes a parameter and a value; it changes only
+    // malloc's tuning.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
+        warn!("cannot limit malloc's arenas");
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
     dialtone_gateway::logging::init(&directives, config.log.max_line_chars, ansi)?;
 
+    dialtone_gateway::limit_malloc_arenas();
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async move {
         let shutdown = Shutdown::default();

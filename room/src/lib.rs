@@ -24,7 +24,11 @@
 //! - outputs: [`Room::poll_output`] until `None` ([`Output::Transmit`]
 //!   datagrams for a point's socket, FLV tags for a player, [`Event`]s:
 //!   digits, media timeouts and failures, statistics) and
-//!   [`Room::poll_timeout`] for when to come back with [`Input::Timeout`].
+//!   [`Room::poll_timeout`] for when to come back with [`Input::Timeout`];
+//! - a steady same-codec relay may be handed to a faster forwarder below
+//!   the room ([`Output::Offload`], [`Input::Offloaded`], see [`offload`]):
+//!   the room decides what may go there and carries on from the
+//!   forwarder's counters.
 //!
 //! Nothing here reads the clock, owns a socket or awaits: a driver (the
 //! gateway's tokio task) does that, and tests drive the room with
