@@ -7,7 +7,10 @@
 //! one sequence number per tick. A missing packet is reported as
 //! [`Playout::Lost`] (with the next packet, whose Opus in-band FEC can
 //! rebuild it); a packet that arrives after its turn is dropped as late.
-//! Memory is a fixed ring of slots whose byte buffers are allocated once.
+//! Memory is a fixed ring of slots whose byte buffers grow to the largest
+//! payload each has held: a G.711 stream's ring holds 16 × 160 bytes, not
+//! 16 × `max_payload`, and once every slot has held a packet, pushing and
+//! playing allocate nothing.
 //!
 //! Resynchronisation rules:
 //! - A sequence number far outside the window (ahead by the ring's size or
@@ -118,8 +121,8 @@ struct Slot {
     occupied: bool,
     sequence: u16,
     timestamp: u32,
-    len: usize,
-    data: Box<[u8]>,
+    /// The payload; its capacity stays when it is replaced.
+    data: Vec<u8>,
 }
 
 pub struct JitterBuffer {
@@ -136,7 +139,8 @@ pub struct JitterBuffer {
 }
 
 impl JitterBuffer {
-    /// Allocates every slot now, so pushing and playing never allocate.
+    /// The ring's slots are made empty; each allocates on its first
+    /// payload (and on a longer one than it held).
     pub fn new(config: JitterConfig) -> Self {
         let target_depth = config.target_depth.max(1);
         let max_depth = config.max_depth.max(target_depth);
@@ -156,8 +160,7 @@ impl JitterBuffer {
                 occupied: false,
                 sequence: 0,
                 timestamp: 0,
-                len: 0,
-                data: vec![0; config.max_payload].into_boxed_slice(),
+                data: Vec::new(),
             })
             .collect();
         Self {
@@ -272,7 +275,7 @@ impl JitterBuffer {
             self.stats.played += 1;
             let slot = &self.slots[self.index(sequence)];
             return Playout::Frame {
-                payload: &slot.data[..slot.len],
+                payload: &slot.data,
                 sequence: slot.sequence,
                 timestamp: slot.timestamp,
             };
@@ -293,7 +296,7 @@ impl JitterBuffer {
         self.stats.lost += 1;
         let next = &self.slots[self.index(self.window_start)];
         let next_payload =
-            (next.occupied && next.sequence == self.window_start).then(|| &next.data[..next.len]);
+            (next.occupied && next.sequence == self.window_start).then(|| next.data.as_slice());
         Playout::Lost { next_payload }
     }
 
@@ -352,8 +355,8 @@ impl JitterBuffer {
         slot.occupied = true;
         slot.sequence = sequence;
         slot.timestamp = timestamp;
-        slot.len = payload.len();
-        slot.data[..payload.len()].copy_from_slice(payload);
+        slot.data.clear();
+        slot.data.extend_from_slice(payload);
         PushOutcome::Stored
     }
 

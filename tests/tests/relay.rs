@@ -160,13 +160,7 @@ async fn the_kernel_relays_a_steady_call_as_the_gateway_would_and_gives_it_back_
     wait_until(PEER, || Ok(gateway.metric(FORWARDED)? >= carried))
         .with_context(|| format!("the kernel forwarded fewer than {carried} packets"))?;
 
-    ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": call_id, "dtmfString": DIGITS}))
-        .await?;
-    let received = far_end
-        .record_until(|received| {
-            after_the_ends(received).is_some_and(|after| after.len() >= PACKETS_AFTER_LAST_DIGIT)
-        })
-        .await?;
+    let received = send_digits_and_record(&mut ws, &session_id, &call_id, &far_end).await?;
     check_telephone_events(&received, 101, DIGITS).map_err(|problems| {
         anyhow::anyhow!("digits sent while the kernel had the relay:\n{problems}")
     })?;
@@ -275,17 +269,26 @@ async fn digits_at_the_far_end_without_client_audio() -> anyhow::Result<Vec<Rece
     let (sipp, gateway) = sipp_far_end(UasScenario::Answer, &far_end)?;
     let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
     let call_id = start_unanswered_rtp_call(&mut ws, &session_id, "3000", "PCMU/8000").await?;
+    let received = send_digits_and_record(&mut ws, &session_id, &call_id, &far_end).await?;
+    hang_up(&mut ws, &session_id, &call_id, &sipp).await?;
+    Ok(received)
+}
+
+/// SEND_DTMF_SIGNAL [`DIGITS`]; returns what `far_end` received until every digit's three end
+/// packets came and enough packets followed them (else until the gateway falls silent).
+async fn send_digits_and_record(
+    ws: &mut WsClient,
+    session_id: &str,
+    call_id: &str,
+    far_end: &RtpPeer,
+) -> anyhow::Result<Vec<ReceivedRtp>> {
     ws.send_json(&json!({"type": "SEND_DTMF_SIGNAL", "sessionId": session_id, "callId": call_id, "dtmfString": DIGITS}))
         .await?;
-    // Done once every digit's three end packets came and enough packets followed them; else
-    // the recording stops when the gateway falls silent.
-    let received = far_end
+    far_end
         .record_until(|received| {
             after_the_ends(received).is_some_and(|after| after.len() >= PACKETS_AFTER_LAST_DIGIT)
         })
-        .await?;
-    hang_up(&mut ws, &session_id, &call_id, &sipp).await?;
-    Ok(received)
+        .await
 }
 
 /// The packets after the last of the end packets of all [`DIGITS`] (three per digit), once

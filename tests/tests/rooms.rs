@@ -87,6 +87,16 @@ impl Rig {
     }
 }
 
+/// CREATE_ROOM; returns the new conference room's id.
+async fn create_room(ws: &mut WsClient, session_id: &str) -> anyhow::Result<String> {
+    ws.send_json(&json!({"type": "CREATE_ROOM", "sessionId": session_id}))
+        .await?;
+    Ok(ws.recv_type("ROOM_CREATED", REPLY).await?["roomId"]
+        .as_str()
+        .context("roomId")?
+        .to_string())
+}
+
 /// CREATE_MEDIA_POINT with `cc`; returns the gateway's SDP_OFFER for it.
 async fn create_point(
     ws: &mut WsClient,
@@ -590,12 +600,7 @@ async fn a_conference_dials_out_to_two_phones_and_closing_it_ends_their_calls() 
     let first = rig.phone("2000", CALLEE_HZ)?;
     let second = rig.phone("load1", SECOND_HZ)?;
     let (mut ws, session_id) = rig.session("1001").await?;
-    ws.send_json(&json!({"type": "CREATE_ROOM", "sessionId": session_id}))
-        .await?;
-    let room_id = ws.recv_type("ROOM_CREATED", REPLY).await?["roomId"]
-        .as_str()
-        .context("roomId")?
-        .to_string();
+    let room_id = create_room(&mut ws, &session_id).await?;
     let me = RtpPeer::bind(Codec::Pcmu).await?;
     let my_point = rtp_point(&mut ws, &session_id, "me", &me).await?;
     join(&mut ws, &session_id, &room_id, "me", "FULL").await?;
@@ -776,12 +781,7 @@ async fn an_incoming_call_is_accepted_into_a_conference() -> anyhow::Result<()> 
     let rig = Rig::start()?;
     let caller = rig.phone("2000", CALLEE_HZ)?;
     let (mut ws, session_id) = rig.session("1001").await?;
-    ws.send_json(&json!({"type": "CREATE_ROOM", "sessionId": session_id}))
-        .await?;
-    let room_id = ws.recv_type("ROOM_CREATED", REPLY).await?["roomId"]
-        .as_str()
-        .context("roomId")?
-        .to_string();
+    let room_id = create_room(&mut ws, &session_id).await?;
     let me = RtpPeer::bind(Codec::Pcmu).await?;
     let my_point = rtp_point(&mut ws, &session_id, "me", &me).await?;
     join(&mut ws, &session_id, &room_id, "me", "FULL").await?;
@@ -887,12 +887,7 @@ async fn the_kernel_relays_between_loopback_and_a_neighbouring_network() -> anyh
         "the kernel fast path is not on the veth (run the suite as root on Linux >= 6.6)"
     );
     let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
-    ws.send_json(&json!({"type": "CREATE_ROOM", "sessionId": session_id}))
-        .await?;
-    let room_id = ws.recv_type("ROOM_CREATED", REPLY).await?["roomId"]
-        .as_str()
-        .context("roomId")?
-        .to_string();
+    let room_id = create_room(&mut ws, &session_id).await?;
     let near = RtpPeer::bind(Codec::Pcmu).await?.with_ptime(30);
     let far = RtpPeer::from_std(neighbour.udp_socket()?, Codec::Pcmu)?.with_ptime(30);
     let near_point = rtp_point(&mut ws, &session_id, "near", &near).await?;
