@@ -296,7 +296,7 @@ impl JitterBuffer {
         self.stats.lost += 1;
         let next = &self.slots[self.index(self.window_start)];
         let next_payload =
-            (next.occupied && next.sequence == self.window_start).then(|| next.data.as_slice());
+            (next.occupied && next.sequence == self.window_start).then_some(next.data.as_slice());
         Playout::Lost { next_payload }
     }
 
