@@ -11,7 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use serde::Serialize;
 
 use dialtone_room::stats::MediaStatsSnapshot;
@@ -127,7 +127,7 @@ impl Metrics {
             media_loop_rooms: Family::default(),
             registry: Registry::default(),
         };
-        let gauges: [(&str, &str, &Gauge); 13] = [
+        let gauges: [(&str, &str, &Gauge); 14] = [
             (
                 "ws_connections",
                 "Open client WebSockets",
@@ -177,10 +177,13 @@ impl Metrics {
                 "Recordings being written",
                 &metrics.recordings,
             ),
+            (
+                "kernel_relays",
+                "Relays the kernel fast path carries now",
+                &metrics.kernel_relays,
+            ),
         ];
-        for (name, help, gauge) in gauges {
-            registry.register(name, help, gauge.clone());
-        }
+        register_all(&mut registry, &gauges);
         let limit: Family<LimitLabel, Gauge> = Family::default();
         let configured = [
             (
@@ -203,11 +206,19 @@ impl Metrics {
                 .set(value);
         }
         registry.register("limit", "Configured limits, by name", limit);
-        registry.register(
-            "sessions_started",
-            "Sessions that reached SESSION_STARTED",
-            metrics.sessions_started.clone(),
-        );
+        let counters: [(&str, &str, &Counter); 2] = [
+            (
+                "sessions_started",
+                "Sessions that reached SESSION_STARTED",
+                &metrics.sessions_started,
+            ),
+            (
+                "kernel_forwarded_packets",
+                "RTP packets the kernel fast path forwarded",
+                &metrics.kernel_forwarded_packets,
+            ),
+        ];
+        register_all(&mut registry, &counters);
         registry.register(
             "sessions_failed",
             "Sessions that ended in SESSION_FAILED, by reason",
@@ -217,16 +228,6 @@ impl Metrics {
             "protocol_errors",
             "ERROR replies sent to clients, by code",
             metrics.protocol_errors.clone(),
-        );
-        registry.register(
-            "kernel_relays",
-            "Relays the kernel fast path carries now",
-            metrics.kernel_relays.clone(),
-        );
-        registry.register(
-            "kernel_forwarded_packets",
-            "RTP packets the kernel fast path forwarded",
-            metrics.kernel_forwarded_packets.clone(),
         );
         registry.register(
             "media_loop_busy_ratio",
@@ -298,5 +299,12 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Registers each metric of a table under its name, with its help text.
+fn register_all<M: Metric + Clone>(registry: &mut Registry, table: &[(&str, &str, &M)]) {
+    for (name, help, metric) in table {
+        registry.register(*name, *help, M::clone(metric));
     }
 }
