@@ -1,7 +1,9 @@
 //! The media relay as a far end's jitter buffer sees it, end to end: what the gateway forwards
 //! between a client's RTP point and a real SIP far end must keep the sender's timing, its gaps
 //! and its order (sequence numbers and timestamps offset-mapped into the gateway's stream), and
-//! digits sent with SEND_DTMF_SIGNAL must end even when the client sends no audio at all.
+//! digits sent with SEND_DTMF_SIGNAL must end even when the client sends no audio at all. The
+//! same holds once a steady relay is carried by the kernel's fast path, and when digits take it
+//! back.
 //!
 //! The SIP far end is a SIPp callee whose SDP names a socket this test owns
 //! ([`SippOptions::media_port`]), so the test sees every packet the gateway sends it and sends

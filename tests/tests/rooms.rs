@@ -3,7 +3,8 @@
 //! ffmpeg) joining that call's room; a conference room that dials out to two baresips; who
 //! hears whom (each tone checked by its share of what a party heard, so a party that hears
 //! itself, or misses someone, fails), listen-only members, leaving and rejoining, recordings,
-//! a foreign session refused, and everything freed afterwards.
+//! a foreign session refused, and everything freed afterwards; and a relay between a loopback
+//! member and one on a neighbouring network (a second namespace) carried by the kernel.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
