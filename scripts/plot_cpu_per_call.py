@@ -16,12 +16,21 @@ import matplotlib.pyplot as plt
 
 
 def rows(path):
-    """(relay, calls, core % per call, loss %) of each run row."""
+    """(relay, calls, core % per call, loss %) of each run row; the columns
+    are found by the header's names, which relay_bench may add to."""
+    columns = None
     for line in open(path, encoding="utf-8"):
         cells = [cell.strip() for cell in line.split("|")]
-        if len(cells) < 14 or cells[1] not in ("Dialtone", "rtpengine"):
+        if len(cells) > 2 and cells[1] == "relay" and "core per call" in cells:
+            columns = {name: index for index, name in enumerate(cells)}
             continue
-        yield cells[1], int(cells[2]), float(cells[12].rstrip(" %")), float(cells[5].rstrip(" %"))
+        if columns is None or len(cells) < len(columns) - 1:
+            continue
+        if cells[1] not in ("Dialtone", "rtpengine"):
+            continue
+        core = float(cells[columns["core per call"]].rstrip(" %"))
+        loss = float(cells[columns["loss"]].rstrip(" %"))
+        yield cells[1], int(cells[columns["calls"]]), core, loss
 
 
 def main():

@@ -277,6 +277,20 @@ impl Gateway {
             .count())
     }
 
+    /// What each of the gateway's open file descriptors is (`socket:[inode]`, a path, …),
+    /// for a report of what it still holds.
+    pub fn fd_targets(&self) -> anyhow::Result<Vec<String>> {
+        let dir = format!("/proc/{}/fd", self.guard.pid());
+        let mut targets: Vec<String> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {dir}"))?
+            .flatten()
+            .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+            .map(|target| target.display().to_string())
+            .collect();
+        targets.sort();
+        Ok(targets)
+    }
+
     /// How many lines of the gateway's log contain `pattern`.
     pub fn count_log(&self, pattern: &str) -> usize {
         self.guard.count_log(pattern)

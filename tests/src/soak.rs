@@ -154,6 +154,7 @@ pub async fn run(gateway: &Gateway, options: &SoakOptions) -> anyhow::Result<Soa
     };
     run_calls(gateway, &warm_up, sink_port, &plans(&warm_up)).await?;
     gateway.wait_released(&RELEASED, Duration::from_secs(60))?;
+    let fds_at_baseline = gateway.fd_targets()?;
     let mut report = SoakReport {
         fds_baseline: gateway.open_fds()?,
         rss_idle_kib,
@@ -187,7 +188,15 @@ pub async fn run(gateway: &Gateway, options: &SoakOptions) -> anyhow::Result<Soa
         report.fds_after = gateway.open_fds()?;
         Ok(report.fds_after <= report.fds_baseline)
     })
-    .with_context(|| format!("file descriptors leaked\n{report}"))?;
+    .with_context(|| {
+        let held: Vec<String> = gateway
+            .fd_targets()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|target| !fds_at_baseline.contains(target))
+            .collect();
+        format!("file descriptors leaked: {held:?}\n{report}")
+    })?;
     report.rss_after_kib = rss_kib(gateway)?;
     ensure!(
         report.rss_peak_kib <= report.rss_first_half_peak_kib + options.max_rss_growth_kib,
