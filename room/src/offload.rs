@@ -12,10 +12,11 @@
 //! ([`crate::Input::Offloaded`]) before the room's timers run, so that the
 //! receiving leg's statistics and inactivity timer and the sending leg's
 //! stream carry on as if the room had relayed every packet; and it ends
-//! the offload (taking the forwarder's last progress) before anything else
-//! reaches the room about either point: a datagram the forwarder left to
-//! the room, a command. When the listener's far end moves, the room asks
-//! for the relay back itself ([`crate::Output::Reclaim`]).
+//! the offload (taking the forwarder's last progress) before any command
+//! and before any datagram at the speaker's socket (one the forwarder left
+//! to the room). Datagrams at the listener's socket do not touch the relay,
+//! except when its far end moves: then the room asks for the relay back
+//! itself ([`crate::Output::Reclaim`]).
 //!
 //! This module must not know how the forwarding is done.
 
