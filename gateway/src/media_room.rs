@@ -355,8 +355,8 @@ impl Driver {
         }
     }
 
-    /// The kernel's progress with the room's relays, for the room to count
-    /// before its timers run; `take`: the relays come back to the room.
+    /// The kernel's progress with the room's relays, for the room to count;
+    /// `take`: the relays come back to the room.
     fn sync_offloaded(&mut self, now: Instant, take: bool) {
         for index in 0..self.io.len() {
             self.sync_offloaded_from(now, index, take);
