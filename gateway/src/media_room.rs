@@ -439,12 +439,11 @@ impl Driver {
             .min()
     }
 
-    /// The room's timers, after the kernel's counters when they are due
-    /// (at most a second old, against timeouts of seconds).
+    /// The room's timers, after the kernel's counters: a media timeout
+    /// shorter than the second between readings would otherwise take a
+    /// call the kernel carries for silent.
     pub fn on_timeout(&mut self, now: Instant) {
-        if self.next_sync.is_some_and(|at| at <= now) {
-            self.sync_offloaded(now, false);
-        }
+        self.sync_offloaded(now, false);
         self.room.handle_input(now, Input::Timeout);
     }
 

@@ -9,7 +9,8 @@
 //! make of it (destination, our SSRC, payload type and the sequence and
 //! timestamp offsets) and where the stream's counters stand. From then on
 //! the driver reports the forwarder's [`OffloadProgress`]
-//! ([`crate::Input::Offloaded`]) about every second, so that the
+//! ([`crate::Input::Offloaded`]) before the room's timers run and at least
+//! every second, so that the
 //! receiving leg's statistics and inactivity timer and the sending leg's
 //! stream carry on as if the room had relayed every packet; and it ends
 //! the offload (taking the forwarder's last progress) before any command

@@ -78,8 +78,8 @@ pub enum Input<'a> {
     Timeout,
     /// What the forwarder of point `point`'s relay ([`Output::Offload`])
     /// has done since it took it; `ended`: the relay is back here. Reported
-    /// about every second (the room's timers allow for that much delay), and
-    /// ended before any command and before any datagram at `point`'s socket.
+    /// before every [`Input::Timeout`] and at least every second, and ended
+    /// before any command and before any datagram at `point`'s socket.
     Offloaded {
         point: PointId,
         progress: OffloadProgress,

@@ -41,6 +41,15 @@ const DIGITS: &str = "1234#*";
 /// A SIPp callee running `scenario` whose media is `far_end`'s socket, and a gateway that
 /// sends its calls straight to it.
 fn sipp_far_end(scenario: UasScenario, far_end: &RtpPeer) -> anyhow::Result<(Sipp, Gateway)> {
+    sipp_far_end_with(scenario, far_end, "")
+}
+
+/// [`sipp_far_end`] with `sections` appended to the gateway's configuration.
+fn sipp_far_end_with(
+    scenario: UasScenario,
+    far_end: &RtpPeer,
+    sections: &str,
+) -> anyhow::Result<(Sipp, Gateway)> {
     let sipp = Sipp::uas(
         scenario,
         SippOptions {
@@ -48,7 +57,7 @@ fn sipp_far_end(scenario: UasScenario, far_end: &RtpPeer) -> anyhow::Result<(Sip
             ..Default::default()
         },
     )?;
-    let gateway = Gateway::start(&proxy_config(sipp.sip_addr(), ""))?;
+    let gateway = Gateway::start(&format!("{}{sections}", proxy_config(sipp.sip_addr(), "")))?;
     Ok((sipp, gateway))
 }
 
@@ -191,6 +200,110 @@ async fn the_kernel_relays_a_steady_call_as_the_gateway_would_and_gives_it_back_
     hang_up(&mut ws, &session_id, &call_id, &sipp).await?;
     wait_until(PEER, || Ok(gateway.metric(RELAYS)? == 0.0))
         .context("a kernel rule outlived its call")?;
+    ws.close().await?;
+    gateway.wait_all_released(PEER)
+}
+
+/// While the kernel carries a call, the gateway must still defend it and watch it. A stranger
+/// who finds the SIP side's port (its own SSRC, then the far end's SSRC from another port) gets
+/// none of its packets to the client, and the call's streams stay exactly as sent. And when the
+/// far end falls silent, the call ends with CALL_FAILED `MEDIA_FAILED` after the media timeout,
+/// which here (800 ms) is shorter than the second between two readings of the kernel's
+/// counters: the room must not take a call the kernel is carrying for silent, nor miss a
+/// silence.
+#[tokio::test]
+async fn while_the_kernel_relays_a_stranger_gets_nothing_in_and_silence_still_ends_the_call(
+) -> anyhow::Result<()> {
+    let far_end = RtpPeer::bind(Codec::Pcmu).await?;
+    let (sipp, gateway) = sipp_far_end_with(
+        UasScenario::AnswerPtime30,
+        &far_end,
+        "[media]\nrtp_timeout_ms = 800\n",
+    )?;
+    ensure!(
+        gateway.count_log("kernel fast path on") == 1,
+        "the gateway did not load its kernel fast path (run the suite as root on Linux >= 6.6)"
+    );
+    let client = RtpPeer::bind(Codec::Pcmu).await?.with_ptime(30);
+    let (mut ws, session_id) = WsClient::start_session(&gateway.ws_url(), "alice", "x").await?;
+    let (call_id, client_point) = start_rtp_call(&mut ws, &session_id, "3000", &client).await?;
+    let sip_point = gateway_sip_point(&sipp)?;
+
+    let up = ScriptedStream {
+        packets: 200,
+        swap_at: None,
+        ..ScriptedStream::pcmu_ptime_30(0x00c1_1e47, 1000, 160_000)
+    };
+    let down = ScriptedStream {
+        packets: 200,
+        swap_at: None,
+        ..ScriptedStream::pcmu_ptime_30(0x0fa7_e4d0, 20_000, 90_000)
+    };
+    // The stranger starts once the client has heard 100 packets (3 s: past the latch's 2 s of
+    // learning, and the kernel has had the relay for a second and a half).
+    let (heard, mut heard_so_far) = tokio::sync::watch::channel(0);
+    let stranger = async {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        tokio::time::timeout(PEER, heard_so_far.wait_for(|heard| *heard >= 100))
+            .await
+            .context("the client never heard 100 packets of the far end")??;
+        let own = ScriptedStream {
+            packets: 20,
+            ..ScriptedStream::pcmu_ptime_30(0x5157_4a4e, 20_100, 114_000)
+        };
+        for index in 0..20 {
+            socket.send_to(&own.packet(index), sip_point).await?;
+            // The far end's SSRC and numbering, from the wrong port, with a payload of its own.
+            let mut spoofed = down.packet(110 + index);
+            spoofed[12..].fill(0xee);
+            socket.send_to(&spoofed, sip_point).await?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::Ok(())
+    };
+    let (heard_by_client, heard_by_far_end, ()) = tokio::try_join!(
+        client.play_and_record_reporting(client_point, &up, down.sent_order().len(), &heard),
+        far_end.play_and_record(sip_point, &down, up.sent_order().len()),
+        stranger,
+    )?;
+    let upstream = RelayReport::check(&up, &heard_by_far_end);
+    let downstream = RelayReport::check(&down, &heard_by_client);
+    ensure!(
+        upstream.is_faithful() && downstream.is_faithful(),
+        "a stranger's packets changed the call\n\
+         client → far end:\n{upstream}far end → client:\n{downstream}"
+    );
+    let strangers = heard_by_client
+        .iter()
+        .filter(|packet| {
+            packet.payload.iter().all(|byte| *byte == 0xee)
+                || down.identify(&packet.payload).is_none()
+        })
+        .count();
+    ensure!(
+        strangers == 0,
+        "{strangers} of the stranger's packets reached the client"
+    );
+    ensure!(
+        gateway.metric("dialtone_kernel_forwarded_packets_total")? > 0.0,
+        "the kernel carried none of the call"
+    );
+
+    // Silence from here on: both sides stopped with their streams.
+    let failed = ws
+        .recv_type_skipping("CALL_FAILED", &["DTMF_RECEIVED"], Duration::from_secs(5))
+        .await?;
+    ensure!(
+        failed["callId"] == call_id.as_str() && failed["reason"] == "MEDIA_FAILED",
+        "{failed}"
+    );
+    sipp.wait_success(PEER)
+        .context("the far end should get a BYE")?;
+    wait_until(
+        PEER,
+        || Ok(gateway.metric("dialtone_kernel_relays")? == 0.0),
+    )
+    .context("a kernel rule outlived its call")?;
     ws.close().await?;
     gateway.wait_all_released(PEER)
 }
