@@ -167,6 +167,10 @@ int relay(struct __sk_buff *skb)
     if (!rule || (rule->bound_address && rule->bound_address != ip->daddr))
         return TCX_NEXT;
     __u16 udp_length = __builtin_bswap16(udp->len);
+    /* A UDP length that is not the datagram's is a forged or broken packet:
+       the stack drops or trims it; the kernel path does not forward it. */
+    if (udp_length != __builtin_bswap16(ip->tot_len) - sizeof(struct iphdr))
+        return TCX_NEXT;
     /* V=2 without padding, extension or CSRCs; the latched source's stream. */
     if (ip->saddr != rule->source_address || udp->source != rule->source_port ||
         rtp[0] != 0x80 || (rtp[1] & 0x7f) != rule->payload_type ||

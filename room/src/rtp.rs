@@ -458,10 +458,7 @@ impl RtpSender {
                 mapping.anchor_sequence = foreign.sequence.wrapping_sub(MAX_MISORDER);
             }
         }
-        if (sequence.wrapping_sub(self.next_sequence) as i16) >= 0 {
-            self.next_sequence = sequence.wrapping_add(1);
-            self.next_timestamp = timestamp.wrapping_add(self.last_step);
-        }
+        self.relayed_up_to(sequence, timestamp);
         self.foreign = Some(mapping);
         self.count(payload.len());
         Ok(Some(len))
@@ -497,15 +494,21 @@ impl RtpSender {
         let sequence = progress
             .highest_sequence
             .wrapping_add(mapping.sequence_offset);
-        if (sequence.wrapping_sub(self.next_sequence) as i16) >= 0 {
-            self.next_sequence = sequence.wrapping_add(1);
-            self.next_timestamp = progress
-                .highest_timestamp
-                .wrapping_add(mapping.timestamp_offset)
-                .wrapping_add(self.last_step);
-        }
+        let timestamp = progress
+            .highest_timestamp
+            .wrapping_add(mapping.timestamp_offset);
+        self.relayed_up_to(sequence, timestamp);
         self.counters.packets += packets;
         self.counters.octets += octets;
+    }
+
+    /// Our stream has reached `sequence` and `timestamp` (ours, mapped): a
+    /// generated packet goes on after them, unless a later one was sent.
+    fn relayed_up_to(&mut self, sequence: u16, timestamp: u32) {
+        if (sequence.wrapping_sub(self.next_sequence) as i16) >= 0 {
+            self.next_sequence = sequence.wrapping_add(1);
+            self.next_timestamp = timestamp.wrapping_add(self.last_step);
+        }
     }
 
     /// Maps `foreign`'s stream so its first packet continues ours.
